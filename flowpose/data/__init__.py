@@ -1,0 +1,1 @@
+"""Motion-capture readers/writers, retargeting and TFDS datasets."""
