@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: paths to ../shared/data and the built CC0 body model."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path:
+  """Returns `../shared/data` beside the repo (or `$FLOWPOSE_SHARED_DATA`)."""
+  env = os.environ.get("FLOWPOSE_SHARED_DATA")
+  return pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  path = shared_data_dir()
+  if not path.is_dir():
+    pytest.fail(f"shared data not found at {path}; set FLOWPOSE_SHARED_DATA")
+  return path
+
+
+@pytest.fixture(scope="session")
+def cmu_dir(shared_data) -> pathlib.Path:
+  return shared_data / "cmu"
