@@ -1,0 +1,165 @@
+"""Tests for the `cmu_mocap` TFDS builder and the tf.data -> numpy pipeline (small subset)."""
+
+import gzip
+import json
+import os
+import pathlib
+
+try:  # Before TensorFlow (WORKSPACE.md import-order trap), so later distrax imports work.
+  import distrax  # pylint: disable=unused-import
+except ImportError:
+  pass
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from flowpose import geometry
+from flowpose.data import pipeline
+from flowpose.data import retarget
+from flowpose.data.cmu_mocap import cmu_mocap_dataset_builder as builder_lib
+from flowpose.data.cmu_mocap import splits
+from flowpose.data.motion import MocapFormatError
+
+# Short clips of 3 subjects, one per split: 02 -> train, 13 -> validation, 09 -> test.
+CLIPS = {"02_01": "02", "13_39": "13", "09_11": "09"}
+
+
+def _subset(cmu_dir: pathlib.Path, out: pathlib.Path, extra=()) -> pathlib.Path:
+  out.mkdir(parents=True, exist_ok=True)
+  for clip, subject in CLIPS.items():
+    for name in (f"{clip}.amc.gz", f"{subject}.asf.gz"):
+      if not (out / name).exists():
+        os.symlink(cmu_dir / name, out / name)
+  rows = [line for line in (cmu_dir / "index.csv").read_text().splitlines()
+          if line.startswith("file,") or line.split(".", 1)[0] in CLIPS]
+  (out / "index.csv").write_text("\n".join(rows) + "\n")
+  for name, data in extra:
+    (out / name).write_bytes(data)
+  return out
+
+
+def _build(manual_dir, data_dir, config="fps30", skip_bad_files=False):
+  builder = builder_lib.Builder(config=config, data_dir=str(data_dir),
+                                skip_bad_files=skip_bad_files)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  return builder
+
+
+def _examples(builder, split):
+  return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+
+
+@pytest.fixture(scope="module")
+def manual_dir(cmu_dir, tmp_path_factory):
+  return _subset(cmu_dir, tmp_path_factory.mktemp("cmu_subset"))
+
+
+@pytest.fixture(scope="module")
+def built(manual_dir, tmp_path_factory):
+  return _build(manual_dir, tmp_path_factory.mktemp("tfds_a"))
+
+
+def test_split_rule():
+  assert [splits.split_of_subject(s) for s in (2, 5, 9, 13, 14, 16, 49, 105)] == [
+      "train", "train", "test", "validation", "train", "train", "test", "train"]
+
+
+def test_splits_disjoint_by_subject_and_features(built):
+  subjects = {}
+  for split in ("train", "validation", "test"):
+    examples = _examples(built, split)
+    assert examples, split
+    subjects[split] = {int(e["subject"]) for e in examples}
+    assert all(splits.split_of_subject(s) == split for s in subjects[split])
+  assert subjects == {"train": {2}, "validation": {13}, "test": {9}}
+  # 30 fps from 120 by stride: 02_01 has 343 frames -> frames 0, 4, ..., 340.
+  train = sorted(_examples(built, "train"), key=lambda e: int(e["frame"]))
+  assert [int(e["frame"]) for e in train] == list(range(0, 343, 4))
+  ex = train[10]
+  assert ex["clip"] == b"02_01" and ex["description"] == b"walk"
+  shapes = {k: np.shape(v) for k, v in ex.items()}
+  assert shapes == {"dofs": (50,), "rot6d": (31, 6), "root_orient": (3,), "root_transl": (3,),
+                    "joints3d": (31, 3), "subject": (), "clip": (), "description": (),
+                    "frame": ()}
+  # Features agree with each other: rot6d = chart -> body rotations, joints3d = FK of them.
+  rotmats = np.asarray(geometry.rot6d_to_matrix(jnp.asarray(ex["rot6d"])))
+  expected = retarget.pose_dofs_to_body_rotmats(ex["dofs"], rotmats[0])
+  np.testing.assert_allclose(rotmats, expected, atol=1e-5)
+  np.testing.assert_allclose(geometry.axis_angle_to_matrix(jnp.asarray(ex["root_orient"])),
+                             rotmats[0], atol=1e-5)
+  joints = retarget.body_joints(rotmats[None], ex["root_transl"][None], batch=512)[0]
+  np.testing.assert_allclose(ex["joints3d"], joints, atol=1e-4)
+
+
+def test_rebuild_is_identical(built, manual_dir, tmp_path):
+  again = _build(manual_dir, tmp_path / "tfds_b")
+  for split in ("train", "validation", "test"):
+    first, second = _examples(built, split), _examples(again, split)
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_window_config(manual_dir, tmp_path):
+  builder = _build(manual_dir, tmp_path, config="fps30_win32")
+  examples = _examples(builder, "validation")  # 13_39: 351 frames -> 88 at 30 fps.
+  assert len(examples) == (88 - 32) // 16 + 1
+  ex = examples[0]
+  assert ex["dofs"].shape == (32, 50) and ex["joints3d"].shape == (32, 31, 3)
+  assert np.all(np.diff(ex["frame"]) == 4)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_numpy_batches_feed_jit(built, manual_dir, in_memory):
+  batches = pipeline.as_numpy_batches("train", built.data_dir_root, manual_dir, batch_size=16,
+                                      shuffle=True, seed=0, repeat=True, in_memory=in_memory)
+
+  @jax.jit
+  def step(batch):
+    return jnp.mean(batch["dofs"]) + jnp.mean(batch["joints3d"])
+
+  first = [next(batches) for _ in range(8)]  # 86 examples: the repeat crosses an epoch.
+  assert all(b["dofs"].shape == (16, 50) and b["rot6d"].shape == (16, 31, 6) for b in first)
+  assert "clip" not in first[0]
+  values = [float(step(b)) for b in first]
+  assert np.all(np.isfinite(values))
+  again = pipeline.as_numpy_batches("train", built.data_dir_root, manual_dir, batch_size=16,
+                                    shuffle=True, seed=0, repeat=True, in_memory=in_memory)
+  np.testing.assert_array_equal(next(again)["frame"], first[0]["frame"])  # Seeded.
+
+
+def _bad_manual_dir(cmu_dir, root):
+  truncated = gzip.decompress((cmu_dir / "02_02.amc.gz").read_bytes())[:5000]
+  return _subset(cmu_dir, root, extra=[
+      ("02_02.amc.gz", gzip.compress(truncated + b"\nlowerback 1 2 oops\n")),
+      ("16_02.amc.gz", (cmu_dir / "16_02.amc.gz").read_bytes()),  # No 16.asf beside it.
+  ])
+
+
+def test_bad_files_fail_the_build_listing_all(cmu_dir, tmp_path):
+  manual = _bad_manual_dir(cmu_dir, tmp_path / "manual")
+  data_dir = tmp_path / "data"
+  with pytest.raises(MocapFormatError) as info:
+    _build(manual, data_dir)
+  message = str(info.value)
+  assert "2 bad file(s)" in message and "02_02.amc.gz" in message and "16_02.amc.gz" in message
+  assert "without its ASF" in message
+  # Nothing prepared: no version folder, no dataset_info.json anywhere.
+  assert not (data_dir / "cmu_mocap" / "fps30" / "1.0.0").exists()
+  assert not list(data_dir.rglob("dataset_info.json"))
+  assert not list(data_dir.rglob("*.tfrecord*"))
+
+
+def test_skip_bad_files(cmu_dir, tmp_path):
+  manual = _bad_manual_dir(cmu_dir, tmp_path / "manual")
+  builder = _build(manual, tmp_path / "data", skip_bad_files=True)
+  report = json.loads((pathlib.Path(builder.data_dir) / "bad_files.json").read_text())
+  assert sorted(pathlib.Path(r["file"]).name for r in report) == ["02_02.amc.gz",
+                                                                  "16_02.amc.gz"]
+  clips = {e["clip"] for e in _examples(builder, "train")}
+  assert clips == {b"02_01"}
