@@ -1,0 +1,1 @@
+"""Speed and accuracy benchmarks (run as modules, not collected as tests)."""
