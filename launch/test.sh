@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 set +e
 .venv/bin/python -m pytest -q "$@"
 rc=$?

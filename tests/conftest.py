@@ -3,7 +3,10 @@
 import os
 import pathlib
 
-import pytest
+# Tiny LAPACK solves (LU flow layers) are ~100x slower with OpenBLAS threads on 2 shared cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,104 @@
+"""Flow pose prior on CMU mocap DOF angles (Zanfir et al. 2020-style kinematic flow).
+
+Usage:
+  python -m launch.main --config=experiments/prior_cmu.py --workdir=DIR
+  python -m launch.main --config=experiments/prior_cmu.py:runlocal --workdir=DIR
+  python -m launch.main --config=experiments/prior_cmu.py:runlocal,synthetic ...
+
+`get_config(arg)` takes comma-separated modes:
+  runlocal:  a small flow and few steps (< 3 minutes on 2 CPU cores);
+  synthetic: the synthetic pose source instead of the `cmu_mocap` TFDS data.
+Any field can be overridden on the command line, e.g.
+`--config.flow.coupling=spline --config.num_train_steps=2000`.
+"""
+
+import os
+import pathlib
+
+import ml_collections
+
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_MODES = ("runlocal", "synthetic")
+
+
+def _default_cmu_dir() -> str:
+  """$FLOWPOSE_CMU_DIR, else ../shared/data/cmu beside the repo."""
+  return os.environ.get("FLOWPOSE_CMU_DIR",
+                        str(_REPO_ROOT.parent / "shared" / "data" / "cmu"))
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """The experiment config; `arg` = comma-separated modes (see module doc)."""
+  modes = [m for m in (arg or "").split(",") if m]
+  unknown = [m for m in modes if m not in _MODES]
+  if unknown:
+    raise ValueError(f"prior_cmu config: unknown modes {unknown}; "
+                     f"known: {list(_MODES)}")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # The prior (flowpose/prior.py).
+  config.flow = ml_collections.ConfigDict()
+  config.flow.chart = "euler_dofs"  # Per-joint DOF angles (only chart so far).
+  config.flow.event_dim = 50        # cmu_skeleton.NUM_POSE_DOFS.
+  config.flow.num_layers = 8        # Coupling blocks.
+  config.flow.hidden_sizes = (256, 256)
+  config.flow.coupling = "affine"   # "affine" | "spline".
+  config.flow.mask = "kinematic"    # "kinematic" | "alternating".
+  config.flow.mixing = "group_lu"   # "group_lu" | "lu" | "permutation" | "none".
+  config.flow.scale_bound = 3.0     # Affine log-scale soft clamp (None: off).
+  config.flow.num_bins = 8          # Spline bins.
+  config.flow.spline_range = 5.0    # Spline interval [-r, r] (standardised).
+
+  # Data (flowpose/train/input_pipeline.py).
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "tfds"       # "tfds" | "synthetic".
+  config.data.tfds_name = "cmu_mocap"
+  config.data.tfds_config = ""      # "": the per-frame config at `fps`.
+  config.data.fps = 30
+  config.data.data_dir = ""         # "": $FLOWPOSE_CACHE/tfds.
+  config.data.manual_dir = _default_cmu_dir()
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  config.data.synthetic_seed = 0    # Synthetic source only.
+  config.data.num_train = 100_000
+  config.data.num_eval = 10_000
+
+  # Optimization.
+  config.batch_size = 512
+  config.eval_batch_size = 4096
+  config.num_train_steps = 10_000
+  config.init_examples = 8192       # Poses for the data-dependent init.
+  config.input_noise = 0.0          # Gaussian jitter of angles (radians).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.warmup_steps = 500
+  config.optimizer.end_lr_factor = 0.01
+  config.optimizer.grad_clip_norm = 1.0
+  config.loss_weights = ml_collections.ConfigDict({
+      "nll": 1.0,        # Mean -log p(pose), nats per pose.
+      "weight_l2": 0.0,  # 0.5 * sum of squared flow parameters.
+  })
+
+  # Logging and checkpoints.
+  config.log_every = 100
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+
+  if "synthetic" in modes:
+    config.data.source = "synthetic"
+  if "runlocal" in modes:
+    config.flow.num_layers = 4
+    config.flow.hidden_sizes = (64, 64)
+    config.batch_size = 256
+    config.eval_batch_size = 1024
+    config.num_train_steps = 1000
+    config.init_examples = 2048
+    config.optimizer.warmup_steps = 100
+    config.data.num_train = 20_000
+    config.data.num_eval = 2_000
+    config.log_every = 50
+    config.eval_every = 250
+    config.checkpoint_every = 250
+  return config

@@ -1,0 +1,339 @@
+"""The kinematic normalizing-flow pose prior (after Zanfir et al., ECCV 2020).
+
+`prior = make_prior(config.flow)` returns a `FlowPrior` NamedTuple of pure
+functions over an explicit params pytree:
+
+  params = prior.init(key, example_poses)        # [B, D] training poses
+  prior.log_prob(params, pose)                   # [..., D] -> [...] nats
+  z = prior.pose_to_latent(params, pose)         # [..., D] -> [..., D]
+  pose = prior.latent_to_pose(params, z)         # [..., D] -> [..., D]
+  poses = prior.sample(params, key, n)           # -> [n, D]
+
+The chart. The density lives on the per-joint DOF angles of
+`flowpose.data.cmu_skeleton.POSE_DOF_NAMES` (D = 50, radians; `chart =
+"euler_dofs"`). Angles are periodic, a flow lives on R^D, so each DOF is cut
+once: angle `a` is mapped to `wrap(a - center)` in (-pi, pi], `center` being
+the circular mean of the training data for that DOF, i.e. the cut sits
+opposite the data (at center +- pi) rather than at a fixed +-pi. `pose` and
+`pose + 2 pi k` therefore have the same log-density. `log_prob` is the density
+of the flow restricted to that torus chart: mass the flow puts outside
+(-pi, pi] around the center is lost (negligible when a DOF's spread is well
+below pi; most CMU DOFs span a fraction of that, but check the
+largest-variance DOFs, e.g. humerus/clavicle twist, on real data).
+
+Standardisation. `x = wrap(pose - center) / scale` with the per-DOF `center`
+and `scale` (std) of the training data, stored in `params["stats"]`. They are
+not trained: every use goes through `jax.lax.stop_gradient` and the trainer
+freezes them in the optimizer. Its log-det (`-sum(log scale)`) is included,
+so `log_prob` is in nats of the raw angles.
+
+The flow. `x = f(z)`, `z ~ N(0, I)`, `f = chain(blocks)`. In the normalizing
+direction (pose -> latent) block `i` applies actnorm, coupling `i`, then a
+mixing layer; couplings are affine (RealNVP) or rational-quadratic splines.
+Masks (True = passed through, i.e. conditioning):
+
+* "alternating": even/odd dims, parity alternating per block; mixing "lu" or
+  "permutation" between blocks makes different pairs meet.
+* "kinematic": masks follow the kinematic tree, with 5 groups (torso =
+  spine/neck/head, left arm, right arm, left leg, right leg). Coupling `i`
+  uses `KINEMATIC_SCHEDULE[i % 6]` (updated groups | conditioning):
+    0. all four limbs | torso
+    1. torso | all limbs
+    2. left arm + left leg | torso + right arm + right leg (contralateral)
+    3. right arm + right leg | torso + left arm + left leg
+    4. odd-position DOFs of every group | everything else
+    5. even-position DOFs of every group | everything else
+  Rows 4-5 model dependencies inside a limb (e.g. humerus rx/ry/rz) and
+  between arm and leg of one side. Mixing must keep the groups meaningful:
+  "group_lu" (a block-diagonal LU linear map per group) or "none"; a global
+  "lu"/"permutation" would scramble the groups and is rejected.
+"""
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowpose import bijectors
+from flowpose.data import cmu_skeleton
+
+Array = jax.Array
+Params = Any
+
+CHARTS = ("euler_dofs",)
+COUPLINGS = ("affine", "spline")
+MASKS = ("kinematic", "alternating")
+MIXINGS = ("group_lu", "lu", "permutation", "none")
+
+# Kinematic groups of the pose chart, by ASF bone.
+KINEMATIC_GROUPS = {
+    "torso": ("lowerback", "upperback", "thorax", "lowerneck", "upperneck",
+              "head"),
+    "right_arm": ("rclavicle", "rhumerus", "rradius", "rwrist", "rhand"),
+    "left_arm": ("lclavicle", "lhumerus", "lradius", "lwrist", "lhand"),
+    "right_leg": ("rfemur", "rtibia", "rfoot", "rtoes"),
+    "left_leg": ("lfemur", "ltibia", "lfoot", "ltoes"),
+}
+_LIMBS = ("left_arm", "right_arm", "left_leg", "right_leg")
+# Updated groups of each coupling in the kinematic schedule (see module doc);
+# "odd"/"even" pick alternate DOFs inside every group.
+KINEMATIC_SCHEDULE = (_LIMBS, ("torso",), ("left_arm", "left_leg"),
+                      ("right_arm", "right_leg"), "odd", "even")
+
+# Smallest per-DOF scale used for standardisation (radians): a near-constant
+# DOF must not turn into a near-delta after dividing by its std.
+_MIN_SCALE = 1e-3
+
+
+class FlowPrior(NamedTuple):
+  """A pose prior as pure functions (see the module docstring).
+
+  Attributes:
+    init: `(key, example_poses [B, D]) -> params`.
+    log_prob: `(params, pose [..., D]) -> [...]` nats of the raw angles.
+    sample: `(params, key, n) -> [n, D]` poses in (-pi, pi].
+    pose_to_latent: `(params, pose [..., D]) -> z [..., D]`.
+    latent_to_pose: `(params, z [..., D]) -> pose [..., D]` in (-pi, pi].
+    event_dim: D.
+    coupling_masks: `[num_layers, D]` bool, True = passed through, in the
+      normalizing (pose -> latent) order.
+  """
+  init: Callable[..., Params]
+  log_prob: Callable[..., Array]
+  sample: Callable[..., Array]
+  pose_to_latent: Callable[..., Array]
+  latent_to_pose: Callable[..., Array]
+  event_dim: int
+  coupling_masks: np.ndarray
+
+
+def wrap_angle(angle: Array) -> Array:
+  """Maps angles `[...]` (radians) to (-pi, pi] (atan2(sin, cos))."""
+  return jnp.arctan2(jnp.sin(angle), jnp.cos(angle))
+
+
+# ---------------------------------------------------------------------------
+# Config and masks.
+# ---------------------------------------------------------------------------
+
+
+def validate_flow_config(flow: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad `flow.*` field."""
+  def bad(field, expected, value):
+    raise ValueError(f"config flow.{field}: expected {expected}, got {value!r}")
+
+  if flow.chart not in CHARTS:
+    bad("chart", f"one of {CHARTS}", flow.chart)
+  if flow.coupling not in COUPLINGS:
+    bad("coupling", f"one of {COUPLINGS}", flow.coupling)
+  if flow.mask not in MASKS:
+    bad("mask", f"one of {MASKS}", flow.mask)
+  if flow.mixing not in MIXINGS:
+    bad("mixing", f"one of {MIXINGS}", flow.mixing)
+  if not isinstance(flow.event_dim, int) or flow.event_dim < 2:
+    bad("event_dim", "an int >= 2", flow.event_dim)
+  uses_groups = flow.mask == "kinematic" or flow.mixing == "group_lu"
+  if uses_groups and flow.event_dim != cmu_skeleton.NUM_POSE_DOFS:
+    bad("event_dim", f"{cmu_skeleton.NUM_POSE_DOFS} (the kinematic groups "
+        "are defined on the CMU pose chart)", flow.event_dim)
+  if flow.mask == "kinematic" and flow.mixing in ("lu", "permutation"):
+    bad("mixing", "'group_lu' or 'none' with kinematic masks (a global "
+        "mixing would scramble the kinematic groups)", flow.mixing)
+  if not isinstance(flow.num_layers, int) or flow.num_layers < 1:
+    bad("num_layers", "an int >= 1", flow.num_layers)
+  sizes = tuple(flow.hidden_sizes)
+  if not sizes or not all(isinstance(h, int) and h > 0 for h in sizes):
+    bad("hidden_sizes", "a non-empty tuple of positive ints", flow.hidden_sizes)
+  if flow.scale_bound is not None and not flow.scale_bound > 0:
+    bad("scale_bound", "a positive float or None", flow.scale_bound)
+  if not isinstance(flow.num_bins, int) or flow.num_bins < 2:
+    bad("num_bins", "an int >= 2", flow.num_bins)
+  if not flow.spline_range > 0:
+    bad("spline_range", "a positive float", flow.spline_range)
+
+
+def group_indices() -> dict[str, np.ndarray]:
+  """Indices `{group: [n_g]}` of each kinematic group in the pose chart."""
+  bones = [bone for bone, _ in cmu_skeleton.POSE_DOFS]
+  groups = {name: np.asarray([i for i, b in enumerate(bones) if b in members])
+            for name, members in KINEMATIC_GROUPS.items()}
+  covered = np.sort(np.concatenate(list(groups.values())))
+  assert np.array_equal(covered, np.arange(len(bones))), "groups must partition"
+  return groups
+
+
+def kinematic_mask(layer: int) -> np.ndarray:
+  """`[50]` bool mask (True = conditioning) of kinematic coupling `layer`."""
+  groups = group_indices()
+  updated = np.zeros(cmu_skeleton.NUM_POSE_DOFS, bool)
+  entry = KINEMATIC_SCHEDULE[layer % len(KINEMATIC_SCHEDULE)]
+  if entry in ("odd", "even"):
+    parity = 1 if entry == "odd" else 0
+    for idx in groups.values():
+      updated[idx[parity::2]] = True
+  else:
+    for name in entry:
+      updated[groups[name]] = True
+  return ~updated
+
+
+def coupling_masks(flow: ml_collections.ConfigDict) -> np.ndarray:
+  """`[num_layers, D]` coupling masks (True = passed through)."""
+  if flow.mask == "kinematic":
+    return np.stack([kinematic_mask(i) for i in range(flow.num_layers)])
+  return np.stack([bijectors.alternating_mask(flow.event_dim, i % 2)
+                   for i in range(flow.num_layers)])
+
+
+# ---------------------------------------------------------------------------
+# Building the flow.
+# ---------------------------------------------------------------------------
+
+
+def _group_lu(dim: int, groups: Sequence[np.ndarray]) -> bijectors.Bijector:
+  """LU linear map that only mixes dims within each group (block-diagonal).
+
+  One `[D, D]` `lu_linear` whose strictly-triangular factors are masked to
+  same-group entries: `L U` is then block-diagonal up to a permutation, its
+  log-det still `sum(log_diag)`, and a flow needs one triangular solve per
+  layer instead of one per group (faster to compile). The masked-out entries
+  stay zero: their gradient is zero.
+  """
+  group_of = np.zeros(dim, np.int32)
+  for g, idx in enumerate(groups):
+    group_of[idx] = g
+  same_group = jnp.asarray(group_of[:, None] == group_of[None, :], jnp.float32)
+  lu = bijectors.lu_linear(dim)
+
+  def _masked(params):
+    return {**params, "lower": params["lower"] * same_group,
+            "upper": params["upper"] * same_group}
+
+  def forward_and_log_det(params, x, context=None):
+    return lu.forward_and_log_det(_masked(params), x, context)
+
+  def inverse_and_log_det(params, y, context=None):
+    return lu.inverse_and_log_det(_masked(params), y, context)
+
+  return bijectors.Bijector(lu.init, forward_and_log_det, inverse_and_log_det)
+
+
+def _mixing(flow: ml_collections.ConfigDict, layer: int) -> bijectors.Bijector:
+  dim = flow.event_dim
+  if flow.mixing == "lu":
+    # A fixed random P as in Glow, so consecutive alternating masks pair
+    # different dims even while L, U are still near the identity.
+    perm = np.random.default_rng(layer).permutation(dim)
+    return bijectors.lu_linear(dim, perm)
+  if flow.mixing == "permutation":
+    return bijectors.random_permutation(dim, seed=layer)
+  if flow.mixing == "group_lu":
+    return _group_lu(dim, list(group_indices().values()))
+  return None  # "none"
+
+
+def _coupling(flow: ml_collections.ConfigDict,
+              mask: np.ndarray) -> bijectors.Bijector:
+  hidden = tuple(flow.hidden_sizes)
+  if flow.coupling == "affine":
+    return bijectors.affine_coupling(mask, hidden_sizes=hidden,
+                                     scale_bound=flow.scale_bound)
+  return bijectors.spline_coupling(
+      mask, num_bins=flow.num_bins, range_min=-flow.spline_range,
+      range_max=flow.spline_range, hidden_sizes=hidden)
+
+
+def build_flow(flow: ml_collections.ConfigDict) -> bijectors.Bijector:
+  """The bijector `z -> x` (standardised angles) described in the module doc."""
+  layers = []
+  for i, mask in enumerate(coupling_masks(flow)):
+    # chain() applies its list front-to-back in the inverse (x -> z)
+    # direction, so list order = normalizing order: actnorm, coupling, mixing.
+    layers.append(bijectors.actnorm(flow.event_dim))
+    layers.append(_coupling(flow, mask))
+    mixing = _mixing(flow, i)
+    if mixing is not None:
+      layers.append(mixing)
+  return bijectors.chain(layers)
+
+
+# ---------------------------------------------------------------------------
+# The prior.
+# ---------------------------------------------------------------------------
+
+
+def make_prior(flow_config: ml_collections.ConfigDict) -> FlowPrior:
+  """Builds the pose prior described by `config.flow` (see module doc).
+
+  Args:
+    flow_config: `chart`, `event_dim`, `num_layers`, `hidden_sizes`,
+      `coupling`, `mask`, `mixing`, `num_bins`, `spline_range`,
+      `scale_bound`.
+
+  Returns:
+    A `FlowPrior`. Raises ValueError naming a bad `flow.*` field.
+  """
+  validate_flow_config(flow_config)
+  dim = flow_config.event_dim
+  flow = build_flow(flow_config)
+  masks = coupling_masks(flow_config)
+
+  def _check(name, x):
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim < 1 or x.shape[-1] != dim:
+      raise ValueError(f"prior.{name}: expected [..., {dim}], got {x.shape}")
+    return x
+
+  def _stats(params):
+    stats = jax.lax.stop_gradient(params["stats"])
+    return stats["center"], stats["scale"]
+
+  def _standardise(params, pose):
+    center, scale = _stats(params)
+    return wrap_angle(pose - center) / scale, -jnp.sum(jnp.log(scale))
+
+  def init(key, example_poses):
+    poses = _check("init", example_poses).reshape(-1, dim)
+    if poses.shape[0] < 2:
+      raise ValueError("prior.init: needs at least 2 example poses")
+    # Circular mean: puts the chart's cut opposite the data.
+    center = jnp.arctan2(jnp.mean(jnp.sin(poses), 0), jnp.mean(jnp.cos(poses), 0))
+    scale = jnp.maximum(jnp.std(wrap_angle(poses - center), 0), _MIN_SCALE)
+    params = {"stats": {"center": center, "scale": scale},
+              "flow": flow.init(key, dim)}
+    x, _ = _standardise(params, poses)
+    # The data live on the output side of z -> x, hence "inverse".
+    params["flow"] = bijectors.data_init(flow, params["flow"], x,
+                                         direction="inverse")
+    return params
+
+  def log_prob(params, pose):
+    x, log_det_std = _standardise(params, _check("log_prob", pose))
+    return (bijectors.standard_normal_log_prob(flow, params["flow"], x)
+            + log_det_std)
+
+  def pose_to_latent(params, pose):
+    x, _ = _standardise(params, _check("pose_to_latent", pose))
+    return flow.inverse(params["flow"], x)
+
+  def latent_to_pose(params, z):
+    center, scale = _stats(params)
+    x = flow.forward(params["flow"], _check("latent_to_pose", z))
+    return wrap_angle(x * scale + center)
+
+  def sample(params, key, n):
+    z = jax.random.normal(key, (n, dim), jnp.float32)
+    return latent_to_pose(params, z)
+
+  return FlowPrior(init, log_prob, sample, pose_to_latent, latent_to_pose,
+                   dim, masks)
+
+
+def default_flow_config() -> ml_collections.ConfigDict:
+  """The default `config.flow` (experiments override fields)."""
+  return ml_collections.ConfigDict(dict(
+      chart="euler_dofs", event_dim=cmu_skeleton.NUM_POSE_DOFS, num_layers=8,
+      hidden_sizes=(256, 256), coupling="affine", mask="kinematic",
+      mixing="group_lu", num_bins=8, spline_range=5.0, scale_bound=3.0))

@@ -1,0 +1,1 @@
+"""Training of the flow pose prior (`trainer.train_and_evaluate`)."""

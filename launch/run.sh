@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The main job on its default: set up, train the flow prior on CMU mocap, evaluate it against the
+# Gaussian/GMM baselines, render the body model, and fit the body to the COCO photograph.
+# Usage: bash launch/run.sh [RUN_DIR]   (default RUN_DIR=runs/main)
+# Data: $FLOWPOSE_CMU_DIR (default ../shared/data/cmu), $FLOWPOSE_COCO_DIR (default ../shared/data/coco).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh
+
+RUN_DIR="${1:-runs/main}"
+CMU_DIR="${FLOWPOSE_CMU_DIR:-$(cd .. && pwd)/shared/data/cmu}"
+COCO_DIR="${FLOWPOSE_COCO_DIR:-$(cd .. && pwd)/shared/data/coco}"
+PY=.venv/bin/python
+mkdir -p "$RUN_DIR"
+
+echo "[run] 1/4 body-model pictures -> $RUN_DIR/body"
+$PY -m launch.render_body --out_dir "$RUN_DIR/body"
+
+echo "[run] 2/4 training the flow prior (experiments/prior_cmu.py) -> $RUN_DIR/prior"
+FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config=experiments/prior_cmu.py \
+  --workdir="$RUN_DIR/prior" --config.data.manual_dir="$CMU_DIR"
+
+echo "[run] 3/4 NLL vs Gaussian / GMM-8 baselines, samples -> $RUN_DIR/prior/nll_table.{json,md}"
+$PY -m launch.evaluate_prior --workdir="$RUN_DIR/prior"
+
+echo "[run] 4/4 fitting the COCO photograph -> $RUN_DIR/coco"
+$PY -m launch.fit_coco --config=experiments/fit_coco.py --prior_workdir="$RUN_DIR/prior" \
+  --image="$COCO_DIR/000000000785.jpg" --annotations="$COCO_DIR/person_keypoints_785.json" \
+  --out_dir="$RUN_DIR/coco"
+echo "[run] done: see $RUN_DIR (WORKSPACE.md lists every output)"

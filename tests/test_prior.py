@@ -1,0 +1,204 @@
+"""Tests for flowpose.prior: init, change of variables, inverses, wrap-around, masks."""
+
+import os
+
+# LU layers run LAPACK on tiny matrices; OpenBLAS threads only slow them down
+# (badly so on a loaded machine). Takes effect before the first LAPACK call.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowpose import prior as prior_lib
+
+D = 50
+SMALL_D = 6
+
+
+def flow_config(**overrides):
+  config = prior_lib.default_flow_config()
+  config.num_layers = 2
+  config.hidden_sizes = (16, 16)
+  for name, value in overrides.items():
+    config[name] = value
+  return config
+
+
+def example_poses(n=512, dim=D, seed=0):
+  """Correlated angle-like poses, some DOFs centred near the +-pi cut."""
+  rng = np.random.default_rng(seed)
+  mix = rng.normal(size=(dim, dim)) * 0.1
+  mean = rng.uniform(-1.0, 1.0, size=dim)
+  mean[:3] = [3.0, -3.0, np.pi]  # Spread across the cut at +-pi.
+  x = mean + rng.normal(size=(n, dim)) @ mix
+  return np.arctan2(np.sin(x), np.cos(x)).astype(np.float32)
+
+
+def perturbed(params, scale=0.1, seed=1):
+  """Params with random flow weights: the flow is no longer the identity."""
+  leaves, treedef = jax.tree.flatten(params["flow"])
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [x + scale * jax.random.normal(k, x.shape)
+            for x, k in zip(leaves, keys)]
+  return {"stats": params["stats"],
+          "flow": jax.tree.unflatten(treedef, leaves)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_compile():
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+class Jitted:
+  """A prior's functions, jitted once and shared by the tests using it."""
+
+  def __init__(self, config):
+    self.prior = prior_lib.make_prior(config)
+    self.init = jax.jit(self.prior.init)
+    self.log_prob = jax.jit(self.prior.log_prob)
+    self.pose_to_latent = jax.jit(self.prior.pose_to_latent)
+    self.latent_to_pose = jax.jit(self.prior.latent_to_pose)
+    self.sample = jax.jit(self.prior.sample, static_argnums=2)
+
+
+@pytest.fixture(scope="module")
+def kinematic(fast_compile):
+  """The default (kinematic, affine, group_lu) tiny prior and its params."""
+  flow = Jitted(flow_config())
+  poses = example_poses()
+  params = flow.init(jax.random.key(0), poses)
+  return flow, poses, params
+
+
+def test_init_is_the_fitted_diagonal_gaussian(kinematic):
+  flow, poses, params = kinematic
+  # Independent reference: a diagonal Gaussian fitted to the poses, in the
+  # chart centred on each DOF's circular mean (the first 3 DOFs straddle
+  # +-pi, so a naive mean/std would be wrong there).
+  center = np.arctan2(np.sin(poses).mean(0), np.cos(poses).mean(0))
+  centred = np.arctan2(np.sin(poses - center), np.cos(poses - center))
+  mean, std = centred.mean(0), centred.std(0)
+  expected = np.sum(-0.5 * ((centred - mean) / std) ** 2 - np.log(std)
+                    - 0.5 * np.log(2 * np.pi), -1)
+  np.testing.assert_allclose(flow.log_prob(params, poses), expected,
+                             rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(params["stats"]["center"], center, atol=1e-5)
+
+
+@functools.lru_cache
+def small_flow(coupling):
+  """A 6-D alternating-mask flow (jitted once per coupling)."""
+  return Jitted(flow_config(event_dim=SMALL_D, mask="alternating",
+                            mixing="lu", coupling=coupling))
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_log_prob_is_change_of_variables(coupling):
+  dim = SMALL_D
+  flow = small_flow(coupling)
+  poses = example_poses(64, dim)
+  params = perturbed(flow.init(jax.random.key(0), poses))
+
+  @jax.jit
+  def reference(pose):
+    z = flow.prior.pose_to_latent(params, pose)
+    _, log_det = jnp.linalg.slogdet(
+        jax.jacfwd(lambda p: flow.prior.pose_to_latent(params, p))(pose))
+    return -0.5 * jnp.sum(z**2) - 0.5 * dim * np.log(2 * np.pi) + log_det
+
+  np.testing.assert_allclose(flow.log_prob(params, poses[:4]),
+                             jax.vmap(reference)(poses[:4]),
+                             rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_latent_round_trip(coupling):
+  flow, poses = small_flow(coupling), example_poses(64, SMALL_D)
+  params = perturbed(flow.init(jax.random.key(0), poses), scale=0.05)
+  back = flow.latent_to_pose(params, flow.pose_to_latent(params, poses))
+  # Compare on the circle: DOFs near +-pi may come back as -pi vs pi.
+  np.testing.assert_allclose(np.sin(back - poses), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.cos(back - poses), 1.0, atol=1e-4)
+
+
+def test_kinematic_round_trip_and_samples(kinematic):
+  flow, poses, params = kinematic
+  params = perturbed(params, scale=0.05)
+  back = flow.latent_to_pose(params, flow.pose_to_latent(params, poses))
+  np.testing.assert_allclose(np.sin(back - poses), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.cos(back - poses), 1.0, atol=1e-4)
+  samples = flow.sample(params, jax.random.key(2), 64)
+  assert samples.shape == (64, D)
+  assert np.all(np.abs(samples) <= np.pi + 1e-6)
+  assert np.all(np.isfinite(flow.log_prob(params, samples)))
+
+
+def test_density_is_periodic(kinematic):
+  flow, poses, params = kinematic
+  params = perturbed(params)
+  turns = np.random.default_rng(3).integers(-2, 3, size=poses.shape)
+  shifted = poses + 2 * np.pi * turns
+  np.testing.assert_allclose(flow.log_prob(params, shifted),
+                             flow.log_prob(params, poses), atol=1e-3)
+
+
+def test_stats_get_no_gradient(kinematic):
+  flow, poses, params = kinematic
+  grads = jax.jit(jax.grad(
+      lambda p: jnp.mean(flow.prior.log_prob(p, poses))))(params)
+  assert all(np.all(g == 0) for g in jax.tree.leaves(grads["stats"]))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(grads["flow"]))
+
+
+def test_kinematic_masks_are_valid():
+  masks = prior_lib.coupling_masks(flow_config(num_layers=8))
+  assert masks.shape == (8, D) and masks.dtype == bool
+  for mask in masks:
+    assert 0 < mask.sum() < D  # Conditions on something, updates something.
+  assert np.all((~masks).any(0))  # Every DOF is updated by some layer.
+  groups = prior_lib.group_indices()
+  assert sorted(np.concatenate(list(groups.values()))) == list(range(D))
+  # The first four schedule rows move whole kinematic groups.
+  for mask in masks[:4]:
+    for idx in groups.values():
+      assert mask[idx].all() or not mask[idx].any()
+  torso = groups["torso"]
+  assert masks[0][torso].all() and not masks[0].sum() > len(torso)
+
+
+def test_group_lu_mixes_only_within_groups(kinematic):
+  _, _, params = kinematic
+  params = perturbed(params)
+  mixing = prior_lib._group_lu(D, list(prior_lib.group_indices().values()))
+  jac = jax.jacfwd(lambda x: mixing.forward(params["flow"][2], x))(
+      jnp.zeros(D))
+  group_of = np.zeros(D, int)
+  for g, idx in enumerate(prior_lib.group_indices().values()):
+    group_of[idx] = g
+  cross = group_of[:, None] != group_of[None, :]
+  assert np.all(np.asarray(jac)[cross] == 0)
+  assert np.any(np.asarray(jac)[~cross & ~np.eye(D, dtype=bool)] != 0)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("chart", "axis_angle"), ("coupling", "maf"), ("mask", "random"),
+    ("mixing", "lu"),  # A global mixing would scramble kinematic groups.
+    ("num_layers", 0), ("hidden_sizes", ()), ("event_dim", 6),
+])
+def test_bad_flow_config_names_the_field(field, value):
+  with pytest.raises(ValueError, match=f"flow.{field}"):
+    prior_lib.make_prior(flow_config(**{field: value}))
+
+
+def test_bad_pose_shape_raises(kinematic):
+  flow, _, params = kinematic
+  with pytest.raises(ValueError, match=r"expected \[\.\.\., 50\]"):
+    flow.log_prob(params, jnp.zeros((3, 49)))
