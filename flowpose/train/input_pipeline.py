@@ -132,7 +132,7 @@ def _tfds_builder(data_config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if data_config.tfds_name == "cmu_mocap":  # Registers the builder.
-    from flowpose.data import cmu_mocap  # pylint: disable=g-import-not-at-top,unused-import
+    from flowpose.data.cmu_mocap import cmu_mocap_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
   # TF must not grab GPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
   name = data_config.tfds_name
