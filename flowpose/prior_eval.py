@@ -111,9 +111,10 @@ def load_split_dofs(config, split: str) -> np.ndarray:
   return input_pipeline._read_dofs(builder, split)  # pylint: disable=protected-access
 
 
-def _fingerprint(dofs: np.ndarray, center: np.ndarray) -> str:
+def _fingerprint(dofs: np.ndarray, center: np.ndarray, input_noise: float = 0.0) -> str:
   digest = hashlib.sha1(np.ascontiguousarray(dofs, np.float32).tobytes())
   digest.update(np.ascontiguousarray(center, np.float32).tobytes())
+  digest.update(repr(float(input_noise)).encode())
   return digest.hexdigest()
 
 
@@ -123,18 +124,25 @@ def _fingerprint(dofs: np.ndarray, center: np.ndarray) -> str:
 
 
 def fit_baselines(train_dofs: np.ndarray, center: np.ndarray, seed: int = 0,
-                  gmm_max_iters: int = 100) -> FittedBaselines:
-  """Fits the three baselines on `train_dofs [N, D]` in the chart around `center [D]`."""
+                  gmm_max_iters: int = 100, input_noise: float = 0.0) -> FittedBaselines:
+  """Fits the three baselines on `train_dofs [N, D]` in the chart around `center [D]`.
+
+  When the flow was trained on jittered angles (`config.input_noise` = sigma), the baselines
+  model the same jittered distribution: sigma^2 is added to every (component) covariance, which
+  is exactly the covariance of x + N(0, sigma^2 I). Without this a DOF that is constant in the
+  training data (CMU clavicles) would hand the baselines an unbounded likelihood bonus.
+  """
   chart = to_chart(train_dofs, center)
+  reg = _VARIANCE_FLOOR + float(input_noise) ** 2
   models = {
-      "gaussian_diag": baselines_lib.fit_gaussian_diag(chart, reg=_VARIANCE_FLOOR),
-      "gaussian_full": baselines_lib.fit_gaussian_full(chart, reg=_VARIANCE_FLOOR),
+      "gaussian_diag": baselines_lib.fit_gaussian_diag(chart, reg=reg),
+      "gaussian_full": baselines_lib.fit_gaussian_full(chart, reg=reg),
       "gmm8": baselines_lib.fit_gmm(chart, num_components=8, seed=seed,
                                     max_iters=gmm_max_iters, tol=1e-5,
-                                    reg_covar=_VARIANCE_FLOOR),
+                                    reg_covar=reg),
   }
   return FittedBaselines(np.asarray(center, np.float64), models,
-                         _fingerprint(train_dofs, center))
+                         _fingerprint(train_dofs, center, input_noise))
 
 
 def save_baselines(workdir: str, fitted: FittedBaselines) -> str:
@@ -185,9 +193,9 @@ def load_baselines(workdir: str) -> FittedBaselines:
 
 
 def _baselines_for(workdir: str, train_dofs: np.ndarray, center: np.ndarray,
-                   seed: int) -> FittedBaselines:
+                   seed: int, input_noise: float = 0.0) -> FittedBaselines:
   """The cached baselines if fitted on these DOFs in this chart, else fit and cache."""
-  expected = _fingerprint(train_dofs, center)
+  expected = _fingerprint(train_dofs, center, input_noise)
   try:
     cached = load_baselines(workdir)
     if cached.fingerprint == expected:
@@ -196,7 +204,7 @@ def _baselines_for(workdir: str, train_dofs: np.ndarray, center: np.ndarray,
   except PriorEvalError:
     pass
   logging.info("Fitting baselines on %d training poses.", train_dofs.shape[0])
-  fitted = fit_baselines(train_dofs, center, seed=seed)
+  fitted = fit_baselines(train_dofs, center, seed=seed, input_noise=input_noise)
   save_baselines(workdir, fitted)
   return fitted
 
@@ -275,7 +283,8 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
   prior, params, config = load_trained_prior(workdir)
   center = np.asarray(params["stats"]["center"], np.float64)
   train = load_split_dofs(config, config.data.train_split)
-  fitted = _baselines_for(workdir, train, center, config.seed)
+  fitted = _baselines_for(workdir, train, center, config.seed,
+                          input_noise=config.get("input_noise", 0.0))
   details, data = {}, None
   for split in splits:
     data = load_split_dofs(config, split)

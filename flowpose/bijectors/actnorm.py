@@ -16,8 +16,9 @@ from flowpose.bijectors import core
 
 Array = jax.Array
 
-# Keeps a constant input dimension (zero variance) from giving an infinite scale.
-_STD_EPS = 1e-6
+# Floor on the data-init std: a (near-)constant input dimension must not be amplified without
+# bound (CMU's clavicle DOFs are exactly 0 in many subjects; a 1e-6 floor blew training up).
+_MIN_STD = 1e-2
 
 
 def actnorm(dim: int) -> core.Bijector:
@@ -79,7 +80,7 @@ def actnorm_data_init(params: dict, x: Array,
   dtype = params["shift"].dtype
   flat = jnp.reshape(jnp.asarray(x, dtype), (-1, x.shape[-1]))
   mean = jnp.mean(flat, axis=0)
-  log_std = jnp.log(jnp.std(flat, axis=0) + _STD_EPS)
+  log_std = jnp.log(jnp.maximum(jnp.std(flat, axis=0), _MIN_STD))
   if direction == core.FORWARD:
     # y = (x - mean) / std = x * exp(-log_std) - mean * exp(-log_std).
     return {"shift": -mean * jnp.exp(-log_std), "log_scale": -log_std}

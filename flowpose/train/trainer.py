@@ -285,6 +285,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   init_rows = np.random.default_rng((config.seed, 1)).permutation(
       data.train.shape[0])[:config.init_examples]
   init_poses = data.train[np.sort(init_rows)]
+  if config.input_noise > 0:
+    # The data-dependent init (standardisation, actnorm) must see the same jittered poses as
+    # training: a DOF that is constant in the data would otherwise be scaled by 1/floor and
+    # the jitter would arrive hundreds of standard deviations out (loss ~1e26 at step 0).
+    init_poses = init_poses + config.input_noise * np.random.default_rng(
+        (config.seed, 2)).standard_normal(init_poses.shape).astype(init_poses.dtype)
 
   # Restore or initialise #
   checkpoint_manager = checkpointing.create_manager(
