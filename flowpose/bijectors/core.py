@@ -142,7 +142,7 @@ def check_event_dim(name: str, expected: int, event_dim: Optional[int]):
 
 
 def check_input(name: str, x: Array, dim: int):
-  """Raises ValueError when the trailing (event) dimension of `x` is not `dim`."""
+  """Raises ValueError unless the trailing (event) dimension of `x` is `dim`."""
   if x.ndim < 1 or x.shape[-1] != dim:
     raise ValueError(
         f"{name}: expected input [..., {dim}], got shape {tuple(x.shape)}")

@@ -56,7 +56,8 @@ def mlp_init(key: Array, in_dim: int, hidden_sizes: Sequence[int],
     }
   w_out = jnp.zeros((sizes[-1], out_dim), jnp.float32)
   if not zero_last:
-    w_out = jax.random.normal(keys[-1], w_out.shape) / np.sqrt(max(sizes[-1], 1))
+    w_out = (jax.random.normal(keys[-1], w_out.shape)
+             / np.sqrt(max(sizes[-1], 1)))
   params["dense_out"] = {"w": w_out, "b": jnp.zeros((out_dim,), jnp.float32)}
   return params
 
@@ -75,7 +76,8 @@ def mlp_apply(params: dict, h: Array,
 # Generic masked coupling.
 # ---------------------------------------------------------------------------
 
-# (x_transformed [..., T], conditioner_out [..., T, P]) -> (y [..., T], ld [..., T])
+# (x_transformed [..., T], conditioner_out [..., T, P])
+#   -> (y_transformed [..., T], log_det per dim [..., T])
 ElementwiseFn = Callable[[Array, Array], tuple[Array, Array]]
 
 
@@ -227,6 +229,6 @@ def alternating_mask(dim: int, parity: int = 0) -> np.ndarray:
 
 
 def half_mask(dim: int, first: bool = True) -> np.ndarray:
-  """`[D]` bool mask, True on the first `ceil(D/2)` dims (or, not first, the rest)."""
+  """`[D]` bool mask: True on the first `ceil(D/2)` dims (or the rest)."""
   m = np.arange(dim) < (dim + 1) // 2
   return m if first else ~m

@@ -19,7 +19,8 @@ Array = jax.Array
 def _check_perm(name: str, perm) -> np.ndarray:
   perm = np.asarray(perm)
   if perm.ndim != 1 or not np.array_equal(np.sort(perm), np.arange(perm.size)):
-    raise ValueError(f"{name}: perm must be a permutation of 0..D-1, got {perm}")
+    raise ValueError(
+        f"{name}: perm must be a permutation of 0..D-1, got {perm}")
   return perm.astype(np.int32)
 
 
@@ -139,8 +140,9 @@ def lu_linear(dim: int, perm: Optional[Sequence[int]] = None) -> core.Bijector:
   return core.Bijector(init, forward_and_log_det, inverse_and_log_det)
 
 
-def lu_linear_matrix(params: dict, perm: Optional[Sequence[int]] = None) -> Array:
-  """The dense `[D, D]` matrix `P L U` of `lu_linear` params (for tests/inspection)."""
+def lu_linear_matrix(params: dict,
+                     perm: Optional[Sequence[int]] = None) -> Array:
+  """The dense `[D, D]` matrix `P L U` of `lu_linear` params (inspection)."""
   dim = params["log_diag"].shape[-1]
   perm = np.arange(dim) if perm is None else np.asarray(perm)
   lower = jnp.tril(params["lower"], -1) + jnp.eye(dim)

@@ -1,4 +1,4 @@
-"""Monotonic rational-quadratic splines (Durkan et al., "Neural Spline Flows", 2019).
+"""Monotonic rational-quadratic splines (Durkan et al., Neural Spline Flows).
 
 Element-wise maps `x -> y` on `[range_min, range_max]` with `K` bins, identity
 (linear tails of slope 1) outside. The spline is given by unconstrained
@@ -18,7 +18,8 @@ The notation follows the paper's appendix A: for bin k with left knot
 `(x_k, y_k)`, width `w_k`, height `h_k`, slope `s_k = h_k / w_k`, knot
 derivatives `d_k, d_{k+1}` and `xi = (x - x_k) / w_k`:
 
-  y = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)] / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)].
+  y = y_k + h_k [s_k xi^2 + d_k xi (1 - xi)]
+            / [s_k + (d_{k+1} + d_k - 2 s_k) xi (1 - xi)].
 """
 
 import jax
@@ -40,13 +41,15 @@ def _knots(raw: Array, lo: float, hi: float, min_bin_size: float):
   """Bin sizes `[..., K]` and knot positions `[..., K+1]` from raw logits."""
   num_bins = raw.shape[-1]
   if min_bin_size * num_bins >= 1.0:
-    raise ValueError(f"min_bin_size={min_bin_size} too large for {num_bins} bins")
-  frac = min_bin_size + (1.0 - min_bin_size * num_bins) * jax.nn.softmax(raw, -1)
+    raise ValueError(
+        f"min_bin_size={min_bin_size} too large for {num_bins} bins")
+  frac = (min_bin_size
+          + (1.0 - min_bin_size * num_bins) * jax.nn.softmax(raw, -1))
   sizes = frac * (hi - lo)
   knots = jnp.concatenate(
       [jnp.zeros_like(sizes[..., :1]), jnp.cumsum(sizes, axis=-1)], axis=-1)
   knots = lo + knots
-  # Pin the last knot exactly to `hi` (cumsum rounding) so tails stay continuous.
+  # Pin the last knot exactly to `hi` (cumsum rounds) so tails stay continuous.
   knots = knots.at[..., -1].set(hi)
   sizes = knots[..., 1:] - knots[..., :-1]
   return sizes, knots

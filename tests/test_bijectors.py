@@ -1,0 +1,358 @@
+"""Tests for flowpose.bijectors: invertibility, log-dets vs. autodiff Jacobians.
+
+Compilation dominates the runtime on CPU, so every case compiles a single
+`_check` function (forward, inverse, Jacobian log-det) once and the tests share
+its cached results.
+"""
+
+import functools
+
+from absl.testing import parameterized
+import chex
+import distrax  # Before anything that may import tensorflow.
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowpose import bijectors as fb
+
+D = 5
+C = 3
+N = 16
+MASK = fb.alternating_mask(D)  # True = passed through.
+RANGE = 3.0  # Spline interval [-RANGE, RANGE] in the tests.
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+  # XLA optimisation passes cost most of this module's runtime and do not
+  # matter for correctness checks; restore the flag for other modules.
+  old = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+def _affine(mask=MASK, context_dim=0):
+  return fb.affine_coupling(mask, hidden_sizes=(8,), context_dim=context_dim)
+
+
+def _spline(mask=MASK, context_dim=0):
+  return fb.spline_coupling(mask, num_bins=4, range_min=-RANGE,
+                            range_max=RANGE, hidden_sizes=(8,),
+                            context_dim=context_dim)
+
+
+def _full_chain():
+  return fb.chain([
+      fb.actnorm(D),
+      _affine(MASK, context_dim=C),
+      fb.lu_linear(D, perm=[1, 3, 0, 4, 2]),
+      fb.reverse(D),
+      _spline(~MASK),
+      fb.permutation([2, 0, 4, 1, 3]),
+      _affine(~MASK),
+      _spline(MASK, context_dim=C),
+  ])
+
+
+def _stack_block():
+  return fb.chain([_affine(MASK, C), fb.lu_linear(D), fb.actnorm(D)])
+
+
+# name -> (bijector factory, identity at init?, params perturbation scale).
+# Deep compositions get smaller perturbations: random layers compound into
+# maps so contracting that float32 round trips lose digits.
+CASES = {
+    # Both coupling types without context, in one compiled case.
+    "couplings": (lambda: fb.chain([_affine(MASK), _spline(~MASK)]), True,
+                  0.3),
+    "affine_context": (lambda: _affine(~MASK, context_dim=C), True, 0.3),
+    "spline_context": (lambda: _spline(~MASK, context_dim=C), True, 0.3),
+    "permutation": (lambda: fb.permutation([2, 0, 4, 1, 3]), False, 0.3),
+    "reverse": (lambda: fb.reverse(D), False, 0.3),
+    "lu_linear": (lambda: fb.lu_linear(D), True, 0.3),
+    "actnorm": (lambda: fb.actnorm(D), True, 0.3),
+    "chain": (_full_chain, False, 0.1),
+    "stack": (lambda: fb.stack(_stack_block(), 3), True, 0.1),
+}
+CONTEXT_CASES = ("affine_context", "spline_context", "chain")
+
+
+def _perturb(params, key, scale=0.3):
+  """Random non-zero params, so the checks are not trivially the identity."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  leaves = [p + scale * jax.random.normal(k, p.shape, p.dtype)
+            for p, k in zip(leaves, keys)]
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def _inputs():
+  x = 1.5 * jax.random.normal(jax.random.key(1), (N, D))
+  # Some entries in the spline tails (outside [-RANGE, RANGE]).
+  x = x.at[0].set(jnp.array([4.0, -5.0, 6.0, -3.5, 7.0]))
+  x = x.at[1, 0].set(-RANGE).at[1, 2].set(RANGE)
+  context = jax.random.normal(jax.random.key(2), (N, C))
+  return x, context
+
+
+def _check(bijector, params, x, context):
+  """Everything the tests compare, in one compiled function."""
+  y, ld_fwd = bijector.forward_and_log_det(params, x, context)
+  x_rec, ld_inv = bijector.inverse_and_log_det(params, y, context)
+  jac = jax.vmap(jax.jacfwd(lambda xi, ci: bijector.forward(params, xi, ci)))(
+      x, context)
+  return dict(y=y, ld_fwd=ld_fwd, x_rec=x_rec, ld_inv=ld_inv,
+              jac_log_det=jnp.linalg.slogdet(jac)[1])
+
+
+@functools.cache
+def _case(name):
+  factory, identity_at_init, scale = CASES[name]
+  bijector = factory()
+  params0 = bijector.init(jax.random.key(0), D)
+  params = _perturb(params0, jax.random.key(3), scale)
+  check = jax.jit(functools.partial(_check, bijector))
+  x, context = _inputs()
+  return dict(bijector=bijector, params0=params0, params=params, check=check,
+              identity_at_init=identity_at_init, x=x, context=context,
+              out=check(params, x, context))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip_and_log_dets(name):
+  case = _case(name)
+  out = jax.tree.map(np.asarray, case["out"])
+  # Non-trivial: the perturbed bijector moves the points.
+  if name != "actnorm":
+    assert np.abs(out["y"] - case["x"]).max() > 1e-2
+  np.testing.assert_allclose(out["x_rec"], case["x"], atol=2e-4)
+  np.testing.assert_allclose(out["ld_fwd"], -out["ld_inv"], atol=2e-4)
+  np.testing.assert_allclose(out["ld_fwd"], out["jac_log_det"], atol=1e-3)
+  assert out["ld_fwd"].shape == (N,)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_identity_at_init(name):
+  case = _case(name)
+  if not case["identity_at_init"]:
+    pytest.skip("a fixed permutation is not the identity")
+  out = case["check"](case["params0"], case["x"], case["context"])
+  np.testing.assert_allclose(out["y"], case["x"], atol=1e-6)
+  np.testing.assert_allclose(out["ld_fwd"], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CONTEXT_CASES)
+def test_context_changes_output(name):
+  case = _case(name)
+  out2 = case["check"](case["params"], case["x"], case["context"] + 1.0)
+  assert np.abs(np.asarray(out2["y"] - case["out"]["y"])).max() > 1e-3
+  np.testing.assert_allclose(out2["x_rec"], case["x"], atol=2e-4)
+
+
+def test_coupling_requires_context_when_built_with_it():
+  case = _case("affine_context")
+  with pytest.raises(ValueError, match="context"):
+    case["bijector"].forward(case["params"], case["x"])
+
+
+def test_context_broadcasts_over_batch():
+  case = _case("affine_context")
+  b, p, x = case["bijector"], case["params"], case["x"]
+  y_shared, _ = jax.jit(b.forward_and_log_det)(p, x, case["context"][0])
+  y_tiled, _ = jax.jit(b.forward_and_log_det)(
+      p, x, jnp.broadcast_to(case["context"][0], (N, C)))
+  np.testing.assert_allclose(y_shared, y_tiled, atol=1e-6)
+
+
+def test_coupling_masked_dims_pass_through():
+  for name in ("affine_context", "spline_context"):  # Both pass ~MASK.
+    mask = ~MASK
+    case = _case(name)
+    np.testing.assert_array_equal(case["out"]["y"][:, mask], case["x"][:, mask])
+
+
+def test_spline_tails_are_identity():
+  case = _case("spline_context")  # Passes ~MASK, transforms dims 0, 2, 4.
+  x, y = np.asarray(case["x"]), np.asarray(case["out"]["y"])
+  transformed = MASK
+  tails = (np.abs(x) > RANGE) & transformed
+  assert tails.sum() >= 3
+  np.testing.assert_array_equal(y[tails], x[tails])
+  inside = (np.abs(x) < RANGE) & transformed
+  assert np.abs(y[inside] - x[inside]).max() > 1e-2
+
+
+def test_spline_gradients_finite_in_tails_and_at_bounds():
+  bijector = _spline()
+  params = _perturb(bijector.init(jax.random.key(0)), jax.random.key(3))
+  x = jnp.array([[0.0, 10.0, 0.0, -10.0, 0.0],
+                 [0.0, RANGE, 0.0, -RANGE, 0.0],
+                 [0.0, 0.5, 0.0, -0.5, 0.0]])
+  loss = lambda p, x: jnp.sum(fb.standard_normal_log_prob(bijector, p, x))
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(g))
+
+
+def test_spline_math_monotone_and_matches_derivative():
+  k = 6
+  params = 0.8 * jax.random.normal(jax.random.key(4), (3 * k - 1,))
+  kw = dict(num_bins=k, range_min=-2.0, range_max=2.0)
+  xs = jnp.linspace(-3.0, 3.0, 601)
+
+  @jax.jit
+  def run(xs):
+    y, ld = fb.rational_quadratic_forward(xs, params, **kw)
+    x_rec, ld_inv = fb.rational_quadratic_inverse(y, params, **kw)
+    dy = jax.vmap(jax.grad(
+        lambda x: fb.rational_quadratic_forward(x, params, **kw)[0]))(xs)
+    return y, ld, x_rec, ld_inv, dy
+
+  y, ld, x_rec, ld_inv, dy = map(np.asarray, run(xs))
+  xs = np.asarray(xs)
+  assert np.all(np.diff(y) > 0)
+  np.testing.assert_allclose(x_rec, xs, atol=1e-5)
+  np.testing.assert_allclose(ld, -ld_inv, atol=1e-4)
+  np.testing.assert_allclose(ld, np.log(dy), atol=1e-4)
+  np.testing.assert_allclose(y[[0, -1]], xs[[0, -1]])  # Tails.
+
+
+def test_chain_order_is_distrax_order():
+  f = fb.actnorm(D)
+  g = fb.permutation([1, 2, 3, 4, 0])
+  pf = {"shift": jnp.arange(D, dtype=jnp.float32),
+        "log_scale": jnp.full((D,), 0.5)}
+  x = jnp.arange(D, dtype=jnp.float32)[None]
+  y = fb.forward(fb.chain([f, g]), (pf, {}), x)
+  np.testing.assert_allclose(y, f.forward(pf, g.forward({}, x)))
+  np.testing.assert_allclose(
+      fb.inverse(fb.chain([f, g]), (pf, {}), y), x, atol=1e-6)
+  inv = fb.invert(f)
+  np.testing.assert_allclose(inv.forward(pf, y), f.inverse(pf, y))
+
+
+def test_stack_matches_unrolled_chain():
+  case = _case("stack")
+  block = _stack_block()
+  layers = tuple(jax.tree.map(lambda p, i=i: p[i], case["params"])
+                 for i in range(3))
+  y, ld = jax.jit(fb.chain([block] * 3).forward_and_log_det)(
+      layers, case["x"], case["context"])
+  np.testing.assert_allclose(y, case["out"]["y"], atol=1e-5)
+  np.testing.assert_allclose(ld, case["out"]["ld_fwd"], atol=1e-5)
+
+
+def test_actnorm_data_init_standardises_batch():
+  x = 3.0 + 2.5 * jax.random.normal(jax.random.key(5), (256, D))
+  b = fb.actnorm(D)
+  p = fb.actnorm_data_init(b.init(None), x, direction="forward")
+  y = np.asarray(b.forward(p, x))
+  np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(y.std(0), 1.0, atol=1e-4)
+  p = fb.actnorm_data_init(b.init(None), x, direction="inverse")
+  z = np.asarray(b.inverse(p, x))
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z.std(0), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("direction", ["forward", "inverse"])
+def test_data_init_through_chain_and_stack(direction):
+  # Each actnorm must standardise the batch *as it reaches that layer*; the
+  # stacked actnorms come last on the data path, so the output is standardised
+  # and the second one to see the data stays the identity.
+  lu = fb.lu_linear(D)
+  lu_params = _perturb(lu.init(None), jax.random.key(6), 0.5)
+  norms = fb.stack(fb.actnorm(D), 2)
+  x = 2.0 + 3.0 * jax.random.normal(jax.random.key(7), (512, D))
+  if direction == "forward":  # lu, then stack layer 1, then stack layer 0.
+    flow, lu_index, second_norm = fb.chain([norms, lu]), 1, 0
+  else:  # lu inverse, then stack layer 0 inverse, then layer 1 inverse.
+    flow, lu_index, second_norm = fb.chain([lu, norms]), 0, 1
+  params = list(flow.init(jax.random.key(0)))
+  params[lu_index] = lu_params
+  new = fb.data_init(flow, tuple(params), x, direction=direction)
+  np.testing.assert_array_equal(new[lu_index]["lower"], lu_params["lower"])
+  apply = fb.forward if direction == "forward" else fb.inverse
+  h = np.asarray(apply(flow, new, x))
+  np.testing.assert_allclose(h.mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(h.std(0), 1.0, atol=1e-3)
+  norm_params = new[1 - lu_index]
+  np.testing.assert_allclose(norm_params["log_scale"][second_norm], 0.0,
+                             atol=1e-3)
+  assert np.abs(norm_params["log_scale"][1 - second_norm]).max() > 0.5
+
+
+def test_invert_flips_data_init_direction():
+  x = 3.0 + 2.5 * jax.random.normal(jax.random.key(5), (64, D))
+  b = fb.actnorm(D)
+  p_inv = fb.data_init(fb.invert(b), b.init(None), x, direction="forward")
+  p_ref = fb.actnorm_data_init(b.init(None), x, direction="inverse")
+  chex.assert_trees_all_close(p_inv, p_ref)
+
+
+def test_distrax_transformed_log_prob():
+  # The cached pure-function results give the expected value: inverse(y) = x
+  # with inverse log-det `ld_inv`.
+  case = _case("chain")
+  bijector, out = case["bijector"], case["out"]
+  base = distrax.MultivariateNormalDiag(jnp.zeros(D), jnp.ones(D))
+  expected = base.log_prob(case["x"]) + out["ld_inv"]
+
+  @jax.jit
+  def log_prob(params, y, context):
+    dist = distrax.Transformed(base, fb.to_distrax(bijector, params, context))
+    return dist.log_prob(y)
+
+  lp = log_prob(case["params"], out["y"], case["context"])
+  np.testing.assert_allclose(lp, expected, rtol=1e-4, atol=1e-4)
+  pure = jax.jit(functools.partial(fb.standard_normal_log_prob, bijector))(
+      case["params"], out["y"], case["context"])
+  np.testing.assert_allclose(pure, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_distrax_sampling_uses_forward():
+  case = _case("affine_context")
+  b, params = case["bijector"], case["params"]
+  dist = distrax.Transformed(
+      distrax.MultivariateNormalDiag(jnp.zeros(D), jnp.ones(D)),
+      fb.to_distrax(b, params, case["context"][0]))
+  samples, lp = jax.jit(lambda k: dist.sample_and_log_prob(
+      seed=k, sample_shape=(8,)))(jax.random.key(8))
+  chex.assert_shape((samples, lp), ((8, D), (8,)))
+  np.testing.assert_allclose(
+      lp, fb.standard_normal_log_prob(b, params, samples, case["context"][0]),
+      rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_raise():
+  with pytest.raises(ValueError, match="permutation"):
+    fb.permutation([0, 0, 1])
+  with pytest.raises(ValueError, match="nothing"):
+    fb.affine_coupling(np.ones(3, bool))
+  with pytest.raises(ValueError, match="event dimension"):
+    fb.lu_linear(3).init(jax.random.key(0), 4)
+  with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
+    fb.actnorm(3).forward({"shift": jnp.zeros(3), "log_scale": jnp.zeros(3)},
+                          jnp.zeros((2, 4)))
+
+
+class JitConsistencyTest(chex.TestCase):
+  """jit and no-jit agree (chex variants) on the layer types with MLPs."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(("affine_context", "affine_context"),
+                                  ("spline_context", "spline_context"))
+  def test_variants_agree_with_cached_jit(self, name):
+    case = _case(name)
+    b = case["bijector"]
+    fwd = self.variant(b.forward_and_log_det)
+    inv = self.variant(b.inverse_and_log_det)
+    y, ld = fwd(case["params"], case["x"], case["context"])
+    x_rec, ld_inv = inv(case["params"], y, case["context"])
+    np.testing.assert_allclose(y, case["out"]["y"], atol=1e-5)
+    np.testing.assert_allclose(ld, case["out"]["ld_fwd"], atol=1e-5)
+    np.testing.assert_allclose(x_rec, case["x"], atol=2e-4)
+    np.testing.assert_allclose(ld_inv, -ld, atol=2e-4)
