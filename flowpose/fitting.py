@@ -1,0 +1,461 @@
+"""Batched latent-space fitting of the body model to 2D evidence.
+
+After Zanfir et al. (ECCV 2020): the pose is optimised in the Gaussian latent
+space of a normalizing-flow prior (or a baseline, see
+`fitting_body.make_pose_prior`) against robust 2D keypoint reprojection and
+semantic body-part alignment.
+
+Variables per person (pytree `dict`, every leaf with a leading `[B]`):
+  pose [D]      pose variable (latent z for flow/gaussian, DOFs otherwise)
+  betas [S]     shape coefficients
+  orient [6]    global orientation, 6D (body frame -> OpenCV camera frame)
+  transl [3]    translation in the camera frame (metres)
+  log_focal []  log focal length (pixels); only moves when "focal" is free
+
+Loss (`config.loss_weights`, one dict, all terms always present):
+  keypoints    robust, confidence-weighted reprojection, residuals divided by
+               the person's keypoint box size (`keypoint_sigma` in its units)
+  parts        `losses.part_alignment_loss` on a per-part vertex subset, the
+               visibility (z-buffer of the current estimate, or normals)
+               recomputed before every stage; 0 without part evidence
+  pose_prior   ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
+  shape_prior  ||betas||^2
+  depth        (log z - log z_init)^2: keeps the depth near the
+               similar-triangles estimate (scale/depth ambiguity)
+  focal        (log f - log f_init)^2 (the focal/depth ambiguity)
+
+Schedule: `config.stages`, a list of dicts `{name, steps, lr, free,
+keypoints, loss_weights}` (`free` names variables, `keypoints` is "all" or
+"torso", `loss_weights` overrides entries of `config.loss_weights`). Each
+stage runs Adam for `steps` in one jitted `lax.fori_loop` over the batch
+(persons are independent: the loss is a sum over persons and Adam is
+elementwise, so batched and one-at-a-time results agree).
+
+Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
+(0 = facing the camera, 180 = back to it); after stage
+`config.select_restart_after` (-1 = the last) the restart with the lowest
+loss is kept per person and the others are dropped.
+"""
+
+import time
+from typing import Any, NamedTuple, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from flowpose import geometry
+from flowpose import losses
+from flowpose import render
+from flowpose.body import model as body_lib
+from flowpose.fitting_body import (FitBody, PosePrior, TORSO_KEYPOINTS,  # pylint: disable=g-importing-member
+                                   facing_camera_rotation, initial_translation,
+                                   pose_points, project)
+# The config lives in its own module; re-exported so `fitting.X` works.
+from flowpose.fitting_config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
+                                     VARIABLES, VISIBILITY, FitInputError,
+                                     default_fit_config, validate_fit_config)
+
+class Evidence(NamedTuple):
+  """2D evidence of B persons (one image each).
+
+  Attributes:
+    keypoints: [B, K, 2] pixels (NaN where missing).
+    confidence: [B, K] (0 = missing).
+    focal: [B, 2] known or initial focal lengths (pixels).
+    principal_point: [B, 2].
+    part_pixels: optional [B, N, 2] labelled pixels (`sample_part_pixels`).
+    part_labels: optional [B, N] int.
+    part_valid: optional [B, N] bool.
+  """
+  keypoints: Any
+  confidence: Any
+  focal: Any
+  principal_point: Any
+  part_pixels: Any = None
+  part_labels: Any = None
+  part_valid: Any = None
+
+  @property
+  def has_parts(self) -> bool:
+    return self.part_pixels is not None
+
+
+class FitResult(NamedTuple):
+  """Fitted parameters (numpy, leading [B]).
+
+  Attributes:
+    variables: the optimised variables (see module docstring).
+    pose_dofs: [B, D]. rotmats: [B, J, 3, 3] local rotations.
+    betas: [B, S]. transl: [B, 3]. focal: [B, 2].
+    loss: [B] final total loss. terms: name -> [B] unweighted final terms.
+    restart: [B] index of the kept restart.
+    restart_losses: [B, R] each restart's loss when the best was chosen.
+    history: per stage, [steps, B'] total loss per step.
+  """
+  variables: dict
+  pose_dofs: np.ndarray
+  rotmats: np.ndarray
+  betas: np.ndarray
+  transl: np.ndarray
+  focal: np.ndarray
+  loss: np.ndarray
+  terms: dict
+  restart: np.ndarray
+  restart_losses: np.ndarray
+  history: list
+
+
+# ---------------------------------------------------------------------------
+# Loss and one stage.
+# ---------------------------------------------------------------------------
+
+
+def _person_loss(variables, aux, weights, body: FitBody, space, prior_params,
+                 has_parts: bool, sigmas):
+  """Total loss and unweighted terms of one person (unbatched)."""
+  kp_sigma, part_sigma = sigmas
+  dofs = space.decode(prior_params, variables["pose"])
+  root = geometry.rot6d_to_matrix(variables["orient"])
+  points = pose_points(body, dofs, root, variables["betas"],
+                       variables["transl"], with_vertices=has_parts)
+  focal = jnp.exp(variables["log_focal"]) * aux["focal_aspect"]
+  pp = aux["principal_point"]
+  scale = losses.person_scale_from_keypoints(aux["keypoints"],
+                                             aux["confidence"])
+  terms = {
+      "keypoints": losses.keypoint_reprojection_loss(
+          project(points.keypoints, focal, pp), aux["keypoints"],
+          aux["confidence"] * aux["keypoint_mask"], sigma=kp_sigma,
+          scale=scale),
+      "pose_prior": space.penalty(prior_params, variables["pose"]),
+      "shape_prior": losses.shape_prior(variables["betas"]),
+      "depth": jnp.square(jnp.log(jnp.maximum(variables["transl"][2], 1e-2)) -
+                          jnp.log(aux["depth_init"])),
+      "focal": jnp.square(variables["log_focal"] - aux["log_focal_init"]),
+  }
+  if has_parts:
+    terms["parts"], _ = losses.part_alignment_loss(
+        project(points.vertices, focal, pp), body.sub_labels,
+        aux["visibility"], aux["part_pixels"], aux["part_labels"],
+        aux["part_valid"], num_parts=body.num_parts, sigma=part_sigma,
+        scale=scale)
+  else:
+    terms["parts"] = jnp.zeros(())
+  return losses.weighted_sum(terms, weights)
+
+
+def _masked(variables, free):
+  """Variables whose gradient is multiplied by `free[k]` (values unchanged)."""
+  return {k: free[k] * v + (1.0 - free[k]) * jax.lax.stop_gradient(v)
+          for k, v in variables.items()}
+
+
+def _batch_loss(variables, aux, weights, free, body, space, prior_params,
+                has_parts, sigmas):
+  total, terms = jax.vmap(_person_loss,
+                          (0, 0, None, None, None, None, None, None))(
+                              _masked(variables, free), aux, weights, body,
+                              space, prior_params, has_parts, sigmas)
+  return jnp.sum(total), (total, terms)
+
+
+def _adam_loop(variables, args, lr, steps, max_steps, final_lr_fraction):
+  """Adam on the summed loss (elementwise, so persons stay independent)."""
+  # b2 = 0.99, not 0.999: the gradients shrink by orders of magnitude as the
+  # fit converges and a long second-moment memory then stalls the steps
+  # (noiseless 8-DOF test: 2-3 mm instead of 5-12 mm PA-MPJPE in 200 steps).
+  opt = optax.scale_by_adam(b2=0.99)
+  loss_fn = jax.value_and_grad(_batch_loss, has_aux=True)
+  num = variables["pose"].shape[0]
+
+  def step(i, carry):
+    params, opt_state, history = carry
+    (_, (per_person, _)), grads = loss_fn(params, *args)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    # Cosine decay from lr to lr * final_lr_fraction over the stage: Adam's
+    # steps do not shrink near the optimum by themselves.
+    frac = i / jnp.maximum(steps - 1, 1)
+    rate = lr * (final_lr_fraction + (1.0 - final_lr_fraction) * 0.5 *
+                 (1.0 + jnp.cos(jnp.pi * frac)))
+    params = jax.tree.map(lambda p, u: p - rate * u, params, updates)
+    history = jax.lax.dynamic_update_slice(history, per_person[None], (i, 0))
+    return params, opt_state, history
+
+  history = jnp.zeros((max_steps, num), jnp.float32)
+  variables, _, history = jax.lax.fori_loop(
+      0, steps, step, (variables, opt.init(variables), history))
+  return variables, history
+
+
+def _lbfgs_loop(variables, args, steps, max_steps):
+  """L-BFGS (zoom line search) per person, `vmap`ped: persons independent."""
+  aux, weights, free, body, space, prior_params, has_parts, sigmas = args
+  opt = optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
+      max_linesearch_steps=20, initial_guess_strategy="one"))
+
+  def person_step(params, opt_state, person_aux):
+    def value_fn(p):
+      p = _masked(p, free)
+      return _person_loss(p, person_aux, weights, body, space, prior_params,
+                          has_parts, sigmas)[0]
+    value, grad = optax.value_and_grad_from_state(value_fn)(
+        params, state=opt_state)
+    updates, opt_state = opt.update(grad, opt_state, params, value=value,
+                                    grad=grad, value_fn=value_fn)
+    params = optax.apply_updates(params, updates)
+    # A failed line search can produce NaN; keep the last finite iterate.
+    ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree.leaves(params)]))
+    return params, opt_state, value, ok
+
+  def step(i, carry):
+    params, opt_state, history = carry
+    new_params, new_state, value, ok = jax.vmap(person_step)(
+        params, opt_state, aux)
+    keep = lambda new, old: jnp.where(
+        ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    params = jax.tree.map(keep, new_params, params)
+    history = jax.lax.dynamic_update_slice(history, value[None], (i, 0))
+    return params, new_state, history
+
+  num = variables["pose"].shape[0]
+  history = jnp.zeros((max_steps, num), jnp.float32)
+  state = jax.vmap(opt.init)(variables)
+  variables, _, history = jax.lax.fori_loop(0, steps, step,
+                                            (variables, state, history))
+  return variables, history
+
+
+@jax.jit(static_argnames=("space", "has_parts", "max_steps", "sigmas",
+                          "final_lr_fraction", "optimizer"))
+def run_stage(variables, aux, weights, lr, steps, free, body, prior_params, *,
+              space, has_parts: bool, max_steps: int, sigmas: tuple,
+              final_lr_fraction: float = 0.05, optimizer: str = "adam"):
+  """`steps` optimiser steps on a batch; variables with `free[k] == 0` fixed.
+
+  Everything that differs between stages (weights, lr, steps, free mask,
+  keypoint mask) is traced, so all stages of a fit share one compilation.
+
+  Args:
+    variables: dict of [B, ...] arrays (see module docstring).
+    aux: dict of per-person evidence [B, ...] (keypoints, confidence,
+      keypoint_mask, focal_aspect, principal_point, depth_init,
+      log_focal_init, and with parts part_pixels/labels/valid, visibility).
+    weights: loss weights dict of scalars.
+    lr: scalar peak Adam learning rate, cosine-decayed to
+      `lr * final_lr_fraction` over the stage (unused by L-BFGS).
+    steps: scalar int32 <= max_steps.
+    free: dict variable name -> scalar 1.0 (optimised) or 0.0 (fixed).
+    body: `FitBody`. prior_params: the pose prior's params.
+    space: static `PoseSpace`. has_parts: static.
+    max_steps: static length of the loss history.
+    sigmas: static (keypoint_sigma, part_sigma).
+    final_lr_fraction: static, see `lr`.
+    optimizer: static "adam" | "lbfgs".
+
+  Returns:
+    (variables, final per-person loss [B], final terms {name: [B]},
+    loss history [max_steps, B], rows past `steps` zero).
+  """
+  args = (aux, weights, free, body, space, prior_params, has_parts, sigmas)
+  if optimizer == "adam":
+    variables, history = _adam_loop(variables, args, lr, steps, max_steps,
+                                    final_lr_fraction)
+  else:
+    variables, history = _lbfgs_loop(variables, args, steps, max_steps)
+  _, (final, terms) = _batch_loss(variables, *args)
+  return variables, final, terms, history
+
+
+# ---------------------------------------------------------------------------
+# Host-side helpers.
+# ---------------------------------------------------------------------------
+
+
+def decode_rotmats(body: FitBody, prior: PosePrior, variables: dict):
+  """(pose_dofs [B, D], local rotmats [B, J, 3, 3]) of batched variables."""
+  dofs = jax.vmap(prior.space.decode, (None, 0))(prior.params,
+                                                  variables["pose"])
+  roots = geometry.rot6d_to_matrix(variables["orient"])
+  return dofs, jax.vmap(body.pose_to_rotmats)(dofs, roots)
+
+
+def _visibility(model, body, prior, variables, aux, mode, image_size):
+  """[B, Vs] visibility of the subset vertices for the current estimate."""
+  num = variables["pose"].shape[0]
+  if mode == "all":
+    return np.ones((num, body.sub_index.shape[0]), np.float32)
+  _, rotmats = decode_rotmats(body, prior, variables)
+  out = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
+      model, rotmats, variables["betas"], variables["transl"])
+  verts = np.asarray(out.vertices)
+  sub = np.asarray(body.sub_index)
+  focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
+      aux["focal_aspect"])
+  vis = np.zeros((num, len(sub)), np.float32)
+  for b in range(num):
+    if mode == "normals":
+      vis[b] = np.asarray(losses.soft_visibility_from_normals(
+          jnp.asarray(verts[b]), model.faces))[sub]
+    else:
+      cam = render.PinholeCamera(np.eye(3), np.zeros(3), focal[b],
+                                 np.asarray(aux["principal_point"][b]))
+      vis[b] = render.vertex_visibility(verts[b], np.asarray(model.faces),
+                                        cam, image_size)[sub]
+  return vis
+
+
+def _keypoint_mask(which: str, num_keypoints: int) -> np.ndarray:
+  mask = np.ones(num_keypoints, np.float32)
+  if which == "torso":
+    mask[:] = 0.0
+    mask[list(TORSO_KEYPOINTS)] = 1.0
+  return mask
+
+
+def _take(tree, index):
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
+                      yaw_deg: float) -> tuple[dict, dict]:
+  """Initial variables and aux entries (depth/focal init) for one yaw."""
+  kp = np.asarray(evidence.keypoints, np.float64)
+  num = kp.shape[0]
+  focal = np.asarray(evidence.focal, np.float64).reshape(num, 2)
+  pp = np.asarray(evidence.principal_point, np.float64).reshape(num, 2)
+  root = np.broadcast_to(facing_camera_rotation(yaw_deg), (num, 3, 3))
+  zeros_s = jnp.zeros((body.j_shapedirs.shape[-1],))
+  rest = pose_points(body, prior.space.decode(prior.params, prior.init),
+                     jnp.eye(3), zeros_s, jnp.zeros(3), with_vertices=False)
+  transl = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
+                               np.asarray(rest.keypoints),
+                               np.asarray(rest.joints[0]), root)
+  log_f = np.log(focal.mean(-1))
+  variables = {
+      "pose": jnp.broadcast_to(prior.init, (num, prior.space.dim)),
+      "betas": jnp.zeros((num, body.j_shapedirs.shape[-1])),
+      "orient": geometry.matrix_to_rot6d(jnp.asarray(root, jnp.float32)),
+      "transl": jnp.asarray(transl, jnp.float32),
+      "log_focal": jnp.asarray(log_f, jnp.float32),
+  }
+  aux = {"depth_init": jnp.asarray(transl[:, 2], jnp.float32),
+         "log_focal_init": jnp.asarray(log_f, jnp.float32)}
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
+
+
+def _evidence_aux(evidence: Evidence) -> dict:
+  focal = np.asarray(evidence.focal, np.float32)
+  aux = {"keypoints": jnp.asarray(evidence.keypoints, jnp.float32),
+         "confidence": jnp.asarray(evidence.confidence, jnp.float32),
+         "principal_point": jnp.asarray(evidence.principal_point, jnp.float32),
+         # f = exp(log_focal) * aspect keeps fx/fy fixed while f scales.
+         "focal_aspect": jnp.asarray(focal / focal.mean(-1, keepdims=True))}
+  if evidence.has_parts:
+    aux["part_pixels"] = jnp.asarray(evidence.part_pixels, jnp.float32)
+    aux["part_labels"] = jnp.asarray(evidence.part_labels, jnp.int32)
+    aux["part_valid"] = jnp.asarray(evidence.part_valid, bool)
+  return aux
+
+
+def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
+        body: FitBody, prior: PosePrior, evidence: Evidence,
+        image_size: Optional[tuple] = None) -> FitResult:
+  """Fits B persons jointly (restarts, stages; see the module docstring).
+
+  Args:
+    config: fitting config (`default_fit_config()` fields).
+    model: the full body model (visibility renders between stages).
+    body: `make_fit_body(model, ...)`.
+    prior: `fitting_body.make_pose_prior(...)`.
+    evidence: `Evidence` with a leading [B].
+    image_size: (H, W), needed for z-buffer visibility with part evidence.
+
+  Returns:
+    A `FitResult`.
+  """
+  validate_fit_config(config)
+  kp = np.asarray(evidence.keypoints)
+  if kp.ndim != 3 or kp.shape[-1] != 2:
+    raise FitInputError(f"evidence.keypoints: expected [B, K, 2], got "
+                        f"{kp.shape}")
+  num, num_kp = kp.shape[:2]
+  has_parts = evidence.has_parts
+  if has_parts and config.visibility == "zbuffer" and image_size is None:
+    raise FitInputError("fit: image_size is needed for z-buffer visibility")
+  yaws = tuple(config.restart_yaws_deg)
+  num_restarts = len(yaws)
+  base_aux = _evidence_aux(evidence)
+  # Restarts are stacked restart-major: row r * B + b.
+  inits = [initial_variables(body, prior, evidence, yaw) for yaw in yaws]
+  variables = jax.tree.map(lambda *x: jnp.concatenate(x),
+                           *[v for v, _ in inits])
+  aux = {**jax.tree.map(lambda x: jnp.concatenate([x] * num_restarts),
+                        base_aux),
+         **jax.tree.map(lambda *x: jnp.concatenate(x), *[a for _, a in inits])}
+  stages = [dict(s) for s in config.stages]
+  select_after = config.select_restart_after % len(stages)
+  base_weights = dict(config.loss_weights)
+  sigmas = (float(config.keypoint_sigma), float(config.part_sigma))
+  kept = np.zeros(num, np.int64)
+  restart_losses = np.zeros((num, num_restarts), np.float32)
+  history = []
+  max_steps = max(int(s["steps"]) for s in stages)
+  for i, stage in enumerate(stages):
+    rows = variables["pose"].shape[0]
+    aux["keypoint_mask"] = jnp.broadcast_to(
+        jnp.asarray(_keypoint_mask(stage["keypoints"], num_kp)),
+        (rows, num_kp))
+    if has_parts:
+      aux["visibility"] = jnp.asarray(_visibility(
+          model, body, prior, variables, aux, config.visibility, image_size))
+    weights = {k: jnp.float32(v) for k, v in
+               {**base_weights, **dict(stage["loss_weights"])}.items()}
+    start = time.time()
+    free = {k: jnp.float32(k in stage["free"]) for k in VARIABLES}
+    variables, final, terms, hist = run_stage(
+        variables, aux, weights, jnp.float32(stage["lr"]),
+        jnp.int32(stage["steps"]), free, body, prior.params,
+        final_lr_fraction=float(config.final_lr_fraction), space=prior.space,
+        has_parts=has_parts, max_steps=max_steps, sigmas=sigmas,
+        optimizer=stage["optimizer"])
+    final.block_until_ready()
+    logging.info("fit stage %s: %d steps, %.2fs, mean loss %.4g", stage["name"],
+                 stage["steps"], time.time() - start, float(jnp.mean(final)))
+    history.append(np.asarray(hist)[:stage["steps"]])
+    if i == select_after and variables["pose"].shape[0] != num:
+      per_restart = np.asarray(final).reshape(num_restarts, num)
+      # NaN losses never win.
+      per_restart = np.where(np.isfinite(per_restart), per_restart, np.inf)
+      restart_losses = per_restart.T.copy()
+      kept = np.argmin(per_restart, axis=0)
+      index = kept * num + np.arange(num)
+      variables, aux = _take(variables, index), _take(aux, index)
+      final, terms = _take(final, index), _take(terms, index)
+    elif i == select_after:
+      restart_losses = np.asarray(final)[:, None].copy()
+  dofs, rotmats = decode_rotmats(body, prior, variables)
+  focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
+      aux["focal_aspect"])
+  variables = jax.tree.map(np.asarray, variables)
+  return FitResult(
+      variables=variables, pose_dofs=np.asarray(dofs),
+      rotmats=np.asarray(rotmats), betas=variables["betas"],
+      transl=variables["transl"], focal=focal, loss=np.asarray(final),
+      terms={k: np.asarray(v) for k, v in terms.items()}, restart=kept,
+      restart_losses=restart_losses, history=history)
+
+
+def body_outputs(model: body_lib.BodyModel, result: FitResult,
+                 chunk: int = 64) -> body_lib.BodyOutput:
+  """Full posed meshes [B, V, 3], joints [B, J, 3] etc. of a fit (camera frame)."""
+  fwd = jax.jit(jax.vmap(body_lib.forward, (None, 0, 0, 0)))
+  outs = [fwd(model, result.rotmats[i:i + chunk], result.betas[i:i + chunk],
+              result.transl[i:i + chunk])
+          for i in range(0, len(result.betas), chunk)]
+  return jax.tree.map(lambda *x: np.concatenate([np.asarray(a) for a in x]),
+                      *outs)

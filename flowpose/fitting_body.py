@@ -1,0 +1,348 @@
+"""What the fitter needs from the body model and the pose prior, precomputed.
+
+`FitBody` is a reduced body model for the optimisation loop: 2D keypoints and
+a fixed vertex subset (for the part term) without skinning 13k vertices per
+step. It is exact, because with linear blend skinning and no pose correctives
+(the CC0 model has none) a keypoint, a fixed linear combination of vertices
+`kp_k = sum_v r_kv v_v`, is
+
+  kp_k = sum_j A_j (sum_v r_kv w_vj [v_v; 1]),   A_j = [R_j | t_j]  [3, 4],
+
+and `sum_v r_kv w_vj v_v` is linear in betas. So the keypoints need a
+`[K, J, 3, S]` basis and the joint transforms only.
+
+`PoseSpace` says how the optimised pose variable maps to the 50 pose DOFs and
+what its prior penalty is, per prior kind (see `make_pose_prior`):
+
+  none      var = DOFs,                         penalty 0
+  gaussian  DOFs = mean + L var (L = Cholesky),  penalty ||var||^2
+  gmm8      var = DOFs,                         penalty -2 log p_GMM(DOFs)
+  flow      DOFs = flow.latent_to_pose(var),    penalty ||var||^2
+
+The GMM's `-2 log p` (not `-log p`) puts all penalties on the same scale: for
+a single Gaussian it is `||z||^2 + const`, so one `loss_weights.pose_prior`
+means the same prior strength for every kind.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flowpose import baselines
+from flowpose import geometry
+from flowpose.body import model as body_lib
+
+PRIOR_KINDS = ("none", "gaussian", "gmm8", "flow")
+# COCO-17 indices of the torso keypoints (shoulders, hips).
+TORSO_KEYPOINTS = (5, 6, 11, 12)
+
+
+@flax.struct.dataclass
+class FitBody:
+  """Reduced body model for fitting (see the module docstring).
+
+  Attributes:
+    j_template: [J, 3] rest joints at the mean shape.
+    j_shapedirs: [J, 3, S] rest joints per unit beta.
+    kp_weights: [K, J] `sum_v r_kv w_vj`.
+    kp_rest: [K, J, 3] `sum_v r_kv w_vj v_template_v`.
+    kp_shapedirs: [K, J, 3, S] the same per unit beta.
+    sub_template, sub_shapedirs: [Vs, 3], [Vs, 3, S] of the vertex subset.
+    sub_skin_indices, sub_skin_weights: [Vs, Ks] skinning of the subset.
+    sub_labels: [Vs] part label of each subset vertex.
+    sub_index: [Vs] the subset's vertex indices in the full mesh.
+    parents: static kinematic tree.
+    num_parts: static number of part labels.
+    pose_to_rotmats: static `(dofs [D], root_rotmat [3, 3]) -> [J, 3, 3]`
+      local rotations (e.g. `retarget.pose_dofs_to_body_rotmats`).
+  """
+  j_template: jax.Array
+  j_shapedirs: jax.Array
+  kp_weights: jax.Array
+  kp_rest: jax.Array
+  kp_shapedirs: jax.Array
+  sub_template: jax.Array
+  sub_shapedirs: jax.Array
+  sub_skin_indices: jax.Array
+  sub_skin_weights: jax.Array
+  sub_labels: jax.Array
+  sub_index: jax.Array
+  parents: Tuple[int, ...] = flax.struct.field(pytree_node=False)
+  num_parts: int = flax.struct.field(pytree_node=False)
+  pose_to_rotmats: Callable[..., jax.Array] = flax.struct.field(
+      pytree_node=False)
+
+
+def part_vertex_subset(part_labels: np.ndarray, per_part: int,
+                       seed: int = 0) -> np.ndarray:
+  """[<= P * per_part] sorted vertex indices, `per_part` drawn from each part."""
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for part in np.unique(part_labels[part_labels >= 0]):
+    members = np.flatnonzero(part_labels == part)
+    chosen.append(rng.choice(members, min(per_part, len(members)),
+                             replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def make_fit_body(model: body_lib.BodyModel,
+                  pose_to_rotmats: Callable[..., jax.Array],
+                  vertices_per_part: int = 32) -> FitBody:
+  """Precomputes a `FitBody` from a full body model (float64 on the host).
+
+  Args:
+    model: the body model (no pose correctives: the keypoint basis would
+      otherwise not be exact).
+    pose_to_rotmats: `(dofs [D], root_rotmat [3, 3]) -> [J, 3, 3]`.
+    vertices_per_part: vertices per part in the part-term subset.
+  """
+  if model.has_posedirs:
+    raise ValueError("make_fit_body: models with pose correctives (posedirs) "
+                     "are not supported by the keypoint basis")
+  j_template, j_shapedirs = body_lib.joint_shape_basis(model)
+  dense = body_lib.dense_skin_weights(model).astype(np.float64)  # [V, J]
+  reg = np.asarray(model.keypoint_regressor, np.float64)  # [K, V]
+  rest = np.asarray(model.v_template, np.float64)
+  shapedirs = np.asarray(model.shapedirs, np.float64)
+  support = np.flatnonzero(np.any(reg != 0, axis=0))  # Sparse regressor.
+  r, w = reg[:, support], dense[support]
+  kp_weights = r @ w
+  kp_rest = np.einsum("kv,vj,vc->kjc", r, w, rest[support], optimize=True)
+  kp_shapedirs = np.einsum("kv,vj,vcs->kjcs", r, w, shapedirs[support],
+                           optimize=True)
+  labels = np.asarray(model.part_labels)
+  sub = part_vertex_subset(labels, vertices_per_part)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  return FitBody(
+      j_template=f32(j_template), j_shapedirs=f32(j_shapedirs),
+      kp_weights=f32(kp_weights), kp_rest=f32(kp_rest),
+      kp_shapedirs=f32(kp_shapedirs), sub_template=f32(rest[sub]),
+      sub_shapedirs=f32(shapedirs[sub]),
+      sub_skin_indices=jnp.asarray(np.asarray(model.skin_indices)[sub]),
+      sub_skin_weights=f32(np.asarray(model.skin_weights)[sub]),
+      sub_labels=jnp.asarray(labels[sub], jnp.int32),
+      sub_index=jnp.asarray(sub, jnp.int32), parents=tuple(model.parents),
+      num_parts=len(model.part_names), pose_to_rotmats=pose_to_rotmats)
+
+
+class PosedPoints(NamedTuple):
+  """Posed points of one person in the camera frame (metres).
+
+  Attributes:
+    keypoints: [K, 3]. joints: [J, 3]. vertices: [Vs, 3] the subset.
+  """
+  keypoints: jax.Array
+  joints: jax.Array
+  vertices: jax.Array
+
+
+def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
+                betas: jax.Array, transl: jax.Array,
+                with_vertices: bool = True) -> PosedPoints:
+  """Keypoints, joints and subset vertices of one person.
+
+  Args:
+    body: the `FitBody`.
+    pose_dofs: [D] pose DOFs. root_rotmat: [3, 3] global orientation.
+    betas: [S]. transl: [3].
+    with_vertices: also skin the vertex subset (else `vertices` is empty).
+  """
+  rotmats = body.pose_to_rotmats(pose_dofs, root_rotmat)
+  rest_joints = body.j_template + body.j_shapedirs @ betas
+  global_rot, global_pos = body_lib.forward_kinematics(body.parents, rotmats,
+                                                       rest_joints)
+  transforms = body_lib.skinning_transforms(global_rot, global_pos,
+                                            rest_joints)
+  transforms = transforms.at[:, :, 3].add(transl)
+  kp_rest = body.kp_rest + body.kp_shapedirs @ betas  # [K, J, 3]
+  keypoints = (jnp.einsum("jab,kjb->ka", transforms[:, :, :3], kp_rest) +
+               body.kp_weights @ transforms[:, :, 3])
+  if with_vertices:
+    verts = body.sub_template + body.sub_shapedirs @ betas
+    vertices = body_lib.skin(verts, transforms, body.sub_skin_indices,
+                             body.sub_skin_weights)
+  else:
+    vertices = jnp.zeros((0, 3), keypoints.dtype)
+  return PosedPoints(keypoints, global_pos + transl, vertices)
+
+
+def project(points_cam: jax.Array, focal: jax.Array,
+            principal_point: jax.Array) -> jax.Array:
+  """Pinhole projection `[N, 3] -> [N, 2]` pixels; depth clamped at 1 cm."""
+  depth = jnp.maximum(points_cam[:, 2:3], 1e-2)
+  return focal * points_cam[:, :2] / depth + principal_point
+
+
+# ---------------------------------------------------------------------------
+# Pose spaces (prior kinds).
+# ---------------------------------------------------------------------------
+
+
+class PoseSpace(NamedTuple):
+  """Static description of the pose variable (hashable: used as a jit key).
+
+  Attributes:
+    kind: one of PRIOR_KINDS.
+    dim: D.
+    decode: `(params, var [D]) -> dofs [D]`.
+    penalty: `(params, var [D]) -> scalar`.
+  """
+  kind: str
+  dim: int
+  decode: Callable[[Any, jax.Array], jax.Array]
+  penalty: Callable[[Any, jax.Array], jax.Array]
+
+
+class PosePrior(NamedTuple):
+  """A `PoseSpace`, its params pytree and the initial pose variable [D]."""
+  space: PoseSpace
+  params: Any
+  init: jax.Array
+
+
+def _identity(params, var):
+  del params
+  return var
+
+
+def _zero_penalty(params, var):
+  del params
+  return jnp.zeros((), var.dtype)
+
+
+def _latent_norm(params, var):
+  del params
+  return jnp.sum(jnp.square(var))
+
+
+def _gaussian_decode(params, var):
+  return params["mean"] + params["scale_tril"] @ var
+
+
+def _gmm_penalty(params, var):
+  return -2.0 * baselines.log_prob(params, var)
+
+
+def _f32_tree(tree):
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+
+
+def make_pose_prior(kind: str, *, dim: int = 50,
+                    init_pose: Optional[np.ndarray] = None,
+                    gaussian: Optional[baselines.GaussianFullParams] = None,
+                    gmm: Optional[baselines.GMMParams] = None,
+                    flow: Any = None, flow_params: Any = None) -> PosePrior:
+  """Builds the pose variable's decoder and prior term for `kind`.
+
+  Args:
+    kind: "none" | "gaussian" | "gmm8" | "flow".
+    dim: D, the pose DOF count.
+    init_pose: [D] initial DOFs for "none" (default zeros; pass the training
+      mean for a fair comparison with the priors).
+    gaussian: fitted `baselines.GaussianFullParams` ("gaussian").
+    gmm: fitted `baselines.GMMParams` ("gmm8"); starts at the mean of its
+      heaviest component.
+    flow, flow_params: a `prior.FlowPrior` and its params ("flow"); starts
+      at z = 0.
+
+  Returns:
+    A `PosePrior`. Raises ValueError for an unknown kind or missing params.
+  """
+  zeros = jnp.zeros((dim,), jnp.float32)
+  if kind == "none":
+    init = zeros if init_pose is None else jnp.asarray(init_pose, jnp.float32)
+    chex.assert_shape(init, (dim,))
+    return PosePrior(PoseSpace(kind, dim, _identity, _zero_penalty), {}, init)
+  if kind == "gaussian":
+    if gaussian is None:
+      raise ValueError("make_pose_prior('gaussian'): needs gaussian params")
+    params = _f32_tree({"mean": gaussian.mean,
+                        "scale_tril": gaussian.scale_tril})
+    space = PoseSpace(kind, dim, _gaussian_decode, _latent_norm)
+    return PosePrior(space, params, zeros)
+  if kind == "gmm8":
+    if gmm is None:
+      raise ValueError("make_pose_prior('gmm8'): needs GMM params")
+    params = _f32_tree(gmm)
+    init = params.means[int(np.argmax(np.asarray(gmm.weights)))]
+    return PosePrior(PoseSpace(kind, dim, _identity, _gmm_penalty), params,
+                     init)
+  if kind == "flow":
+    if flow is None or flow_params is None:
+      raise ValueError("make_pose_prior('flow'): needs flow and flow_params")
+    space = PoseSpace(kind, dim, flow.latent_to_pose, _latent_norm)
+    return PosePrior(space, flow_params, zeros)
+  raise ValueError(f"make_pose_prior: kind must be one of {PRIOR_KINDS}, "
+                   f"got {kind!r}")
+
+
+# ---------------------------------------------------------------------------
+# Initialisation.
+# ---------------------------------------------------------------------------
+
+
+def facing_camera_rotation(yaw_deg: float) -> np.ndarray:
+  """[3, 3] body-to-camera rotation: upright, facing the camera, then yawed.
+
+  The body is Y up, facing +Z; an OpenCV camera has y down, z forward. A
+  180-degree turn about X makes the body face the camera (-z) head up (-y);
+  `yaw_deg` first turns the body about its own up axis (180 = back view).
+  """
+  flip = np.diag([1.0, -1.0, -1.0])
+  yaw = np.asarray(geometry.rotation_about_axis(np.deg2rad(yaw_deg), "Y"))
+  return flip @ yaw
+
+
+def initial_translation(keypoints_2d: np.ndarray, confidence: np.ndarray,
+                        focal: np.ndarray, principal_point: np.ndarray,
+                        rest_keypoints: np.ndarray, rest_root: np.ndarray,
+                        root_rotmat: np.ndarray) -> np.ndarray:
+  """Camera-frame translation from keypoint scale (similar triangles).
+
+  Depth: `z = f * d3 / d2` over the pairs of visible keypoints (torso pairs
+  when >= 1 is visible, else all pairs), taking the smallest estimate (a
+  foreshortened pair overestimates the depth; the longest-looking one is the
+  least foreshortened). x, y: the visible keypoints' centroid back-projected
+  to that depth, minus the rest body's centroid of the same keypoints.
+
+  Args:
+    keypoints_2d: [B, K, 2]; confidence: [B, K] (0 = missing).
+    focal: [B, 2]; principal_point: [B, 2].
+    rest_keypoints: [K, 3] keypoints of the rest body (body frame).
+    rest_root: [3] its root joint: the body model rotates about it,
+      `x = R (x_rest - rest_root) + rest_root + transl`.
+    root_rotmat: [B, 3, 3] initial orientations.
+
+  Returns:
+    [B, 3] translations (depth 5 m when fewer than 2 keypoints are visible).
+  """
+  out = np.zeros((keypoints_2d.shape[0], 3))
+  for b in range(keypoints_2d.shape[0]):
+    valid = (confidence[b] > 0) & np.all(np.isfinite(keypoints_2d[b]), -1)
+    idx = np.flatnonzero(valid)
+    f = float(np.mean(focal[b]))
+    depth = 5.0
+    if len(idx) >= 2:
+      torso = [i for i in idx if i in TORSO_KEYPOINTS]
+      pairs = [(i, j) for n, i in enumerate(idx) for j in idx[n + 1:]]
+      torso_pairs = [(i, j) for n, i in enumerate(torso) for j in torso[n + 1:]]
+      pairs = torso_pairs or pairs
+      est = [f * np.linalg.norm(rest_keypoints[i] - rest_keypoints[j]) /
+             max(np.linalg.norm(keypoints_2d[b, i] - keypoints_2d[b, j]), 1.0)
+             for i, j in pairs
+             if np.linalg.norm(rest_keypoints[i] - rest_keypoints[j]) > 0.1]
+      if est:
+        depth = float(np.clip(min(est), 0.5, 100.0))
+    if len(idx):
+      centre_2d = keypoints_2d[b, idx].mean(0)
+      centre_3d = (root_rotmat[b] @ (rest_keypoints[idx].mean(0) - rest_root)
+                   + rest_root)
+    else:
+      centre_2d, centre_3d = principal_point[b], rest_root
+    ray = np.append((centre_2d - principal_point[b]) / focal[b], 1.0)
+    out[b] = ray * depth - centre_3d
+  return out

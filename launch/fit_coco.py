@@ -1,0 +1,62 @@
+r"""Fits the body to one COCO photograph's keypoints and writes overlay/side view/OBJ/BVH/JSON.
+
+  python -m launch.fit_coco --config=experiments/fit_coco.py \
+      --image=../shared/data/coco/000000000785.jpg \
+      --annotations=../shared/data/coco/person_keypoints_785.json \
+      --prior_workdir=DIR --out_dir=/tmp/coco785
+
+Bad inputs (JSON, keypoints, image, prior workdir) stop with one
+`FitInputError` message naming the file and field; nothing is written then.
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # As launch/main.py.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+# distrax/TFP before anything imports TensorFlow (see flowpose.prior).
+from flowpose import prior as _prior  # pylint: disable=g-bad-import-order,unused-import
+from flowpose import fitting
+from flowpose import fitting_coco
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco"
+config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).resolve().parents[1] /
+                                              "experiments" / "fit_coco.py"),
+                                "Fitting config (`path.py[:runlocal]`).")
+_IMAGE = flags.DEFINE_string("image", str(_DATA / "000000000785.jpg"), "Photograph.")
+_ANNOTATIONS = flags.DEFINE_string("annotations", str(_DATA / "person_keypoints_785.json"),
+                                   "COCO keypoint JSON.")
+_ANNOTATION_ID = flags.DEFINE_string("annotation_id", None,
+                                     "Annotation to fit (default: most labelled keypoints).")
+_PRIOR_WORKDIR = flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = flags.FLAGS.config
+  if _ANNOTATION_ID.value is not None:
+    config.annotation_id = _ANNOTATION_ID.value
+  try:
+    paths = fitting_coco.run(config, _IMAGE.value, _ANNOTATIONS.value,
+                             _PRIOR_WORKDIR.value, _OUT_DIR.value)
+  except fitting.FitInputError as e:
+    logging.error("%s", e)
+    print(f"fit_coco: {e}", file=sys.stderr)
+    return 2
+  for path in paths:
+    print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
