@@ -28,3 +28,17 @@ def shared_data() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def cmu_dir(shared_data) -> pathlib.Path:
   return shared_data / "cmu"
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Turns XLA's optimisation passes off for one test module, then restores the flag.
+
+  Compile time dominates the small programs of unit tests (flax's imagenet train_test does the
+  same); use it with `pytestmark = pytest.mark.usefixtures("fast_compile")`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

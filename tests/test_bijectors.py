@@ -24,14 +24,7 @@ MASK = fb.alternating_mask(D)  # True = passed through.
 RANGE = 3.0  # Spline interval [-RANGE, RANGE] in the tests.
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  # XLA optimisation passes cost most of this module's runtime and do not
-  # matter for correctness checks; restore the flag for other modules.
-  old = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 def _affine(mask=MASK, context_dim=0):

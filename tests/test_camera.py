@@ -11,12 +11,7 @@ FOCAL = np.array([500.0, 600.0], np.float32)
 CENTER = np.array([320.0, 240.0], np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 def _random_points(seed, n=8):

@@ -26,18 +26,11 @@ _DOFS = (("LeftArm", "Z"), ("RightArm", "Z"), ("LeftForeArm", "Z"),
          ("Spine", "Z"), ("Neck", "Z"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-  # Compile time dominates these small fits (flax's imagenet train_test does
-  # the same); restored afterwards for the other test modules.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 @pytest.fixture(scope="module")
-def setup(_fast_compile):
+def setup(fast_compile):  # pylint: disable=unused-argument
   model = assets.load_cc0_model()
   index = np.array([model.joint_names.index(n) for n, _ in _DOFS])
   num_joints = model.num_joints

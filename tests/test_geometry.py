@@ -15,14 +15,7 @@ ALL_ORDERS = TAIT_BRYAN + PROPER
 N = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  # Compile time dominates these tiny computations (as in flax's
-  # imagenet train_test).
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 def _rx(a):

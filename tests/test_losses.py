@@ -69,13 +69,7 @@ def _transform(params, vertices=VERTICES):
   return (vertices - CENTROID) @ rot.T + CENTROID + jnp.stack([tx, ty])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Many small programs are compiled here; XLA optimisation is not worth it."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 def _align_fn(vertices, vertex_labels=VERTEX_LABELS, visibility=VISIBILITY,

@@ -52,12 +52,7 @@ def perturbed(params, scale=0.1, seed=1):
           "flow": jax.tree.unflatten(treedef, leaves)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 class Jitted:

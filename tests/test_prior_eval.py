@@ -42,13 +42,10 @@ def _tiny_config():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
+def workdir(tmp_path_factory, fast_compile):  # pylint: disable=unused-argument
   path = tmp_path_factory.mktemp("prior_eval")
   trainer.train_and_evaluate(_tiny_config(), str(path))
-  yield str(path)
-  jax.config.update("jax_disable_most_optimizations", previous)
+  return str(path)
 
 
 @pytest.fixture(scope="module")

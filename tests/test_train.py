@@ -51,12 +51,7 @@ def tiny_config(**overrides):
   return config
 
 
-@pytest.fixture(autouse=True)
-def fast_compile():
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
 class Killed(Exception):
