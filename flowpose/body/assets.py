@@ -24,9 +24,16 @@ and byte-for-byte reproducibly):
   helper (eye) vertices is re-expressed on body vertices the same way as the joint cubes.
 """
 
+import os
+
+# The PCA and regressor fits are float64 BLAS work whose rounding depends on the thread count; one
+# thread makes the model file byte-identical across machines and runs (tests set the same). Only
+# effective when numpy is not imported yet, as in `python -m flowpose.body.assets`.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys

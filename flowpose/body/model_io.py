@@ -11,12 +11,13 @@ deterministically (sorted members, fixed timestamps).
 import io
 import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Any, Dict, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
+
+from flowpose import io_utils
 
 FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
@@ -226,28 +227,16 @@ def save_model(model, path: PathLike, **extra_arrays: Any) -> pathlib.Path:
     arrays[key] = np.asarray(value)
     if arrays[key].dtype.kind == "O":
       raise BodyModelError(f"{path}: extra array {key!r} has dtype object")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-          buf = io.BytesIO()
-          np.lib.format.write_array(buf, np.asarray(arrays[key]),
-                                    allow_pickle=False)
-          info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
-          info.compress_type = zipfile.ZIP_DEFLATED
-          info.external_attr = 0o644 << 16
-          zf.writestr(info, buf.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  with io_utils.atomic_open(path) as f:
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as zf:
+      for key in sorted(arrays):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, np.asarray(arrays[key]),
+                                  allow_pickle=False)
+        info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, buf.getvalue())
   return path
 
 

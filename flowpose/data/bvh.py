@@ -13,12 +13,13 @@ BVH has no unit: `metres_per_unit` says what one file unit is (default 1: metres
 
 import gzip
 import math
-import os
 import pathlib
 import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+
+from flowpose import io_utils
 
 from flowpose.data import motion as motion_lib
 from flowpose.data.motion import MocapFormatError, Motion, PathLike, Skeleton
@@ -267,20 +268,10 @@ def _atomic_write_text(path: PathLike, text: str) -> None:
 
   A path ending in `.gz` is gzip-compressed.
   """
-  path = pathlib.Path(path)
   data = text.encode("utf-8")
-  if path.suffix == ".gz":
+  if pathlib.Path(path).suffix == ".gz":
     data = gzip.compress(data, mtime=0)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
+  io_utils.atomic_write(path, data)
 
 
 def _check_name(name: str) -> str:

@@ -13,7 +13,6 @@ Two kinds of files live in a workdir:
 
 import json
 import os
-import tempfile
 from typing import Any, Optional
 
 import flax
@@ -21,6 +20,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from flowpose import io_utils
 from flowpose import prior as prior_lib
 
 CHECKPOINT_DIR = "checkpoints"
@@ -58,18 +58,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
     manager.wait_until_finished()
 
 
-def atomic_write(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temp file in the same folder + os.replace."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
+atomic_write = io_utils.atomic_write  # Used by prior_eval too.
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
