@@ -336,5 +336,5 @@ def default_flow_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       chart="euler_dofs", event_dim=cmu_skeleton.NUM_POSE_DOFS, num_layers=8,
       # Selected by validation NLL on CMU (WORKSPACE.md, "Prior selection").
-      hidden_sizes=(64, 64), coupling="affine", mask="alternating",
+      hidden_sizes=(64, 64), coupling="spline", mask="alternating",
       mixing="lu", num_bins=8, spline_range=5.0, scale_bound=3.0))

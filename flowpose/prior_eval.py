@@ -278,7 +278,7 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
     raise PriorEvalError("evaluate_nll: no splits given")
   prior, params, config = load_trained_prior(workdir)
   center = np.asarray(params["stats"]["center"], np.float64)
-  train = load_split_dofs(config, config.data.train_split)
+  train = input_pipeline.augment_train(config.data, load_split_dofs(config, config.data.train_split))
   fitted = _baselines_for(workdir, train, center, config.seed,
                           input_noise=config.get("input_noise", 0.0))
   details, data = {}, None

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose.data import cmu_skeleton
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
 from flowpose.train import input_pipeline
@@ -177,6 +178,13 @@ def test_bad_config_raises_before_training(tmp_path, field, value, message):
   assert not (tmp_path / "run").exists()
 
 
+def test_mirror_augmentation_needs_the_cmu_chart(tmp_path):
+  config = tiny_config(**{"data.augment_mirror": True, "flow.event_dim": 12})
+  with pytest.raises(ValueError, match=r"data\.augment_mirror"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
 def test_loss_weights_must_name_the_terms(tmp_path):
   config = tiny_config()
   config.loss_weights.nlll = 1.0
@@ -297,12 +305,18 @@ def test_tfds_source_reads_the_cmu_mocap_contract(tmp_path):
   config = tiny_config(**{"data.source": "tfds",
                           "data.tfds_name": "fake_cmu_mocap",
                           "data.data_dir": str(tmp_path / "tfds"),
-                          "data.manual_dir": str(manual)})
+                          "data.manual_dir": str(manual),
+                          "data.augment_mirror": False})
   data = input_pipeline.load_data(config.data, 50)
   np.testing.assert_array_equal(
       np.sort(data.eval, 0),
       np.sort(input_pipeline.synthetic_poses(128, 50, 0, "validation"), 0))
   assert data.train.shape == (512, 50)
+  config.data.augment_mirror = True
+  mirrored = input_pipeline.load_data(config.data, 50).train
+  assert mirrored.shape == (1024, 50)
+  np.testing.assert_array_equal(mirrored[512:], cmu_skeleton.mirror_dofs(mirrored[:512]))
+  config.data.augment_mirror = False
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert result.step == 30 and np.isfinite(result.eval_nll)
   config.data.fps = 25

@@ -96,3 +96,35 @@ def pose_dof_indices(dof_names) -> np.ndarray:
   if missing:
     raise KeyError(f"motion lacks pose DOFs {missing}")
   return np.asarray([lookup[p] for p in POSE_DOFS], np.int32)
+
+
+def _mirror_bone(bone: str) -> str:
+  if bone[0] in "lr" and bone not in ("lowerback", "lowerneck"):
+    return {"l": "r", "r": "l"}[bone[0]] + bone[1:]
+  return bone
+
+
+def mirror_permutation_and_signs() -> Tuple[np.ndarray, np.ndarray]:
+  """The left-right mirror of the pose chart: `mirrored = signs * dofs[..., perm]`.
+
+  Reflecting the body in its sagittal plane (CMU's X axis: `S = diag(-1, 1, 1)`) maps a bone's
+  local rotation `M` to `S M S` on the opposite-side bone (central bones map to themselves). The
+  canonical axes of opposite bones are mirror images (`C_r = S C_l S`, see `CANONICAL_AXES_DEG`),
+  so in DOF terms `rx` is kept and `ry`, `rz` change sign.
+
+  Returns:
+    `(perm [D] int, signs [D] float32)` with D = NUM_POSE_DOFS.
+  """
+  index = {dof: i for i, dof in enumerate(POSE_DOFS)}
+  perm = np.asarray([index[(_mirror_bone(b), d)] for b, d in POSE_DOFS], np.int32)
+  signs = np.asarray([1.0 if d == "rx" else -1.0 for _, d in POSE_DOFS], np.float32)
+  return perm, signs
+
+
+def mirror_dofs(dofs: np.ndarray) -> np.ndarray:
+  """`[..., NUM_POSE_DOFS]` pose-chart angles of the left-right mirrored poses."""
+  dofs = np.asarray(dofs)
+  if dofs.shape[-1] != NUM_POSE_DOFS:
+    raise ValueError(f"mirror_dofs: expected [..., {NUM_POSE_DOFS}] pose DOFs, got {dofs.shape}")
+  perm, signs = mirror_permutation_and_signs()
+  return (dofs[..., perm] * signs).astype(dofs.dtype)

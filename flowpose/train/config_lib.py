@@ -11,6 +11,7 @@ import numbers
 import jax
 import ml_collections
 
+from flowpose.data import cmu_skeleton
 from flowpose import prior as prior_lib
 from flowpose.train import input_pipeline
 
@@ -89,6 +90,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   data = config.data
   if data.source not in input_pipeline.SOURCES:
     _fail("data.source", f"one of {input_pipeline.SOURCES}", data.source)
+  mirror = data.get("augment_mirror", False)
+  if not isinstance(mirror, bool):
+    _fail("data.augment_mirror", "a bool", mirror)
+  if mirror and config.flow.event_dim != cmu_skeleton.NUM_POSE_DOFS:
+    _fail("data.augment_mirror", f"False unless flow.event_dim is the "
+          f"{cmu_skeleton.NUM_POSE_DOFS}-DOF CMU chart", mirror)
   if data.source == "synthetic":
     if _positive_int(config, "data.num_train") < config.batch_size:
       _fail("data.num_train", f">= batch_size={config.batch_size}",

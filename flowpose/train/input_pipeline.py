@@ -28,6 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from flowpose.data import cmu_skeleton
+
 SOURCES = ("tfds", "synthetic")
 
 
@@ -195,6 +197,17 @@ def load_tfds(data_config: ml_collections.ConfigDict) -> PoseData:
                   eval=_read_dofs(builder, data_config.eval_split))
 
 
+def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> np.ndarray:
+  """The training poses the prior (and the baselines) are fitted on: `train [N, D]`, plus its
+  left-right mirror images when `data.augment_mirror` (`[2N, D]`, CMU pose chart only)."""
+  if not data_config.get("augment_mirror", False):
+    return train
+  if train.shape[-1] != cmu_skeleton.NUM_POSE_DOFS:
+    raise ValueError(f"config data.augment_mirror needs the {cmu_skeleton.NUM_POSE_DOFS}-DOF CMU "
+                     f"pose chart, got poses of shape {train.shape}")
+  return np.concatenate([train, cmu_skeleton.mirror_dofs(train)])
+
+
 def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
               process_index: Optional[int] = None) -> PoseData:
   """Reads this host's pose arrays for `config.data`."""
@@ -211,6 +224,7 @@ def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
     data = PoseData(train, synthetic_poses(data_config.num_eval, event_dim,
                                            data_config.synthetic_seed,
                                            "validation"))
+  data = data._replace(train=augment_train(data_config, data.train))
   for name, array in data._asdict().items():
     if array.ndim != 2 or array.shape[1] != event_dim:
       raise ValueError(f"{data_config.source} {name} poses have shape "
