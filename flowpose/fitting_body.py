@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import baselines
+from flowpose import charts
 from flowpose import geometry
 from flowpose.body import model as body_lib
 
@@ -231,11 +232,19 @@ def _f32_tree(tree):
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
 
 
+def _in_dofs(chart: str, decode):
+  """`decode` followed by the chart -> 50 DOFs map (the identity for Euler DOFs)."""
+  if chart == "euler_dofs":
+    return decode
+  return lambda params, var: charts.to_dofs(chart, decode(params, var))
+
+
 def make_pose_prior(kind: str, *, dim: int = 50,
                     init_pose: Optional[np.ndarray] = None,
                     gaussian: Optional[baselines.GaussianFullParams] = None,
                     gmm: Optional[baselines.GMMParams] = None,
-                    flow: Any = None, flow_params: Any = None) -> PosePrior:
+                    flow: Any = None, flow_params: Any = None,
+                    chart: str = "euler_dofs") -> PosePrior:
   """Builds the pose variable's decoder and prior term for `kind`.
 
   Args:
@@ -247,7 +256,9 @@ def make_pose_prior(kind: str, *, dim: int = 50,
     gmm: fitted `baselines.GMMParams` ("gmm8"); starts at the mean of its
       heaviest component.
     flow, flow_params: a `prior.FlowPrior` and its params ("flow"); starts
-      at z = 0.
+      at z = 0. Its own chart (`flow.chart`) overrides `chart`.
+    chart: the coordinates the Gaussian/GMM params live in (`flowpose.charts`; their
+      `baselines.npz` is fitted in the flow's chart); decoders return the 50 DOFs either way.
 
   Returns:
     A `PosePrior`. Raises ValueError for an unknown kind or missing params.
@@ -262,20 +273,21 @@ def make_pose_prior(kind: str, *, dim: int = 50,
       raise ValueError("make_pose_prior('gaussian'): needs gaussian params")
     params = _f32_tree({"mean": gaussian.mean,
                         "scale_tril": gaussian.scale_tril})
-    space = PoseSpace(kind, dim, _gaussian_decode, _latent_norm)
+    space = PoseSpace(kind, dim, _in_dofs(chart, _gaussian_decode), _latent_norm)
     return PosePrior(space, params, zeros)
   if kind == "gmm8":
     if gmm is None:
       raise ValueError("make_pose_prior('gmm8'): needs GMM params")
     params = _f32_tree(gmm)
     init = params.means[int(np.argmax(np.asarray(gmm.weights)))]
-    return PosePrior(PoseSpace(kind, dim, _identity, _gmm_penalty), params,
-                     init)
+    return PosePrior(PoseSpace(kind, dim, _in_dofs(chart, _identity), _gmm_penalty),
+                     params, init)
   if kind == "flow":
     if flow is None or flow_params is None:
       raise ValueError("make_pose_prior('flow'): needs flow and flow_params")
-    space = PoseSpace(kind, dim, flow.latent_to_pose, _latent_norm)
-    return PosePrior(space, flow_params, zeros)
+    decode = _in_dofs(flow.chart, flow.latent_to_pose)
+    space = PoseSpace(kind, flow.event_dim, decode, _latent_norm)
+    return PosePrior(space, flow_params, jnp.zeros((flow.event_dim,), jnp.float32))
   raise ValueError(f"make_pose_prior: kind must be one of {PRIOR_KINDS}, "
                    f"got {kind!r}")
 

@@ -9,9 +9,10 @@ functions over an explicit params pytree:
   pose = prior.latent_to_pose(params, z)         # [..., D] -> [..., D]
   poses = prior.sample(params, key, n)           # -> [n, D]
 
-The chart. The density lives on the per-joint DOF angles of
-`flowpose.data.cmu_skeleton.POSE_DOF_NAMES` (D = 50, radians; `chart =
-"euler_dofs"`). Angles are periodic, a flow lives on R^D, so each DOF is cut
+The chart (`flowpose.charts`). By default the density lives on the per-joint
+DOF angles of `flowpose.data.cmu_skeleton.POSE_DOF_NAMES` (D = 50, radians;
+`chart = "euler_dofs"`); `chart = "axis_angle"` puts it on per-bone axis-angle
+vectors (D = 72, not periodic, no wrapping). Euler angles are periodic, a flow lives on R^D, so each DOF is cut
 once: angle `a` is mapped to `wrap(a - center)` in (-pi, pi], `center` being
 the circular mean of the training data for that DOF, i.e. the cut sits
 opposite the data (at center +- pi) rather than at a fixed +-pi. `pose` and
@@ -57,12 +58,13 @@ import ml_collections
 import numpy as np
 
 from flowpose import bijectors
+from flowpose import charts
 from flowpose.data import cmu_skeleton
 
 Array = jax.Array
 Params = Any
 
-CHARTS = ("euler_dofs",)
+CHARTS = charts.CHARTS
 COUPLINGS = ("affine", "spline")
 MASKS = ("kinematic", "alternating")
 MIXINGS = ("group_lu", "lu", "permutation", "none")
@@ -99,6 +101,8 @@ class FlowPrior(NamedTuple):
     event_dim: D.
     coupling_masks: `[num_layers, D]` bool, True = passed through, in the
       normalizing (pose -> latent) order.
+    chart: the coordinates of `pose` (`flowpose.charts`); `charts.to_dofs(chart, pose)` gives
+      the 50 CMU DOF angles.
   """
   init: Callable[..., Params]
   log_prob: Callable[..., Array]
@@ -107,6 +111,7 @@ class FlowPrior(NamedTuple):
   latent_to_pose: Callable[..., Array]
   event_dim: int
   coupling_masks: np.ndarray
+  chart: str = "euler_dofs"
 
 
 def wrap_angle(angle: Array) -> Array:
@@ -135,9 +140,10 @@ def validate_flow_config(flow: ml_collections.ConfigDict) -> None:
   if not isinstance(flow.event_dim, int) or flow.event_dim < 2:
     bad("event_dim", "an int >= 2", flow.event_dim)
   uses_groups = flow.mask == "kinematic" or flow.mixing == "group_lu"
-  if uses_groups and flow.event_dim != cmu_skeleton.NUM_POSE_DOFS:
-    bad("event_dim", f"{cmu_skeleton.NUM_POSE_DOFS} (the kinematic groups "
-        "are defined on the CMU pose chart)", flow.event_dim)
+  cmu_dim = charts.chart_dim(flow.chart)
+  if (uses_groups or flow.chart != "euler_dofs") and flow.event_dim != cmu_dim:
+    bad("event_dim", f"{cmu_dim} (the {flow.chart!r} chart of the CMU pose, on which the "
+        "kinematic groups are defined)", flow.event_dim)
   if flow.mask == "kinematic" and flow.mixing in ("lu", "permutation"):
     bad("mixing", "'group_lu' or 'none' with kinematic masks (a global "
         "mixing would scramble the kinematic groups)", flow.mixing)
@@ -154,9 +160,9 @@ def validate_flow_config(flow: ml_collections.ConfigDict) -> None:
     bad("spline_range", "a positive float", flow.spline_range)
 
 
-def group_indices() -> dict[str, np.ndarray]:
+def group_indices(chart: str = "euler_dofs") -> dict[str, np.ndarray]:
   """Indices `{group: [n_g]}` of each kinematic group in the pose chart."""
-  bones = [bone for bone, _ in cmu_skeleton.POSE_DOFS]
+  bones = charts.dim_bones(chart)
   groups = {name: np.asarray([i for i, b in enumerate(bones) if b in members])
             for name, members in KINEMATIC_GROUPS.items()}
   covered = np.sort(np.concatenate(list(groups.values())))
@@ -164,10 +170,10 @@ def group_indices() -> dict[str, np.ndarray]:
   return groups
 
 
-def kinematic_mask(layer: int) -> np.ndarray:
-  """`[50]` bool mask (True = conditioning) of kinematic coupling `layer`."""
-  groups = group_indices()
-  updated = np.zeros(cmu_skeleton.NUM_POSE_DOFS, bool)
+def kinematic_mask(layer: int, chart: str = "euler_dofs") -> np.ndarray:
+  """`[D]` bool mask (True = conditioning) of kinematic coupling `layer`."""
+  groups = group_indices(chart)
+  updated = np.zeros(charts.chart_dim(chart), bool)
   entry = KINEMATIC_SCHEDULE[layer % len(KINEMATIC_SCHEDULE)]
   if entry in ("odd", "even"):
     parity = 1 if entry == "odd" else 0
@@ -182,7 +188,7 @@ def kinematic_mask(layer: int) -> np.ndarray:
 def coupling_masks(flow: ml_collections.ConfigDict) -> np.ndarray:
   """`[num_layers, D]` coupling masks (True = passed through)."""
   if flow.mask == "kinematic":
-    return np.stack([kinematic_mask(i) for i in range(flow.num_layers)])
+    return np.stack([kinematic_mask(i, flow.chart) for i in range(flow.num_layers)])
   return np.stack([bijectors.alternating_mask(flow.event_dim, i % 2)
                    for i in range(flow.num_layers)])
 
@@ -230,7 +236,7 @@ def _mixing(flow: ml_collections.ConfigDict, layer: int) -> bijectors.Bijector:
   if flow.mixing == "permutation":
     return bijectors.random_permutation(dim, seed=layer)
   if flow.mixing == "group_lu":
-    return _group_lu(dim, list(group_indices().values()))
+    return _group_lu(dim, list(group_indices(flow.chart).values()))
   return None  # "none"
 
 
@@ -277,6 +283,8 @@ def make_prior(flow_config: ml_collections.ConfigDict) -> FlowPrior:
   """
   validate_flow_config(flow_config)
   dim = flow_config.event_dim
+  # Euler DOFs are angles, cut opposite the data; axis-angle coordinates are not periodic.
+  wrap = wrap_angle if charts.is_periodic(flow_config.chart) else (lambda x: x)
   flow = build_flow(flow_config)
   masks = coupling_masks(flow_config)
 
@@ -292,15 +300,18 @@ def make_prior(flow_config: ml_collections.ConfigDict) -> FlowPrior:
 
   def _standardise(params, pose):
     center, scale = _stats(params)
-    return wrap_angle(pose - center) / scale, -jnp.sum(jnp.log(scale))
+    return wrap(pose - center) / scale, -jnp.sum(jnp.log(scale))
 
   def init(key, example_poses):
     poses = _check("init", example_poses).reshape(-1, dim)
     if poses.shape[0] < 2:
       raise ValueError("prior.init: needs at least 2 example poses")
-    # Circular mean: puts the chart's cut opposite the data.
-    center = jnp.arctan2(jnp.mean(jnp.sin(poses), 0), jnp.mean(jnp.cos(poses), 0))
-    scale = jnp.maximum(jnp.std(wrap_angle(poses - center), 0), _MIN_SCALE)
+    if charts.is_periodic(flow_config.chart):
+      # Circular mean: puts the chart's cut opposite the data.
+      center = jnp.arctan2(jnp.mean(jnp.sin(poses), 0), jnp.mean(jnp.cos(poses), 0))
+    else:
+      center = jnp.mean(poses, 0)
+    scale = jnp.maximum(jnp.std(wrap(poses - center), 0), _MIN_SCALE)
     params = {"stats": {"center": center, "scale": scale},
               "flow": flow.init(key, dim)}
     x, _ = _standardise(params, poses)
@@ -321,14 +332,14 @@ def make_prior(flow_config: ml_collections.ConfigDict) -> FlowPrior:
   def latent_to_pose(params, z):
     center, scale = _stats(params)
     x = flow.forward(params["flow"], _check("latent_to_pose", z))
-    return wrap_angle(x * scale + center)
+    return wrap(x * scale + center)
 
   def sample(params, key, n):
     z = jax.random.normal(key, (n, dim), jnp.float32)
     return latent_to_pose(params, z)
 
   return FlowPrior(init, log_prob, sample, pose_to_latent, latent_to_pose,
-                   dim, masks)
+                   dim, masks, flow_config.chart)
 
 
 def default_flow_config() -> ml_collections.ConfigDict:

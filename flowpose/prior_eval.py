@@ -38,6 +38,7 @@ import numpy as np
 # flowpose.prior imports distrax (TFP) first, as TensorFlow-using modules require.
 from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
 from flowpose import baselines as baselines_lib
+from flowpose import charts
 from flowpose import io_utils
 from flowpose.train import checkpointing
 from flowpose.train import input_pipeline
@@ -65,15 +66,18 @@ class FittedBaselines(NamedTuple):
     center: `[D]` chart center (radians) the baselines were fitted in.
     models: name (`gaussian_diag`, `gaussian_full`, `gmm8`) -> `flowpose.baselines` params.
     fingerprint: hash of the training DOFs they were fitted on.
+    periodic: the chart's coordinates are angles wrapped around `center` (Euler DOFs); False
+      for a non-periodic chart (axis-angle), used as is.
   """
   center: np.ndarray
   models: Dict[str, Any]
   fingerprint: str
+  periodic: bool = True
 
   def log_prob(self, name: str, dofs: np.ndarray) -> np.ndarray:
-    """`[N]` log-density (nats) of raw DOFs `[N, D]` (any 2 pi offsets) under model `name`."""
-    return np.asarray(baselines_lib.log_prob(self.models[name],
-                                             to_chart(dofs, self.center)))
+    """`[N]` log-density (nats) of chart poses `[N, D]` (any 2 pi offsets) under model `name`."""
+    x = to_chart(dofs, self.center) if self.periodic else np.asarray(dofs, np.float64)
+    return np.asarray(baselines_lib.log_prob(self.models[name], x))
 
 
 # ---------------------------------------------------------------------------
@@ -100,7 +104,9 @@ def load_trained_prior(workdir: str):
 def load_split_dofs(config, split: str) -> np.ndarray:
   """`[N, D]` float32 DOFs of `split` of the experiment's data source (`config.data`)."""
   data = config.data
-  dim = config.flow.event_dim
+  # DOF angles: the flow's event_dim in the Euler chart, the 50 CMU DOFs for any other chart.
+  chart = config.flow.get("chart", "euler_dofs")
+  dim = config.flow.event_dim if chart == "euler_dofs" else charts.chart_dim("euler_dofs")
   if data.source == "synthetic":
     num = data.num_train if split == data.train_split or split == "train" else data.num_eval
     return input_pipeline.synthetic_poses(num, dim, data.synthetic_seed, split)
@@ -125,7 +131,8 @@ def _fingerprint(dofs: np.ndarray, center: np.ndarray, input_noise: float = 0.0)
 
 
 def fit_baselines(train_dofs: np.ndarray, center: np.ndarray, seed: int = 0,
-                  gmm_max_iters: int = 100, input_noise: float = 0.0) -> FittedBaselines:
+                  gmm_max_iters: int = 100, input_noise: float = 0.0,
+                  periodic: bool = True) -> FittedBaselines:
   """Fits the three baselines on `train_dofs [N, D]` in the chart around `center [D]`.
 
   When the flow was trained on jittered angles (`config.input_noise` = sigma), the baselines
@@ -133,7 +140,7 @@ def fit_baselines(train_dofs: np.ndarray, center: np.ndarray, seed: int = 0,
   is exactly the covariance of x + N(0, sigma^2 I). Without this a DOF that is constant in the
   training data (CMU clavicles) would hand the baselines an unbounded likelihood bonus.
   """
-  chart = to_chart(train_dofs, center)
+  chart = to_chart(train_dofs, center) if periodic else np.asarray(train_dofs, np.float64)
   reg = _VARIANCE_FLOOR + float(input_noise) ** 2
   models = {
       "gaussian_diag": baselines_lib.fit_gaussian_diag(chart, reg=reg),
@@ -143,7 +150,7 @@ def fit_baselines(train_dofs: np.ndarray, center: np.ndarray, seed: int = 0,
                                     reg_covar=reg),
   }
   return FittedBaselines(np.asarray(center, np.float64), models,
-                         _fingerprint(train_dofs, center, input_noise))
+                         _fingerprint(train_dofs, center, input_noise), periodic)
 
 
 def save_baselines(workdir: str, fitted: FittedBaselines) -> str:
@@ -151,7 +158,7 @@ def save_baselines(workdir: str, fitted: FittedBaselines) -> str:
   diag, full, gmm = (fitted.models[n] for n in _BASELINE_NAMES)
   arrays = {
       "format_version": np.int64(_FORMAT_VERSION), "center": fitted.center,
-      "fingerprint": np.str_(fitted.fingerprint),
+      "fingerprint": np.str_(fitted.fingerprint), "periodic": np.bool_(fitted.periodic),
       "gaussian_diag/mean": diag.mean, "gaussian_diag/std": diag.std,
       "gaussian_full/mean": full.mean, "gaussian_full/covariance": full.covariance,
       "gmm8/weights": gmm.weights, "gmm8/means": gmm.means,
@@ -183,24 +190,26 @@ def load_baselines(workdir: str) -> FittedBaselines:
               f["gmm8/weights"], f["gmm8/means"], f["gmm8/covariances"],
               int(f["gmm8/num_iters"]), bool(f["gmm8/converged"])),
       }
-      return FittedBaselines(f["center"], models, str(f["fingerprint"]))
+      periodic = bool(f["periodic"]) if "periodic" in f else True
+      return FittedBaselines(f["center"], models, str(f["fingerprint"]), periodic)
   except KeyError as e:
     raise PriorEvalError(f"{path}: missing field {e}") from None
 
 
 def _baselines_for(workdir: str, train_dofs: np.ndarray, center: np.ndarray,
-                   seed: int, input_noise: float = 0.0) -> FittedBaselines:
+                   seed: int, input_noise: float = 0.0, periodic: bool = True) -> FittedBaselines:
   """The cached baselines if fitted on these DOFs in this chart, else fit and cache."""
   expected = _fingerprint(train_dofs, center, input_noise)
   try:
     cached = load_baselines(workdir)
-    if cached.fingerprint == expected:
+    if cached.fingerprint == expected and cached.periodic == periodic:
       logging.info("Reusing baselines from %s.", BASELINES_FILE)
       return cached
   except PriorEvalError:
     pass
   logging.info("Fitting baselines on %d training poses.", train_dofs.shape[0])
-  fitted = fit_baselines(train_dofs, center, seed=seed, input_noise=input_noise)
+  fitted = fit_baselines(train_dofs, center, seed=seed, input_noise=input_noise,
+                         periodic=periodic)
   save_baselines(workdir, fitted)
   return fitted
 
@@ -231,10 +240,11 @@ def _split_stats(prior, params, fitted: FittedBaselines, dofs: np.ndarray) -> di
           "bits_per_dof": {k: v / (dim * math.log(2.0)) for k, v in nats.items()}}
 
 
-def _table(headline: str, splits: Dict[str, dict], dim: int, **extra) -> dict:
+def _table(headline: str, splits: Dict[str, dict], dim: int, chart: str = "euler_dofs",
+           **extra) -> dict:
   table = {name: splits[headline]["nats_per_pose"][name] for name in MODELS}
-  table.update(headline_split=headline, event_dim=dim,
-               units="nats per pose of the raw DOF angles (radians), flow chart",
+  table.update(headline_split=headline, event_dim=dim, chart=chart,
+               units=f"nats per pose in the flow's {chart!r} chart (radians)",
                splits=splits, **extra)
   return table
 
@@ -279,14 +289,16 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
   prior, params, config = load_trained_prior(workdir)
   center = np.asarray(params["stats"]["center"], np.float64)
   train = input_pipeline.augment_train(config.data, load_split_dofs(config, config.data.train_split))
+  train = charts.from_dofs_np(prior.chart, train)
   fitted = _baselines_for(workdir, train, center, config.seed,
-                          input_noise=config.get("input_noise", 0.0))
+                          input_noise=config.get("input_noise", 0.0),
+                          periodic=charts.is_periodic(prior.chart))
   details, data = {}, None
   for split in splits:
-    data = load_split_dofs(config, split)
+    data = charts.from_dofs_np(prior.chart, load_split_dofs(config, split))
     details[split] = _split_stats(prior, params, fitted, data)
     logging.info("%s NLL (nats/pose): %s", split, details[split]["nats_per_pose"])
-  table = _table(splits[-1], details, prior.event_dim,
+  table = _table(splits[-1], details, prior.event_dim, prior.chart,
                  train_poses=int(train.shape[0]), data_source=config.data.source)
   write_table(workdir, table)
   if pictures:
@@ -342,7 +354,7 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
   clips, all_dofs = {}, []
   for path in paths:
     name = path.name.split(".")[0]
-    dofs = read_clip_dofs(path, index.get(name, (None,))[0])
+    dofs = charts.from_dofs_np(prior.chart, read_clip_dofs(path, index.get(name, (None,))[0]))
     if dofs.shape[0] == 0:
       logging.warning("evaluate_folder: %s has no frames; skipped.", path)
       continue
@@ -354,7 +366,7 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
     raise PriorEvalError(f"evaluate_folder: every clip in {folder} is empty")
   split = folder.resolve().name or "folder"
   details = {split: _split_stats(prior, params, fitted, np.concatenate(all_dofs))}
-  table = _table(split, details, prior.event_dim, folder=str(folder), clips=clips)
+  table = _table(split, details, prior.event_dim, prior.chart, folder=str(folder), clips=clips)
   write_table(workdir, table, f"{TABLE_STEM}_{split}")
   return table
 
@@ -436,7 +448,8 @@ def render_pictures(workdir: str, prior, params, poses: np.ndarray, num_samples:
   i, j = np.unravel_index(np.argmax(dist), dist.shape)
   path_poses = interpolate_latent(prior, params, candidates[i], candidates[j], num_steps)
   # One posing call for both pictures (one compile).
-  images = _render_poses(np.concatenate([samples, path_poses]), size)
+  poses_dofs = charts.to_dofs(prior.chart, np.concatenate([samples, path_poses]))
+  images = _render_poses(np.asarray(poses_dofs), size)
   grid = viz.image_grid(images[:num_samples], [f"sample {k}" for k in range(num_samples)],
                         num_cols=int(math.ceil(math.sqrt(num_samples))))
   samples_path = str(viz.save_png(os.path.join(workdir, "samples.png"), grid))

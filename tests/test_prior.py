@@ -187,7 +187,7 @@ def test_group_lu_mixes_only_within_groups(kinematic):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("chart", "axis_angle"), ("coupling", "maf"), ("mask", "random"),
+    ("chart", "quaternion"), ("coupling", "maf"), ("mask", "random"),
     ("mixing", "lu"),  # A global mixing would scramble kinematic groups.
     ("num_layers", 0), ("hidden_sizes", ()), ("event_dim", 6),
 ])

@@ -148,3 +148,14 @@ def test_launcher(workdir, table, clip_folder, capsys):
     flags.FLAGS.unparse_flags()
   assert "| flow |" in capsys.readouterr().out
   assert os.path.isfile(os.path.join(workdir, f"nll_table_{clip_folder.name}.json"))
+
+
+def test_axis_angle_chart_trains_and_evaluates(tmp_path):
+  config = _tiny_config()
+  config.flow.chart, config.flow.event_dim = "axis_angle", 72
+  trainer.train_and_evaluate(config, str(tmp_path))
+  table = prior_eval.evaluate_nll(str(tmp_path))
+  assert table["chart"] == "axis_angle" and table["event_dim"] == 72
+  for model in prior_eval.MODELS:
+    assert math.isfinite(table[model])
+  assert not prior_eval.load_baselines(str(tmp_path)).periodic

@@ -163,7 +163,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("field, value, message", [
     ("flow.coupling", "afine", "flow.coupling"),
-    ("flow.chart", "axis_angle", "flow.chart"),
+    ("flow.chart", "quaternion", "flow.chart"),
+    ("flow.chart", "axis_angle", "flow.event_dim"),  # D = 72 in that chart.
     ("flow.num_layers", 0, "flow.num_layers"),
     ("data.source", "files", "data.source"),
     ("eval_batch_size", 0, "eval_batch_size"),

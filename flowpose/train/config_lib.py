@@ -93,7 +93,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   mirror = data.get("augment_mirror", False)
   if not isinstance(mirror, bool):
     _fail("data.augment_mirror", "a bool", mirror)
-  if mirror and config.flow.event_dim != cmu_skeleton.NUM_POSE_DOFS:
+  if (mirror and config.flow.chart == "euler_dofs"
+      and config.flow.event_dim != cmu_skeleton.NUM_POSE_DOFS):
     _fail("data.augment_mirror", f"False unless flow.event_dim is the "
           f"{cmu_skeleton.NUM_POSE_DOFS}-DOF CMU chart", mirror)
   if data.source == "synthetic":

@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from flowpose import charts
 from flowpose.data import cmu_skeleton
 
 SOURCES = ("tfds", "synthetic")
@@ -209,26 +210,31 @@ def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> 
 
 
 def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
-              process_index: Optional[int] = None) -> PoseData:
-  """Reads this host's pose arrays for `config.data`."""
+              process_index: Optional[int] = None, chart: str = "euler_dofs") -> PoseData:
+  """Reads this host's pose arrays for `config.data`, in the prior's `chart` (flowpose.charts):
+  `[N, event_dim]` DOF angles, or per-bone axis-angle vectors for `chart="axis_angle"`."""
+  # Data are DOF angles; a non-Euler chart converts the 50 CMU DOFs after augmentation.
+  dofs_dim = event_dim if chart == "euler_dofs" else cmu_skeleton.NUM_POSE_DOFS
   if data_config.source == "tfds":
     data = load_tfds(data_config)
   else:
     process_index = (jax.process_index() if process_index is None
                      else process_index)
-    train = synthetic_poses(data_config.num_train, event_dim,
+    train = synthetic_poses(data_config.num_train, dofs_dim,
                             data_config.synthetic_seed, "train")
     # Same sharding rule as split_for_jax_process: contiguous equal shards.
     shard = data_config.num_train // jax.process_count()
     train = train[process_index * shard:(process_index + 1) * shard]
-    data = PoseData(train, synthetic_poses(data_config.num_eval, event_dim,
+    data = PoseData(train, synthetic_poses(data_config.num_eval, dofs_dim,
                                            data_config.synthetic_seed,
                                            "validation"))
-  data = data._replace(train=augment_train(data_config, data.train))
   for name, array in data._asdict().items():
-    if array.ndim != 2 or array.shape[1] != event_dim:
+    if array.ndim != 2 or array.shape[1] != dofs_dim:
       raise ValueError(f"{data_config.source} {name} poses have shape "
-                       f"{array.shape}, expected [N, {event_dim}]")
+                       f"{array.shape}, expected [N, {dofs_dim}]")
+  data = data._replace(train=augment_train(data_config, data.train))
+  if chart != "euler_dofs":
+    data = PoseData(*(charts.from_dofs_np(chart, array) for array in data))
   logging.info("Pose data (%s): %d train poses on this host, %d eval poses.",
                data_config.source, data.train.shape[0], data.eval.shape[0])
   return data

@@ -278,7 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           "input_noise")}), mesh)
 
   # Data #
-  data = input_pipeline.load_data(config.data, programs.prior.event_dim)
+  data = input_pipeline.load_data(config.data, programs.prior.event_dim,
+                                  chart=programs.prior.chart)
   local_batch = config.batch_size // jax.process_count()
   train_batches = input_pipeline.EpochBatches(
       data.train, local_batch, config.seed, jax.process_index())

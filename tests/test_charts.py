@@ -1,0 +1,89 @@
+"""Tests for flowpose.charts (Euler-DOF and axis-angle charts of the CMU pose)."""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from flowpose import charts
+from flowpose import fitting_body
+from flowpose import prior as prior_lib
+from flowpose.data import cmu_skeleton
+from flowpose.data import retarget
+
+
+@pytest.fixture(scope="module")
+def real_dofs(cmu_dir):
+  from flowpose import prior_eval  # pylint: disable=g-import-not-at-top
+  return prior_eval.read_clip_dofs(cmu_dir / "05_03.amc.gz")[::4]  # Dance, 30 -> 7.5 fps.
+
+
+def test_dimensions_and_bones():
+  assert charts.chart_dim("euler_dofs") == 50
+  assert charts.chart_dim("axis_angle") == 72 == 3 * len(charts.CHART_BONES)
+  assert charts.dim_bones("axis_angle")[:3] == ("lowerback",) * 3
+  assert len(charts.dim_bones("euler_dofs")) == 50
+  with pytest.raises(ValueError, match="quaternion"):
+    charts.chart_dim("quaternion")
+  with pytest.raises(ValueError, match=r"\[\.\.\., 72\]"):
+    charts.to_dofs("axis_angle", np.zeros((2, 50)))
+
+
+def test_axis_angle_round_trip_on_real_poses(real_dofs):
+  x = charts.from_dofs_np("axis_angle", real_dofs)
+  assert x.shape == (len(real_dofs), 72) and np.all(np.linalg.norm(
+      x.reshape(-1, 24, 3), axis=-1) <= np.pi + 1e-5)
+  back = np.asarray(charts.to_dofs("axis_angle", x))
+  # Same rotations, hence the same body pose ...
+  np.testing.assert_allclose(charts.dofs_to_bone_rotmats(back),
+                             charts.dofs_to_bone_rotmats(real_dofs), atol=2e-5)
+  # ... and the same angles (CMU's middle Euler angles stay inside +-90 degrees).
+  delta = np.angle(np.exp(1j * (back - real_dofs)))
+  np.testing.assert_allclose(delta, 0.0, atol=5e-5)
+  # The body-model path sees the same rotations.
+  np.testing.assert_allclose(retarget.pose_dofs_to_body_rotmats(back),
+                             retarget.pose_dofs_to_body_rotmats(real_dofs), atol=5e-5)
+
+
+def test_to_dofs_projects_off_manifold_points_and_has_gradients():
+  x = np.zeros((72,), np.float32)
+  tibia = charts.CHART_BONES.index("ltibia")
+  x[3 * tibia:3 * tibia + 3] = [0.8, 0.05, -0.04]  # A knee bend plus jitter off its 1 DOF.
+  dofs = np.asarray(charts.to_dofs("axis_angle", x))
+  assert abs(dofs[cmu_skeleton.POSE_DOF_NAMES.index("ltibia.rx")] - 0.8) < 0.01
+  grad = jax.grad(lambda v: jnp.sum(charts.to_dofs("axis_angle", v) ** 2))(jnp.asarray(x + 0.1))
+  assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("mask, mixing", [("alternating", "lu"), ("kinematic", "group_lu")])
+def test_axis_angle_prior_on_real_poses(real_dofs, mask, mixing):
+  flow = prior_lib.default_flow_config()
+  flow.update(chart="axis_angle", event_dim=72, num_layers=2, hidden_sizes=(16,),
+              mask=mask, mixing=mixing)
+  prior = prior_lib.make_prior(flow)
+  assert prior.chart == "axis_angle" and prior.coupling_masks.shape == (2, 72)
+  x = charts.from_dofs_np("axis_angle", real_dofs)
+  params = prior.init(jax.random.key(0), x)
+  # Not periodic: the center is the plain mean, no wrapping.
+  np.testing.assert_allclose(params["stats"]["center"], x.mean(0), atol=1e-5)
+  assert np.all(np.isfinite(prior.log_prob(params, x)))
+  z = prior.pose_to_latent(params, x)
+  np.testing.assert_allclose(prior.latent_to_pose(params, z), x, atol=1e-4)
+  fit_prior = fitting_body.make_pose_prior("flow", flow=prior, flow_params=params)
+  assert fit_prior.init.shape == (72,)
+  decoded = fit_prior.space.decode(fit_prior.params, z[0])
+  np.testing.assert_allclose(charts.dofs_to_bone_rotmats(decoded),
+                             charts.dofs_to_bone_rotmats(real_dofs[0]), atol=1e-3)
+
+
+def test_wrong_event_dim_for_chart_is_rejected():
+  flow = prior_lib.default_flow_config()
+  flow.chart = "axis_angle"
+  with pytest.raises(ValueError, match=r"flow\.event_dim.*72"):
+    prior_lib.make_prior(flow)
