@@ -19,17 +19,28 @@ joints for smpl_sized); smplx's time is `lbs` alone. Timings: `jit` +
 interleaved repeat by repeat (so machine load hits both alike), median.
 Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations and betas.
 
+Skinning path: `--skinning auto` (default) is what `forward` picks: the CPU
+kernels of `flowpose.body.lbs_kernel` (FK; shape/pose blend + skinning +
+keypoints) when built, else XLA; `kernel` or `xla` force one. `--compare-xla`
+also times the pure-XLA path, interleaved with the other two
+(`flowpose_xla_ms`, `ratio_xla`; its big allocations also slow the other two
+down). The JSON records the path that ran (`setup.skinning`) and the kernel
+build (`setup.lbs_kernel`).
+
 Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0);
 glibc serves allocations over 32 MB with fresh `mmap`s, so each such buffer
 is page-faulted anew on every call, which on a small VM can cost as much as
-the arithmetic. Both libraries pay it (smplx allocates several such tensors,
-flowpose two: the blended rest vertices and the output). Setting
+the arithmetic. Both libraries pay it (smplx allocates several such tensors;
+flowpose's kernel writes only the output and asks for transparent huge pages
+on it, `FLOWPOSE_LBS_HUGEPAGES=0` to disable; its XLA path also writes the
+blended rest vertices). Setting
 `MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=<large>` in the
 environment keeps the memory mapped between calls (recorded in the JSON under
 `setup.malloc_env`).
 """
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -42,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
+from flowpose.body import lbs_kernel
 from flowpose.body import model as bm
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
@@ -100,7 +112,7 @@ def _interleaved(fns, repeats):
 class Poser:
   """Both libraries set up on one model, with inputs for a batch size."""
 
-  def __init__(self, model: bm.BodyModel):
+  def __init__(self, model: bm.BodyModel, skinning: str = "auto"):
     import torch  # pylint: disable=g-import-not-at-top
     from smplx.lbs import lbs  # pylint: disable=g-import-not-at-top
     self.torch, self.lbs, self.model = torch, lbs, model
@@ -113,42 +125,50 @@ class Poser:
         posedirs=t(posedirs), J_regressor=t(model.j_regressor),
         parents=torch.tensor(model.parents, dtype=torch.long),
         lbs_weights=t(bm.dense_skin_weights(model)))
-    self.fwd = jax.jit(jax.vmap(bm.forward, (None, 0, 0)))
+    self.fwd, self.grad = self.jitted(skinning)
+    self.fwd_xla, self.grad_xla = self.jitted("xla")
+
+  @staticmethod
+  def jitted(skinning):
+    """`(forward [B], grad of sum(vertices**2) w.r.t. (rot, betas))`, jitted."""
+    fwd = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                   (None, 0, 0))
 
     def loss(model, rot, betas):
-      out = jax.vmap(bm.forward, (None, 0, 0))(model, rot, betas)
-      return jnp.sum(out.vertices**2)
-    self.grad = jax.jit(jax.grad(loss, argnums=(1, 2)))
+      return jnp.sum(fwd(model, rot, betas).vertices**2)
+    return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(1, 2)))
 
   def inputs(self, batch, seed=0):
     return random_inputs(self.model, batch, seed)
 
   def forward_fns(self, batch):
+    """`(ours, theirs, ours_xla)`: callables running one batch."""
     rot, betas = self.inputs(batch)
     j_rot, j_betas = jnp.asarray(rot), jnp.asarray(betas)
     t_rot, t_betas = self.torch.from_numpy(rot), self.torch.from_numpy(betas)
 
-    def ours():
-      jax.block_until_ready(self.fwd(self.model, j_rot, j_betas))
+    def ours(fwd=self.fwd):
+      jax.block_until_ready(fwd(self.model, j_rot, j_betas))
 
     def theirs():
       with self.torch.no_grad():
         self.lbs(t_betas, t_rot, pose2rot=False, **self.smplx_args)
-    return ours, theirs
+    return ours, theirs, functools.partial(ours, fwd=self.fwd_xla)
 
   def backward_fns(self, batch):
+    """`(ours, theirs, ours_xla)` for forward+backward."""
     rot, betas = self.inputs(batch)
     j_rot, j_betas = jnp.asarray(rot), jnp.asarray(betas)
 
-    def ours():
-      jax.block_until_ready(self.grad(self.model, j_rot, j_betas))
+    def ours(grad=self.grad):
+      jax.block_until_ready(grad(self.model, j_rot, j_betas))
 
     def theirs():
       t_rot = self.torch.from_numpy(rot).requires_grad_(True)
       t_betas = self.torch.from_numpy(betas).requires_grad_(True)
       verts, _ = self.lbs(t_betas, t_rot, pose2rot=False, **self.smplx_args)
       (verts**2).sum().backward()
-    return ours, theirs
+    return ours, theirs, functools.partial(ours, grad=self.grad_xla)
 
   def check_agreement(self, batch=4):
     """Max |vertex difference| between the two libraries (metres)."""
@@ -175,12 +195,28 @@ def fk_times(model: bm.BodyModel, batch: int, repeats: int):
                   (1e3 * t for t in _interleaved(fns, repeats))))
 
 
-def run(models, batches, backward_batch, repeats, threads):
+def _entry(name, label, batch, fns, reps, compare_xla):
+  """Times `(ours, theirs[, ours_xla])` interleaved; returns the JSON entry."""
+  ours, theirs, *xla = _interleaved(fns if compare_xla else fns[:2], reps)
+  entry = {"flowpose_ms": 1e3 * ours, "smplx_ms": 1e3 * theirs,
+           "flowpose_bodies_per_s": batch / ours,
+           "smplx_bodies_per_s": batch / theirs, "ratio": theirs / ours}
+  line = (f"{name:11s} {label:12s} B={batch:4d}  flowpose {1e3 * ours:9.2f} ms"
+          f"  smplx {1e3 * theirs:9.2f} ms  ratio {theirs / ours:6.1f}x")
+  if xla:
+    entry.update(flowpose_xla_ms=1e3 * xla[0], ratio_xla=theirs / xla[0])
+    line += f"  (xla path {1e3 * xla[0]:9.2f} ms, {theirs / xla[0]:6.1f}x)"
+  print(line, flush=True)
+  return entry
+
+
+def run(models, batches, backward_batch, repeats, threads, skinning="auto",
+        compare_xla=False):
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   results = {}
   for name, model in models.items():
-    poser = Poser(model)
+    poser = Poser(model, skinning)
     res = {"num_vertices": model.num_vertices, "num_joints": model.num_joints,
            "num_betas": model.num_betas,
            "num_pose_basis": int(model.posedirs.shape[0]),
@@ -189,22 +225,12 @@ def run(models, batches, backward_batch, repeats, threads):
            "max_abs_vertex_diff_m": poser.check_agreement()}
     for batch in batches:
       reps = repeats if batch > 1 else 10 * repeats
-      ours, theirs = _interleaved(poser.forward_fns(batch), reps)
-      res[f"forward_b{batch}"] = {
-          "flowpose_ms": 1e3 * ours, "smplx_ms": 1e3 * theirs,
-          "flowpose_bodies_per_s": batch / ours,
-          "smplx_bodies_per_s": batch / theirs, "ratio": theirs / ours}
-      print(f"{name:11s} forward      B={batch:4d}  flowpose {1e3 * ours:9.2f} ms"
-            f"  smplx {1e3 * theirs:9.2f} ms  ratio {theirs / ours:6.1f}x",
-            flush=True)
-    ours, theirs = _interleaved(poser.backward_fns(backward_batch), repeats)
-    res[f"forward_backward_b{backward_batch}"] = {
-        "flowpose_ms": 1e3 * ours, "smplx_ms": 1e3 * theirs,
-        "flowpose_bodies_per_s": backward_batch / ours,
-        "smplx_bodies_per_s": backward_batch / theirs, "ratio": theirs / ours}
-    print(f"{name:11s} fwd+backward B={backward_batch:4d}  flowpose "
-          f"{1e3 * ours:9.2f} ms  smplx {1e3 * theirs:9.2f} ms  ratio "
-          f"{theirs / ours:6.1f}x", flush=True)
+      res[f"forward_b{batch}"] = _entry(name, "forward", batch,
+                                        poser.forward_fns(batch), reps,
+                                        compare_xla)
+    res[f"forward_backward_b{backward_batch}"] = _entry(
+        name, "fwd+backward", backward_batch,
+        poser.backward_fns(backward_batch), repeats, compare_xla)
     res.update(fk_times(model, max(batches), repeats))
     top = res[f"forward_b{max(batches)}"]
     res.update({k: top[k] for k in ("flowpose_bodies_per_s",
@@ -221,6 +247,10 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--models", default="cc0,smpl_sized")
+  parser.add_argument("--skinning", default="auto", choices=lbs_kernel.IMPLS,
+                      help="flowpose's skinning path (see module docstring)")
+  parser.add_argument("--compare-xla", action="store_true",
+                      help="also time the pure-XLA skinning path")
   args = parser.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
   import smplx  # pylint: disable=g-import-not-at-top
@@ -232,7 +262,7 @@ def main(argv=None):
   batches = [int(b) for b in args.batches.split(",")]
   results = {
       "models": run(models, batches, args.backward_batch, args.repeats,
-                    args.threads),
+                    args.threads, args.skinning, args.compare_xla),
       "setup": {
           "threads": args.threads, "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -242,6 +272,11 @@ def main(argv=None):
           "load_average_after": os.getloadavg(),
           "malloc_env": {k: v for k, v in os.environ.items()
                          if k.startswith("MALLOC_")},
+          "skinning": (
+              "kernel" if args.skinning == "kernel" or (
+                  args.skinning == "auto" and lbs_kernel.available())
+              else "xla"),
+          "lbs_kernel": lbs_kernel.info(),
       },
   }
   args.out.parent.mkdir(parents=True, exist_ok=True)

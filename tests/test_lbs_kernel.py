@@ -1,0 +1,239 @@
+"""The fused CPU skinning kernel (flowpose.body.lbs_kernel) against the XLA path."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowpose import geometry
+from flowpose.body import lbs_kernel
+from flowpose.body import model as bm
+
+if not lbs_kernel.available():
+  pytest.skip(f"CPU skinning kernel unavailable: {lbs_kernel.info()}",
+              allow_module_level=True)
+if jax.default_backend() != "cpu":
+  pytest.skip("the kernel runs on CPU only", allow_module_level=True)
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
+                17, 18, 19, 20, 21)
+NUM_VERTS, NUM_BETAS, TOP_K, NUM_KP = 203, 10, 4, 7  # V not a multiple of 8
+
+
+def make_model(with_posedirs, seed=0, num_verts=NUM_VERTS):
+  """Random SMPL-tree model; some vertices have fewer than K weights."""
+  rng = np.random.default_rng(seed)
+  nj = len(SMPL_PARENTS)
+  dense = rng.random((num_verts, nj)) * (rng.random((num_verts, nj)) < 0.08)
+  dense[np.arange(num_verts), rng.integers(0, nj, num_verts)] += 1.0
+  idx, weights, _ = bm.sparsify_skin_weights(
+      dense / dense.sum(1, keepdims=True), TOP_K)
+  assert np.any(weights == 0)  # zero-padded rows take the kernel's skip
+  j_reg = rng.random((nj, num_verts)) * (rng.random((nj, num_verts)) < 0.1)
+  j_reg[np.arange(nj), rng.integers(0, num_verts, nj)] += 1.0
+  kp_reg = np.zeros((NUM_KP, num_verts))
+  for k in range(NUM_KP):
+    kp_reg[k, rng.choice(num_verts, 5, replace=False)] = rng.normal(size=5)
+  names = np.asarray([f"j{i}" for i in range(nj)])
+  num_p = 9 * (nj - 1) if with_posedirs else 0
+  return bm.model_from_arrays({
+      "v_template": rng.normal(size=(num_verts, 3)),
+      "shapedirs": 0.05 * rng.normal(size=(num_verts, 3, NUM_BETAS)),
+      "posedirs": 0.01 * rng.normal(size=(num_p, num_verts * 3)),
+      "j_regressor": j_reg / j_reg.sum(1, keepdims=True),
+      "skin_indices": idx, "skin_weights": weights,
+      "keypoint_regressor": kp_reg,
+      "faces": rng.integers(0, num_verts, (20, 3)),
+      "part_labels": dense.argmax(1), "parents": np.asarray(SMPL_PARENTS),
+      "joint_names": names, "part_names": names,
+      "keypoint_names": np.asarray([f"k{i}" for i in range(NUM_KP)]),
+  })
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["lbs", "posedirs"])
+def model(request):
+  return make_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def cc0_model():
+  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  return bm.load_model(assets.ensure_body_model())
+
+
+def inputs(model, batch, seed=0):
+  """`(rotmats [B, J, 3, 3], betas [B, S], transl [B, 3])`."""
+  rng = np.random.default_rng(seed)
+  pose = jnp.asarray(0.7 * rng.normal(size=(batch, model.num_joints, 3)),
+                     jnp.float32)
+  return (jax.vmap(geometry.axis_angle_to_matrix)(pose),
+          jnp.asarray(rng.normal(size=(batch, model.num_betas)), jnp.float32),
+          jnp.asarray(rng.normal(size=(batch, 3)), jnp.float32))
+
+
+def batched_forward(skinning):
+  return jax.jit(jax.vmap(
+      functools.partial(bm.forward, skinning=skinning), (None, 0, 0, 0)))
+
+
+def assert_outputs_close(got, want, model):
+  np.testing.assert_allclose(got.vertices, want.vertices, atol=1e-5)
+  np.testing.assert_allclose(got.joints, want.joints, atol=1e-6)
+  # Keypoints: the kernel sums sparse regressor rows; XLA's dense GEMM rounds
+  # differently (on cc0 by ~2e-5), so compare both with float64 arithmetic.
+  reg = np.asarray(model.keypoint_regressor, np.float64)
+  exact = np.einsum("kv,...vc->...kc", reg, np.asarray(got.vertices, np.float64))
+  np.testing.assert_allclose(got.keypoints, exact, atol=1e-5)
+  np.testing.assert_allclose(want.keypoints, exact, atol=5e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 21])  # XLA, 8 lanes, 16 + 8 lanes
+def test_batched_matches_xla(model, batch):
+  args = inputs(model, batch)
+  assert_outputs_close(batched_forward("kernel")(model, *args),
+                       batched_forward("xla")(model, *args), model)
+
+
+def test_cc0_matches_xla_and_uses_the_kernel(cc0_model):
+  args = inputs(cc0_model, 37, seed=3)  # > 16 bodies: worker threads run
+  fwd = batched_forward("auto")
+  hlo = fwd.lower(cc0_model, *args).as_text()
+  assert "flowpose_lbs" in hlo and "flowpose_fk" in hlo
+  assert_outputs_close(fwd(cc0_model, *args),
+                       batched_forward("xla")(cc0_model, *args), cc0_model)
+
+
+def model_args(model, batch, seed=0):
+  """Random kernel inputs `(betas, transforms, features, *model arrays)`."""
+  rng = np.random.default_rng(seed)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  features, posedirs = None, None
+  if model.has_posedirs:
+    features = f32(rng.normal(size=(batch, model.posedirs.shape[0])))
+    posedirs = model.posedirs
+  return (f32(rng.normal(size=(batch, model.num_betas))),
+          f32(rng.normal(size=(batch, model.num_joints, 3, 4))), features,
+          posedirs, model.v_template, model.shapedirs, model.skin_indices,
+          model.skin_weights, model.keypoint_regressor)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 8, 9])
+def test_raw_kernel_matches_reference(model, batch):
+  # Batches below MIN_KERNEL_BATCH take XLA inside `forward`; check the
+  # custom call itself on them too (and on exactly one and one-plus lanes).
+  args = model_args(model, batch, seed=batch)
+  got = jax.jit(lbs_kernel._ffi_call)(*args)  # pylint: disable=protected-access
+  want = jax.jit(lbs_kernel._reference_batched)(*args)  # pylint: disable=protected-access
+  np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], atol=1e-5)
+
+
+def test_threaded_pose_blend_matches_reference():
+  # Several vertex chunks and 4-block units: the worker threads run.
+  model = make_model(True, seed=1, num_verts=2003)
+  args = model_args(model, 70, seed=7)
+  got = jax.jit(lbs_kernel._ffi_call)(*args)  # pylint: disable=protected-access
+  want = jax.jit(lbs_kernel._reference_batched)(*args)  # pylint: disable=protected-access
+  np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], atol=2e-5)
+
+
+def test_unbatched_and_eager_match_xla(model):
+  rot, betas, transl = inputs(model, 5, seed=1)
+  want = batched_forward("xla")(model, rot, betas, transl)
+  single = bm.forward(model, rot[0], betas[0], transl[0])
+  assert_outputs_close(single, jax.tree_util.tree_map(lambda x: x[0], want),
+                       model)
+  with jax.disable_jit():  # op by op, the custom call run eagerly
+    got = jax.vmap(functools.partial(bm.forward, skinning="kernel"),
+                   (None, 0, 0, 0))(model, rot, betas, transl)
+  assert_outputs_close(got, want, model)
+
+
+def test_vmap_variants_match_xla(model):
+  rot, betas, transl = inputs(model, 6, seed=2)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def variants(skinning, model, rot, betas, transl):
+    """Shared shape, batch axis not leading, nested vmap, per-body models."""
+    fwd = functools.partial(bm.forward, skinning=skinning)
+    shared = jax.vmap(fwd, (None, 0, None, 0))(model, rot, betas[0], transl)
+    moved = jax.vmap(fwd, (None, 2, 1, 1))(
+        model, jnp.moveaxis(rot, 0, 2), betas.T, transl.T)
+    nested = jax.vmap(jax.vmap(fwd, (None, 0, 0, 0)), (None, 0, 0, 0))(
+        model, rot.reshape((2, 3) + rot.shape[1:]), betas.reshape(2, 3, -1),
+        transl.reshape(2, 3, 3))
+    models = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), model)
+    per_model = jax.vmap(fwd)(models, rot[:2], betas[:2], transl[:2])
+    return (shared.vertices, moved.vertices,
+            nested.vertices.reshape(rot.shape[0], -1, 3), per_model.vertices,
+            nested.keypoints.reshape(rot.shape[0], -1, 3))
+  got = variants("kernel", model, rot, betas, transl)
+  want = variants("xla", model, rot, betas, transl)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_empty_batch(model):
+  rot, betas, transl = inputs(model, 0)
+  out = batched_forward("kernel")(model, rot, betas, transl)
+  assert out.vertices.shape == (0, NUM_VERTS, 3)
+  assert out.keypoints.shape == (0, NUM_KP, 3)
+
+
+@pytest.mark.parametrize("terms", ["all", "vertices", "keypoints"])
+def test_gradients_match_xla(model, terms):
+  # "vertices"/"keypoints": the other output's cotangent is a symbolic zero.
+  rot, betas, transl = inputs(model, 9, seed=4)
+  target = jax.random.normal(jax.random.PRNGKey(0), (9, NUM_VERTS, 3))
+
+  def loss(skinning, rot, betas, transl):
+    out = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                   (None, 0, 0, 0))(model, rot, betas, transl)
+    v_term = jnp.sum((out.vertices - target)**2)
+    kp_term = jnp.sum(jnp.sin(out.keypoints))
+    return {"all": v_term + kp_term + jnp.sum(out.joints**2),
+            "vertices": v_term, "keypoints": kp_term}[terms]
+  grads = {s: jax.jit(jax.grad(functools.partial(loss, s), argnums=(0, 1, 2)))(
+      rot, betas, transl) for s in ("kernel", "xla")}
+  for got, want in zip(grads["kernel"], grads["xla"]):
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(got, want, atol=2e-5 * scale, rtol=1e-4)
+
+
+def test_gradients_wrt_model_arrays_match_xla(model):
+  rot, betas, transl = inputs(model, 3, seed=5)
+
+  def loss(skinning, model):
+    out = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                   (None, 0, 0, 0))(model, rot, betas, transl)
+    return jnp.sum(out.vertices**2) + jnp.sum(out.keypoints**2)
+  got, want = (jax.jit(jax.grad(functools.partial(loss, s), allow_int=True))(
+      model)
+               for s in ("kernel", "xla"))
+  for name in ("v_template", "shapedirs", "posedirs", "skin_weights",
+               "keypoint_regressor", "j_regressor"):
+    g, w = getattr(got, name), getattr(want, name)
+    scale = float(jnp.abs(w).max()) if w.size else 1.0
+    np.testing.assert_allclose(g, w, atol=1e-5 * scale, rtol=1e-4,
+                               err_msg=name)
+
+
+def test_bad_impl_raises(model):
+  rot, betas, transl = (x[0] for x in inputs(model, 1))
+  with pytest.raises(ValueError, match="impl"):
+    bm.forward(model, rot, betas, transl, skinning="fast")
+
+
+def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
+  path = lbs_kernel.build()
+  assert path == lbs_kernel.library_path() and path.exists()
+  assert lbs_kernel.cpu_level() in path.name
+  monkeypatch.setenv("FLOWPOSE_CACHE", str(tmp_path))
+  fresh = lbs_kernel.build()  # a real compile, into the temp cache
+  assert fresh.parent == tmp_path / "kernels" and fresh.name == path.name
+  assert [p.name for p in fresh.parent.iterdir()] == [fresh.name]  # no temps
