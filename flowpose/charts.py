@@ -19,6 +19,7 @@ baselines in the flow's chart).
 All conversions are jnp (differentiable, any leading dims) and accept NumPy arrays.
 """
 
+import functools
 from typing import Tuple
 
 import jax
@@ -117,11 +118,16 @@ def to_dofs(chart: str, x) -> jax.Array:
   return bone_rotmats_to_dofs(geometry.axis_angle_to_matrix(aa))
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_from_dofs(chart: str):
+  return jax.jit(functools.partial(from_dofs, chart))
+
+
 def from_dofs_np(chart: str, dofs: np.ndarray, batch: int = 65536) -> np.ndarray:
   """`from_dofs` for large NumPy arrays `[N, 50]` (float32, in chunks)."""
   dofs = np.asarray(dofs, np.float32)
   if chart == "euler_dofs":
     return dofs
-  fn = jax.jit(lambda d: from_dofs(chart, d))
+  fn = _jitted_from_dofs(chart)
   return np.concatenate([np.asarray(fn(dofs[i:i + batch]))
                          for i in range(0, max(len(dofs), 1), batch)]).astype(np.float32)
