@@ -18,6 +18,9 @@ from flowpose.data import cmu_skeleton
 from flowpose.data import retarget
 
 
+pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
+
+
 @pytest.fixture(scope="module")
 def real_dofs(cmu_dir):
   from flowpose import prior_eval  # pylint: disable=g-import-not-at-top
@@ -55,9 +58,10 @@ def test_to_dofs_projects_off_manifold_points_and_has_gradients():
   x = np.zeros((72,), np.float32)
   tibia = charts.CHART_BONES.index("ltibia")
   x[3 * tibia:3 * tibia + 3] = [0.8, 0.05, -0.04]  # A knee bend plus jitter off its 1 DOF.
-  dofs = np.asarray(charts.to_dofs("axis_angle", x))
+  dofs = np.asarray(jax.jit(charts.to_dofs, static_argnums=0)("axis_angle", x))
   assert abs(dofs[cmu_skeleton.POSE_DOF_NAMES.index("ltibia.rx")] - 0.8) < 0.01
-  grad = jax.grad(lambda v: jnp.sum(charts.to_dofs("axis_angle", v) ** 2))(jnp.asarray(x + 0.1))
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(charts.to_dofs("axis_angle", v) ** 2)))(
+      jnp.asarray(x + 0.1))
   assert np.all(np.isfinite(grad))
 
 
@@ -72,12 +76,12 @@ def test_axis_angle_prior_on_real_poses(real_dofs, mask, mixing):
   params = prior.init(jax.random.key(0), x)
   # Not periodic: the center is the plain mean, no wrapping.
   np.testing.assert_allclose(params["stats"]["center"], x.mean(0), atol=1e-5)
-  assert np.all(np.isfinite(prior.log_prob(params, x)))
-  z = prior.pose_to_latent(params, x)
-  np.testing.assert_allclose(prior.latent_to_pose(params, z), x, atol=1e-4)
+  assert np.all(np.isfinite(jax.jit(prior.log_prob)(params, x)))
+  z = jax.jit(prior.pose_to_latent)(params, x)
+  np.testing.assert_allclose(jax.jit(prior.latent_to_pose)(params, z), x, atol=1e-4)
   fit_prior = fitting_body.make_pose_prior("flow", flow=prior, flow_params=params)
   assert fit_prior.init.shape == (72,)
-  decoded = fit_prior.space.decode(fit_prior.params, z[0])
+  decoded = jax.jit(fit_prior.space.decode)(fit_prior.params, z[0])
   np.testing.assert_allclose(charts.dofs_to_bone_rotmats(decoded),
                              charts.dofs_to_bone_rotmats(real_dofs[0]), atol=1e-3)
 
