@@ -244,7 +244,7 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path, required=True)
   parser.add_argument("--batches", default="1,64,512")
   parser.add_argument("--backward-batch", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--repeats", type=int, default=21)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--models", default="cc0,smpl_sized")
   parser.add_argument("--skinning", default="auto", choices=lbs_kernel.IMPLS,
