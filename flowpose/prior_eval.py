@@ -14,8 +14,11 @@ the circular mean `center` of its training data (`flowpose.prior`): it sees
 `center + wrap(a - center)` in (center - pi, center + pi]. The baselines are fitted and
 evaluated on exactly those chart coordinates (same center, from the flow's params), so every
 model is a density over the same set of angles and the NLLs compare (the shift by a multiple
-of 2 pi has unit Jacobian). All models use the same variance floor (1e-3 rad std, as the
-flow's standardisation), so a near-constant DOF cannot dominate a baseline's NLL.
+of 2 pi has unit Jacobian). A prior on a non-periodic chart (`flow.chart = "axis_angle"`,
+`flowpose.charts`) is evaluated, with its baselines, on those coordinates as they are (the table
+records `chart`; NLLs of different charts are not comparable). All models use the same
+variance floor (1e-3 rad std, as the flow's standardisation), so a near-constant DOF cannot
+dominate a baseline's NLL.
 
 The baselines (`flowpose.baselines`: diagonal Gaussian, full Gaussian, 8-component GMM by EM)
 are fitted on the training split once and cached in `workdir/baselines.npz` together with
