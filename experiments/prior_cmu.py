@@ -104,6 +104,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   if "synthetic" in modes:
     config.data.source = "synthetic"
+    config.data.augment_mirror = False  # Synthetic poses have no left and right.
   if "runlocal" in modes:
     config.flow.num_layers = 4
     config.flow.hidden_sizes = (64, 64)
