@@ -32,12 +32,7 @@ CLIPS = ("02_01.amc.gz", "02_02.amc.gz")
 
 def _tiny_config():
   config = prior_cmu.get_config("runlocal,synthetic")
-  for field, value in TINY.items():
-    *parents, leaf = field.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  config.update_from_flattened_dict(TINY)
   return config
 
 

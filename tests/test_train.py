@@ -43,12 +43,7 @@ TINY = {
 
 def tiny_config(**overrides):
   config = prior_cmu.get_config("runlocal,synthetic")
-  for field, value in {**TINY, **overrides}.items():
-    *parents, leaf = field.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  config.update_from_flattened_dict({**TINY, **overrides})
   return config
 
 
