@@ -20,7 +20,7 @@ interleaved repeat by repeat (so machine load hits both alike), median.
 Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations and betas.
 
 Skinning path: `--skinning auto` (default) is what `forward` picks: the CPU
-kernels of `flowpose.body.lbs_kernel` (FK; shape/pose blend + skinning +
+kernels of `flowpose.body.cpu_kernel.ffi` (FK; shape/pose blend + skinning +
 keypoints) when built, else XLA; `kernel` or `xla` force one. `--compare-xla`
 also times the pure-XLA path, interleaved with the other two
 (`flowpose_xla_ms`, `ratio_xla`; its big allocations also slow the other two
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
-from flowpose.body import lbs_kernel
+from flowpose.body.cpu_kernel import ffi as lbs_kernel
 from flowpose.body import model as bm
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
@@ -254,7 +254,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   import torch  # pylint: disable=g-import-not-at-top
   import smplx  # pylint: disable=g-import-not-at-top
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   models = {}
   for name in args.models.split(","):
     models[name] = (bm.load_model(assets.ensure_body_model()) if name == "cc0"

@@ -28,7 +28,7 @@ from absl import flags
 from flowpose.data import asf_amc
 from flowpose.data import pipeline  # distrax before TF; hides the GPUs from TF.
 from flowpose.data import retarget
-from flowpose.data.cmu_mocap import splits
+from flowpose.data.tfds.cmu_mocap import splits
 
 _OUT = flags.DEFINE_string("out", None, "Output JSON file.", required=True)
 _CMU_DIR = flags.DEFINE_string("cmu_dir", "../shared/data/cmu", "CMU ASF/AMC folder.")

@@ -4,12 +4,12 @@ r"""Synthetic 2D->3D fitting benchmark on held-out mocap poses.
       [--mocap_dir=../shared/data/cmu] [--num_frames=256] \
       [--config=experiments/fit_mocap2d.py[:runlocal]]
 
-Frames: the test-split subjects (`flowpose.data.cmu_mocap.splits`) of a CMU
+Frames: the test-split subjects (`flowpose.data.tfds.cmu_mocap.splits`) of a CMU
 ASF/AMC folder, or every clip of any other folder of ASF/AMC or BVH clips
 (CMU skeleton), retargeted to the CC0 body (`flowpose.data.retarget`); the
 mocap root orientation is replaced by an upright body with a random yaw. The
 scene (shape, camera, noise, occlusion) is described in
-`experiments/fit_mocap2d.py`. Part maps are rendered with `flowpose.render`
+`experiments/fit_mocap2d.py`. Part maps are rendered with `flowpose.evidence.raster`
 and sampled with `losses.sample_part_pixels`.
 
 Fits with every prior on keypoints only, and with the flow on keypoints +
@@ -35,21 +35,22 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-# flowpose.prior (distrax/TFP) must be imported before TensorFlow users.
-from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order,unused-import
-from flowpose import camera
-from flowpose import eval as eval_lib
-from flowpose import fitting
-from flowpose import fitting_body
+# flowpose.prior.flow (distrax/TFP) must be imported before TensorFlow users.
+from flowpose.prior import io as prior_io
+from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order,unused-import
+from flowpose.geometry import camera
+from flowpose import metrics as eval_lib
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body as fitting_body
 from flowpose import geometry
 from flowpose import losses
-from flowpose import render
-from flowpose.body import assets
+from flowpose.evidence import raster as render
+from flowpose.body.build import assets
 from flowpose.body import model as body_lib
 from flowpose.data import asf_amc
 from flowpose.data import bvh
 from flowpose.data import retarget
-from flowpose.data.cmu_mocap import splits
+from flowpose.data.tfds.cmu_mocap import splits
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = config_flags.DEFINE_config_file(
@@ -90,11 +91,10 @@ def load_dofs(mocap_dir: str, split: str, stride: int = 4):
 
 def load_priors(workdir, mocap_dir):
   """{kind: PosePrior} for none/gaussian/gmm8 (+ flow with a workdir)."""
-  from flowpose import prior_eval  # pylint: disable=g-import-not-at-top
-  from flowpose.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
   flow = flow_params = None
-  if workdir and os.path.exists(os.path.join(workdir, checkpointing.PARAMS_FILE)):
-    flow, flow_params, _ = checkpointing.load_exported_prior(workdir)
+  if workdir and os.path.exists(os.path.join(workdir, prior_io.PARAMS_FILE)):
+    flow, flow_params, _ = prior_io.load_exported_prior(workdir)
     center = np.asarray(flow_params["stats"]["center"])
   try:
     fitted = prior_eval.load_baselines(workdir) if workdir else None

@@ -11,7 +11,7 @@ guard; state donated). normflows 1.7: the same blocks as `ActNorm`, `AffineCoupl
 Gaussian base, `forward_kld` + backward + `clip_grad_norm_` + `torch.optim.Adam`.
 
 Throughput = poses per second at batch 512, one optimizer step per batch, synthetic
-standardised-scale poses (`input_pipeline.synthetic_poses`). Timings: warm-up (incl.
+standardised-scale poses (`pose_data.synthetic_poses`). Timings: warm-up (incl.
 compilation) excluded, `block_until_ready`, steps run for `--seconds` each, the two libraries
 in the same process with the same thread count (`torch.set_num_threads(os.cpu_count())`;
 XLA's CPU client uses one thread per core). Also flowpose `log_prob` and `sample`
@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
-from flowpose.train import input_pipeline
+from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose.data import poses as pose_data
 from flowpose.train import trainer
 from experiments import prior_cmu
 
@@ -113,7 +113,7 @@ def normflows_program(config, data: np.ndarray):
 
 def run(seconds: float) -> dict:
   config = prior_cmu.get_config()
-  data = input_pipeline.synthetic_poses(8192, config.flow.event_dim, 0, "train")
+  data = pose_data.synthetic_poses(8192, config.flow.event_dim, 0, "train")
   fp_train, fp_log_prob, fp_sample = flowpose_programs(config, data)
   nf_train, torch = normflows_program(config, data)
   threads = os.cpu_count()

@@ -16,7 +16,7 @@ focal/depth ambiguity. `config.fit.loss_weights` is the one weights dict.
 
 import ml_collections
 
-from flowpose import fitting
+from flowpose.fitting import fit as fitting
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@
       --prior_workdir=DIR --out=/tmp/fit.json
   --config=experiments/fit_mocap2d.py:runlocal   # few frames and steps
 
-The fitting part (`config.fit`) follows `flowpose.fitting.default_fit_config`;
+The fitting part (`config.fit`) follows `flowpose.fitting.fit.default_fit_config`;
 `config.fit.loss_weights` is the one loss-weights dict. The synthetic scene
 (`config.scene`): upright bodies with a random yaw, betas ~ N(0, 0.5^2) (half
 the model's PCA spread: plausible adults, no extreme shapes), pinhole cameras
@@ -15,7 +15,7 @@ on a 1000 x 1000 image, Gaussian keypoint noise and random occlusion
 
 import ml_collections
 
-from flowpose import fitting
+from flowpose.fitting import fit as fitting
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -57,7 +57,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.flow.num_bins = 8          # Spline bins.
   config.flow.spline_range = 5.0    # Spline interval [-r, r] (standardised).
 
-  # Data (flowpose/train/input_pipeline.py).
+  # Data (flowpose/train/pose_data.py).
   config.data = ml_collections.ConfigDict()
   config.data.source = "tfds"       # "tfds" | "synthetic".
   config.data.tfds_name = "cmu_mocap"

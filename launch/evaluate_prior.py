@@ -24,8 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Before anything imports TensorFlow (TFP requires it): see flowpose.prior.
-from flowpose import prior_eval  # pylint: disable=g-bad-import-order
+# Before anything imports TensorFlow (TFP requires it): see flowpose.prior.flow.
+from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-bad-import-order
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training run.")

@@ -21,10 +21,10 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-# distrax/TFP before anything imports TensorFlow (see flowpose.prior).
-from flowpose import prior as _prior  # pylint: disable=g-bad-import-order,unused-import
-from flowpose import fitting
-from flowpose import fitting_coco
+# distrax/TFP before anything imports TensorFlow (see flowpose.prior.flow).
+from flowpose.prior import flow as _prior  # pylint: disable=g-bad-import-order,unused-import
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import photo as fitting_coco
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco"

@@ -22,7 +22,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-# Before anything imports TensorFlow (TFP requires it): see flowpose.prior.
+# Before anything imports TensorFlow (TFP requires it): see flowpose.prior.flow.
 from flowpose.train import trainer  # pylint: disable=g-bad-import-order
 # pylint: enable=g-import-not-at-top,wrong-import-position
 

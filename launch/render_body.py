@@ -24,8 +24,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from flowpose import render
-from flowpose import viz
+from flowpose.evidence import raster as render
+from flowpose.viz import images as viz
 
 FRONT = (0.0, 0.0, 1.0)  # The body faces +Z.
 RIGHT_SIDE = (-1.0, 0.0, 0.0)  # The body's right side is -X.
@@ -125,7 +125,7 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
 
 def run(out_dir, num_shapes: int = 4, size: int = 512, seed: int = 0):
   """Loads (building if needed) the CC0 model and renders the PNG set."""
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   model = assets.load_cc0_model()
   written = render_body_pngs(model, out_dir, num_shapes=num_shapes, size=size, seed=seed)
   for path in written.values():

@@ -27,13 +27,13 @@ from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
-from flowpose import render
-from flowpose import viz
+from flowpose.evidence import raster as render
+from flowpose.viz import images as viz
 from flowpose.data import asf_amc
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
-from flowpose.data.cmu_mocap import splits
+from flowpose.data.tfds.cmu_mocap import splits
 
 _CMU_DIR = flags.DEFINE_string("cmu_dir", "../shared/data/cmu", "CMU ASF/AMC folder.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder.", required=True)
@@ -152,7 +152,7 @@ def _pick(clips, want):
 
 def render_strip(clips, out_path, method="swing", size=240, frames_per_clip=4):
   """PNG: for a walk, a jump and a dance, mesh | CMU skeleton for a few frames each."""
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
   model = assets.load_cc0_model()
   alignment = retarget.default_alignment(method)

@@ -21,6 +21,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 echo "[setup] building the CC0 body model (~10 s; the wheel download is cached)"
 # One BLAS thread: the build is then byte-deterministic (same file hash on every machine).
-OPENBLAS_NUM_THREADS=1 .venv/bin/python -m flowpose.body.assets
+OPENBLAS_NUM_THREADS=1 .venv/bin/python -m flowpose.body.build.assets
 echo "[setup] building the CPU skinning kernel (~5 s; without it posing uses the XLA path)"
-.venv/bin/python -m flowpose.body.lbs_kernel --build || echo "[setup] kernel build failed; the XLA path will be used"
+.venv/bin/python -m flowpose.body.cpu_kernel.ffi --build || echo "[setup] kernel build failed; the XLA path will be used"

@@ -1,4 +1,4 @@
-"""Tests for flowpose.baselines: Gaussian and GMM density baselines."""
+"""Tests for flowpose.prior.baselines: Gaussian and GMM density baselines."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowpose import baselines as bl
+from flowpose.prior import baselines as bl
 
 LOG_2PI = math.log(2.0 * math.pi)
 

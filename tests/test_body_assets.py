@@ -1,4 +1,4 @@
-"""Tests of the CC0 body-model build (`flowpose.body.assets`) and its asset readers."""
+"""Tests of the CC0 body-model build (`flowpose.body.build.assets`) and its asset readers."""
 
 import gzip
 import hashlib
@@ -11,10 +11,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from flowpose.body import _wheel
-from flowpose.body import assets
-from flowpose.body import macro_shapes
-from flowpose.body import torch_pickle
+from flowpose.body.build import wheel as _wheel
+from flowpose.body.build import assets
+from flowpose.body.build import macro_shapes
+from flowpose.body.build import torch_pickle
 
 
 @pytest.fixture(scope="session")

@@ -229,7 +229,7 @@ def test_forward_kinematics_methods_agree():
 
 
 def test_cc0_model_matches_reference():
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   model = bm.load_model(assets.ensure_body_model())
   assert model.num_vertices > 10000 and model.num_joints == 31
   pose, betas, transl = random_inputs(5, model, scale=0.5)

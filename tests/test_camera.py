@@ -1,10 +1,10 @@
-"""Tests for flowpose.camera: projection, look_at, crops and boxes."""
+"""Tests for flowpose.geometry.camera: projection, look_at, crops and boxes."""
 
 import jax
 import numpy as np
 import pytest
 
-from flowpose import camera
+from flowpose.geometry import camera
 from flowpose import geometry
 
 FOCAL = np.array([500.0, 600.0], np.float32)

@@ -1,4 +1,4 @@
-"""Tests for flowpose.charts (Euler-DOF and axis-angle charts of the CMU pose)."""
+"""Tests for flowpose.prior.charts (Euler-DOF and axis-angle charts of the CMU pose)."""
 
 import os
 
@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flowpose import charts
-from flowpose import fitting_body
-from flowpose import prior as prior_lib
+from flowpose.prior import charts
+from flowpose.fitting import reduced_body as fitting_body
+from flowpose.prior import flow as prior_lib
 from flowpose.data import cmu_skeleton
 from flowpose.data import retarget
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisati
 
 @pytest.fixture(scope="module")
 def real_dofs(cmu_dir):
-  from flowpose import prior_eval  # pylint: disable=g-import-not-at-top
+  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
   return prior_eval.read_clip_dofs(cmu_dir / "05_03.amc.gz")[::4]  # Dance, 30 -> 7.5 fps.
 
 

@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 from flowpose import geometry
 from flowpose.data import pipeline
 from flowpose.data import retarget
-from flowpose.data.cmu_mocap import cmu_mocap_dataset_builder as builder_lib
-from flowpose.data.cmu_mocap import splits
+from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder as builder_lib
+from flowpose.data.tfds.cmu_mocap import splits
 from flowpose.data.motion import MocapFormatError
 
 # Short clips of 3 subjects, one per split: 02 -> train, 13 -> validation, 09 -> test.

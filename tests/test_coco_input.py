@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from flowpose import coco
-from flowpose import fitting
-from flowpose import fitting_coco
+from flowpose.evidence import coco
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import photo as fitting_coco
 from experiments import fit_coco as fit_coco_config
 
 _COCO = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco"

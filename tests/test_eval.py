@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flowpose import eval as eval_lib
+from flowpose import metrics as eval_lib
 from flowpose import geometry
 
 

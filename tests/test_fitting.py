@@ -14,11 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flowpose import eval as eval_lib
-from flowpose import fitting
-from flowpose import fitting_body
+from flowpose import metrics as eval_lib
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body as fitting_body
 from flowpose import geometry
-from flowpose.body import assets
+from flowpose.body.build import assets
 from flowpose.body import model as body_lib
 
 _DOFS = (("LeftArm", "Z"), ("RightArm", "Z"), ("LeftForeArm", "Z"),

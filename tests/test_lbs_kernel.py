@@ -1,4 +1,4 @@
-"""The fused CPU skinning kernel (flowpose.body.lbs_kernel) against the XLA path."""
+"""The fused CPU skinning kernel (flowpose.body.cpu_kernel.ffi) against the XLA path."""
 
 import functools
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flowpose import geometry
-from flowpose.body import lbs_kernel
+from flowpose.body.cpu_kernel import ffi as lbs_kernel
 from flowpose.body import model as bm
 
 if not lbs_kernel.available():
@@ -61,7 +61,7 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def cc0_model():
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   return bm.load_model(assets.ensure_body_model())
 
 

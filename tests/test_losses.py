@@ -338,7 +338,7 @@ def _uv_sphere(center, radius=1.0, rings=10, segments=16):
 
 
 def test_part_alignment_of_a_rendered_mesh_is_minimal_at_the_rendering_pose():
-  render = pytest.importorskip("flowpose.render")
+  render = pytest.importorskip("flowpose.evidence.raster")
   # A sphere split into 4 parts by the signs of its x and y, seen from +Z.
   vertices, faces = _uv_sphere(np.zeros(3), rings=40, segments=64)
   labels = (vertices[:, 0] > 0).astype(np.int32) + 2 * (vertices[:, 1] > 0)

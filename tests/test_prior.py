@@ -1,4 +1,4 @@
-"""Tests for flowpose.prior: init, change of variables, inverses, wrap-around, masks."""
+"""Tests for flowpose.prior.flow: init, change of variables, inverses, wrap-around, masks."""
 
 import os
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flowpose import prior as prior_lib
+from flowpose.prior import flow as prior_lib
 
 D = 50
 SMALL_D = 6

@@ -8,8 +8,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 
-from flowpose import prior_eval
-from flowpose.train import input_pipeline
+from flowpose.prior import evaluate as prior_eval
+from flowpose.data import poses as pose_data
 from flowpose.train import trainer
 from experiments import prior_cmu
 
@@ -19,7 +19,7 @@ def test_runlocal_flow_beats_full_gaussian_on_validation(tmp_path, cmu_dir):
   config.data.manual_dir = str(cmu_dir)  # Prepared once into the default TFDS cache.
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   _, params, _ = prior_eval.load_trained_prior(str(tmp_path / "run"))
-  data = input_pipeline.load_data(config.data, config.flow.event_dim)
+  data = pose_data.load_data(config.data, config.flow.event_dim)
   center = np.asarray(params["stats"]["center"], np.float64)
   fitted = prior_eval.fit_baselines(data.train, center, input_noise=config.input_noise,
                                     gmm_max_iters=1)

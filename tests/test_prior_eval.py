@@ -1,4 +1,4 @@
-"""Tests for flowpose.prior_eval and launch.evaluate_prior (tiny trained workdir)."""
+"""Tests for flowpose.prior.evaluate and launch.evaluate_prior (tiny trained workdir)."""
 
 import os
 
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from flowpose import prior_eval  # pylint: disable=g-bad-import-order
+from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-bad-import-order
 from flowpose.train import trainer
 from experiments import prior_cmu
 

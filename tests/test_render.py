@@ -1,4 +1,4 @@
-"""Tests for flowpose.render (rasterizer), flowpose.viz (PNG helpers) and launch.render_body."""
+"""Tests for flowpose.evidence.raster (rasterizer), flowpose.viz.images (PNG helpers) and launch.render_body."""
 
 import pathlib
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowpose import render
-from flowpose import viz
+from flowpose.evidence import raster as render
+from flowpose.viz import images as viz
 
 
 def _identity_camera(focal=100.0, principal=(64.0, 64.0)):
@@ -372,10 +372,10 @@ def test_render_body_command_on_cc0_model(tmp_path):
   """Runs `python -m launch.render_body` (flags + main) on the real model, small size."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   if not assets.default_model_path().is_file():
     pytest.skip(f"CC0 body model not built ({assets.default_model_path()}); run "
-                "`python -m flowpose.body.assets`")
+                "`python -m flowpose.body.build.assets`")
   repo = pathlib.Path(__file__).resolve().parents[1]
   result = subprocess.run(
       [sys.executable, "-m", "launch.render_body", f"--out_dir={tmp_path}", "--size=96",

@@ -32,7 +32,7 @@ def motions(cmu_dir):
 
 @pytest.fixture(scope="module")
 def body_model():
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   return assets.load_cc0_model()
 
 

@@ -20,11 +20,12 @@ import jax
 import numpy as np
 import pytest
 
-from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose.prior import io as prior_io
+from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
 from flowpose.data import cmu_skeleton
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
-from flowpose.train import input_pipeline
+from flowpose.data import poses as pose_data
 from flowpose.train import trainer
 from experiments import prior_cmu
 
@@ -56,13 +57,13 @@ class Killed(Exception):
 
 def patch_batches(monkeypatch, at_step, action):
   """Makes `EpochBatches.batch(at_step)` call `action(batch)` (which may raise)."""
-  original = input_pipeline.EpochBatches.batch
+  original = pose_data.EpochBatches.batch
 
   def batch(self, step):
     poses = original(self, step)
     return action(poses) if step == at_step else poses
 
-  monkeypatch.setattr(input_pipeline.EpochBatches, "batch", batch)
+  monkeypatch.setattr(pose_data.EpochBatches, "batch", batch)
 
 
 def assert_trees_equal(a, b):
@@ -76,10 +77,10 @@ def test_tiny_run_reduces_nll_and_exports(tmp_path):
   assert result.eval_nll < result.initial_eval_nll - 2.0, result
   assert np.isfinite(result.train_metrics["train/nll"])
   # The exported prior reproduces the trained params and the eval NLL.
-  prior, params, saved = checkpointing.load_exported_prior(str(tmp_path))
+  prior, params, saved = prior_io.load_exported_prior(str(tmp_path))
   assert saved.flow.num_layers == 2
   assert_trees_equal(params, result.params)
-  poses = input_pipeline.synthetic_poses(128, 50, 0, "validation")
+  poses = pose_data.synthetic_poses(128, 50, 0, "validation")
   nll = -np.mean(prior.log_prob(params, poses))
   np.testing.assert_allclose(nll, result.eval_nll, rtol=1e-4)
 
@@ -108,7 +109,7 @@ def test_one_step_same_on_1_and_8_devices(tmp_path):
   assert logged, proc.stderr[-3000:]
   np.testing.assert_allclose(float(logged.group(1)),
                              local.train_metrics["train/loss"], rtol=1e-5)
-  _, params, _ = checkpointing.load_exported_prior(str(tmp_path / "eight"))
+  _, params, _ = prior_io.load_exported_prior(str(tmp_path / "eight"))
   for x, y in zip(jax.tree.leaves(local.params), jax.tree.leaves(params),
                   strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
@@ -153,7 +154,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   assert manager.all_steps() == [10]
   restored = manager.restore(10)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
-  assert not (tmp_path / checkpointing.PARAMS_FILE).exists()
+  assert not (tmp_path / prior_io.PARAMS_FILE).exists()
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -190,15 +191,15 @@ def test_loss_weights_must_name_the_terms(tmp_path):
 
 def test_batches_are_a_function_of_seed_and_step():
   data = np.arange(100, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-  batches = input_pipeline.EpochBatches(data, 16, seed=3)
-  again = input_pipeline.EpochBatches(data, 16, seed=3)
+  batches = pose_data.EpochBatches(data, 16, seed=3)
+  again = pose_data.EpochBatches(data, 16, seed=3)
   assert batches.steps_per_epoch == 6
   # Random access (a resumed run) equals sequential reads.
   np.testing.assert_array_equal(again.batch(13), batches.batch(13))
   epoch = np.concatenate([batches.batch(s) for s in range(6)])[:, 0]
   assert len(set(epoch)) == 96  # No repeats within an epoch.
   assert not np.array_equal(batches.batch(0), batches.batch(6))
-  other_seed = input_pipeline.EpochBatches(data, 16, seed=4)
+  other_seed = pose_data.EpochBatches(data, 16, seed=4)
   assert not np.array_equal(other_seed.batch(0), batches.batch(0))
 
 
@@ -297,19 +298,19 @@ def test_tfds_source_reads_the_cmu_mocap_contract(tmp_path):
   manual.mkdir()
   for split, num in (("train", 512), ("validation", 128)):
     np.save(manual / f"poses_{split}.npy",
-            input_pipeline.synthetic_poses(num, 50, 0, split))
+            pose_data.synthetic_poses(num, 50, 0, split))
   config = tiny_config(**{"data.source": "tfds",
                           "data.tfds_name": "fake_cmu_mocap",
                           "data.data_dir": str(tmp_path / "tfds"),
                           "data.manual_dir": str(manual),
                           "data.augment_mirror": False})
-  data = input_pipeline.load_data(config.data, 50)
+  data = pose_data.load_data(config.data, 50)
   np.testing.assert_array_equal(
       np.sort(data.eval, 0),
-      np.sort(input_pipeline.synthetic_poses(128, 50, 0, "validation"), 0))
+      np.sort(pose_data.synthetic_poses(128, 50, 0, "validation"), 0))
   assert data.train.shape == (512, 50)
   config.data.augment_mirror = True
-  mirrored = input_pipeline.load_data(config.data, 50).train
+  mirrored = pose_data.load_data(config.data, 50).train
   assert mirrored.shape == (1024, 50)
   np.testing.assert_array_equal(mirrored[512:], cmu_skeleton.mirror_dofs(mirrored[:512]))
   config.data.augment_mirror = False
@@ -317,7 +318,7 @@ def test_tfds_source_reads_the_cmu_mocap_contract(tmp_path):
   assert result.step == 30 and np.isfinite(result.eval_nll)
   config.data.fps = 25
   with pytest.raises(ValueError, match="data.fps"):
-    input_pipeline.load_data(config.data, 50)
+    pose_data.load_data(config.data, 50)
 
 
 def test_experiment_config_modes():

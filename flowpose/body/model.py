@@ -3,7 +3,7 @@
 `BodyModel` holds the data (rest mesh, shape and pose blend shapes, joint and
 keypoint regressors, sparse skinning weights); the kinematic tree and the names
 are static metadata. Every posing function takes *unbatched* inputs and is meant
-to be `jax.vmap`ped. On CPU with the kernels of `flowpose.body.lbs_kernel`, a
+to be `jax.vmap`ped. On CPU with the kernels of `flowpose.body.cpu_kernel.ffi`, a
 vmapped `forward` is two custom calls over the whole batch (rest joints + FK +
 skinning transforms; shape and pose blends + sparse skinning + keypoints), with
 XLA backwards. Otherwise (GPU/TPU, no kernel) the blends are GEMMs, FK runs level
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
-from flowpose.body import lbs_kernel
+from flowpose.body.cpu_kernel import ffi as lbs_kernel
 # Skinning lives in lbs_kernel (XLA path + fused CPU kernel); re-exported.
-from flowpose.body.lbs_kernel import _skin_impl, skin  # pylint: disable=unused-import
+from flowpose.body.cpu_kernel.ffi import _skin_impl, skin  # pylint: disable=unused-import
 
 
 @flax.struct.dataclass

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from flowpose.data.cmu_mocap import cmu_mocap_dataset_builder
+from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder
 
 TEXT_FEATURES = ("clip", "description")
 

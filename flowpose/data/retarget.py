@@ -151,7 +151,7 @@ def rest_alignment(rest_joints: np.ndarray, tails: np.ndarray,
 @functools.lru_cache(maxsize=4)
 def default_alignment(method: str = "swing") -> RestAlignment:
   """The rest alignment of the default CC0 body model (built into the cache if missing)."""
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
   path = assets.ensure_body_model()
   model = body_model.load_model(path)

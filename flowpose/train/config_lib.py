@@ -12,8 +12,8 @@ import jax
 import ml_collections
 
 from flowpose.data import cmu_skeleton
-from flowpose import prior as prior_lib
-from flowpose.train import input_pipeline
+from flowpose.prior import flow as prior_lib
+from flowpose.data import poses as pose_data
 
 # Names of the loss terms the trainer computes; `config.loss_weights` must
 # give each a weight (0.0 switches a term off but keeps it logged).
@@ -88,8 +88,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   # Data.
   data = config.data
-  if data.source not in input_pipeline.SOURCES:
-    _fail("data.source", f"one of {input_pipeline.SOURCES}", data.source)
+  if data.source not in pose_data.SOURCES:
+    _fail("data.source", f"one of {pose_data.SOURCES}", data.source)
   mirror = data.get("augment_mirror", False)
   if not isinstance(mirror, bool):
     _fail("data.augment_mirror", "a bool", mirror)

@@ -30,13 +30,14 @@ import ml_collections
 import numpy as np
 import optax
 
-# flowpose.prior imports distrax (TFP) first: TFP fails if TensorFlow (which
+# flowpose.prior.flow imports distrax (TFP) first: TFP fails if TensorFlow (which
 # clu imports) came first.
-from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose.prior import io as prior_io
+from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
 from flowpose import losses
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
-from flowpose.train import input_pipeline
+from flowpose.data import poses as pose_data
 from clu import metric_writers  # pylint: disable=g-bad-import-order
 from clu import periodic_actions
 
@@ -201,7 +202,7 @@ def evaluate(eval_fn, params, *, data: np.ndarray, batch_size: int,
              sharding) -> float:
   """Mean NLL (nats/pose) over `data [M, D]` in fixed-size sharded batches."""
   total, count = 0.0, 0.0
-  for poses, weights in input_pipeline.eval_batches(data, batch_size):
+  for poses, weights in pose_data.eval_batches(data, batch_size):
     poses = jax.device_put(poses, sharding)
     weights = jax.device_put(weights, sharding)
     nll_sum, n = jax.device_get(eval_fn(params, poses, weights))
@@ -278,10 +279,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           "input_noise")}), mesh)
 
   # Data #
-  data = input_pipeline.load_data(config.data, programs.prior.event_dim,
+  data = pose_data.load_data(config.data, programs.prior.event_dim,
                                   chart=programs.prior.chart)
   local_batch = config.batch_size // jax.process_count()
-  train_batches = input_pipeline.EpochBatches(
+  train_batches = pose_data.EpochBatches(
       data.train, local_batch, config.seed, jax.process_index())
   init_rows = np.random.default_rng((config.seed, 1)).permutation(
       data.train.shape[0])[:config.init_examples]
@@ -310,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info("Resumed from checkpoint step %d.", int(state.step))
   start_step = int(state.step)
   if jax.process_index() == 0:
-    checkpointing.write_config(workdir, config)
+    prior_io.write_config(workdir, config)
 
   # Metrics and hooks #
   writer = metric_writers.create_default_writer(
@@ -372,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Export #
   params = jax.device_get(state.params)
   if jax.process_index() == 0:
-    path = checkpointing.export_prior(workdir, params, config)
+    path = prior_io.export_prior(workdir, params, config)
     logging.info("Wrote %s (eval NLL %.4f nats/pose).", path, eval_nll)
   return TrainResult(params, int(state.step), eval_nll, initial_eval_nll,
                      train_metrics, False)

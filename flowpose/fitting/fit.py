@@ -49,13 +49,13 @@ import optax
 
 from flowpose import geometry
 from flowpose import losses
-from flowpose import render
+from flowpose.evidence import raster as render
 from flowpose.body import model as body_lib
-from flowpose.fitting_body import (FitBody, PosePrior, TORSO_KEYPOINTS,  # pylint: disable=g-importing-member
+from flowpose.fitting.reduced_body import (FitBody, PosePrior, TORSO_KEYPOINTS,  # pylint: disable=g-importing-member
                                    facing_camera_rotation, initial_translation,
                                    pose_points, project)
 # The config lives in its own module; re-exported so `fitting.X` works.
-from flowpose.fitting_config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
+from flowpose.fitting.config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
                                      VARIABLES, VISIBILITY, FitInputError,
                                      default_fit_config, validate_fit_config)
 

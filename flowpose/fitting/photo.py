@@ -27,12 +27,13 @@ from typing import Any, NamedTuple, Optional
 import ml_collections
 import numpy as np
 
-from flowpose import coco
-from flowpose import fitting
-from flowpose import fitting_body
+from flowpose.prior import io as prior_io
+from flowpose.evidence import coco
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body as fitting_body
 from flowpose import geometry
-from flowpose import render
-from flowpose import viz
+from flowpose.evidence import raster as render
+from flowpose.viz import images as viz
 from flowpose.body import model as body_lib
 from flowpose.data import bvh
 from flowpose.data import cmu_skeleton
@@ -62,11 +63,10 @@ def load_pose_prior(kind: str, workdir: Optional[str]) -> fitting_body.PosePrior
   if not workdir or not os.path.isdir(workdir):
     raise fitting.FitInputError(f"--prior_workdir: prior {kind!r} needs a trained "
                                 f"prior workdir, got {workdir!r}")
-  from flowpose import prior_eval  # pylint: disable=g-import-not-at-top
-  from flowpose.train import checkpointing  # pylint: disable=g-import-not-at-top
+  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
   if kind == "flow":
     try:
-      flow, params, _ = checkpointing.load_exported_prior(workdir)
+      flow, params, _ = prior_io.load_exported_prior(workdir)
     except (OSError, ValueError, KeyError) as e:
       raise fitting.FitInputError(f"{workdir}: cannot load the flow prior ({e})") from e
     return fitting_body.make_pose_prior("flow", flow=flow, flow_params=params)
@@ -229,7 +229,7 @@ def run(config: ml_collections.ConfigDict, image: Optional[str], annotations: st
   person = coco.read_coco_person(annotations, image, config.annotation_id)
   prior = load_pose_prior(config.fit.prior, prior_workdir)
   if model is None:
-    from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+    from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
     model = assets.load_cc0_model()
   body = fitting_body.make_fit_body(model, body_rotmats_fn, config.fit.part_vertices_per_part)
   fitted = fit_person(config, model, body, prior, person)

@@ -10,17 +10,17 @@ and `splits.<name>` details every split: `num_poses`, `nats_per_pose` and `bits_
 (`nats / (D ln 2)`) per model.
 
 The chart. Angles are periodic; a density on R^D needs a cut. The flow cuts each DOF opposite
-the circular mean `center` of its training data (`flowpose.prior`): it sees
+the circular mean `center` of its training data (`flowpose.prior.flow`): it sees
 `center + wrap(a - center)` in (center - pi, center + pi]. The baselines are fitted and
 evaluated on exactly those chart coordinates (same center, from the flow's params), so every
 model is a density over the same set of angles and the NLLs compare (the shift by a multiple
 of 2 pi has unit Jacobian). A prior on a non-periodic chart (`flow.chart = "axis_angle"`,
-`flowpose.charts`) is evaluated, with its baselines, on those coordinates as they are (the table
+`flowpose.prior.charts`) is evaluated, with its baselines, on those coordinates as they are (the table
 records `chart`; NLLs of different charts are not comparable). All models use the same
 variance floor (1e-3 rad std, as the flow's standardisation), so a near-constant DOF cannot
 dominate a baseline's NLL.
 
-The baselines (`flowpose.baselines`: diagonal Gaussian, full Gaussian, 8-component GMM by EM)
+The baselines (`flowpose.prior.baselines`: diagonal Gaussian, full Gaussian, 8-component GMM by EM)
 are fitted on the training split once and cached in `workdir/baselines.npz` together with
 the chart center and a fingerprint of the training data; `load_baselines(workdir)` reads
 them (e.g. for pose fitting with a GMM prior, or the benchmarks).
@@ -38,13 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# flowpose.prior imports distrax (TFP) first, as TensorFlow-using modules require.
-from flowpose import prior as prior_lib  # pylint: disable=g-bad-import-order
-from flowpose import baselines as baselines_lib
-from flowpose import charts
+# flowpose.prior.flow imports distrax (TFP) first, as TensorFlow-using modules require.
+from flowpose.prior import io as prior_io
+from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose.prior import baselines as baselines_lib
+from flowpose.prior import charts
 from flowpose import io_utils
-from flowpose.train import checkpointing
-from flowpose.train import input_pipeline
+from flowpose.data import poses as pose_data
 
 BASELINES_FILE = "baselines.npz"
 TABLE_STEM = "nll_table"
@@ -67,7 +67,7 @@ class FittedBaselines(NamedTuple):
 
   Attributes:
     center: `[D]` chart center (radians) the baselines were fitted in.
-    models: name (`gaussian_diag`, `gaussian_full`, `gmm8`) -> `flowpose.baselines` params.
+    models: name (`gaussian_diag`, `gaussian_full`, `gmm8`) -> `flowpose.prior.baselines` params.
     fingerprint: hash of the training DOFs they were fitted on.
     periodic: the chart's coordinates are angles wrapped around `center` (Euler DOFs); False
       for a non-periodic chart (axis-angle), used as is.
@@ -97,11 +97,11 @@ def to_chart(dofs: np.ndarray, center: np.ndarray) -> np.ndarray:
 
 def load_trained_prior(workdir: str):
   """`(prior, params, config)` exported by the trainer (`prior_params.msgpack`, `config.json`)."""
-  for name in (checkpointing.PARAMS_FILE, checkpointing.CONFIG_FILE):
+  for name in (prior_io.PARAMS_FILE, prior_io.CONFIG_FILE):
     if not os.path.isfile(os.path.join(workdir, name)):
       raise PriorEvalError(f"{os.path.join(workdir, name)} not found: expected a workdir "
                            "written by `python -m launch.main` after training finished")
-  return checkpointing.load_exported_prior(workdir)
+  return prior_io.load_exported_prior(workdir)
 
 
 def load_split_dofs(config, split: str) -> np.ndarray:
@@ -112,13 +112,13 @@ def load_split_dofs(config, split: str) -> np.ndarray:
   dim = config.flow.event_dim if chart == "euler_dofs" else charts.chart_dim("euler_dofs")
   if data.source == "synthetic":
     num = data.num_train if split == data.train_split or split == "train" else data.num_eval
-    return input_pipeline.synthetic_poses(num, dim, data.synthetic_seed, split)
+    return pose_data.synthetic_poses(num, dim, data.synthetic_seed, split)
   # The trainer's own builder (same fps config and data_dir), prepared on first use.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline._tfds_builder(data)  # pylint: disable=protected-access
+  builder = pose_data._tfds_builder(data)  # pylint: disable=protected-access
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=data.manual_dir, try_download_gcs=False))
-  return input_pipeline._read_dofs(builder, split)  # pylint: disable=protected-access
+  return pose_data._read_dofs(builder, split)  # pylint: disable=protected-access
 
 
 def _fingerprint(dofs: np.ndarray, center: np.ndarray, input_noise: float = 0.0) -> str:
@@ -227,7 +227,7 @@ def flow_log_prob(prior, params, dofs: np.ndarray, batch_size: int = _EVAL_BATCH
   fn = jax.jit(prior.log_prob)
   batch_size = min(batch_size, max(1, dofs.shape[0]))
   out = []
-  for poses, weights in input_pipeline.eval_batches(np.asarray(dofs, np.float32), batch_size):
+  for poses, weights in pose_data.eval_batches(np.asarray(dofs, np.float32), batch_size):
     out.append(np.asarray(fn(params, poses))[weights > 0])
   return np.concatenate(out).astype(np.float64)
 
@@ -271,8 +271,8 @@ def _markdown(table: dict) -> str:
 def write_table(workdir: str, table: dict, stem: str = TABLE_STEM) -> str:
   """Writes `<stem>.json` and `<stem>.md` atomically; returns the JSON path."""
   path = os.path.join(workdir, stem + ".json")
-  checkpointing.atomic_write(path, json.dumps(table, indent=2).encode())
-  checkpointing.atomic_write(os.path.join(workdir, stem + ".md"), _markdown(table).encode())
+  prior_io.atomic_write(path, json.dumps(table, indent=2).encode())
+  prior_io.atomic_write(os.path.join(workdir, stem + ".md"), _markdown(table).encode())
   return path
 
 
@@ -291,7 +291,7 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
     raise PriorEvalError("evaluate_nll: no splits given")
   prior, params, config = load_trained_prior(workdir)
   center = np.asarray(params["stats"]["center"], np.float64)
-  train = input_pipeline.augment_train(config.data, load_split_dofs(config, config.data.train_split))
+  train = pose_data.augment_train(config.data, load_split_dofs(config, config.data.train_split))
   train = charts.from_dofs_np(prior.chart, train)
   fitted = _baselines_for(workdir, train, center, config.seed,
                           input_noise=config.get("input_noise", 0.0),
@@ -342,7 +342,7 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
   Raises:
     PriorEvalError: no clips in `folder`, or no trained prior / baselines in `workdir`.
   """
-  from flowpose.data.cmu_mocap import splits as splits_lib  # pylint: disable=g-import-not-at-top
+  from flowpose.data.tfds.cmu_mocap import splits as splits_lib  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise PriorEvalError(f"evaluate_folder: {folder} is not a folder")
@@ -393,8 +393,9 @@ def _render_poses(dofs: np.ndarray, size: int) -> list:
   Returns:
     N `[size, size, 3]` uint8 images, front view, each framed on its own mesh.
   """
-  from flowpose import render, viz  # pylint: disable=g-import-not-at-top
-  from flowpose.body import assets  # pylint: disable=g-import-not-at-top
+  from flowpose.evidence import raster as render  # pylint: disable=g-import-not-at-top
+  from flowpose.viz import images as viz  # pylint: disable=g-import-not-at-top
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.data import retarget  # pylint: disable=g-import-not-at-top
   model = assets.load_cc0_model()
   # root_rotmat None = CMU root identity: the body stands upright facing +Z (front view).
@@ -439,7 +440,7 @@ def render_pictures(workdir: str, prior, params, poses: np.ndarray, num_samples:
   Returns:
     The two paths.
   """
-  from flowpose import viz  # pylint: disable=g-import-not-at-top
+  from flowpose.viz import images as viz  # pylint: disable=g-import-not-at-top
   samples = np.asarray(jax.jit(prior.sample, static_argnums=2)(
       params, jax.random.key(seed), num_samples))
   # Two distinct poses: the pair farthest apart in z among 16 random candidates, so the

@@ -50,7 +50,7 @@ class PinholeCamera(NamedTuple):
 def as_pinhole(camera: Any) -> PinholeCamera:
   """Converts a camera-like object to a float64 `PinholeCamera`.
 
-  Accepts a `PinholeCamera`, a tuple `(R, t, focal, principal_point)` as `flowpose.camera`
+  Accepts a `PinholeCamera`, a tuple `(R, t, focal, principal_point)` as `flowpose.geometry.camera`
   passes them (not imported here), or an object with attributes `rotation`|`R`,
   `translation`|`t`, `focal` and `principal_point`. A scalar focal means fx = fy.
 
@@ -415,7 +415,7 @@ def render(vertices, faces, camera, image_size, *, vertex_labels=None, face_colo
     vertex_labels: optional [V] integer part labels.
     face_colors: optional [F, 3] or [3] colours (float [0, 1] or uint8).
     label_colors: optional [L, 3] colour per part label, used when `face_colors` is None and
-      `vertex_labels` is given (e.g. `flowpose.viz.part_palette(L)`).
+      `vertex_labels` is given (e.g. `flowpose.viz.images.part_palette(L)`).
     smooth: smooth (vertex-normal) shading instead of flat.
     background: RGB uint8 colour of empty pixels.
     cull_backfaces: see `rasterize`.

@@ -9,7 +9,7 @@ bodies, both cores, writes only its outputs) with an XLA backward; elsewhere
 whose skinning is `skin` below. The library is built into
 `$FLOWPOSE_CACHE/kernels/` (default `~/.cache/flowpose/kernels/`), keyed by a
 hash of the sources, jaxlib's FFI headers and the compiler flags, by `python -m
-flowpose.body.lbs_kernel --build` (`launch/setup.sh`) or on first use; a failed
+flowpose.body.cpu_kernel.ffi --build` (`launch/setup.sh`) or on first use; a failed
 build logs a warning and leaves the XLA path in use.
 """
 

@@ -11,7 +11,7 @@ iterator state: the step counter in the checkpoint is the iterator position.
 
 Sources (`config.data.source`):
 
-* "tfds": the `cmu_mocap` builder (`flowpose.data.cmu_mocap`), feature
+* "tfds": the `cmu_mocap` builder (`flowpose.data.tfds.cmu_mocap`), feature
   `dofs [50]`. `download_and_prepare` reads the CMU files from
   `config.data.manual_dir`. The training split is sharded over hosts with
   `tfds.split_for_jax_process`; every host reads the whole validation split.
@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flowpose import charts
+from flowpose.prior import charts
 from flowpose.data import cmu_skeleton
 
 SOURCES = ("tfds", "synthetic")
@@ -127,7 +127,7 @@ def synthetic_poses(num: int, dim: int, seed: int, split: str) -> np.ndarray:
   return np.arctan2(np.sin(x), np.cos(x)).astype(np.float32)
 
 
-def _tfds_builder(data_config: ml_collections.ConfigDict):
+def tfds_builder(data_config: ml_collections.ConfigDict):
   """The `cmu_mocap` builder for `data.fps` (or `data.tfds_config` if set)."""
   # Imported here: TF is heavy and the synthetic path must not need it.
   # distrax/TFP were imported first (flowpose.bijectors), as TF requires.
@@ -135,7 +135,7 @@ def _tfds_builder(data_config: ml_collections.ConfigDict):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   if data_config.tfds_name == "cmu_mocap":  # Registers the builder.
-    from flowpose.data.cmu_mocap import cmu_mocap_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
+    from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
   # TF must not grab GPU memory that JAX needs.
   tf.config.set_visible_devices([], "GPU")
   name = data_config.tfds_name
@@ -166,7 +166,7 @@ def default_tfds_data_dir() -> str:
   return os.path.join(cache, "tfds")
 
 
-def _read_dofs(builder, split) -> np.ndarray:
+def read_tfds_split(builder, split) -> np.ndarray:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   ds = builder.as_dataset(split=split, shuffle_files=False)
   ds = ds.map(lambda ex: ex["dofs"]).batch(65536).prefetch(2)
@@ -179,7 +179,7 @@ def _read_dofs(builder, split) -> np.ndarray:
 def load_tfds(data_config: ml_collections.ConfigDict) -> PoseData:
   """Prepares (first run only) and reads the `cmu_mocap` dofs into memory."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _tfds_builder(data_config)
+  builder = tfds_builder(data_config)
   manual_dir = data_config.manual_dir
   if not os.path.isdir(manual_dir):
     raise ValueError(f"config data.manual_dir: CMU folder {manual_dir!r} "
@@ -191,11 +191,11 @@ def load_tfds(data_config: ml_collections.ConfigDict) -> PoseData:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("cmu_mocap prepared")
-    builder = _tfds_builder(data_config)  # Re-read the prepared dataset info.
+    builder = tfds_builder(data_config)  # Re-read the prepared dataset info.
   train_split = tfds.split_for_jax_process(data_config.train_split,
                                            drop_remainder=True)
-  return PoseData(train=_read_dofs(builder, train_split),
-                  eval=_read_dofs(builder, data_config.eval_split))
+  return PoseData(train=read_tfds_split(builder, train_split),
+                  eval=read_tfds_split(builder, data_config.eval_split))
 
 
 def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> np.ndarray:
@@ -211,7 +211,7 @@ def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> 
 
 def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
               process_index: Optional[int] = None, chart: str = "euler_dofs") -> PoseData:
-  """Reads this host's pose arrays for `config.data`, in the prior's `chart` (flowpose.charts):
+  """Reads this host's pose arrays for `config.data`, in the prior's `chart` (flowpose.prior.charts):
   `[N, event_dim]` DOF angles, or per-bone axis-angle vectors for `chart="axis_angle"`."""
   # Data are DOF angles; a non-Euler chart converts the 50 CMU DOFs after augmentation.
   dofs_dim = event_dim if chart == "euler_dofs" else cmu_skeleton.NUM_POSE_DOFS
@@ -238,3 +238,16 @@ def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
   logging.info("Pose data (%s): %d train poses on this host, %d eval poses.",
                data_config.source, data.train.shape[0], data.eval.shape[0])
   return data
+
+
+def read_split(data_config: ml_collections.ConfigDict, split: str, dim: int) -> np.ndarray:
+  """`[N, dim]` float32 DOFs of `split` of `data_config`'s source (all hosts read the whole split)."""
+  if data_config.source == "synthetic":
+    train = split == data_config.train_split or split == "train"
+    num = data_config.num_train if train else data_config.num_eval
+    return synthetic_poses(num, dim, data_config.synthetic_seed, split)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds_builder(data_config)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=data_config.manual_dir, try_download_gcs=False))
+  return read_tfds_split(builder, split)

@@ -4,7 +4,7 @@ Images are numpy arrays: `[H, W]` grey or `[H, W, 3]` RGB (`[H, W, 4]` RGBA is a
 noted), uint8 or float in [0, 1]; every drawing function returns a new `[H, W, 3]` uint8 array
 and leaves its input untouched.
 
-2D points use the pixel convention of `flowpose.render`: `(u, v)` = (column, row) with pixel
+2D points use the pixel convention of `flowpose.evidence.raster`: `(u, v)` = (column, row) with pixel
 centres at integer + 0.5, so a point at (10.5, 20.5) is drawn centred on pixel row 20, col 10.
 """
 

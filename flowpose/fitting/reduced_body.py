@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpose import baselines
-from flowpose import charts
+from flowpose.prior import baselines
+from flowpose.prior import charts
 from flowpose import geometry
 from flowpose.body import model as body_lib
 
@@ -257,7 +257,7 @@ def make_pose_prior(kind: str, *, dim: int = 50,
       heaviest component.
     flow, flow_params: a `prior.FlowPrior` and its params ("flow"); starts
       at z = 0. Its own chart (`flow.chart`) overrides `chart`.
-    chart: the coordinates the Gaussian/GMM params live in (`flowpose.charts`; their
+    chart: the coordinates the Gaussian/GMM params live in (`flowpose.prior.charts`; their
       `baselines.npz` is fitted in the flow's chart); decoders return the 50 DOFs either way.
 
   Returns:

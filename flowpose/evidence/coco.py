@@ -10,7 +10,7 @@ image_id, category_id, keypoints = 51 numbers `x, y, v` per COCO-17 keypoint),
 `categories` (the person category, `keypoints` names). The annotation is the
 one with `--annotation_id`, else the person annotation of the image with the
 most labelled keypoints. COCO pixel coordinates are continuous with the
-origin at the image corner, the convention of `flowpose.camera`.
+origin at the image corner, the convention of `flowpose.geometry.camera`.
 
 Every problem raises `FitInputError` (a ValueError) naming the file and the
 field: unreadable/invalid JSON, missing fields, no annotations or no person
@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from flowpose.fitting import FitInputError
+from flowpose.fitting.fit import FitInputError
 
 NUM_KEYPOINTS = 17
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from flowpose.body import _wheel
+from flowpose.body.build import wheel as _wheel
 
 GENDERS = ("female", "male")
 ADULT_AGES = ("young", "old")

@@ -12,7 +12,7 @@ columns), `root_orient [3]` axis-angle, `root_transl [3]` metres (the `transl` a
 `flowpose.body.model.forward`: puts the model's hip centre on CMU's), `joints3d [31, 3]` posed
 joints at the mean shape (world, metres), `subject`, `clip` ("02_01"), `description`
 (index.csv, else ""), `frame` (0-based frame index in the source clip at its capture rate).
-Retargeting: `flowpose.data.retarget`. Splits by subject: `flowpose.data.cmu_mocap.splits`.
+Retargeting: `flowpose.data.retarget`. Splits by subject: `flowpose.data.tfds.cmu_mocap.splits`.
 
 Bad input: every AMC/ASF is read and retargeted before anything is written; a build with bad
 files (MocapFormatError from the readers, an AMC without its ASF, a bad index.csv) fails with one
@@ -39,7 +39,7 @@ import tensorflow_datasets as tfds
 from flowpose.data import asf_amc
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
-from flowpose.data.cmu_mocap import splits as splits_lib
+from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 from flowpose.data.cmu_skeleton import NUM_POSE_DOFS
 from flowpose.data.motion import MocapFormatError
 

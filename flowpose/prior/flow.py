@@ -9,7 +9,7 @@ functions over an explicit params pytree:
   pose = prior.latent_to_pose(params, z)         # [..., D] -> [..., D]
   poses = prior.sample(params, key, n)           # -> [n, D]
 
-The chart (`flowpose.charts`). By default the density lives on the per-joint
+The chart (`flowpose.prior.charts`). By default the density lives on the per-joint
 DOF angles of `flowpose.data.cmu_skeleton.POSE_DOF_NAMES` (D = 50, radians;
 `chart = "euler_dofs"`); `chart = "axis_angle"` puts it on per-bone axis-angle
 vectors (D = 72, not periodic, no wrapping). Euler angles are periodic, a flow lives on R^D, so each DOF is cut
@@ -58,7 +58,7 @@ import ml_collections
 import numpy as np
 
 from flowpose import bijectors
-from flowpose import charts
+from flowpose.prior import charts
 from flowpose.data import cmu_skeleton
 
 Array = jax.Array
@@ -101,7 +101,7 @@ class FlowPrior(NamedTuple):
     event_dim: D.
     coupling_masks: `[num_layers, D]` bool, True = passed through, in the
       normalizing (pose -> latent) order.
-    chart: the coordinates of `pose` (`flowpose.charts`); `charts.to_dofs(chart, pose)` gives
+    chart: the coordinates of `pose` (`flowpose.prior.charts`); `charts.to_dofs(chart, pose)` gives
       the 50 CMU DOF angles.
   """
   init: Callable[..., Params]

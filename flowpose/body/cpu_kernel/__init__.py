@@ -1,0 +1,1 @@
+"""Fused CPU kernels (XLA FFI custom calls) for forward kinematics and skinning."""

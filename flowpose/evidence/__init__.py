@@ -1,0 +1,1 @@
+"""2D evidence: COCO annotations (`coco`), the z-buffer rasterizer and part maps (`raster`)."""

@@ -1,0 +1,1 @@
+"""Training tasks plugged into `flowpose.train.trainer` by name (`config.task`)."""

@@ -1,0 +1,1 @@
+"""Pictures: PNG writing, keypoint/skeleton drawing, overlays, palettes and grids (`images`)."""
