@@ -148,6 +148,21 @@ def test_release_leaves_a_replaced_lock_alone(tmp_path):
   assert read_lock(tmp_path)["token"] == info["token"]
 
 
+def test_a_takeover_that_lost_the_race_leaves_the_winners_lock(tmp_path, monkeypatch):
+  # Q read the stale lock, then P took it over before Q acted: Q must not remove P's lock.
+  write_lock(tmp_path)
+  stale = (tmp_path / ".lock").read_bytes()
+  late = workdir_lib.WorkdirLock(tmp_path)
+  reads = iter([stale])
+  real_read = late._read
+  monkeypatch.setattr(late, "_read", lambda: next(reads, None) or real_read())
+  with workdir_lib.WorkdirLock(tmp_path):  # P.
+    with pytest.raises(workdir_lib.WorkdirLockedError, match="this process"):
+      late.acquire()
+    assert read_lock(tmp_path)["pid"] == os.getpid()
+  assert not (tmp_path / ".lock").exists()
+
+
 _RACE = """
 import sys, time
 from flowpose.train import workdir
