@@ -1,4 +1,10 @@
-"""Atomic file writing: a reader never sees a half-written file, a failure leaves none behind."""
+"""Atomic outputs: a reader never sees a half-written file or folder, a failure leaves none behind.
+
+* `atomic_open` / `atomic_write`: one file (a temp file beside it, fsync, one rename).
+* `atomic_dir`: a whole output folder (a staging folder beside it, one atomic swap); what killed
+  writers leave is finished or removed by `clean_stale_staging` on the next call.
+* `require_output_path`: an output location is given and writable, checked before any work.
+"""
 
 import contextlib
 import ctypes
@@ -37,6 +43,7 @@ def atomic_open(path: PathLike) -> Iterator[BinaryIO]:
       os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # Makes the rename itself durable.
   finally:
     if tmp.exists():
       tmp.unlink()
@@ -185,7 +192,7 @@ def _fsync_dir(path: PathLike) -> None:
 
 
 def _fsync_tree(folder: pathlib.Path) -> None:
-  """fsyncs every file and folder under `folder` (contents before the rename that publishes them)."""
+  """fsyncs every file and folder under `folder` (before the rename that publishes them)."""
   for root, _, files in os.walk(folder):
     for name in files:
       with open(os.path.join(root, name), "rb") as fh:

@@ -1,4 +1,4 @@
-"""Atomic outputs (`flowpose.io_utils`): a failure or a kill never leaves a partial or mixed output."""
+"""Atomic outputs (`flowpose.io_utils`): a failure or a kill never leaves a partial or mixed one."""
 
 import contextlib
 import os
