@@ -12,6 +12,7 @@ import errno
 import hashlib
 import os
 import pathlib
+import shutil
 import socket
 import uuid
 from typing import BinaryIO, Iterator, Union
@@ -142,9 +143,8 @@ def clean_stale_staging(parent: PathLike) -> list:
   fallback swap (see `atomic_dir`) left `path` missing, its old copy (`old`) and its complete new
   copy (`new`): the swap is rolled forward, so `path` holds the finished output.
   """
-  import shutil  # pylint: disable=g-import-not-at-top
   removed = []
-  parent = pathlib.Path(parent)
+  parent = pathlib.Path(parent).absolute()  # `_LIVE_STAGING` holds absolute paths.
   if not parent.is_dir():
     return removed
   stale = []
@@ -172,9 +172,17 @@ def clean_stale_staging(parent: PathLike) -> list:
       _fsync_dir(parent)
       if not entry.exists():
         continue
-    shutil.rmtree(entry, ignore_errors=True)
+    _remove(entry)
     removed.append(entry)
   return removed
+
+
+def _remove(folder: pathlib.Path) -> None:
+  """Removes a staging folder; one that is a symlink (an old `path` that was one) is unlinked."""
+  if folder.is_symlink():
+    folder.unlink()
+  else:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fsync_dir(path: PathLike) -> None:
@@ -247,7 +255,6 @@ def atomic_dir(path: PathLike) -> Iterator[pathlib.Path]:
   Raises:
     OutputPathError: `path` exists and is not a folder (before the body runs).
   """
-  import shutil  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path).absolute()
   if os.path.lexists(path) and not path.is_dir():
     raise OutputPathError(f"{path} exists and is not a folder; cannot replace it with one")
@@ -278,6 +285,6 @@ def atomic_dir(path: PathLike) -> Iterator[pathlib.Path]:
   finally:
     # After an exchange `staging` holds the old copy, so it is removed in every case.
     for folder in {leftover, staging}:
-      if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
+      if os.path.lexists(folder):
+        _remove(folder)
     _LIVE_STAGING.difference_update(live)

@@ -302,3 +302,14 @@ def test_require_output_path_unwritable_folder():
     os.chmod(base / "locked", 0o700)
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(base)
+
+
+def test_atomic_dir_replaces_a_symlink_not_its_target(tmp_path, swap):
+  target, _ = make_old_output(tmp_path)
+  (tmp_path / "latest").symlink_to(target)
+  with io_utils.atomic_dir(tmp_path / "latest") as staging:
+    write_new(staging)
+  assert not (tmp_path / "latest").is_symlink()
+  assert listing(tmp_path / "latest") == {"mesh.obj": b"new mesh", "params.json": b"new params"}
+  assert (target / "mesh.obj").read_bytes() == b"old mesh"  # The link's target is untouched.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["fit", "latest"]
