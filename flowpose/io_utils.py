@@ -244,7 +244,8 @@ def atomic_dir(path: PathLike) -> Iterator[pathlib.Path]:
     A failure of the second rename moves the old copy back; a crash between the two leaves `path`
     missing for an instant, and the next `atomic_dir`/`clean_stale_staging` in that folder rolls
     the swap forward (the staging folder was complete before the first rename).
-  On an exception in the body the staging folder is removed and `path` is untouched.
+  On an exception in the body the staging folder is removed and `path` is untouched. A symlink
+  at `path` is replaced by the new folder; its target is left alone.
 
   Args:
     path: the final output folder (not an existing file).

@@ -151,6 +151,14 @@ def test_stray_step_folder_is_skipped(workdir, caplog):
   assert any(str(step_dir(workdir, 30)) in r.getMessage() for r in caplog.records)
 
 
+def test_files_orbax_rewrites_after_the_manifest_do_not_matter(workdir):
+  # Not covered by the manifest (see the module docstring): restoring must not depend on them.
+  (step_dir(workdir, 20) / "_CHECKPOINT_METADATA").write_bytes(b"")
+  (step_dir(workdir, 20) / "commit_success.txt").unlink()
+  assert checkpointing.verify_step(step_dir(workdir, 20)) is None
+  assert_bit_exact(restore(workdir)[1], tiny_state(20))
+
+
 def test_none_intact_raises_naming_each_folder_and_the_fix(workdir):
   truncate(step_dir(workdir, 20))
   (step_dir(workdir, 10) / "default" / "_METADATA").write_bytes(b"")

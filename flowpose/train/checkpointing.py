@@ -10,7 +10,7 @@
   `<step>.orbax-checkpoint-tmp` and before the one rename that publishes it as `<step>`, so a
   step folder never exists without its manifest, whenever the process is killed. Orbax rewrites
   two files after that callback, `_CHECKPOINT_METADATA` (commit time) and `commit_success.txt`;
-  they are not covered, and restoring does not read them. The manifest is a plain file inside
+  they are not covered, and restoring does not depend on them (tested). The manifest is a plain file inside
   the step folder: orbax lists steps by folder name and deletes whole folders (`max_to_keep`).
 * `restore_latest` verifies the newest step. One that fails its checksums (truncated or changed
   file, 0-byte `_METADATA`, missing or unreadable manifest, a stray folder named like a step) is

@@ -69,6 +69,8 @@ class WorkdirLock:
   Example:
     with WorkdirLock(workdir):
       ...  # Train; a second run on `workdir` raises WorkdirLockedError meanwhile.
+
+  In a multi-process (multi-host) run only process 0 takes it: the others share its workdir.
   """
 
   def __init__(self, workdir: io_utils.PathLike):
