@@ -8,6 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from flowpose.body.build import regressors
+from flowpose.body.build import torch_pickle
 from flowpose.body.build import wheel as wheel_lib
 from flowpose.body.build.wheel import BodyAssetError
 
