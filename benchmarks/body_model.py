@@ -67,16 +67,20 @@ from flowpose.body.cpu_kernel import build as kernel_build
 from flowpose.body.cpu_kernel import ffi
 
 _OUT = flags.DEFINE_string("out", None, "output JSON (required)")
-_BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batch sizes")
-_BACKWARD_BATCH = flags.DEFINE_integer("backward_batch", 64, "forward+backward batch", lower_bound=1)
-_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats (x10 at batch 1)", lower_bound=1)
-_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads", lower_bound=1)
+_BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
+_BACKWARD_BATCH = flags.DEFINE_integer("backward_batch", 64,
+                                       "forward+backward batch", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats (x10 at B=1)",
+                                lower_bound=1)
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads",
+                                lower_bound=1)
 _MODELS = flags.DEFINE_list("models", ["cc0", "smpl_sized"], "models to time")
 _SKINNING = flags.DEFINE_enum("skinning", "auto", ffi.IMPLS,
-                              "flowpose's skinning path (see module docstring)")
-_COMPARE_XLA = flags.DEFINE_bool("compare_xla", False, "also time the pure-XLA skinning path")
+                              "flowpose's skinning path (module docstring)")
+_COMPARE_XLA = flags.DEFINE_bool("compare_xla", False,
+                                 "also time the pure-XLA skinning path")
 _BASELINE = flags.DEFINE_enum("baseline", "smplx", ["smplx", "none"],
-                              "smplx's lbs (needs torch + smplx) or flowpose alone")
+                              "smplx's lbs (torch + smplx) or flowpose alone")
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
                 17, 18, 19, 20, 21)
@@ -298,25 +302,31 @@ def _baseline_setup(baseline, threads):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Checked before minutes of timing, not after.
-  out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
+  try:  # Checked before minutes of timing, not after.
+    out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
+  except io_utils.OutputPathError as e:
+    raise app.UsageError(str(e)) from e
   unknown = sorted(set(_MODELS.value) - {"cc0", "smpl_sized"})
   if unknown:
-    raise app.UsageError(f"--models: unknown {unknown}; expected cc0, smpl_sized")
+    raise app.UsageError(f"--models: unknown {unknown}; "
+                         "expected cc0, smpl_sized")
   try:
     batches = [int(b) for b in _BATCHES.value]
   except ValueError as e:
-    raise app.UsageError(f"--batches: expected integers, got {_BATCHES.value}") from e
+    raise app.UsageError(
+        f"--batches: expected integers, got {_BATCHES.value}") from e
   if not batches or min(batches) < 1:
-    raise app.UsageError(f"--batches: expected positive integers, got {batches}")
+    raise app.UsageError(
+        f"--batches: expected positive integers, got {batches}")
   if _BASELINE.value == "smplx":
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
       import smplx  # pylint: disable=g-import-not-at-top,unused-import
     except ImportError as e:
       raise app.UsageError(
-          f"--baseline=smplx needs torch and smplx (benchmarks/requirements.txt): {e}; "
-          "--baseline=none times flowpose alone") from e
+          f"--baseline=smplx needs torch and smplx "
+          f"(benchmarks/requirements.txt): {e}; --baseline=none times "
+          "flowpose alone") from e
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   models = {name: (model_io.load_model(assets.ensure_body_model())
                    if name == "cc0" else smpl_sized_model())

@@ -1,5 +1,6 @@
-"""Tests for flowpose.body.model (posing against a plain-numpy LBS reference), flowpose.body.lbs
-(skinning's custom VJP, FK methods) and flowpose.body.model_io (files, weight layout)."""
+"""Tests for flowpose.body.model (posing vs a plain-numpy LBS reference),
+flowpose.body.lbs (skinning's custom VJP, FK methods) and
+flowpose.body.model_io (files, weight layout)."""
 
 import json
 import pathlib

@@ -1,8 +1,9 @@
-"""The CPU kernels (flowpose.body.cpu_kernel) against the XLA reference (flowpose.body.lbs).
+"""The CPU kernels (flowpose.body.cpu_kernel) vs the XLA reference (body.lbs).
 
-When the kernel cannot be built these tests FAIL (they do not skip), so CI goes red on a broken
-compiler; `FLOWPOSE_LBS_KERNEL=0` is the explicit opt-out that skips them (platforms without a
-C++ compiler). The `broken_compiler` tests check that contract with `CXX=false`.
+When the kernel cannot be built these tests FAIL (they do not skip), so CI
+goes red on a broken compiler; `FLOWPOSE_LBS_KERNEL=0` is the explicit opt-out
+that skips them (platforms without a C++ compiler). The `broken_compiler`
+tests check that contract with `CXX=false`.
 """
 
 import functools
@@ -32,14 +33,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def require_kernel(request):
-  """Fails (not skips) every kernel test when the kernel is unavailable, unless opted out."""
+  """Fails (not skips) a kernel test when the kernel is unavailable."""
   if "broken_compiler" in request.fixturenames:
     return  # These tests build with a broken compiler on purpose.
   if build.disabled():
     pytest.skip(f"{build.ENV_VAR}=0: the CPU kernel is opted out")
   if not build.available():
-    pytest.fail(f"CPU skinning kernel unavailable: {build.info()}; set-up must build it "
-                f"(`python -m flowpose.body.cpu_kernel.build`) or opt out with {build.ENV_VAR}=0")
+    pytest.fail(f"CPU skinning kernel unavailable: {build.info()}; set-up "
+                "must build it (`python -m flowpose.body.cpu_kernel.build`) "
+                f"or opt out with {build.ENV_VAR}=0")
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
                 17, 18, 19, 20, 21)
@@ -268,15 +270,16 @@ def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
 
 @pytest.fixture
 def broken_compiler(tmp_path):
-  """The environment of a machine whose C++ compiler fails (`CXX=false`), with an empty cache."""
+  """The environment of a machine whose compiler fails (`CXX=false`)."""
   env = dict(os.environ, CXX="false", FLOWPOSE_CACHE=str(tmp_path / "cache"))
   env.pop(build.ENV_VAR, None)
   return env
 
 
 def _run(args, env):
-  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                        text=True, check=False, timeout=300)
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, check=False,
+                        timeout=300)
 
 
 def test_build_cli_fails_on_a_broken_compiler(broken_compiler):
@@ -285,7 +288,8 @@ def test_build_cli_fails_on_a_broken_compiler(broken_compiler):
   assert proc.returncode == 1, proc.stdout + proc.stderr
   assert "false" in proc.stderr and "failed" in proc.stderr, proc.stderr
   assert build.ENV_VAR + "=0" in proc.stderr  # names the opt-out
-  assert not list((pathlib.Path(broken_compiler["FLOWPOSE_CACHE"]) / "kernels").glob("*"))
+  cache = pathlib.Path(broken_compiler["FLOWPOSE_CACHE"])
+  assert not list((cache / "kernels").glob("*"))  # no partial library
 
 
 def test_build_cli_opt_out_and_bad_value(broken_compiler, monkeypatch, capsys):
@@ -306,12 +310,14 @@ def _pytest_one_kernel_test(env):
 
 def test_kernel_tests_fail_not_skip_on_a_broken_compiler(broken_compiler):
   proc = _pytest_one_kernel_test(broken_compiler)
-  # pytest.fail in the fixture reports each test as an error: exit 1, nothing skipped.
+  # pytest.fail in the fixture reports each test as an error: exit 1.
   assert proc.returncode == 1 and "2 errors" in proc.stdout, proc.stdout[-3000:]
-  assert "CPU skinning kernel unavailable" in proc.stdout and "skipped" not in proc.stdout
+  assert "CPU skinning kernel unavailable" in proc.stdout
+  assert "skipped" not in proc.stdout
 
 
 @pytest.mark.slow
 def test_kernel_tests_skip_when_opted_out(broken_compiler):
-  proc = _pytest_one_kernel_test(dict(broken_compiler, **{build.ENV_VAR: "0"}))
+  opted_out = dict(broken_compiler, **{build.ENV_VAR: "0"})
+  proc = _pytest_one_kernel_test(opted_out)
   assert proc.returncode == 0 and "2 skipped" in proc.stdout, proc.stdout[-3000:]

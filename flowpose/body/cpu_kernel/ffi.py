@@ -32,7 +32,8 @@ def use_kernel(impl: str) -> bool:
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
   if impl == "kernel" and not build.available():
-    raise build.KernelBuildError(f"CPU skinning kernel unavailable: {build.info()}")
+    raise build.KernelBuildError(
+        f"CPU skinning kernel unavailable: {build.info()}")
   return impl != "xla" and build.available()
 
 
