@@ -1,6 +1,7 @@
 """Posing speed: flowpose.body.model vs smplx's `lbs` (PyTorch CPU).
 
-    python -m benchmarks.body_model --out results/body_model.json
+    python -m benchmarks.body_model --out=results/body_model.json
+    python -m benchmarks.body_model --out=F.json --baseline=none  # no torch/smplx
 
 Two models, the same arrays on both sides:
 * `cc0`: the CC0 body model (built with `ensure_body_model()` if missing):
@@ -19,13 +20,18 @@ joints for smpl_sized); smplx's time is `lbs` alone. Timings: `jit` +
 interleaved repeat by repeat (so machine load hits both alike), median.
 Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations and betas.
 
-Skinning path: `--skinning auto` (default) is what `forward` picks: the CPU
-kernels of `flowpose.body.cpu_kernel.ffi` (FK; shape/pose blend + skinning +
-keypoints) when built, else XLA; `kernel` or `xla` force one. `--compare-xla`
-also times the pure-XLA path, interleaved with the other two
-(`flowpose_xla_ms`, `ratio_xla`; its big allocations also slow the other two
-down). The JSON records the path that ran (`setup.skinning`) and the kernel
-build (`setup.lbs_kernel`).
+Skinning path: `--skinning=auto` (default) is what `forward` picks: the CPU
+kernels of `flowpose.body.cpu_kernel` (FK; shape/pose blend + skinning +
+keypoints) when built, else XLA; `kernel` or `xla` force one. `--compare_xla`
+also times the pure-XLA path (`flowpose.body.lbs`), interleaved with the other
+two (`flowpose_xla_ms`, `ratio_xla`; its big allocations also slow the other
+two down). The JSON records the path that ran (`setup.skinning`) and the
+kernel build (`setup.lbs_kernel`).
+
+`--baseline=none` times flowpose alone (for machines without torch/smplx,
+`benchmarks/requirements.txt`): the selected path against the pure-XLA path,
+`xla_over_flowpose` = XLA time / selected path's time, and the largest vertex
+difference between the two (`max_abs_vertex_diff_vs_xla_m`).
 
 Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0);
 glibc serves allocations over 32 MB with fresh `mmap`s, so each such buffer
@@ -39,22 +45,42 @@ environment keeps the memory mapped between calls (recorded in the JSON under
 `setup.malloc_env`).
 """
 
-import argparse
 import functools
 import json
 import os
-import pathlib
 import platform
 import statistics
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
-from flowpose.body.cpu_kernel import ffi as lbs_kernel
+from flowpose import io_utils
+from flowpose.body import lbs
 from flowpose.body import model as bm
+from flowpose.body import model_io
+from flowpose.body.cpu_kernel import build as kernel_build
+from flowpose.body.cpu_kernel import ffi
+
+_OUT = flags.DEFINE_string("out", None, "output JSON (required)")
+_BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
+_BACKWARD_BATCH = flags.DEFINE_integer("backward_batch", 64,
+                                       "forward+backward batch", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats (x10 at B=1)",
+                                lower_bound=1)
+_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads",
+                                lower_bound=1)
+_MODELS = flags.DEFINE_list("models", ["cc0", "smpl_sized"], "models to time")
+_SKINNING = flags.DEFINE_enum("skinning", "auto", ffi.IMPLS,
+                              "flowpose's skinning path (module docstring)")
+_COMPARE_XLA = flags.DEFINE_bool("compare_xla", False,
+                                 "also time the pure-XLA skinning path")
+_BASELINE = flags.DEFINE_enum("baseline", "smplx", ["smplx", "none"],
+                              "smplx's lbs (torch + smplx) or flowpose alone")
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
                 17, 18, 19, 20, 21)
@@ -66,12 +92,12 @@ def smpl_sized_model(seed: int = 0) -> bm.BodyModel:
   num_v, num_j, num_b = 6890, len(SMPL_PARENTS), 10
   dense = rng.random((num_v, num_j)) * (rng.random((num_v, num_j)) < 0.1)
   dense[np.arange(num_v), rng.integers(0, num_j, num_v)] += 1.0
-  idx, weights, _ = bm.sparsify_skin_weights(dense / dense.sum(1, keepdims=True
-                                                               ), 4)
+  idx, weights, _ = model_io.sparsify_skin_weights(
+      dense / dense.sum(1, keepdims=True), 4)
   j_regressor = rng.random((num_j, num_v)) * (rng.random((num_j, num_v)) < .01)
   j_regressor /= j_regressor.sum(1, keepdims=True)
   names = np.asarray([f"j{i}" for i in range(num_j)])
-  return bm.model_from_arrays({
+  return model_io.model_from_arrays({
       "v_template": rng.normal(size=(num_v, 3)),
       "shapedirs": 0.01 * rng.normal(size=(num_v, 3, num_b)),
       "posedirs": 0.01 * rng.normal(size=(9 * (num_j - 1), num_v * 3)),
@@ -112,10 +138,16 @@ def _interleaved(fns, repeats):
 class Poser:
   """Both libraries set up on one model, with inputs for a batch size."""
 
-  def __init__(self, model: bm.BodyModel, skinning: str = "auto"):
+  def __init__(self, model: bm.BodyModel, skinning: str = "auto",
+               baseline: str = "smplx"):
+    self.model, self.torch = model, None
+    self.fwd, self.grad = self.jitted(skinning)
+    self.fwd_xla, self.grad_xla = self.jitted("xla")
+    if baseline == "none":
+      return
     import torch  # pylint: disable=g-import-not-at-top
-    from smplx.lbs import lbs  # pylint: disable=g-import-not-at-top
-    self.torch, self.lbs, self.model = torch, lbs, model
+    from smplx.lbs import lbs as smplx_lbs  # pylint: disable=g-import-not-at-top
+    self.torch, self.lbs = torch, smplx_lbs
     t = lambda x: torch.tensor(np.asarray(x, np.float32))
     num_j = model.num_joints
     posedirs = (model.posedirs if model.has_posedirs else
@@ -125,8 +157,6 @@ class Poser:
         posedirs=t(posedirs), J_regressor=t(model.j_regressor),
         parents=torch.tensor(model.parents, dtype=torch.long),
         lbs_weights=t(bm.dense_skin_weights(model)))
-    self.fwd, self.grad = self.jitted(skinning)
-    self.fwd_xla, self.grad_xla = self.jitted("xla")
 
   @staticmethod
   def jitted(skinning):
@@ -142,18 +172,19 @@ class Poser:
     return random_inputs(self.model, batch, seed)
 
   def forward_fns(self, batch):
-    """`(ours, theirs, ours_xla)`: callables running one batch."""
+    """`(ours, theirs or None without a baseline, ours_xla)`: one batch each."""
     rot, betas = self.inputs(batch)
     j_rot, j_betas = jnp.asarray(rot), jnp.asarray(betas)
-    t_rot, t_betas = self.torch.from_numpy(rot), self.torch.from_numpy(betas)
 
     def ours(fwd=self.fwd):
       jax.block_until_ready(fwd(self.model, j_rot, j_betas))
 
     def theirs():
       with self.torch.no_grad():
-        self.lbs(t_betas, t_rot, pose2rot=False, **self.smplx_args)
-    return ours, theirs, functools.partial(ours, fwd=self.fwd_xla)
+        self.lbs(self.torch.from_numpy(betas), self.torch.from_numpy(rot),
+                 pose2rot=False, **self.smplx_args)
+    return (ours, theirs if self.torch else None,
+            functools.partial(ours, fwd=self.fwd_xla))
 
   def backward_fns(self, batch):
     """`(ours, theirs, ours_xla)` for forward+backward."""
@@ -168,12 +199,16 @@ class Poser:
       t_betas = self.torch.from_numpy(betas).requires_grad_(True)
       verts, _ = self.lbs(t_betas, t_rot, pose2rot=False, **self.smplx_args)
       (verts**2).sum().backward()
-    return ours, theirs, functools.partial(ours, grad=self.grad_xla)
+    return (ours, theirs if self.torch else None,
+            functools.partial(ours, grad=self.grad_xla))
 
   def check_agreement(self, batch=4):
-    """Max |vertex difference| between the two libraries (metres)."""
+    """Max |vertex difference| from smplx (or, without it, the XLA path), m."""
     rot, betas = self.inputs(batch, seed=1)
     ours = self.fwd(self.model, jnp.asarray(rot), jnp.asarray(betas))
+    if self.torch is None:
+      xla = self.fwd_xla(self.model, jnp.asarray(rot), jnp.asarray(betas))
+      return float(np.abs(np.asarray(ours.vertices - xla.vertices)).max())
     with self.torch.no_grad():
       theirs, _ = self.lbs(self.torch.from_numpy(betas),
                            self.torch.from_numpy(rot), pose2rot=False,
@@ -188,7 +223,7 @@ def fk_times(model: bm.BodyModel, batch: int, repeats: int):
                           (batch, model.num_joints, 3))
   fns = []
   for method in ("levels", "doubling"):
-    fk = jax.jit(jax.vmap(lambda r, j, m=method: bm.forward_kinematics(
+    fk = jax.jit(jax.vmap(lambda r, j, m=method: lbs.forward_kinematics(
         model.parents, r, j, m)))
     fns.append(lambda fk=fk: jax.block_until_ready(fk(rot, rest)))
   return dict(zip(("fk_levels_ms", "fk_doubling_ms"),
@@ -196,8 +231,19 @@ def fk_times(model: bm.BodyModel, batch: int, repeats: int):
 
 
 def _entry(name, label, batch, fns, reps, compare_xla):
-  """Times `(ours, theirs[, ours_xla])` interleaved; returns the JSON entry."""
-  ours, theirs, *xla = _interleaved(fns if compare_xla else fns[:2], reps)
+  """Times `(ours, theirs[, ours_xla])` interleaved; returns the JSON entry.
+
+  Without a baseline (`theirs` None) the XLA path is always timed."""
+  ours_fn, theirs_fn, xla_fn = fns
+  if theirs_fn is None:
+    ours, xla = _interleaved([ours_fn, xla_fn], reps)
+    print(f"{name:11s} {label:12s} B={batch:4d}  flowpose {1e3 * ours:9.2f} ms"
+          f"  xla path {1e3 * xla:9.2f} ms  xla/flowpose {xla / ours:6.2f}x",
+          flush=True)
+    return {"flowpose_ms": 1e3 * ours, "flowpose_bodies_per_s": batch / ours,
+            "flowpose_xla_ms": 1e3 * xla, "xla_over_flowpose": xla / ours}
+  timed = [ours_fn, theirs_fn] + ([xla_fn] if compare_xla else [])
+  ours, theirs, *xla = _interleaved(timed, reps)
   entry = {"flowpose_ms": 1e3 * ours, "smplx_ms": 1e3 * theirs,
            "flowpose_bodies_per_s": batch / ours,
            "smplx_bodies_per_s": batch / theirs, "ratio": theirs / ours}
@@ -211,18 +257,21 @@ def _entry(name, label, batch, fns, reps, compare_xla):
 
 
 def run(models, batches, backward_batch, repeats, threads, skinning="auto",
-        compare_xla=False):
-  import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(threads)
+        compare_xla=False, baseline="smplx"):
+  if baseline == "smplx":
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
   results = {}
   for name, model in models.items():
-    poser = Poser(model, skinning)
+    poser = Poser(model, skinning, baseline)
+    diff_key = ("max_abs_vertex_diff_m" if baseline == "smplx" else
+                "max_abs_vertex_diff_vs_xla_m")
     res = {"num_vertices": model.num_vertices, "num_joints": model.num_joints,
            "num_betas": model.num_betas,
            "num_pose_basis": int(model.posedirs.shape[0]),
            "num_keypoints": model.num_keypoints,
            "top_k": int(model.skin_indices.shape[1]),
-           "max_abs_vertex_diff_m": poser.check_agreement()}
+           diff_key: poser.check_agreement()}
     for batch in batches:
       reps = repeats if batch > 1 else 10 * repeats
       res[f"forward_b{batch}"] = _entry(name, "forward", batch,
@@ -234,55 +283,76 @@ def run(models, batches, backward_batch, repeats, threads, skinning="auto",
     res.update(fk_times(model, max(batches), repeats))
     top = res[f"forward_b{max(batches)}"]
     res.update({k: top[k] for k in ("flowpose_bodies_per_s",
-                                    "smplx_bodies_per_s", "ratio")})
+                                    "smplx_bodies_per_s", "ratio",
+                                    "xla_over_flowpose") if k in top})
     results[name] = res
   return results
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", type=pathlib.Path, required=True)
-  parser.add_argument("--batches", default="1,64,512")
-  parser.add_argument("--backward-batch", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=21)
-  parser.add_argument("--threads", type=int, default=os.cpu_count())
-  parser.add_argument("--models", default="cc0,smpl_sized")
-  parser.add_argument("--skinning", default="auto", choices=lbs_kernel.IMPLS,
-                      help="flowpose's skinning path (see module docstring)")
-  parser.add_argument("--compare-xla", action="store_true",
-                      help="also time the pure-XLA skinning path")
-  args = parser.parse_args(argv)
+def _baseline_setup(baseline, threads):
+  if baseline == "none":
+    return {"baseline": "none (flowpose's selected path vs its XLA path)"}
   import torch  # pylint: disable=g-import-not-at-top
   import smplx  # pylint: disable=g-import-not-at-top
-  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
-  models = {}
-  for name in args.models.split(","):
-    models[name] = (bm.load_model(assets.ensure_body_model()) if name == "cc0"
-                    else smpl_sized_model())
-  batches = [int(b) for b in args.batches.split(",")]
-  results = {
-      "models": run(models, batches, args.backward_batch, args.repeats,
-                    args.threads, args.skinning, args.compare_xla),
-      "setup": {
-          "threads": args.threads, "cpu_count": os.cpu_count(),
+  return {"baseline": "smplx", "threads": threads,
           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-          "smplx": getattr(smplx, "__version__", "0.1.28"),
+          "smplx": getattr(smplx, "__version__", "0.1.28")}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:  # Checked before minutes of timing, not after.
+    out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
+  except io_utils.OutputPathError as e:
+    raise app.UsageError(str(e)) from e
+  unknown = sorted(set(_MODELS.value) - {"cc0", "smpl_sized"})
+  if unknown:
+    raise app.UsageError(f"--models: unknown {unknown}; "
+                         "expected cc0, smpl_sized")
+  try:
+    batches = [int(b) for b in _BATCHES.value]
+  except ValueError as e:
+    raise app.UsageError(
+        f"--batches: expected integers, got {_BATCHES.value}") from e
+  if not batches or min(batches) < 1:
+    raise app.UsageError(
+        f"--batches: expected positive integers, got {batches}")
+  if _BASELINE.value == "smplx":
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+      import smplx  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise app.UsageError(
+          f"--baseline=smplx needs torch and smplx "
+          f"(benchmarks/requirements.txt): {e}; --baseline=none times "
+          "flowpose alone") from e
+  from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
+  models = {name: (model_io.load_model(assets.ensure_body_model())
+                   if name == "cc0" else smpl_sized_model())
+            for name in _MODELS.value}
+  results = {
+      "models": run(models, batches, _BACKWARD_BATCH.value, _REPEATS.value,
+                    _THREADS.value, _SKINNING.value, _COMPARE_XLA.value,
+                    _BASELINE.value),
+      "setup": {
+          **_baseline_setup(_BASELINE.value, _THREADS.value),
+          "cpu_count": os.cpu_count(),
           "jax": jax.__version__, "platform": platform.platform(),
-          "processor": platform.processor(), "repeats": args.repeats,
+          "processor": platform.processor(), "repeats": _REPEATS.value,
           "load_average_after": os.getloadavg(),
           "malloc_env": {k: v for k, v in os.environ.items()
                          if k.startswith("MALLOC_")},
           "skinning": (
-              "kernel" if args.skinning == "kernel" or (
-                  args.skinning == "auto" and lbs_kernel.available())
+              "kernel" if _SKINNING.value == "kernel" or (
+                  _SKINNING.value == "auto" and kernel_build.available())
               else "xla"),
-          "lbs_kernel": lbs_kernel.info(),
+          "lbs_kernel": kernel_build.info(),
       },
   }
-  args.out.parent.mkdir(parents=True, exist_ok=True)
-  args.out.write_text(json.dumps(results, indent=1))
-  print(f"wrote {args.out}")
+  io_utils.atomic_write(out, json.dumps(results, indent=1).encode())
+  print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -22,5 +22,16 @@ fi
 echo "[setup] building the CC0 body model (~10 s; the wheel download is cached)"
 # One BLAS thread: the build is then byte-deterministic (same file hash on every machine).
 OPENBLAS_NUM_THREADS=1 .venv/bin/python -m flowpose.body.build.assets
-echo "[setup] building the CPU skinning kernel (~5 s; without it posing uses the XLA path)"
-.venv/bin/python -m flowpose.body.cpu_kernel.ffi --build || echo "[setup] kernel build failed; the XLA path will be used"
+# A failed kernel build fails set-up (and so CI): posing would silently fall back to the slower XLA
+# path. Platforms without a C++ compiler opt out explicitly with FLOWPOSE_LBS_KERNEL=0 (the build
+# is skipped, posing uses XLA and the kernel tests skip).
+if [ "${FLOWPOSE_LBS_KERNEL:-1}" = "0" ]; then
+  echo "[setup] CPU skinning kernel disabled (FLOWPOSE_LBS_KERNEL=0): posing uses the XLA path"
+else
+  echo "[setup] building the CPU skinning kernel (~5 s)"
+  if ! .venv/bin/python -m flowpose.body.cpu_kernel.build; then
+    echo "[setup] error: the CPU skinning kernel failed to build (see above); install a C++17" \
+      "compiler (or set CXX), or set FLOWPOSE_LBS_KERNEL=0 to use the XLA path" >&2
+    exit 1
+  fi
+fi

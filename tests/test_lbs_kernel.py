@@ -1,6 +1,16 @@
-"""The fused CPU skinning kernel (flowpose.body.cpu_kernel.ffi) against the XLA path."""
+"""The CPU kernels (flowpose.body.cpu_kernel) vs the XLA reference (body.lbs).
+
+When the kernel cannot be built these tests FAIL (they do not skip), so CI
+goes red on a broken compiler; `FLOWPOSE_LBS_KERNEL=0` is the explicit opt-out
+that skips them (platforms without a C++ compiler). The `broken_compiler`
+tests check that contract with `CXX=false`.
+"""
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,16 +18,30 @@ import numpy as np
 import pytest
 
 from flowpose import geometry
-from flowpose.body.cpu_kernel import ffi as lbs_kernel
+from flowpose.body import lbs
 from flowpose.body import model as bm
+from flowpose.body import model_io
+from flowpose.body.cpu_kernel import build
+from flowpose.body.cpu_kernel import ffi
 
-if not lbs_kernel.available():
-  pytest.skip(f"CPU skinning kernel unavailable: {lbs_kernel.info()}",
-              allow_module_level=True)
 if jax.default_backend() != "cpu":
   pytest.skip("the kernel runs on CPU only", allow_module_level=True)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def require_kernel(request):
+  """Fails (not skips) a kernel test when the kernel is unavailable."""
+  if "broken_compiler" in request.fixturenames:
+    return  # These tests build with a broken compiler on purpose.
+  if build.disabled():
+    pytest.skip(f"{build.ENV_VAR}=0: the CPU kernel is opted out")
+  if not build.available():
+    pytest.fail(f"CPU skinning kernel unavailable: {build.info()}; set-up "
+                "must build it (`python -m flowpose.body.cpu_kernel.build`) "
+                f"or opt out with {build.ENV_VAR}=0")
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
                 17, 18, 19, 20, 21)
@@ -30,7 +54,7 @@ def make_model(with_posedirs, seed=0, num_verts=NUM_VERTS):
   nj = len(SMPL_PARENTS)
   dense = rng.random((num_verts, nj)) * (rng.random((num_verts, nj)) < 0.08)
   dense[np.arange(num_verts), rng.integers(0, nj, num_verts)] += 1.0
-  idx, weights, _ = bm.sparsify_skin_weights(
+  idx, weights, _ = model_io.sparsify_skin_weights(
       dense / dense.sum(1, keepdims=True), TOP_K)
   assert np.any(weights == 0)  # zero-padded rows take the kernel's skip
   j_reg = rng.random((nj, num_verts)) * (rng.random((nj, num_verts)) < 0.1)
@@ -40,7 +64,7 @@ def make_model(with_posedirs, seed=0, num_verts=NUM_VERTS):
     kp_reg[k, rng.choice(num_verts, 5, replace=False)] = rng.normal(size=5)
   names = np.asarray([f"j{i}" for i in range(nj)])
   num_p = 9 * (nj - 1) if with_posedirs else 0
-  return bm.model_from_arrays({
+  return model_io.model_from_arrays({
       "v_template": rng.normal(size=(num_verts, 3)),
       "shapedirs": 0.05 * rng.normal(size=(num_verts, 3, NUM_BETAS)),
       "posedirs": 0.01 * rng.normal(size=(num_p, num_verts * 3)),
@@ -62,7 +86,7 @@ def model(request):
 @pytest.fixture(scope="module")
 def cc0_model():
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
-  return bm.load_model(assets.ensure_body_model())
+  return model_io.load_model(assets.ensure_body_model())
 
 
 def inputs(model, batch, seed=0):
@@ -126,8 +150,8 @@ def test_raw_kernel_matches_reference(model, batch):
   # Batches below MIN_KERNEL_BATCH take XLA inside `forward`; check the
   # custom call itself on them too (and on exactly one and one-plus lanes).
   args = model_args(model, batch, seed=batch)
-  got = jax.jit(lbs_kernel._ffi_call)(*args)  # pylint: disable=protected-access
-  want = jax.jit(lbs_kernel._reference_batched)(*args)  # pylint: disable=protected-access
+  got = jax.jit(ffi.lbs_call)(*args)
+  want = jax.jit(lbs.pose_vertices_batched)(*args)
   np.testing.assert_allclose(got[0], want[0], atol=1e-5)
   np.testing.assert_allclose(got[1], want[1], atol=1e-5)
 
@@ -136,8 +160,8 @@ def test_threaded_pose_blend_matches_reference():
   # Several vertex chunks and 4-block units: the worker threads run.
   model = make_model(True, seed=1, num_verts=2003)
   args = model_args(model, 70, seed=7)
-  got = jax.jit(lbs_kernel._ffi_call)(*args)  # pylint: disable=protected-access
-  want = jax.jit(lbs_kernel._reference_batched)(*args)  # pylint: disable=protected-access
+  got = jax.jit(ffi.lbs_call)(*args)
+  want = jax.jit(lbs.pose_vertices_batched)(*args)
   np.testing.assert_allclose(got[0], want[0], atol=1e-5)
   np.testing.assert_allclose(got[1], want[1], atol=2e-5)
 
@@ -230,10 +254,70 @@ def test_bad_impl_raises(model):
 
 
 def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
-  path = lbs_kernel.build()
-  assert path == lbs_kernel.library_path() and path.exists()
-  assert lbs_kernel.cpu_level() in path.name
+  path = build.build()
+  assert path == build.library_path() and path.exists()
+  assert build.cpu_level() in path.name
   monkeypatch.setenv("FLOWPOSE_CACHE", str(tmp_path))
-  fresh = lbs_kernel.build()  # a real compile, into the temp cache
+  fresh = build.build()  # a real compile, into the temp cache
   assert fresh.parent == tmp_path / "kernels" and fresh.name == path.name
   assert [p.name for p in fresh.parent.iterdir()] == [fresh.name]  # no temps
+
+
+# ---------------------------------------------------------------------------
+# A broken compiler fails set-up and the kernel tests, unless opted out
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken_compiler(tmp_path):
+  """The environment of a machine whose compiler fails (`CXX=false`)."""
+  env = dict(os.environ, CXX="false", FLOWPOSE_CACHE=str(tmp_path / "cache"))
+  env.pop(build.ENV_VAR, None)
+  return env
+
+
+def _run(args, env):
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, check=False,
+                        timeout=300)
+
+
+def test_build_cli_fails_on_a_broken_compiler(broken_compiler):
+  # launch/setup.sh runs this CLI and stops when it exits non-zero.
+  proc = _run(["-m", "flowpose.body.cpu_kernel.build"], broken_compiler)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert "false" in proc.stderr and "failed" in proc.stderr, proc.stderr
+  assert build.ENV_VAR + "=0" in proc.stderr  # names the opt-out
+  cache = pathlib.Path(broken_compiler["FLOWPOSE_CACHE"])
+  assert not list((cache / "kernels").glob("*"))  # no partial library
+
+
+def test_build_cli_opt_out_and_bad_value(broken_compiler, monkeypatch, capsys):
+  monkeypatch.setenv(build.ENV_VAR, "0")
+  assert build.main(["build"]) == 0
+  assert "XLA path" in capsys.readouterr().out
+  monkeypatch.setenv(build.ENV_VAR, "yes")
+  assert build.main(["build"]) == 1
+  assert build.ENV_VAR in capsys.readouterr().err
+  with pytest.raises(ValueError, match=build.ENV_VAR):
+    build.disabled()
+
+
+def _pytest_one_kernel_test(env):
+  test = f"tests/{pathlib.Path(__file__).name}::test_bad_impl_raises"
+  return _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", test], env)
+
+
+def test_kernel_tests_fail_not_skip_on_a_broken_compiler(broken_compiler):
+  proc = _pytest_one_kernel_test(broken_compiler)
+  # pytest.fail in the fixture reports each test as an error: exit 1.
+  assert proc.returncode == 1 and "2 errors" in proc.stdout, proc.stdout[-3000:]
+  assert "CPU skinning kernel unavailable" in proc.stdout
+  assert "skipped" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_kernel_tests_skip_when_opted_out(broken_compiler):
+  opted_out = dict(broken_compiler, **{build.ENV_VAR: "0"})
+  proc = _pytest_one_kernel_test(opted_out)
+  assert proc.returncode == 0 and "2 skipped" in proc.stdout, proc.stdout[-3000:]

@@ -5,6 +5,7 @@ import pytest
 
 from flowpose import geometry
 from flowpose.body import model as bm
+from flowpose.body import model_io
 from flowpose.body import smpl
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
@@ -111,14 +112,14 @@ def test_top_k_equals_dense_when_weights_are_sparse(smpl_file):
 
 
 def test_rejects_bad_files(tmp_path):
-  with pytest.raises(bm.BodyModelError, match="pkl"):
+  with pytest.raises(model_io.BodyModelError, match="pkl"):
     smpl.load_smpl_npz(tmp_path / "SMPL_NEUTRAL.pkl")
   arrays = smpl_arrays()
   path = tmp_path / "chumpy.npz"
   np.savez(path, **{**arrays, "shapedirs": np.asarray([object()])})
-  with pytest.raises(bm.BodyModelError, match="pickled"):
+  with pytest.raises(model_io.BodyModelError, match="pickled"):
     smpl.load_smpl_npz(path)
   path = tmp_path / "missing.npz"
   np.savez(path, **{k: v for k, v in arrays.items() if k != "weights"})
-  with pytest.raises(bm.BodyModelError, match="'weights'"):
+  with pytest.raises(model_io.BodyModelError, match="'weights'"):
     smpl.load_smpl_npz(path)

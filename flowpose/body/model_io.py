@@ -1,4 +1,6 @@
-"""Reading and writing `BodyModel` `.npz` files, with validation.
+"""Reading and writing `BodyModel` `.npz` files, with validation, and building a
+`BodyModel` from arrays (`model_from_arrays`; `sparsify_skin_weights` converts
+the dense `[V, J]` weights of other formats to the model's top-K layout).
 
 File layout (format_version 1): one array per `BodyModel` field under the same
 name (`parents` as int32 `[J]`, the name tuples as unicode arrays), plus
@@ -6,6 +8,9 @@ name (`parents` as int32 `[J]`, the name tuples as unicode arrays), plus
 `shape_explained_variance`, `metadata_json`, `joint_tails`, `tail_regressor`).
 Files are plain numpy zips (no pickles), written atomically and
 deterministically (sorted members, fixed timestamps).
+
+Depends on `flowpose.body.model` for `BodyModel` only; `model` does not import
+this module (posing needs no files).
 """
 
 import io
@@ -18,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import io_utils
+from flowpose.body.model import BodyModel
 
 FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
@@ -132,9 +138,8 @@ def validate_arrays(arrays: Dict[str, np.ndarray], source: str = "<arrays>"):
 
 
 def model_from_arrays(arrays: Dict[str, np.ndarray],
-                      source: str = "<arrays>"):
+                      source: str = "<arrays>") -> BodyModel:
   """Validates arrays and builds a `BodyModel` (float32 / int32 arrays)."""
-  from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
   validate_arrays(arrays, source)
   fields = {
       name: jnp.asarray(arrays[name],
@@ -143,7 +148,7 @@ def model_from_arrays(arrays: Dict[str, np.ndarray],
   }
   names = {name: tuple(str(s) for s in arrays[name])
            for name in ("joint_names", "part_names", "keypoint_names")}
-  return body_model.BodyModel(
+  return BodyModel(
       parents=tuple(int(p) for p in arrays["parents"]), **fields, **names)
 
 
@@ -164,7 +169,7 @@ def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
     raise BodyModelError(f"{path}: not a readable .npz file ({e})") from e
 
 
-def load_model(path: PathLike):
+def load_model(path: PathLike) -> BodyModel:
   """Loads and validates a body-model `.npz` written by `save_model`.
 
   Raises:
@@ -197,7 +202,7 @@ def load_extras(path: PathLike) -> Dict[str, Any]:
   return extras
 
 
-def model_to_arrays(model) -> Dict[str, np.ndarray]:
+def model_to_arrays(model: BodyModel) -> Dict[str, np.ndarray]:
   """`BodyModel` -> dict of numpy arrays in the file layout."""
   arrays = {name: np.asarray(getattr(model, name)) for name in _ARRAY_FIELDS}
   arrays["parents"] = np.asarray(model.parents, np.int32)
@@ -206,7 +211,7 @@ def model_to_arrays(model) -> Dict[str, np.ndarray]:
   return arrays
 
 
-def save_model(model, path: PathLike, **extra_arrays: Any) -> pathlib.Path:
+def save_model(model: BodyModel, path: PathLike, **extra_arrays: Any) -> pathlib.Path:
   """Writes `model` (+ extra arrays, e.g. `metadata_json="..."`) atomically.
 
   The output is deterministic: members are sorted and time-stamped 1980-01-01,
@@ -241,7 +246,7 @@ def save_model(model, path: PathLike, **extra_arrays: Any) -> pathlib.Path:
 
 
 # ---------------------------------------------------------------------------
-# Dense <-> sparse skinning weights
+# Dense skinning weights (other formats) -> the model's sparse top-K layout
 # ---------------------------------------------------------------------------
 
 
@@ -270,12 +275,3 @@ def sparsify_skin_weights(weights: np.ndarray, k: int = 4
   kept = np.where(kept > 0, kept, 0.0)
   kept = kept / np.maximum(kept.sum(axis=1, keepdims=True), 1e-12)
   return idx.astype(np.int32), kept.astype(np.float32), max_dropped
-
-
-def dense_skin_weights(model) -> np.ndarray:
-  """`[V, J]` dense skinning weights from the sparse ones (numpy)."""
-  idx = np.asarray(model.skin_indices)
-  dense = np.zeros((idx.shape[0], model.num_joints), np.float32)
-  np.add.at(dense, (np.arange(idx.shape[0])[:, None], idx),
-            np.asarray(model.skin_weights))
-  return dense

@@ -30,7 +30,8 @@ from typing import Any, Dict, Tuple
 from absl import logging
 import numpy as np
 
-from flowpose.body import model as body_model
+from flowpose.body import model_io
+from flowpose.body.model import BodyModel
 from flowpose.body.model_io import BodyModelError
 
 # smplx's joint order (smplx/joint_names.py).
@@ -74,7 +75,7 @@ def _read(path: pathlib.Path) -> Dict[str, np.ndarray]:
 def convert_smpl_arrays(arrays: Dict[str, np.ndarray], num_betas: int = 10,
                         top_k: int = 4, keypoints: str = "joints",
                         source: str = "<arrays>"
-                        ) -> Tuple[body_model.BodyModel, Dict[str, Any]]:
+                        ) -> Tuple[BodyModel, Dict[str, Any]]:
   """SMPL-layout arrays -> (`BodyModel`, conversion info).
 
   Args:
@@ -120,8 +121,7 @@ def convert_smpl_arrays(arrays: Dict[str, np.ndarray], num_betas: int = 10,
   if weights.shape != (num_v, num_j):
     raise BodyModelError(f"{source}: field 'weights': expected shape "
                          f"({num_v}, {num_j}), got {weights.shape}")
-  idx, skin_weights, max_dropped = body_model.sparsify_skin_weights(weights,
-                                                                    top_k)
+  idx, skin_weights, max_dropped = model_io.sparsify_skin_weights(weights, top_k)
   j_regressor = np.asarray(arrays["J_regressor"], np.float64)
   names = _NAMES_BY_COUNT.get(num_j,
                               tuple(f"joint_{i:02d}" for i in range(num_j)))
@@ -131,7 +131,7 @@ def convert_smpl_arrays(arrays: Dict[str, np.ndarray], num_betas: int = 10,
     kp_regressor, kp_names = np.zeros((0, num_v)), ()
   else:
     raise ValueError(f"keypoints must be 'joints' or 'none', got {keypoints!r}")
-  model = body_model.model_from_arrays({
+  model = model_io.model_from_arrays({
       "v_template": v_template, "shapedirs": shapedirs[:, :, :num_betas],
       "posedirs": posedirs, "j_regressor": j_regressor,
       "skin_indices": idx, "skin_weights": skin_weights,
@@ -147,7 +147,7 @@ def convert_smpl_arrays(arrays: Dict[str, np.ndarray], num_betas: int = 10,
 
 
 def load_smpl_npz(path, num_betas: int = 10, top_k: int = 4,
-                  keypoints: str = "joints") -> body_model.BodyModel:
+                  keypoints: str = "joints") -> BodyModel:
   """Loads an SMPL / SMPL-H / SMPL-X `.npz` as a `BodyModel`.
 
   Args:

@@ -1,0 +1,211 @@
+"""Builds, caches and loads the CPU kernels (`csrc/{lbs,fk}_kernel.cc`).
+
+    python -m flowpose.body.cpu_kernel.build [--force]
+
+The shared library is compiled into `$FLOWPOSE_CACHE/kernels/` (default
+`~/.cache/flowpose/kernels/`), keyed by a hash of the sources, jaxlib's FFI
+headers, the compiler and its flags, written atomically (temp file + rename).
+`launch/setup.sh` runs the CLI, which exits non-zero when the kernel cannot be
+built or loaded, so a broken compiler fails set-up (and CI) instead of
+silently leaving the slower XLA path in use. `FLOWPOSE_LBS_KERNEL=0` is the
+explicit opt-out for platforms without a C++ compiler: set-up then skips the
+build, posing uses the XLA path and the kernel tests skip.
+
+At run time `available()` builds lazily on first use; there a failure logs a
+warning and posing falls back to XLA (`impl="auto"`), while `impl="kernel"`
+raises.
+"""
+
+import ctypes
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import Dict, List, Optional
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+
+ENV_VAR = "FLOWPOSE_LBS_KERNEL"  # "0": never build or use the kernel.
+_SOURCES = tuple(pathlib.Path(__file__).resolve().parent / "csrc" / name
+                 for name in ("lbs_kernel.cc", "fk_kernel.cc"))
+# FFI target name -> the library's exported handler symbol.
+LBS_TARGET, FK_TARGET = "flowpose_lbs", "flowpose_fk"
+_SYMBOLS = {LBS_TARGET: "FlowposeLbs", FK_TARGET: "FlowposeFk"}
+# x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) as /proc/cpuinfo spells it.
+_X86_64_V3_FLAGS = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm",
+                    "movbe", "xsave"}
+
+
+class KernelBuildError(RuntimeError):
+  """The CPU skinning kernel could not be compiled or loaded."""
+
+
+def disabled() -> bool:
+  """Whether `FLOWPOSE_LBS_KERNEL=0` opts out of the kernel.
+
+  Raises:
+    ValueError: the variable holds something other than `0` or `1`.
+  """
+  value = os.environ.get(ENV_VAR, "1")
+  if value not in ("0", "1"):
+    raise ValueError(f"{ENV_VAR} must be 0 (use the XLA path) or 1 (build "
+                     f"and use the CPU kernel), got {value!r}")
+  return value == "0"
+
+
+def kernel_dir() -> pathlib.Path:
+  """`$FLOWPOSE_CACHE/kernels` (default `~/.cache/flowpose/kernels`)."""
+  env = os.environ.get("FLOWPOSE_CACHE")
+  return (pathlib.Path(env) if env else
+          pathlib.Path.home() / ".cache" / "flowpose") / "kernels"
+
+
+def cpu_level() -> str:
+  """`"x86-64-v3"` where this CPU has AVX2 + FMA (Linux), else `"generic"`."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      cpu_flags = next((set(line.split(":", 1)[1].split()) for line in f
+                        if line.startswith("flags")), set())
+  except OSError:
+    cpu_flags = set()
+  x86 = platform.machine().lower() in ("x86_64", "amd64")
+  return "x86-64-v3" if x86 and _X86_64_V3_FLAGS <= cpu_flags else "generic"
+
+
+def _compiler() -> Optional[str]:
+  names = (os.environ.get("CXX"), "g++", "c++", "clang++")
+  return next((shutil.which(n) for n in names if n and shutil.which(n)), None)
+
+
+def _compile_flags() -> List[str]:
+  compile_flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
+                   "-isystem", jax.ffi.include_dir()]
+  if cpu_level() == "x86-64-v3":
+    compile_flags.append("-march=x86-64-v3")
+  return compile_flags
+
+
+def library_path() -> pathlib.Path:
+  """Where this machine's build of the kernel lives (it may not exist yet)."""
+  digest = hashlib.sha256()
+  for source in _SOURCES:
+    digest.update(source.read_bytes())
+  api = pathlib.Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
+  for header in ("api.h", "c_api.h", "ffi.h"):
+    path = api / header
+    digest.update(path.read_bytes() if path.exists() else header.encode())
+  digest.update(" ".join([str(_compiler())] + _compile_flags()).encode())
+  return kernel_dir() / f"lbs_kernel-{cpu_level()}-{digest.hexdigest()[:16]}.so"
+
+
+def build(force: bool = False) -> pathlib.Path:
+  """Compiles the kernel (if missing) atomically into `library_path()`.
+
+  Raises:
+    KernelBuildError: no C++ compiler, or the compilation failed.
+  """
+  out = library_path()
+  if out.exists() and not force:
+    return out
+  compiler = _compiler()
+  if compiler is None:
+    raise KernelBuildError("no C++ compiler (set CXX or install g++)")
+  logging.info("flowpose: compiling the CPU skinning kernel into %s", out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".tmp", prefix=f".{out.name}.",
+                             dir=out.parent)
+  os.close(fd)
+  try:
+    cmd = [compiler] + _compile_flags() + [*map(str, _SOURCES), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      raise KernelBuildError(f"{' '.join(cmd)} failed (exit {proc.returncode})"
+                             f":\n{proc.stderr[-4000:]}")
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return out
+
+
+_LOCK = threading.Lock()
+_STATE: Dict[str, object] = {}  # available, path | error, lib: once a process
+
+
+def _load(path: pathlib.Path):
+  """Loads the library and registers its FFI targets with XLA (CPU)."""
+  lib = ctypes.CDLL(str(path))
+  for target, symbol in _SYMBOLS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform="cpu")
+  return lib
+
+
+def available() -> bool:
+  """Whether the CPU kernel is built, loaded and registered (builds lazily).
+
+  Decided once per process; a failure is logged (and kept in `info()`).
+  """
+  with _LOCK:
+    if "available" not in _STATE:
+      _STATE["available"] = False
+      if disabled():
+        _STATE["error"] = f"disabled by {ENV_VAR}=0"
+        return False
+      try:
+        path = build()
+        _STATE.update(lib=_load(path), available=True, path=str(path))
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure (no compiler, bad build, registration) falls back.
+        _STATE["error"] = f"{type(e).__name__}: {e}"
+        logging.warning("flowpose: CPU skinning kernel unavailable, using the "
+                        "XLA path (%s)", _STATE["error"])
+    return bool(_STATE["available"])
+
+
+def info() -> dict:
+  """`{"available", "path" or "error", "cpu_level"}` for logs and benchmarks."""
+  available()
+  return {"available": _STATE["available"], "cpu_level": cpu_level(),
+          **{k: _STATE[k] for k in ("path", "error") if k in _STATE}}
+
+
+def main(argv):
+  """`python -m flowpose.body.cpu_kernel.build`: exit 1 if unavailable."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    if disabled():
+      print(f"[cpu_kernel] not built: {ENV_VAR}=0 (posing uses the XLA path)")
+      return 0
+    build(force=flags.FLAGS.force)
+  except ValueError as e:  # a bad FLOWPOSE_LBS_KERNEL value
+    print(f"[cpu_kernel] error: {e}", file=sys.stderr)
+    return 1
+  except KernelBuildError as e:
+    print(f"[cpu_kernel] error: {e}\n[cpu_kernel] set {ENV_VAR}=0 to use the "
+          "XLA path on a platform without a C++ compiler", file=sys.stderr)
+    return 1
+  result = info()
+  if not result["available"]:
+    print(f"[cpu_kernel] error: built but not loadable: {result['error']}",
+          file=sys.stderr)
+    return 1
+  print(f"[cpu_kernel] {result}")
+  return 0
+
+
+if __name__ == "__main__":
+  # Defined here, not at import: model.py imports this module, and a library
+  # must not claim flag names in every program that poses a body.
+  flags.DEFINE_bool("force", False, "recompile even if a build exists")
+  app.run(main)
