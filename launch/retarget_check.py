@@ -33,6 +33,7 @@ from flowpose.data import asf_amc
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
+from flowpose.data import retarget_errors
 from flowpose.data.tfds.cmu_mocap import splits
 
 _CMU_DIR = flags.DEFINE_string("cmu_dir", "../shared/data/cmu", "CMU ASF/AMC folder.")
@@ -69,9 +70,9 @@ def measure(cmu_dir, method: str = "swing"):
   start = time.time()
   for clip in clips:
     motion = asf_amc.load_asf_amc(clip.amc_path, fps=clip.fps)
-    errors.append(retarget.bone_direction_errors(motion, alignment))
+    errors.append(retarget_errors.bone_direction_errors(motion, alignment))
     # Against the recorded finger/thumb values (differs from `errors` on those bones only).
-    raw.append(retarget.bone_direction_errors(motion, alignment, zero_uncaptured=False))
+    raw.append(retarget_errors.bone_direction_errors(motion, alignment, zero_uncaptured=False))
     subjects.append(np.full(motion.num_frames, clip.subject))
   seconds = time.time() - start
   errors, raw, subjects = np.concatenate(errors), np.concatenate(raw), np.concatenate(subjects)

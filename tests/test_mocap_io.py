@@ -10,6 +10,7 @@ import pytest
 
 from flowpose.data import asf_amc, bvh
 from flowpose.data import motion as motion_lib
+from flowpose.data import rotations_np
 from flowpose.data.motion import MocapFormatError
 
 CMU_UNIT_M = 0.0254 / 0.45  # CMU `:units length 0.45`: one unit is 1/0.45 inch.
@@ -188,7 +189,7 @@ def test_root_rotation_is_extrinsic_xyz(cmu_dir):
   # CMU's own BVH conversion prints this AMC root line of 16_23 (frame 6) as Z Y X rotation
   # channels with the angles reversed: extrinsic XYZ == intrinsic ZYX.
   motion = asf_amc.load_asf_amc(cmu_dir / "16_23.amc.gz")
-  zyx = motion_lib.matrix_to_euler_np(motion.local_rotations[5, 0], "ZYX", degrees=True)
+  zyx = rotations_np.matrix_to_euler_np(motion.local_rotations[5, 0], "ZYX", degrees=True)
   np.testing.assert_allclose(zyx, [-0.701772, -3.38957, 1.6119], atol=1e-9)
 
 
@@ -395,6 +396,20 @@ def test_bad_bvh(tmp_path, old, new, error_line, pattern):
   assert f"bad.bvh:{error_line}:" in str(info.value)
 
 
+def test_bvh_without_frames_is_refused(tmp_path):
+  # `Frames: 0` and no data lines: a clip that would count as zero poses, silently.
+  header = SYNTHETIC_BVH[:SYNTHETIC_BVH.index("Frames: 3")]
+  path = tmp_path / "empty.bvh"
+  path.write_text(header + "Frames: 0\nFrame Time: 0.04\n")
+  with pytest.raises(MocapFormatError, match="Frames: 0.*at least one frame") as info:
+    bvh.read_bvh(path)
+  assert "empty.bvh:31:" in str(info.value)
+  motion = bvh.read_bvh(_write(tmp_path, "ok.bvh", SYNTHETIC_BVH.split("\n")))
+  with pytest.raises(ValueError, match="no frames"):  # The writer refuses to write one either.
+    bvh.write_bvh(motion_lib.select_frames(motion, slice(0, 0)), tmp_path / "out.bvh")
+  assert not (tmp_path / "out.bvh").exists()
+
+
 def test_bvh_truncated_hierarchy(tmp_path):
   path = tmp_path / "cut.bvh"
   path.write_text(SYNTHETIC_BVH[:SYNTHETIC_BVH.index("  JOINT Leg")])
@@ -427,12 +442,12 @@ def test_numpy_euler_matches_geometry():
   for order in ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX", "XYX", "XZX", "YXY", "YZY", "ZXZ",
                 "ZYZ"):
     for extrinsic in (False, True):
-      ours = motion_lib.euler_to_matrix_np(angles, order, extrinsic=extrinsic)
+      ours = rotations_np.euler_to_matrix_np(angles, order, extrinsic=extrinsic)
       np.testing.assert_allclose(
           ours, np.asarray(geometry.euler_to_matrix(angles, order, extrinsic=extrinsic)),
           atol=1e-5)
-      back = motion_lib.matrix_to_euler_np(ours, order, extrinsic=extrinsic)
-      np.testing.assert_allclose(motion_lib.euler_to_matrix_np(back, order, extrinsic=extrinsic),
+      back = rotations_np.matrix_to_euler_np(ours, order, extrinsic=extrinsic)
+      np.testing.assert_allclose(rotations_np.euler_to_matrix_np(back, order, extrinsic=extrinsic),
                                  ours, atol=1e-9)
 
 
