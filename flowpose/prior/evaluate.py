@@ -42,6 +42,7 @@ from flowpose.data import bvh
 from flowpose.data import motion as motion_lib
 from flowpose.data import poses as pose_data
 from flowpose.data import retarget
+from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 
 # Names other modules use through this one (fitting, benchmarks).
 BASELINES_FILE = baseline_cache.BASELINES_FILE
@@ -215,7 +216,6 @@ def clip_paths(folder: os.PathLike) -> List[Tuple[pathlib.Path, Optional[float]]
   AMC clips (`SS_CC.amc[.gz]`) as the `cmu_mocap` builder lists them, frame rate from
   `folder/index.csv` (else 120 fps); BVH files (`.bvh[.gz]`, any name) carry their own rate.
   """
-  from flowpose.data.tfds.cmu_mocap import splits as splits_lib  # pylint: disable=g-import-not-at-top
   folder = pathlib.Path(folder)
   found = [(clip.amc_path, clip.fps) for clip in splits_lib.list_clips(folder)]
   bvh_files = {}
