@@ -156,6 +156,23 @@ def test_launcher(workdir, table, clip_folder, capsys):
   assert os.path.isfile(os.path.join(workdir, f"nll_table_{clip_folder.name}.json"))
 
 
+def test_launcher_folder_only_leaves_the_split_table(workdir, table, clip_folder):
+  del table
+  from launch import evaluate_prior  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    before = f.read()
+  argv = ["evaluate_prior", f"--workdir={workdir}", "--splits=", f"--mocap_dir={clip_folder}",
+          "--no_pictures"]
+  flags.FLAGS(argv)
+  try:
+    assert evaluate_prior.main(argv[:1]) == 0
+  finally:
+    flags.FLAGS.unparse_flags()
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    assert f.read() == before
+  assert os.path.isfile(os.path.join(workdir, f"nll_table_{clip_folder.name}.json"))
+
+
 def test_axis_angle_chart_trains_and_evaluates(tmp_path):
   config = _tiny_config()
   config.flow.chart, config.flow.event_dim = "axis_angle", 72
