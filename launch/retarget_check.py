@@ -15,10 +15,14 @@ Treatments (see `flowpose.data.retarget`): limb bones are swung onto CMU's rest 
 trunk, hip-joint and clavicle bones keep the model's rest geometry (error = the constant angle
 between the two rest skeletons, per subject); finger/thumb DOFs are not captured by CMU and set
 to zero (compared with CMU zeroed; `raw_*` columns compare with the recorded values).
+
+`--out_dir` is checked for writability before the measurement; the three files are written at
+the end, each atomically. A malformed clip stops the run with its path and exit status 2.
 """
 
 import json
 import pathlib
+import sys
 import time
 
 from absl import app
@@ -27,12 +31,15 @@ from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
+from flowpose import io_utils
 from flowpose.evidence import raster as render
 from flowpose.viz import images as viz
 from flowpose.data import asf_amc
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
+from flowpose.data import retarget_errors
+from flowpose.data.motion import MocapFormatError
 from flowpose.data.tfds.cmu_mocap import splits
 
 _CMU_DIR = flags.DEFINE_string("cmu_dir", "../shared/data/cmu", "CMU ASF/AMC folder.")
@@ -69,9 +76,9 @@ def measure(cmu_dir, method: str = "swing"):
   start = time.time()
   for clip in clips:
     motion = asf_amc.load_asf_amc(clip.amc_path, fps=clip.fps)
-    errors.append(retarget.bone_direction_errors(motion, alignment))
+    errors.append(retarget_errors.bone_direction_errors(motion, alignment))
     # Against the recorded finger/thumb values (differs from `errors` on those bones only).
-    raw.append(retarget.bone_direction_errors(motion, alignment, zero_uncaptured=False))
+    raw.append(retarget_errors.bone_direction_errors(motion, alignment, zero_uncaptured=False))
     subjects.append(np.full(motion.num_frames, clip.subject))
   seconds = time.time() - start
   errors, raw, subjects = np.concatenate(errors), np.concatenate(raw), np.concatenate(subjects)
@@ -150,8 +157,8 @@ def _pick(clips, want):
   return None
 
 
-def render_strip(clips, out_path, method="swing", size=240, frames_per_clip=4):
-  """PNG: for a walk, a jump and a dance, mesh | CMU skeleton for a few frames each."""
+def render_strip(clips, method="swing", size=240, frames_per_clip=4) -> np.ndarray:
+  """`[H, W, 3]` uint8: for a walk, a jump and a dance, mesh | CMU skeleton for a few frames."""
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
   model = assets.load_cc0_model()
@@ -191,22 +198,33 @@ def render_strip(clips, out_path, method="swing", size=240, frames_per_clip=4):
                                    names=point_names, radius=2.5, width=2)
       cells += [mesh, skeleton]
       captions += [f"{clip.name} {kind} f{t}: CC0", f"CMU skeleton f{t}"]
-  image = viz.image_grid(cells, captions, num_cols=2 * frames_per_clip, font_size=12)
-  return viz.save_png(out_path, image)
+  return viz.image_grid(cells, captions, num_cols=2 * frames_per_clip, font_size=12)
 
 
 def main(argv):
-  del argv
-  out_dir = pathlib.Path(_OUT_DIR.value)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  report, clips = measure(_CMU_DIR.value, _METHOD.value)
-  (out_dir / "retarget_check.json").write_text(json.dumps(report, indent=1))
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Checked before the minutes of measuring; the three files are written at the end, each
+  # atomically, so a failure or a kill leaves the previous outputs (or none), never half a file.
+  out_dir = io_utils.require_output_path(_OUT_DIR.value, "--out_dir")
+  if not pathlib.Path(_CMU_DIR.value).is_dir() or not splits.list_clips(_CMU_DIR.value):
+    raise app.UsageError(f"--cmu_dir={_CMU_DIR.value!r}: expected a folder of SS_CC.amc[.gz] "
+                         "clips with SS.asf[.gz] beside them")
+  try:
+    report, clips = measure(_CMU_DIR.value, _METHOD.value)
+  except MocapFormatError as e:
+    logging.error("%s", e)
+    print(f"retarget_check: {e}", file=sys.stderr)
+    return 2
   table = markdown(report)
-  (out_dir / "retarget_check.md").write_text(table)
+  strip = render_strip(clips, _METHOD.value, _SIZE.value, _FRAMES.value)
+  viz.save_png(out_dir / "retarget_strip.png", strip)  # Atomic, as the two files below.
+  io_utils.atomic_write(out_dir / "retarget_check.md", table.encode())
+  io_utils.atomic_write(out_dir / "retarget_check.json", json.dumps(report, indent=1).encode())
   print(table)
-  png = render_strip(clips, out_dir / "retarget_strip.png", _METHOD.value, _SIZE.value,
-                     _FRAMES.value)
-  print(f"wrote {out_dir / 'retarget_check.json'}, {out_dir / 'retarget_check.md'}, {png}")
+  print(f"wrote {out_dir / 'retarget_check.json'}, {out_dir / 'retarget_check.md'}, "
+        f"{out_dir / 'retarget_strip.png'}")
+  return 0
 
 
 if __name__ == "__main__":

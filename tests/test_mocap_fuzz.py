@@ -164,7 +164,7 @@ def _small_skeleton():
 
 
 def _check(reader, path, data: bytes):
-  """Runs `reader(path)` on `data`: success must give a finite Motion/skeleton."""
+  """Runs `reader(path)` on `data`: success must give a finite Motion (>= 1 frame)/skeleton."""
   path.write_bytes(data)
   try:
     result = reader(path)
@@ -172,6 +172,7 @@ def _check(reader, path, data: bytes):
     assert path.name in str(e)
     return
   if isinstance(result, Motion):
+    assert result.num_frames >= 1
     assert np.all(np.isfinite(result.local_rotations))
 
 

@@ -1,5 +1,6 @@
-"""Tests of the mocap readers/writers (flowpose.data.motion, asf_amc, bvh) on real CMU clips
-and on small hand-made files with hand-computed answers."""
+"""Tests of the mocap readers (flowpose.data.motion, asf, asf_amc) on real CMU clips and on small
+hand-made files with hand-computed answers (BVH: tests/test_bvh.py; multi-axis Euler rules:
+tests/test_asf_euler.py)."""
 
 import csv
 import gzip
@@ -8,8 +9,9 @@ import re
 import numpy as np
 import pytest
 
-from flowpose.data import asf_amc, bvh
+from flowpose.data import asf_amc
 from flowpose.data import motion as motion_lib
+from flowpose.data import rotations_np
 from flowpose.data.motion import MocapFormatError
 
 CMU_UNIT_M = 0.0254 / 0.45  # CMU `:units length 0.45`: one unit is 1/0.45 inch.
@@ -77,44 +79,6 @@ TWO_BONE_EXPECTED = {  # frame -> (root, upper, lower, end of lower)
     1: [(0, 0, 0), (0, 0, 0), (-2, 0, 0), (-2, 0, -1)],
 }
 
-SYNTHETIC_BVH = """\
-HIERARCHY
-ROOT Hips
-{
-  OFFSET 0.0 0.9 0.0
-  CHANNELS 6 Xposition Yposition Zposition Yrotation Xrotation Zrotation
-  JOINT Spine
-  {
-    OFFSET 0.0 0.1 0.0
-    CHANNELS 6 Zposition Xposition Yposition Xrotation Yrotation Zrotation
-    JOINT Head
-    {
-      OFFSET 0.0 0.5 0.0
-      CHANNELS 2 Zrotation Xrotation
-      End Site
-      {
-        OFFSET 0.0 0.2 0.0
-      }
-    }
-  }
-  JOINT Leg
-  {
-    OFFSET 0.1 -0.1 0.0
-    CHANNELS 3 Zrotation Yrotation Xrotation
-    End Site
-    {
-      OFFSET 0.0 -0.8 0.1
-    }
-  }
-}
-MOTION
-Frames: 3
-Frame Time: 0.04
-0.1 0.9 0.2  90 0 0   0.0 0.0 0.1  0 0 0  0 0  0 0 0
-0 0.95 0  10 20 30   0.05 0.01 0.12  -40 15 89.9999  30 -60  5 89.99999 -7
--1.5 0.8 2  -170 45 -90   0.0 0.0 0.1  179 -89 0.5  -90 90  120 -45 60
-"""
-
 
 def _cmu_index(cmu_dir):
   with open(cmu_dir / "index.csv", newline="") as f:
@@ -125,21 +89,6 @@ def _fk_with_end_sites(motion):
   rotations, positions = motion_lib.forward_kinematics(motion)
   ends = motion_lib.end_site_positions(motion, rotations, positions)
   return rotations, positions, ends
-
-
-def _assert_same_motion(a, b, atol=1e-5):
-  """Same joints (by name), local rotations and FK positions (joints and end sites)."""
-  assert set(a.skeleton.joint_names) == set(b.skeleton.joint_names)
-  perm = [b.skeleton.index(n) for n in a.skeleton.joint_names]
-  np.testing.assert_allclose(b.local_rotations[:, perm], a.local_rotations, atol=atol)
-  _, pos_a, ends_a = _fk_with_end_sites(a)
-  _, pos_b, ends_b = _fk_with_end_sites(b)
-  np.testing.assert_allclose(pos_b[:, perm], pos_a, atol=atol)
-  assert {a.skeleton.joint_names[j] for j in ends_a} == {b.skeleton.joint_names[j] for j in ends_b}
-  for j, end in ends_a.items():
-    np.testing.assert_allclose(ends_b[b.skeleton.index(a.skeleton.joint_names[j])], end,
-                               atol=atol)
-  assert b.fps == pytest.approx(a.fps)
 
 
 # --- Real CMU files. ---
@@ -188,7 +137,7 @@ def test_root_rotation_is_extrinsic_xyz(cmu_dir):
   # CMU's own BVH conversion prints this AMC root line of 16_23 (frame 6) as Z Y X rotation
   # channels with the angles reversed: extrinsic XYZ == intrinsic ZYX.
   motion = asf_amc.load_asf_amc(cmu_dir / "16_23.amc.gz")
-  zyx = motion_lib.matrix_to_euler_np(motion.local_rotations[5, 0], "ZYX", degrees=True)
+  zyx = rotations_np.matrix_to_euler_np(motion.local_rotations[5, 0], "ZYX", degrees=True)
   np.testing.assert_allclose(zyx, [-0.701772, -3.38957, 1.6119], atol=1e-9)
 
 
@@ -338,70 +287,6 @@ def test_corrupt_gzip(tmp_path):
     asf_amc.read_asf(path)
 
 
-# --- BVH. ---
-
-
-def test_bvh_round_trip_real_clip(cmu_dir, tmp_path):
-  motion = asf_amc.load_asf_amc(cmu_dir / "02_01.amc.gz")
-  bvh.write_bvh(motion, tmp_path / "02_01.bvh")
-  first = bvh.read_bvh(tmp_path / "02_01.bvh")
-  assert first.skeleton.joint_names == motion.skeleton.joint_names
-  assert first.dof_values.shape == (343, 6 + 30 * 3)
-  _assert_same_motion(motion, first)
-  bvh.write_bvh(first, tmp_path / "again.bvh.gz", rotation_order="YXZ")
-  _assert_same_motion(motion, bvh.read_bvh(tmp_path / "again.bvh.gz"))
-
-
-def test_bvh_synthetic_values_and_round_trip(tmp_path):
-  (tmp_path / "synthetic.bvh").write_text(SYNTHETIC_BVH.replace("\n", "\r\n"))
-  motion = bvh.read_bvh(tmp_path / "synthetic.bvh")
-  skel = motion.skeleton
-  assert skel.joint_names == ("Hips", "Spine", "Head", "Leg")
-  assert skel.rotation_orders == ("YXZ", "XYZ", "ZX", "ZYX")
-  assert motion.fps == pytest.approx(25.0) and motion.num_frames == 3
-  # Frame 1: Hips Yrotation 90 maps +X to -Z; the root position channels are absolute.
-  np.testing.assert_allclose(motion.root_translation[0], [0.1, 0.9, 0.2])
-  np.testing.assert_allclose(motion.local_rotations[0, 0] @ [1, 0, 0], [0, 0, -1], atol=1e-12)
-  # Spine's position channels (Z X Y order) replace its OFFSET.
-  np.testing.assert_allclose(motion.local_translations[:, 1], [[0, 0.1, 0], [0.01, 0.12, 0.05],
-                                                               [0, 0.1, 0]])
-  _, positions, ends = _fk_with_end_sites(motion)
-  np.testing.assert_allclose(positions[0, 3], [0.1, 0.8, 0.1], atol=1e-12)  # Leg under Ry(90).
-  np.testing.assert_allclose(ends[2][0], [0.1, 1.7, 0.2], atol=1e-12)
-  for order in ("ZYX", "XZY", "ZXZ"):
-    bvh.write_bvh(motion, tmp_path / f"out_{order}.bvh", rotation_order=order)
-    again = bvh.read_bvh(tmp_path / f"out_{order}.bvh")
-    _assert_same_motion(motion, again)
-    np.testing.assert_allclose(again.local_translations, motion.local_translations, atol=1e-8)
-
-
-@pytest.mark.parametrize("old, new, error_line, pattern", [
-    ("Frames: 3", "Frames: 4", 35, "truncated"),
-    ("Frames: 3", "Frames: 2", 35, "more frame lines"),
-    ("0 0.95 0  10", "0 0.95  10", 34, "has 16 values; expected 17"),
-    ("-40 15", "-40 nan", 34, "non-finite"),
-    ("-40 15", "-40 1.5.", 34, "non-numeric"),
-    ("CHANNELS 2 Zrotation Xrotation", "CHANNELS 2 Zrotation Wrotation", 13, "unknown channel"),
-    ("    OFFSET 0.1 -0.1 0.0\n", "", 20, "has no OFFSET"),
-    ("Frame Time: 0.04", "Frame Time: 0", 32, "Frame Time"),
-    ("  JOINT Leg", "  JOINT Spine", 20, "duplicate joint name"),
-])
-def test_bad_bvh(tmp_path, old, new, error_line, pattern):
-  assert old in SYNTHETIC_BVH
-  path = tmp_path / "bad.bvh"
-  path.write_text(SYNTHETIC_BVH.replace(old, new))
-  with pytest.raises(MocapFormatError, match=pattern) as info:
-    bvh.read_bvh(path)
-  assert f"bad.bvh:{error_line}:" in str(info.value)
-
-
-def test_bvh_truncated_hierarchy(tmp_path):
-  path = tmp_path / "cut.bvh"
-  path.write_text(SYNTHETIC_BVH[:SYNTHETIC_BVH.index("  JOINT Leg")])
-  with pytest.raises(MocapFormatError, match="cut.bvh:"):
-    bvh.read_bvh(path)
-
-
 # --- Motion utilities. ---
 
 
@@ -427,12 +312,12 @@ def test_numpy_euler_matches_geometry():
   for order in ("XYZ", "XZY", "YXZ", "YZX", "ZXY", "ZYX", "XYX", "XZX", "YXY", "YZY", "ZXZ",
                 "ZYZ"):
     for extrinsic in (False, True):
-      ours = motion_lib.euler_to_matrix_np(angles, order, extrinsic=extrinsic)
+      ours = rotations_np.euler_to_matrix_np(angles, order, extrinsic=extrinsic)
       np.testing.assert_allclose(
           ours, np.asarray(geometry.euler_to_matrix(angles, order, extrinsic=extrinsic)),
           atol=1e-5)
-      back = motion_lib.matrix_to_euler_np(ours, order, extrinsic=extrinsic)
-      np.testing.assert_allclose(motion_lib.euler_to_matrix_np(back, order, extrinsic=extrinsic),
+      back = rotations_np.matrix_to_euler_np(ours, order, extrinsic=extrinsic)
+      np.testing.assert_allclose(rotations_np.euler_to_matrix_np(back, order, extrinsic=extrinsic),
                                  ours, atol=1e-9)
 
 

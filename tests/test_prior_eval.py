@@ -6,8 +6,11 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import gzip
 import json
 import math
+import re
+import shutil
 
 from absl import flags
 import jax
@@ -15,6 +18,11 @@ import numpy as np
 import pytest
 
 from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-bad-import-order
+from flowpose.prior import baseline_cache
+from flowpose.prior import io as prior_io
+from flowpose.prior import pictures
+from flowpose.data import cmu_skeleton
+from flowpose.data import poses as pose_data
 from flowpose.train import trainer
 from experiments import prior_cmu
 
@@ -106,6 +114,9 @@ def test_evaluate_folder_real_clips(workdir, table, clip_folder):
     assert math.isfinite(result[model])
   name = clip_folder.name
   assert os.path.isfile(os.path.join(workdir, f"nll_table_{name}.json"))
+  # Labelled as what it is: every clip of that folder, not a dataset split.
+  assert result["headline_split"] == f"folder {name}" and result["selection"] == "all clips"
+  assert result["num_clips"] == len(CLIPS) and result["folder"] == str(clip_folder.resolve())
 
 
 def test_evaluate_folder_without_clips_fails_clearly(workdir, tmp_path):
@@ -115,7 +126,7 @@ def test_evaluate_folder_without_clips_fails_clearly(workdir, tmp_path):
 
 
 def test_missing_workdir_files_fail_clearly(tmp_path):
-  with pytest.raises(prior_eval.PriorEvalError, match="prior_params.msgpack"):
+  with pytest.raises(prior_io.PriorLoadError, match="prior_params.msgpack.*not found"):
     prior_eval.evaluate_nll(str(tmp_path))
   with pytest.raises(prior_eval.PriorEvalError, match="baselines.npz"):
     prior_eval.load_baselines(str(tmp_path))
@@ -124,10 +135,10 @@ def test_missing_workdir_files_fail_clearly(tmp_path):
 def test_pictures(workdir):
   prior, params, config = prior_eval.load_trained_prior(workdir)
   poses = prior_eval.load_split_dofs(config, "test")
-  ends = prior_eval.interpolate_latent(prior, params, poses[0], poses[1], num_steps=3)
+  ends = pictures.interpolate_latent(prior, params, poses[0], poses[1], num_steps=3)
   np.testing.assert_allclose(ends[[0, -1]], poses[:2], atol=1e-3)
-  paths = prior_eval.render_pictures(workdir, prior, params, poses, num_samples=2,
-                                     num_steps=2, size=48)
+  paths = pictures.render_pictures(workdir, prior, params, poses, num_samples=2,
+                                   num_steps=2, size=48)
   assert all(os.path.getsize(p) > 0 for p in paths)
 
 
@@ -145,6 +156,23 @@ def test_launcher(workdir, table, clip_folder, capsys):
   assert os.path.isfile(os.path.join(workdir, f"nll_table_{clip_folder.name}.json"))
 
 
+def test_launcher_folder_only_leaves_the_split_table(workdir, table, clip_folder):
+  del table
+  from launch import evaluate_prior  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    before = f.read()
+  argv = ["evaluate_prior", f"--workdir={workdir}", "--splits=", f"--mocap_dir={clip_folder}",
+          "--no_pictures"]
+  flags.FLAGS(argv)
+  try:
+    assert evaluate_prior.main(argv[:1]) == 0
+  finally:
+    flags.FLAGS.unparse_flags()
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    assert f.read() == before
+  assert os.path.isfile(os.path.join(workdir, f"nll_table_{clip_folder.name}.json"))
+
+
 def test_axis_angle_chart_trains_and_evaluates(tmp_path):
   config = _tiny_config()
   config.flow.chart, config.flow.event_dim = "axis_angle", 72
@@ -154,3 +182,161 @@ def test_axis_angle_chart_trains_and_evaluates(tmp_path):
   for model in prior_eval.MODELS:
     assert math.isfinite(table[model])
   assert not prior_eval.load_baselines(str(tmp_path)).periodic
+
+
+# --- The numbers are what they claim (issue 10: tests that let bugs through). ---
+
+
+def _expected_nats(prior, params, fitted, dofs):
+  """-mean log-density per model, computed without flowpose.prior.evaluate: the flow in one
+  jitted call, the baselines with scipy on angles wrapped around the flow's chart center."""
+  from scipy import special, stats  # pylint: disable=g-import-not-at-top
+  flow = np.asarray(jax.jit(prior.log_prob)(params, jax.numpy.asarray(dofs)), np.float64)
+  center = np.asarray(params["stats"]["center"], np.float64)
+  x = center + np.angle(np.exp(1j * (dofs.astype(np.float64) - center)))
+  diag, full, gmm = (fitted.models[n] for n in ("gaussian_diag", "gaussian_full", "gmm8"))
+  components = [np.log(w) + stats.multivariate_normal.logpdf(x, m, c)
+                for w, m, c in zip(gmm.weights, gmm.means, gmm.covariances)]
+  return {
+      "flow": -flow.mean(),
+      "gaussian_diag": -stats.norm.logpdf(x, diag.mean, diag.std).sum(1).mean(),
+      "gaussian_full": -stats.multivariate_normal.logpdf(x, full.mean, full.covariance).mean(),
+      "gmm8": -special.logsumexp(np.stack(components), axis=0).mean(),
+  }
+
+
+def test_nats_per_pose_is_minus_mean_log_prob_per_model(workdir, table):
+  prior, params, config = prior_io.load_trained_prior(workdir)
+  fitted = prior_eval.load_baselines(workdir)
+  for split in ("validation", "test"):
+    dofs = pose_data.read_split(config.data, split, 50)
+    expected = _expected_nats(prior, params, fitted, dofs)
+    for model in prior_eval.MODELS:
+      got = table["splits"][split]["nats_per_pose"][model]
+      assert got == pytest.approx(expected[model], rel=1e-5, abs=1e-4), (split, model)
+
+
+def _write_amc(path, frames):
+  """An AMC of subject 02's skeleton whose chart DOFs are `frames [T, 50]` (radians)."""
+  column = {dof: i for i, dof in enumerate(cmu_skeleton.POSE_DOFS)}
+  lines = [":FULLY-SPECIFIED", ":DEGREES"]
+  for t, row in enumerate(np.asarray(frames, np.float64), start=1):
+    lines += [str(t), "root 0 0 0 0 0 0"]
+    for bone in cmu_skeleton.AMC_BONE_ORDER:
+      values = [np.degrees(row[column[bone, d]]) if (bone, d) in column else 0.0
+                for d in cmu_skeleton.BONE_DOFS[bone]]
+      if values:
+        lines.append(bone + " " + " ".join(repr(float(v)) for v in values))
+  path.write_text("\n".join(lines) + "\n")
+
+
+def test_folder_of_split_clips_reproduces_the_split(workdir, table, tmp_path, cmu_dir):
+  _, _, config = prior_io.load_trained_prior(workdir)
+  test = pose_data.read_split(config.data, "test", 50)
+  assert len(test) == 96
+  # The test split as two clips: 59 poses at 120 fps (every 4th frame is a pose) and 37 at
+  # 100 fps (nearest frames of the 30 fps times, not a stride); other frames are decoys.
+  folder = tmp_path / "test"  # Named like the split: must still be labelled as a folder.
+  folder.mkdir()
+  (folder / "02.asf.gz").symlink_to(cmu_dir / "02.asf.gz")
+  for name, poses, fps in (("02_01", test[:59], 120.0), ("02_02", test[59:], 100.0)):
+    picks = np.floor(np.arange(len(poses)) * (fps / 30.0) + 0.5).astype(int)
+    frames = np.full((picks[-1] + 1, 50), 1.0)
+    frames[picks] = poses
+    _write_amc(folder / f"{name}.amc", frames)
+  (folder / "02_01.amc.gz").write_bytes(gzip.compress((folder / "02_01.amc").read_bytes()))
+  (folder / "index.csv").write_text("file,subject,clip,frames,fps,description\n"
+                                    "02_01.amc,2,1,233,120,a\n02_02.amc,2,2,121,100,b\n")
+  result = prior_eval.evaluate_folder(workdir, folder)
+  assert result["headline_split"] == "folder test" and result["num_clips"] == 2  # .gz twin once.
+  got, want = result["splits"]["folder test"], table["splits"]["test"]
+  assert got["num_poses"] == want["num_poses"] == 96
+  for model in prior_eval.MODELS:
+    assert got["nats_per_pose"][model] == pytest.approx(want["nats_per_pose"][model], rel=1e-6)
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    assert json.load(f)["splits"]["test"] == want  # The split table is untouched.
+
+
+def test_validation_run_keeps_the_headline_test_numbers(workdir, table, tmp_path):
+  after = prior_eval.evaluate_nll(workdir, splits=("validation",))
+  assert after["headline_split"] == "test"
+  for model in prior_eval.MODELS:
+    assert after[model] == table[model]
+  assert after["splits"] == table["splits"]
+  with open(os.path.join(workdir, "nll_table.json")) as f:
+    assert json.load(f) == after
+  # Entries computed for another prior are dropped, not mixed in.
+  other = shutil.copytree(workdir, tmp_path / "other")
+  stale = dict(table, prior_params_sha256="0" * 64)
+  (other / "nll_table.json").write_text(json.dumps(stale))
+  fresh = prior_eval.evaluate_nll(str(other), splits=("validation",))
+  assert set(fresh["splits"]) == {"validation"} and fresh["headline_split"] == "validation"
+
+
+# --- Damaged workdir files (issue 10.4): refitted, or one error naming the file. ---
+
+
+def _damage(path, how):
+  data = open(path, "rb").read()
+  damaged = {"empty": b"", "truncated": data[:len(data) // 2],
+             "garbage": np.random.default_rng(0).bytes(len(data)),
+             "flipped": data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x10]) +
+                        data[len(data) // 2 + 1:]}[how]
+  with open(path, "wb") as f:
+    f.write(damaged)
+
+
+@pytest.fixture
+def workdir_copy(workdir, table, tmp_path):
+  del table  # baselines.npz and nll_table.json are in the copy.
+  return str(shutil.copytree(workdir, tmp_path / "copy"))
+
+
+@pytest.mark.parametrize("name, how", [
+    (prior_io.PARAMS_FILE, "empty"), (prior_io.PARAMS_FILE, "truncated"),
+    (prior_io.PARAMS_FILE, "garbage"), (prior_io.PARAMS_FILE, "flipped"),
+    (prior_io.CONFIG_FILE, "empty"), (prior_io.CONFIG_FILE, "truncated"),
+    (prior_io.CONFIG_FILE, "garbage")])
+def test_unreadable_prior_files_name_the_file(workdir_copy, name, how):
+  path = os.path.join(workdir_copy, name)
+  _damage(path, how)
+  with pytest.raises(prior_io.PriorLoadError, match=re.escape(path)) as info:
+    prior_io.load_exported_prior(workdir_copy)
+  assert "delete it" in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_unreadable_params_without_checksum_name_the_file(workdir_copy, how):
+  # Workdirs exported before prior_params.sha256 existed: the decoder's errors are caught too.
+  os.remove(os.path.join(workdir_copy, prior_io.CHECKSUM_FILE))
+  path = os.path.join(workdir_copy, prior_io.PARAMS_FILE)
+  _damage(path, how)
+  with pytest.raises(prior_io.PriorLoadError, match=re.escape(path) + ".*delete it"):
+    prior_io.load_exported_prior(workdir_copy)
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "flipped"])
+def test_damaged_baselines_are_reported_or_refitted(workdir_copy, table, how, monkeypatch):
+  path = os.path.join(workdir_copy, "baselines.npz")
+  _damage(path, how)
+  with pytest.raises(prior_eval.PriorEvalError, match=re.escape(path) + ".*delete it"):
+    prior_eval.load_baselines(workdir_copy)  # No training data at hand: say what to delete.
+  warnings = []
+  monkeypatch.setattr(baseline_cache.logging, "warning",
+                      lambda msg, *args: warnings.append(msg % args))
+  refitted = prior_eval.evaluate_nll(workdir_copy, splits=("test",))  # Training data at hand.
+  assert any(path in w for w in warnings), warnings
+  assert refitted["gmm8"] == pytest.approx(table["gmm8"], rel=1e-9)  # Same seed, same fit.
+  prior_eval.load_baselines(workdir_copy)  # Rewritten intact.
+
+
+def test_launcher_reports_damage_and_exits_nonzero(workdir_copy, capsys):
+  from launch import evaluate_prior  # pylint: disable=g-import-not-at-top
+  _damage(os.path.join(workdir_copy, prior_io.CONFIG_FILE), "truncated")
+  argv = ["evaluate_prior", f"--workdir={workdir_copy}", "--no_pictures"]
+  flags.FLAGS(argv)
+  try:
+    assert evaluate_prior.main(argv[:1]) == 2
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert os.path.join(workdir_copy, prior_io.CONFIG_FILE) in capsys.readouterr().err

@@ -12,7 +12,9 @@ from flowpose.data import asf_amc
 from flowpose.data import bvh
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
+from flowpose.data import rotations_np
 from flowpose.data import retarget
+from flowpose.data import retarget_errors
 
 CLIPS = ("02_01", "13_39", "05_03")  # walk, jump, dance (343, 351, 434 frames at 120 fps).
 CAPTURED_LIMBS = [b for b in retarget.ALIGNED_BONES
@@ -42,7 +44,7 @@ def test_bone_directions_agree(motions, alignment):
   # foot points differently at rest, the chart has one canonical foot); bones that keep the
   # model's rest geometry differ by a per-subject constant, so their within-clip spread is ~0.
   for name, motion in motions.items():
-    errors = retarget.bone_direction_errors(motion, alignment, batch=512)
+    errors = retarget_errors.bone_direction_errors(motion, alignment, batch=512)
     col = {b: errors[:, retarget.BONES.index(b)] for b in retarget.BONES[1:]}
     for bone in CAPTURED_LIMBS:
       assert np.percentile(col[bone], 95) < 0.01 and col[bone].max() < 0.05, (name, bone)
@@ -142,7 +144,7 @@ def test_non_canonical_axes_reexpressed(motions):
   skel = motion.skeleton
   frames = np.array(skel.axis_frames)
   j = skel.index("lhumerus")
-  tilt = motion_lib.euler_to_matrix_np(np.array([3.0, -2.0, 4.0]), "XYZ", degrees=True)
+  tilt = rotations_np.euler_to_matrix_np(np.array([3.0, -2.0, 4.0]), "XYZ", degrees=True)
   frames[j] = tilt @ frames[j]
   tilted = dataclasses.replace(skel, axis_frames=frames)
   moved = motion_lib.motion_from_dofs(tilted, motion.dof_values, motion.fps)
@@ -150,7 +152,7 @@ def test_non_canonical_axes_reexpressed(motions):
   # The 3-DOF humerus is re-expressed exactly in the canonical frame: same local rotation.
   cols = [cmu_skeleton.POSE_DOFS.index(("lhumerus", d)) for d in ("rx", "ry", "rz")]
   canon = retarget.canonical_axis_frames()[j]
-  rot = motion_lib.euler_to_matrix_np(dofs[:, cols], "XYZ", extrinsic=True)
+  rot = rotations_np.euler_to_matrix_np(dofs[:, cols], "XYZ", extrinsic=True)
   np.testing.assert_allclose(canon @ rot @ canon.T, moved.local_rotations[:, j], atol=1e-9)
   # Other bones are untouched.
   others = [i for i, (b, _) in enumerate(cmu_skeleton.POSE_DOFS) if b != "lhumerus"]

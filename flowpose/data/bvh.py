@@ -22,6 +22,7 @@ import numpy as np
 from flowpose import io_utils
 
 from flowpose.data import motion as motion_lib
+from flowpose.data import rotations_np
 from flowpose.data.motion import MocapFormatError, Motion, PathLike, Skeleton
 
 _FRAMES = re.compile(r"\s*frames\s*:\s*(\S+)\s*$", re.IGNORECASE)
@@ -208,7 +209,7 @@ def read_bvh(path: PathLike, metres_per_unit: float = 1.0) -> Motion:
     channel, file order) and `fps = 1 / Frame Time`.
 
   Raises:
-    MocapFormatError: malformed content (message has the path and line).
+    MocapFormatError: malformed content (message has the path and line), or no frames.
   """
   lines = motion_lib.read_text(path).splitlines()
   motion_line = next((n for n, line in enumerate(lines)
@@ -232,6 +233,9 @@ def read_bvh(path: PathLike, metres_per_unit: float = 1.0) -> Motion:
                               len(frames_match[1]) <= 12):
     raise MocapFormatError(f"{frames_text.strip()!r}; expected `Frames: <integer>`", path,
                            frames_line)
+  if int(frames_match[1]) == 0:
+    # A clip without frames is not a motion: downstream it would silently count as 0 poses.
+    raise MocapFormatError("`Frames: 0`; expected at least one frame", path, frames_line)
   try:
     frame_time = float(time_match[1]) if time_match else float("nan")
   except ValueError:
@@ -286,9 +290,9 @@ def write_bvh(motion: Motion, path: PathLike, rotation_order: str = "ZYX",
 
   Joints are written depth-first (children in index order) with `rotation_order` rotation
   channels in degrees (`"%.6f"`); the root also gets `X/Y/Zposition` (its absolute position),
-  and other joints get position channels when `local_translations` animates them. OFFSETs are the skeleton's rest offsets; leaves
-  get an `End Site` (the skeleton's end site, or zero). Lengths are divided by
-  `metres_per_unit` and printed with `"%.8f"`.
+  and other joints get position channels when `local_translations` animates them. OFFSETs are
+  the skeleton's rest offsets; leaves get an `End Site` (the skeleton's end site, or zero).
+  Lengths are divided by `metres_per_unit` and printed with `"%.8f"`.
 
   Args:
     motion: the clip.
@@ -297,9 +301,12 @@ def write_bvh(motion: Motion, path: PathLike, rotation_order: str = "ZYX",
     metres_per_unit: length of one file unit in metres.
   """
   skel = motion.skeleton
+  if motion.num_frames == 0:
+    raise ValueError(f"write_bvh: {path}: the motion has no frames; a BVH needs at least one "
+                     "(read_bvh refuses `Frames: 0`)")
   order = rotation_order.upper()
   rot_channels = [f"{a}rotation" for a in order]
-  euler = motion_lib.matrix_to_euler_np(motion.local_rotations, order, degrees=True)
+  euler = rotations_np.matrix_to_euler_np(motion.local_rotations, order, degrees=True)
   kids: Dict[int, List[int]] = {j: list(skel.children(j)) for j in range(skel.num_joints)}
   # Non-root joints get position channels when their translation is animated (or declared).
   moving = [j > 0 and motion.local_translations is not None and (

@@ -48,6 +48,7 @@ import numpy as np
 from flowpose import geometry
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
+from flowpose.data import rotations_np
 from flowpose.data.motion import MocapFormatError, Motion
 
 BONES = tuple(cmu_skeleton.ASF_TO_MB)  # The 31 CMU bones in model joint order (root first).
@@ -110,7 +111,7 @@ def _swing(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def canonical_axis_frames() -> np.ndarray:
   """[31, 3, 3] canonical ASF axis frames C_j (`cmu_skeleton.CANONICAL_AXES_DEG`)."""
   angles = np.array([cmu_skeleton.CANONICAL_AXES_DEG[b] for b in BONES])
-  return motion_lib.euler_to_matrix_np(angles, "XYZ", degrees=True, extrinsic=True)
+  return rotations_np.euler_to_matrix_np(angles, "XYZ", degrees=True, extrinsic=True)
 
 
 def rest_alignment(rest_joints: np.ndarray, tails: np.ndarray,
@@ -246,7 +247,7 @@ def local_rotations_to_pose_dofs(local: np.ndarray) -> np.ndarray:
   """
   frames = canonical_axis_frames()
   rot = np.swapaxes(frames, -1, -2) @ local @ frames
-  angles = motion_lib.matrix_to_euler_np(rot, "XYZ", extrinsic=True)  # [..., 31, 3] (rx,ry,rz)
+  angles = rotations_np.matrix_to_euler_np(rot, "XYZ", extrinsic=True)  # [..., 31, 3] (rx,ry,rz)
   out = np.zeros(local.shape[:-3] + (cmu_skeleton.NUM_POSE_DOFS,))
   for j, bone in enumerate(BONES):
     dofs = cmu_skeleton.BONE_DOFS.get(bone, ())
@@ -328,41 +329,13 @@ def pose_dofs_to_body_rotmats_np(dofs: np.ndarray, root_rotmat: Optional[np.ndar
   """NumPy float64 twin of `pose_dofs_to_body_rotmats` (data preparation)."""
   alignment = default_alignment() if alignment is None else alignment
   dofs = np.asarray(dofs, np.float64)
-  rot = motion_lib.euler_to_matrix_np(_dof_angles(dofs, np), "XYZ", extrinsic=True)
+  rot = rotations_np.euler_to_matrix_np(_dof_angles(dofs, np), "XYZ", extrinsic=True)
   local = np.einsum("jab,...jbc,jcd->...jad", alignment.left, rot, alignment.right)
   root = alignment.rotations[0]
   if root_rotmat is not None:
     root = np.asarray(root_rotmat, np.float64) @ root
   local[..., 0, :, :] = root
   return local
-
-
-def matrix_to_axis_angle_np(rot: np.ndarray) -> np.ndarray:
-  """[..., 3, 3] rotations -> [..., 3] axis-angle, angle in [0, pi] (NumPy float64).
-
-  Via the quaternion (largest-pivot extraction), accurate near 0 and pi; the same convention as
-  `flowpose.geometry.matrix_to_axis_angle`, without per-shape JAX compilation.
-  """
-  rot = np.asarray(rot, np.float64)
-  m = lambda i, k: rot[..., i, k]
-  trace = m(0, 0) + m(1, 1) + m(2, 2)
-  pivots = np.stack([1 + trace, 1 + 2 * m(0, 0) - trace, 1 + 2 * m(1, 1) - trace,
-                     1 + 2 * m(2, 2) - trace], -1)
-  candidates = np.stack([
-      np.stack([pivots[..., 0], m(2, 1) - m(1, 2), m(0, 2) - m(2, 0), m(1, 0) - m(0, 1)], -1),
-      np.stack([m(2, 1) - m(1, 2), pivots[..., 1], m(1, 0) + m(0, 1), m(0, 2) + m(2, 0)], -1),
-      np.stack([m(0, 2) - m(2, 0), m(1, 0) + m(0, 1), pivots[..., 2], m(1, 2) + m(2, 1)], -1),
-      np.stack([m(1, 0) - m(0, 1), m(2, 0) + m(0, 2), m(2, 1) + m(1, 2), pivots[..., 3]], -1),
-  ], -2)
-  best = np.argmax(pivots, -1)
-  quat = np.take_along_axis(candidates, best[..., None, None], -2)[..., 0, :]
-  quat /= np.linalg.norm(quat, axis=-1, keepdims=True)
-  quat = np.where(quat[..., :1] < 0, -quat, quat)  # w >= 0: angle in [0, pi].
-  sin_half = np.linalg.norm(quat[..., 1:], axis=-1, keepdims=True)
-  angle = 2 * np.arctan2(sin_half, quat[..., :1])
-  # angle / sin(angle / 2) -> 2 as the angle -> 0.
-  scale = np.where(sin_half > 1e-12, angle / np.maximum(sin_half, 1e-300), 2.0)
-  return quat[..., 1:] * scale
 
 
 def motion_to_body(motion: Motion, alignment: Optional[RestAlignment] = None) -> dict:
@@ -387,7 +360,8 @@ def motion_to_body(motion: Motion, alignment: Optional[RestAlignment] = None) ->
   rotmats = pose_dofs_to_body_rotmats_np(dofs, root, alignment)
   hips = positions[:, index[[BONES.index("lfemur"), BONES.index("rfemur")]]].mean(1)
   transl = hips - alignment.rest_joints[0] - rotmats[:, 0] @ alignment.hip_offset
-  return {"dofs": dofs, "rotmats": rotmats, "root_orient": matrix_to_axis_angle_np(rotmats[:, 0]),
+  return {"dofs": dofs, "rotmats": rotmats,
+          "root_orient": rotations_np.matrix_to_axis_angle_np(rotmats[:, 0]),
           "root_transl": transl}
 
 
@@ -424,77 +398,3 @@ def body_joints(rotmats: np.ndarray, transl: np.ndarray,
     shift = np.concatenate([shift, np.zeros((pad, 3), np.float32)])
     out.append(np.asarray(_fk_joints(chunk, shift, rest))[:batch - pad])
   return np.concatenate(out) if out else np.zeros((0, NUM_JOINTS, 3), np.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Verification.
-# ----------------------------------------------------------------------------------------------
-
-
-def cmu_rest_bone_vectors(skeleton) -> np.ndarray:
-  """[31, 3] rest bone vectors of the CMU skeleton (`BONES` order; root and absent: zero).
-
-  ASF: `direction * length`; BVH: the offset of the bone's first child (or its end site).
-  """
-  index = cmu_bone_index(skeleton)
-  out = np.zeros((NUM_JOINTS, 3))
-  for j, i in enumerate(index):
-    if j == 0 or i < 0:
-      continue
-    if skeleton.bone_directions is not None:
-      out[j] = skeleton.bone_directions[i] * skeleton.bone_lengths[i]
-    else:
-      kids = skeleton.children(int(i))
-      out[j] = skeleton.offsets[kids[0]] if kids else skeleton.end_sites.get(int(i), 0.0)
-  return out
-
-
-@jax.jit
-def _model_bone_directions(local: jax.Array, bone_vectors: jax.Array) -> jax.Array:
-  """[B, 31, 3, 3] model local rotations -> [B, 31, 3] unit posed bone directions."""
-  from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
-  fk = jax.vmap(lambda r: body_model.forward_kinematics(
-      PARENTS, r, jnp.zeros((NUM_JOINTS, 3), r.dtype))[0])
-  glob = fk(local)
-  vec = jnp.einsum("bjxy,jy->bjx", glob, bone_vectors)
-  return vec / jnp.linalg.norm(vec, axis=-1, keepdims=True)
-
-
-def bone_direction_errors(motion: Motion, alignment: Optional[RestAlignment] = None,
-                          batch: int = 4096, zero_uncaptured: bool = True) -> np.ndarray:
-  """Angle between each posed model bone and the CMU skeleton's own bone, every frame.
-
-  The model side goes through the chart like the dataset does (`motion_to_body`, then a jitted
-  FK in float32); the CMU side is the skeleton's own float64 FK (`Motion.local_rotations`), with
-  the uncaptured finger/thumb rotations zeroed when `zero_uncaptured` (else the raw values).
-
-  Args:
-    motion: ASF/AMC or CMU-skeleton BVH clip.
-    alignment: default `default_alignment()`.
-    batch: frames per jitted FK call (the last batch is padded, so one compilation).
-    zero_uncaptured: see above.
-
-  Returns:
-    [T, 31] degrees; the root column (no CMU bone) is NaN.
-  """
-  alignment = default_alignment() if alignment is None else alignment
-  body = motion_to_body(motion, alignment)
-  local = cmu_local_rotations(motion, zero_uncaptured)
-  glob = np.empty_like(local)
-  for j, p in enumerate(PARENTS):
-    glob[:, j] = local[:, j] if p < 0 else glob[:, p] @ local[:, j]
-  cmu = np.einsum("tjxy,jy->tjx", glob, cmu_rest_bone_vectors(motion.skeleton))
-  cmu /= np.maximum(np.linalg.norm(cmu, axis=-1, keepdims=True), 1e-12)
-  model_vectors = jnp.asarray(alignment.tails - alignment.rest_joints, jnp.float32)
-  out = np.empty(cmu.shape[:2])
-  for start in range(0, motion.num_frames, batch):
-    chunk = body["rotmats"][start:start + batch]
-    pad = batch - len(chunk)
-    chunk = np.concatenate([chunk, np.broadcast_to(np.eye(3), (pad,) + chunk.shape[1:])])
-    dirs = np.asarray(_model_bone_directions(jnp.asarray(chunk, jnp.float32), model_vectors),
-                      np.float64)[:batch - pad]
-    cos = np.sum(dirs * cmu[start:start + batch], axis=-1)
-    sin = np.linalg.norm(np.cross(dirs, cmu[start:start + batch]), axis=-1)
-    out[start:start + batch] = np.degrees(np.arctan2(sin, cos))
-  out[:, 0] = np.nan
-  return out
