@@ -115,8 +115,8 @@ def test_gradients_finite(motions):
 
   def loss(x):
     rot = retarget.pose_dofs_to_body_rotmats(x)
-    from flowpose.body import model as bm  # pylint: disable=g-import-not-at-top
-    pos = jax.vmap(lambda r: bm.forward_kinematics(retarget.PARENTS, r, rest)[1])(rot)
+    from flowpose.body import lbs  # pylint: disable=g-import-not-at-top
+    pos = jax.vmap(lambda r: lbs.forward_kinematics(retarget.PARENTS, r, rest)[1])(rot)
     return jnp.sum(pos ** 2)
 
   grad = jax.jit(jax.grad(loss))(dofs)

@@ -154,13 +154,14 @@ def default_alignment(method: str = "swing") -> RestAlignment:
   """The rest alignment of the default CC0 body model (built into the cache if missing)."""
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
+  from flowpose.body import model_io  # pylint: disable=g-import-not-at-top
   path = assets.ensure_body_model()
-  model = body_model.load_model(path)
+  model = model_io.load_model(path)
   names = tuple(cmu_skeleton.ASF_TO_MB[b] for b in BONES)
   if tuple(model.joint_names) != names or tuple(model.parents) != PARENTS:
     raise ValueError(f"{path}: body model joints {model.joint_names} are not the CMU bones")
   rest = np.asarray(body_model.regress_joints(model, jnp.zeros(model.num_betas)), np.float64)
-  tails = np.asarray(body_model.load_extras(path)["joint_tails"], np.float64)
+  tails = np.asarray(model_io.load_extras(path)["joint_tails"], np.float64)
   return rest_alignment(rest, tails, method)
 
 
@@ -368,8 +369,8 @@ def motion_to_body(motion: Motion, alignment: Optional[RestAlignment] = None) ->
 @jax.jit
 def _fk_joints(local: jax.Array, transl: jax.Array, rest_joints: jax.Array) -> jax.Array:
   """[B, 31, 3, 3] local rotations, [B, 3] transl -> [B, 31, 3] posed joints (float32)."""
-  from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
-  fk = jax.vmap(lambda r: body_model.forward_kinematics(PARENTS, r, rest_joints)[1])
+  from flowpose.body import lbs  # pylint: disable=g-import-not-at-top
+  fk = jax.vmap(lambda r: lbs.forward_kinematics(PARENTS, r, rest_joints)[1])
   return fk(local) + transl[:, None, :]
 
 

@@ -38,8 +38,8 @@ def cmu_rest_bone_vectors(skeleton) -> np.ndarray:
 @jax.jit
 def _model_bone_directions(local: jax.Array, bone_vectors: jax.Array) -> jax.Array:
   """[B, 31, 3, 3] model local rotations -> [B, 31, 3] unit posed bone directions."""
-  from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
-  fk = jax.vmap(lambda r: body_model.forward_kinematics(
+  from flowpose.body import lbs  # pylint: disable=g-import-not-at-top
+  fk = jax.vmap(lambda r: lbs.forward_kinematics(
       retarget.PARENTS, r, jnp.zeros((retarget.NUM_JOINTS, 3), r.dtype))[0])
   glob = fk(local)
   vec = jnp.einsum("bjxy,jy->bjx", glob, bone_vectors)
