@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import importlib.util
 import signal
 import sys
 
@@ -44,19 +45,34 @@ def _usage_error(message: str) -> None:
   sys.exit(2)
 
 
+def _load_config_file(argv):
+  """The config of `--config=path.py[:arg]` in `argv`, loaded again (None if unloadable)."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(":")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_launch_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def parse_flags(argv):
   """absl flag parsing; an unknown `--config.x.y` names the closest valid fields."""
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:
     # ml_collections raises a bare AttributeError for an override of a missing field.
-    config = flags.FLAGS["config"].value
+    config = _load_config_file(argv)
     for arg in argv[1:]:
       if arg.startswith("--config.") and config is not None:
         try:
           config_lib.check_override(config, arg[len("--config."):].split("=", 1)[0])
         except config_lib.ConfigError as error:
-          _usage_error(f"--{str(error)[len('config '):]}")
+          _usage_error(f"--config.{str(error)[len('config '):]}")
     _usage_error(f"bad --config override: {e}")
 
 

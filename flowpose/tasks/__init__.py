@@ -37,7 +37,6 @@ of training). Then `--config.task=<name>`; nothing in `flowpose/train` changes.
 
 import importlib
 import pkgutil
-import types
 from typing import Any, Dict
 
 REQUIRED = ("LOSS_TERMS", "validate_config", "init", "loss", "evaluate", "input_pipeline")
@@ -81,6 +80,13 @@ def get_task(name: str) -> Any:
   return task
 
 
-def namespace(**functions) -> types.SimpleNamespace:
+class _Namespace:
+  """Attributes from keywords; hashed by identity like a module (the trainer memoises on it)."""
+
+  def __init__(self, **attributes):
+    self.__dict__.update(attributes)
+
+
+def namespace(**attributes) -> Any:
   """A task object from keyword arguments (for tasks defined in tests)."""
-  return types.SimpleNamespace(**functions)
+  return _Namespace(**attributes)
