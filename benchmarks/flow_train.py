@@ -43,8 +43,13 @@ from flowpose.tasks import prior as prior_task
 from flowpose.train import trainer
 from experiments import prior_cmu
 
-_OUT = flags.DEFINE_string("out", None, "JSON results file.")
-_SECONDS = flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
+# Defined when run as a script only: benchmarks.data_pipeline imports this module.
+_FLAGS = {}
+
+
+def _define_flags():
+  _FLAGS["out"] = flags.DEFINE_string("out", None, "JSON results file.")
+  _FLAGS["seconds"] = flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
 
 TRAIN_BATCH = 512
 EVAL_BATCH = 4096
@@ -155,10 +160,10 @@ def run(seconds: float) -> dict:
 
 def main(argv):
   del argv
-  out = pathlib.Path(_OUT.value) if _OUT.value else None
+  out = pathlib.Path(_FLAGS["out"].value) if _FLAGS["out"].value else None
   if out:
     io_utils.require_output_path(out, "--out", is_dir=False)
-  result = run(_SECONDS.value)
+  result = run(_FLAGS["seconds"].value)
   rows = [("train flowpose (batch 512)", result["flowpose_samples_per_s"]),
           ("train normflows (batch 512)", result["normflows_samples_per_s"]),
           ("log_prob flowpose (batch 4096)", result["log_prob_per_s"]),
@@ -172,4 +177,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
