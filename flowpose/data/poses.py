@@ -156,8 +156,9 @@ def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int 
                    source["num_files"], data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, try_download_gcs=False))
-    io_utils.atomic_write(os.path.join(data_dir, FINGERPRINT_FILE),
-                          json.dumps(source, indent=1).encode())
+    record = os.path.join(data_dir, FINGERPRINT_FILE)
+    if not os.path.isfile(record):
+      io_utils.atomic_write(record, json.dumps(source, indent=1).encode())
   if process_count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"{name} prepared")
