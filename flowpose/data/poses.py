@@ -75,6 +75,11 @@ def _tf():
   return tf, tfds
 
 
+def _plain(tf, fn):
+  """`fn` traced as written: AutoGraph has nothing to convert (and warns on lambdas)."""
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 # ---------------------------------------------------------------------------
 # Prepared TFDS data, keyed by source.
 # ---------------------------------------------------------------------------
@@ -218,7 +223,7 @@ def examples(data_config: ml_collections.ConfigDict, split: str, dim: int,
   if builder.info.features["dofs"].shape[-1] != dim:
     raise ValueError(f"{builder.name} dofs have shape {builder.info.features['dofs'].shape}, "
                      f"expected [{dim}]")
-  return ds.map(lambda ex: ex["dofs"], num_parallel_calls=tf.data.AUTOTUNE), num
+  return ds.map(_plain(tf, lambda ex: ex["dofs"]), num_parallel_calls=tf.data.AUTOTUNE), num
 
 
 def _check_mirror(dim: int) -> None:
@@ -255,7 +260,8 @@ def epoch_batches(ds, num_examples: int, batch_size: int, seed: int, start_step:
     return ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False).batch(
         batch_size, drop_remainder=True)
 
-  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(one_epoch).skip(offset)
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(_plain(tf, one_epoch))
+  stream = stream.skip(offset)
   return stream.prefetch(tf.data.AUTOTUNE)
 
 
@@ -276,8 +282,12 @@ def train_batches(data_config: ml_collections.ConfigDict, dim: int, batch_size: 
   if data_config.get("augment_mirror", False):
     _check_mirror(dim)
     perm, signs = (tf.constant(a) for a in cmu_skeleton.mirror_permutation_and_signs())
-    # Each pose followed by its mirror image: the pair stays within one shuffle window.
-    ds = ds.map(lambda x: tf.stack([x, tf.gather(x, perm) * signs])).unbatch()
+    # Each pose followed by its mirror image (the pair stays within one shuffle window),
+    # mirrored a chunk at a time: per-example ops cost more than the arithmetic.
+    def mirror_pairs(x):  # [n, D] -> [2n, D]: x0, mirror(x0), x1, ...
+      pairs = tf.stack([x, tf.gather(x, perm, axis=1) * signs], axis=1)
+      return tf.reshape(pairs, [-1, dim])
+    ds = ds.batch(4096).map(_plain(tf, mirror_pairs)).unbatch()
     num *= 2
   return epoch_batches(ds, num, batch_size, process_seed(seed, process_index), start_step,
                        data_config.get("shuffle_buffer", DATA_DEFAULTS["shuffle_buffer"]))
@@ -292,7 +302,7 @@ def eval_dataset(data_config: ml_collections.ConfigDict, split: str, dim: int,
   """
   tf, _ = _tf()
   ds, num = examples(data_config, split, dim)
-  ds = ds.map(lambda x: {"poses": x, "weight": tf.constant(1.0)})
+  ds = ds.map(_plain(tf, lambda x: {"poses": x, "weight": tf.constant(1.0)}))
   pad = (-num) % batch_size
   if pad:
     ds = ds.concatenate(tf.data.Dataset.from_tensors(
@@ -346,11 +356,12 @@ def feature_batches(data_config: ml_collections.ConfigDict, split: str, batch_si
   index, count = jax.process_index(), jax.process_count()
   builder = prepared_builder(data_config, index, count)
   if features is None:
-    features = [k for k, v in builder.info.features.items() if v.dtype != tf.string]
+    features = [k for k, v in builder.info.features.items() if v.tf_dtype != tf.string]
   shard = tfds.even_splits(split, n=count, drop_remainder=True)[index]
   ds = builder.as_dataset(split=shard, shuffle_files=False)
   num = int(ds.cardinality())
-  ds = ds.map(lambda ex: {k: ex[k] for k in features}, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(_plain(tf, lambda ex: {k: ex[k] for k in features}),
+              num_parallel_calls=tf.data.AUTOTUNE)
   return epoch_batches(ds, num, batch_size, process_seed(seed, index), 0,
                        data_config.get("shuffle_buffer", DATA_DEFAULTS["shuffle_buffer"]))
 
