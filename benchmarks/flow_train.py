@@ -5,7 +5,7 @@ r"""Flow prior training throughput: flowpose (JAX) vs normflows (PyTorch CPU).
 The model is the default-sized prior (`experiments/prior_cmu.py`): D = 50, 8 blocks of
 actnorm + affine coupling (conditioner MLP 2 x 256, one network giving shift and log-scale)
 + a learned LU mixing layer. flowpose: kinematic masks, group-LU mixing, the trainer's own
-jitted step (`trainer.train_step`: NLL, backward, global-norm clipping, Adam, non-finite
+jitted step (`trainer.train_step` with the prior task's loss: NLL, backward, global-norm clipping, Adam, non-finite
 guard; state donated). normflows 1.7: the same blocks as `ActNorm`, `AffineCouplingBlock`
 (channel split 25/25, `MLP([25, 256, 256, 50])`) and `LULinearPermute(50)` with a diagonal
 Gaussian base, `forward_kld` + backward + `clip_grad_norm_` + `torch.optim.Adam`.
@@ -25,21 +25,31 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import argparse
 import functools
 import json
 import pathlib
 import platform
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
+from flowpose import io_utils
 from flowpose.data import poses as pose_data
+from flowpose.tasks import prior as prior_task
 from flowpose.train import trainer
 from experiments import prior_cmu
+
+# Defined when run as a script only: benchmarks.data_pipeline imports this module.
+_FLAGS = {}
+
+
+def _define_flags():
+  _FLAGS["out"] = flags.DEFINE_string("out", None, "JSON results file.")
+  _FLAGS["seconds"] = flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
 
 TRAIN_BATCH = 512
 EVAL_BATCH = 4096
@@ -55,17 +65,21 @@ def _timed(step, seconds: float, min_steps: int = 3) -> float:
   return count / (time.perf_counter() - start)
 
 
-def flowpose_programs(config, data: np.ndarray):
-  """Returns `(train_step_fn, log_prob_fn, sample_fn)`, each a blocking closure."""
-  prior = prior_lib.make_prior(config.flow)
-  tx, schedule = trainer.make_optimizer(config)
-  params = prior.init(jax.random.key(0), data[:4096])
+def flowpose_programs(config, data: np.ndarray, batch_size: int = TRAIN_BATCH):
+  """Returns `(train_step_fn, log_prob_fn, sample_fn)`, each a blocking closure.
+
+  The train step is the trainer's own (`trainer.train_step` with the prior task's loss and
+  the trainer's optimizer), jitted with the state donated as in `train_and_evaluate`.
+  """
+  prior = prior_task.make_prior(config)
+  tx, schedule = trainer.make_optimizer(config, prior_task.optimizer_labels)
+  params = jax.jit(functools.partial(prior_task.init, config))(jax.random.key(0), data[:4096])
   state = [trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))]
+  loss_fn = lambda p, b, r: prior_task.loss(p, b, r, config)
   step_fn = jax.jit(functools.partial(
-      trainer.train_step, prior=prior, tx=tx, schedule=schedule,
-      weights=dict(config.loss_weights), input_noise=0.0, rng=jax.random.key(1)),
+      trainer.train_step, loss_fn=loss_fn, tx=tx, schedule=schedule, rng=jax.random.key(1)),
                     donate_argnums=(0,))
-  batch = jnp.asarray(data[:TRAIN_BATCH])
+  batch = jnp.asarray(data[:batch_size])
 
   def train_step():
     state[0], metrics = step_fn(state[0], batch)
@@ -113,6 +127,7 @@ def normflows_program(config, data: np.ndarray):
 
 def run(seconds: float) -> dict:
   config = prior_cmu.get_config()
+  config.input_noise = 0.0  # As before the task split: the step without jitter.
   data = pose_data.synthetic_poses(8192, config.flow.event_dim, 0, "train")
   fp_train, fp_log_prob, fp_sample = flowpose_programs(config, data)
   nf_train, torch = normflows_program(config, data)
@@ -143,13 +158,12 @@ def run(seconds: float) -> dict:
   }
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
-  parser.add_argument("--out", type=pathlib.Path, default=None, help="JSON results file.")
-  parser.add_argument("--seconds", type=float, default=5.0,
-                      help="Timed seconds per measurement.")
-  args = parser.parse_args(argv)
-  result = run(args.seconds)
+def main(argv):
+  del argv
+  out = pathlib.Path(_FLAGS["out"].value) if _FLAGS["out"].value else None
+  if out:
+    io_utils.require_output_path(out, "--out", is_dir=False)
+  result = run(_FLAGS["seconds"].value)
   rows = [("train flowpose (batch 512)", result["flowpose_samples_per_s"]),
           ("train normflows (batch 512)", result["normflows_samples_per_s"]),
           ("log_prob flowpose (batch 4096)", result["log_prob_per_s"]),
@@ -158,12 +172,10 @@ def main(argv=None):
   for name, value in rows:
     print(f"{name:<34}{value:>14,.0f}")
   print(f"{'ratio flowpose / normflows':<34}{result['ratio']:>14.2f}")
-  if args.out:
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, args.out)
+  if out:
+    io_utils.atomic_write(out, json.dumps(result, indent=2).encode())
 
 
 if __name__ == "__main__":
-  main()
+  _define_flags()
+  app.run(main)

@@ -16,6 +16,8 @@ mkdir -p "$RUN_DIR"
 echo "[run] 1/4 body-model pictures -> $RUN_DIR/body"
 $PY -m launch.render_body --out_dir "$RUN_DIR/body"
 
+# Preempted (SIGTERM), launch.main checkpoints and exits 143: `set -e` stops here, before
+# evaluation; rerun the script to resume from the checkpoint.
 echo "[run] 2/4 training the flow prior (experiments/prior_cmu.py) -> $RUN_DIR/prior"
 FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config=experiments/prior_cmu.py \
   --workdir="$RUN_DIR/prior" --config.data.manual_dir="$CMU_DIR"

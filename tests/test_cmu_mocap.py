@@ -1,4 +1,4 @@
-"""Tests for the `cmu_mocap` TFDS builder and the tf.data -> numpy pipeline (small subset)."""
+"""Tests for the `cmu_mocap` TFDS builder and the pose loader reading it (small subset)."""
 
 import gzip
 import json
@@ -11,12 +11,13 @@ except ImportError:
   pass
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from flowpose import geometry
-from flowpose.data import pipeline
+from flowpose.data import poses
 from flowpose.data import retarget
 from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder as builder_lib
 from flowpose.data.tfds.cmu_mocap import splits
@@ -114,23 +115,42 @@ def test_window_config(manual_dir, tmp_path):
   assert np.all(np.diff(ex["frame"]) == 4)
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_numpy_batches_feed_jit(built, manual_dir, in_memory):
-  batches = pipeline.as_numpy_batches("train", built.data_dir_root, manual_dir, batch_size=16,
-                                      shuffle=True, seed=0, repeat=True, in_memory=in_memory)
+def _data_config(manual_dir, data_dir, **overrides):
+  config = poses.default_config()
+  config.update(manual_dir=str(manual_dir), data_dir=str(data_dir), **overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_config(manual_dir, tmp_path_factory):
+  return _data_config(manual_dir, tmp_path_factory.mktemp("tfds_keyed"))
+
+
+def test_feature_batches_feed_jit(data_config):
+  batches = poses.feature_batches(data_config, "train", batch_size=16).as_numpy_iterator()
 
   @jax.jit
   def step(batch):
     return jnp.mean(batch["dofs"]) + jnp.mean(batch["joints3d"])
 
-  first = [next(batches) for _ in range(8)]  # 86 examples: the repeat crosses an epoch.
+  first = [next(batches) for _ in range(8)]  # 86 examples: crosses an epoch.
   assert all(b["dofs"].shape == (16, 50) and b["rot6d"].shape == (16, 31, 6) for b in first)
   assert "clip" not in first[0]
   values = [float(step(b)) for b in first]
   assert np.all(np.isfinite(values))
-  again = pipeline.as_numpy_batches("train", built.data_dir_root, manual_dir, batch_size=16,
-                                    shuffle=True, seed=0, repeat=True, in_memory=in_memory)
+  again = poses.feature_batches(data_config, "train", batch_size=16).as_numpy_iterator()
   np.testing.assert_array_equal(next(again)["frame"], first[0]["frame"])  # Seeded.
+
+
+def test_training_stream_reads_the_built_dofs(data_config, built):
+  train = np.stack([e["dofs"] for e in _examples(built, "train")])  # 86 poses of 02_01.
+  np.testing.assert_array_equal(poses.read_split(data_config, "train", 50), train)
+  config = ml_collections.ConfigDict(data_config.to_dict())
+  config.augment_mirror = True
+  stream = poses.train_batches(config, 50, batch_size=43, seed=0).as_numpy_iterator()
+  epoch = np.concatenate([next(stream) for _ in range(4)])  # 2 x 86 poses, mirrored.
+  np.testing.assert_array_equal(
+      np.unique(epoch, axis=0), np.unique(poses.augment_train(config, train), axis=0))
 
 
 def _bad_manual_dir(cmu_dir, root):
@@ -153,6 +173,18 @@ def test_bad_files_fail_the_build_listing_all(cmu_dir, tmp_path):
   assert not (data_dir / "cmu_mocap" / "fps30" / "1.0.0").exists()
   assert not list(data_dir.rglob("dataset_info.json"))
   assert not list(data_dir.rglob("*.tfrecord*"))
+
+
+def test_skip_bad_files_from_the_config(cmu_dir, tmp_path):
+  """`config.data.skip_bad_files` reaches the builder (launch.main's path)."""
+  manual = _bad_manual_dir(cmu_dir, tmp_path / "manual")
+  config = _data_config(manual, tmp_path / "data")
+  with pytest.raises(MocapFormatError, match=r"--config\.data\.skip_bad_files=True"):
+    poses.read_split(config, "train", 50)
+  config.skip_bad_files = True
+  train = poses.read_split(config, "train", 50)
+  assert train.shape == (86, 50)  # 02_01 only.
+  assert list((tmp_path / "data").rglob("bad_files.json"))
 
 
 def test_skip_bad_files(cmu_dir, tmp_path):

@@ -23,6 +23,8 @@ import pytest
 from flowpose.prior import io as prior_io
 from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
 from flowpose.data import cmu_skeleton
+from flowpose import io_utils
+from flowpose.tasks import prior as prior_task
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
 from flowpose.data import poses as pose_data
@@ -56,14 +58,14 @@ class Killed(Exception):
 
 
 def patch_batches(monkeypatch, at_step, action):
-  """Makes `EpochBatches.batch(at_step)` call `action(batch)` (which may raise)."""
-  original = pose_data.EpochBatches.batch
+  """Makes the trainer's batch of step `at_step` go through `action(batch)` (which may raise)."""
+  original = trainer._train_batches  # pylint: disable=protected-access
 
-  def batch(self, step):
-    poses = original(self, step)
-    return action(poses) if step == at_step else poses
+  def batches(task, config, start_step):
+    for step, poses in enumerate(original(task, config, start_step), start_step):
+      yield action(poses) if step == at_step else poses
 
-  monkeypatch.setattr(pose_data.EpochBatches, "batch", batch)
+  monkeypatch.setattr(trainer, "_train_batches", batches)
 
 
 def assert_trees_equal(a, b):
@@ -71,9 +73,13 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_tiny_run_reduces_nll_and_exports(tmp_path):
+def test_tiny_run_reduces_nll_and_exports(tmp_path, caplog):
+  caplog.set_level("INFO")
   result = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
   assert result.step == 30 and not result.preempted
+  # The final line reports the final step's own evaluation.
+  assert result.eval_step == 30
+  assert f"Finished at step 30; eval at step 30: nll={result.eval_nll:.4f}" in caplog.text
   assert result.eval_nll < result.initial_eval_nll - 2.0, result
   assert np.isfinite(result.train_metrics["train/nll"])
   # The exported prior reproduces the trained params and the eval NLL.
@@ -142,6 +148,12 @@ def test_resume_after_kill_and_preemption_is_exact(tmp_path, monkeypatch):
     patch_batches(patch, 13, sigterm)
     preempted = trainer.train_and_evaluate(tiny_config(), str(tmp_path / "c"))
   assert preempted.preempted and preempted.step == 14
+  # The checkpoint of the preempted step is on disk (not just a returned step).
+  manager = checkpointing.create_manager(str(tmp_path / "c"), 10)
+  assert manager.latest_step() == 14
+  assert (tmp_path / "c" / checkpointing.CHECKPOINT_DIR / "14").is_dir()
+  # Its eval metrics say which step they belong to (the start), not the preempted one.
+  assert preempted.eval_step == 0
   resumed = trainer.train_and_evaluate(tiny_config(), str(tmp_path / "c"))
   assert_trees_equal(straight.params, resumed.params)
 
@@ -167,6 +179,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     ("data.num_train", 10, "data.num_train"),
     ("optimizer.warmup_steps", 30, "optimizer.warmup_steps"),
     ("optimizer.learning_rate", -1.0, "optimizer.learning_rate"),
+    ("data.skip_bad_files", "yes", "data.skip_bad_files"),
+    ("data.shuffle_buffer", 0, "data.shuffle_buffer"),
 ])
 def test_bad_config_raises_before_training(tmp_path, field, value, message):
   config = tiny_config(**{field: value})
@@ -182,6 +196,51 @@ def test_mirror_augmentation_needs_the_cmu_chart(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("section, key, closest", [
+    ("data", "agment_mirror", "data.augment_mirror"),
+    ("optimizer", "learning_rat", "optimizer.learning_rate"),
+    ("flow", "num_layer", "flow.num_layers"),
+    ("", "num_train_step", "num_train_steps"),
+])
+def test_unknown_config_key_names_the_closest(tmp_path, section, key, closest):
+  config = tiny_config()
+  (config[section] if section else config)[key] = 1
+  with pytest.raises(ValueError, match=rf"unknown field; did you mean .*{closest}"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_unknown_task_lists_the_valid_ones(tmp_path):
+  config = tiny_config()
+  config.task = "priorr"
+  with pytest.raises(ValueError, match=r"unknown task 'priorr'; valid tasks: \[.*'prior'"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("workdir", ["", "  "])
+def test_empty_workdir_is_refused(tmp_path, monkeypatch, workdir):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(io_utils.OutputPathError, match="--workdir"):
+    trainer.train_and_evaluate(tiny_config(), workdir)
+  assert not list(tmp_path.iterdir())  # Nothing trained into the current folder.
+
+
+def test_launcher_refuses_unknown_key_and_empty_workdir(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  base = [sys.executable, "-m", "launch.main",
+          "--config=experiments/prior_cmu.py:runlocal,synthetic"]
+  for args, expected in (
+      ([f"--workdir={tmp_path / 'w'}", "--config.flow.num_layer=3"], "flow.num_layers"),
+      (["--workdir="], "--workdir")):
+    proc = subprocess.run(base + args, cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("launch.main:") and expected in last, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
 def test_loss_weights_must_name_the_terms(tmp_path):
   config = tiny_config()
   config.loss_weights.nlll = 1.0
@@ -189,18 +248,35 @@ def test_loss_weights_must_name_the_terms(tmp_path):
     trainer.train_and_evaluate(config, str(tmp_path))
 
 
+def _first(ds, n):
+  return [np.asarray(b) for _, b in zip(range(n), ds.as_numpy_iterator())]
+
+
 def test_batches_are_a_function_of_seed_and_step():
-  data = np.arange(100, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)
-  batches = pose_data.EpochBatches(data, 16, seed=3)
-  again = pose_data.EpochBatches(data, 16, seed=3)
-  assert batches.steps_per_epoch == 6
-  # Random access (a resumed run) equals sequential reads.
-  np.testing.assert_array_equal(again.batch(13), batches.batch(13))
-  epoch = np.concatenate([batches.batch(s) for s in range(6)])[:, 0]
-  assert len(set(epoch)) == 96  # No repeats within an epoch.
-  assert not np.array_equal(batches.batch(0), batches.batch(6))
-  other_seed = pose_data.EpochBatches(data, 16, seed=4)
-  assert not np.array_equal(other_seed.batch(0), batches.batch(0))
+  config = tiny_config(**{"data.num_train": 100, "batch_size": 16})
+  batches = lambda seed, start: pose_data.train_batches(config.data, 3, 16, seed, start)
+  # 100 poses, 16 per batch: 6 steps per epoch, 4 poses left out per epoch.
+  sequential = _first(batches(3, 0), 14)
+  # Random access (a resumed run) equals sequential reads, also across an epoch boundary.
+  np.testing.assert_array_equal(_first(batches(3, 13), 1)[0], sequential[13])
+  np.testing.assert_array_equal(_first(batches(3, 5), 2)[1], sequential[6])
+  epoch = np.concatenate(sequential[:6])
+  assert len({tuple(row) for row in epoch}) == 96  # No repeats within an epoch.
+  assert not np.array_equal(sequential[0], sequential[6])  # Reshuffled per epoch.
+  assert not np.array_equal(_first(batches(4, 0), 1)[0], sequential[0])  # Seeded.
+  # Sharded per process: disjoint halves of the split.
+  shards = [np.concatenate(_first(pose_data.train_batches(config.data, 3, 8, 3, 0, p, 2), 6))
+            for p in range(2)]
+  assert not {tuple(r) for r in shards[0]} & {tuple(r) for r in shards[1]}
+
+
+def test_mirror_augmentation_streams_each_pose_and_its_mirror():
+  config = tiny_config(**{"data.num_train": 64, "batch_size": 32})
+  config.data.augment_mirror = True
+  poses = pose_data.synthetic_poses(64, 50, 0, "train")
+  epoch = np.concatenate(_first(pose_data.train_batches(config.data, 50, 32, 0), 4))
+  expected = np.concatenate([poses, cmu_skeleton.mirror_dofs(poses)])
+  np.testing.assert_array_equal(np.unique(epoch, axis=0), np.unique(expected, axis=0))
 
 
 def _launch(workdir, **overrides):
@@ -232,27 +308,32 @@ def _wait_for_checkpoint(proc, workdir, after_step, timeout=240):
 @pytest.mark.slow
 def test_sigterm_and_kill_9_of_the_launcher_then_resume_is_exact(tmp_path):
   """A real preemption (SIGTERM) and crash (SIGKILL) of `launch.main`."""
-  overrides = {"num_train_steps": 1000, "checkpoint_every": 20,
+  # 400 steps: long enough that the kill lands mid-run (asserted below), short enough
+  # that the two in-process runs stay cheap.
+  overrides = {"num_train_steps": 400, "checkpoint_every": 20,
                "log_every": 20, "optimizer.warmup_steps": 10}
   workdir = tmp_path / "killed"
   proc = _launch(workdir, **overrides)
   _wait_for_checkpoint(proc, workdir, 0)
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 0, stderr[-3000:]
+  # Non-zero (128 + SIGTERM) so that launch/run.sh stops instead of evaluating.
+  assert proc.returncode == 143, stderr[-3000:]
   assert "SIGTERM (preempted): saved checkpoint" in stderr
+  saved = re.search(r"saved checkpoint (\d+)", stderr).group(1)
+  assert (workdir / checkpointing.CHECKPOINT_DIR / saved).is_dir()
 
   proc = _launch(workdir, **overrides)
   step = _wait_for_checkpoint(proc, workdir, 40)
   proc.kill()
   proc.communicate(timeout=60)
   assert proc.returncode == -signal.SIGKILL
-  assert step < 1000
+  assert step < 400
 
   resumed = trainer.train_and_evaluate(tiny_config(**overrides), str(workdir))
   straight = trainer.train_and_evaluate(tiny_config(**overrides),
                                         str(tmp_path / "straight"))
-  assert resumed.step == straight.step == 1000
+  assert resumed.step == straight.step == 400
   assert_trees_equal(straight.params, resumed.params)
 
 
@@ -304,29 +385,64 @@ def test_tfds_source_reads_the_cmu_mocap_contract(tmp_path):
                           "data.data_dir": str(tmp_path / "tfds"),
                           "data.manual_dir": str(manual),
                           "data.augment_mirror": False})
-  data = pose_data.load_data(config.data, 50)
   np.testing.assert_array_equal(
-      np.sort(data.eval, 0),
+      np.sort(pose_data.read_split(config.data, "validation", 50), 0),
       np.sort(pose_data.synthetic_poses(128, 50, 0, "validation"), 0))
-  assert data.train.shape == (512, 50)
+  train = pose_data.synthetic_poses(512, 50, 0, "train")
+  epoch = np.concatenate(_first(prior_task.input_pipeline(config, "train", 0, 1), 16))
+  np.testing.assert_array_equal(np.unique(epoch, axis=0), np.unique(train, axis=0))
   config.data.augment_mirror = True
-  mirrored = pose_data.load_data(config.data, 50).train
-  assert mirrored.shape == (1024, 50)
-  np.testing.assert_array_equal(mirrored[512:], cmu_skeleton.mirror_dofs(mirrored[:512]))
+  mirrored = np.concatenate(_first(prior_task.input_pipeline(config, "train", 0, 1), 32))
+  expected = np.concatenate([train, cmu_skeleton.mirror_dofs(train)])
+  np.testing.assert_array_equal(np.unique(mirrored, axis=0), np.unique(expected, axis=0))
   config.data.augment_mirror = False
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert result.step == 30 and np.isfinite(result.eval_nll)
   config.data.fps = 25
   with pytest.raises(ValueError, match="data.fps"):
-    pose_data.load_data(config.data, 50)
+    pose_data.read_split(config.data, "train", 50)
+
+
+def _write_fake_source(folder, seed, num=512):
+  folder.mkdir(parents=True, exist_ok=True)
+  for split, n in (("train", num), ("validation", 128)):
+    np.save(folder / f"poses_{split}.npy", pose_data.synthetic_poses(n, 50, seed, split))
+  return folder
+
+
+def test_prepared_data_follow_the_source_folder(tmp_path):
+  """Issue 10 (1): another or a changed manual_dir must not reuse the old examples."""
+  _fake_cmu_builder()
+  config = tiny_config(**{"data.source": "tfds", "data.tfds_name": "fake_cmu_mocap",
+                          "data.data_dir": str(tmp_path / "tfds"),
+                          "data.augment_mirror": False})
+  config.data.manual_dir = str(_write_fake_source(tmp_path / "a", seed=1))
+  first = pose_data.read_split(config.data, "train", 50)
+  assert first.shape == (512, 50)
+  config.data.manual_dir = str(_write_fake_source(tmp_path / "b", seed=2, num=256))
+  other = pose_data.read_split(config.data, "train", 50)
+  np.testing.assert_array_equal(
+      np.sort(other, 0), np.sort(pose_data.synthetic_poses(256, 50, 2, "train"), 0))
+  # A file of the first folder rewritten in place: prepared anew, not reused.
+  changed = pose_data.synthetic_poses(300, 50, 3, "train")
+  np.save(tmp_path / "a" / "poses_train.npy", changed)
+  os.utime(tmp_path / "a" / "poses_train.npy", ns=(1, 1))
+  config.data.manual_dir = str(tmp_path / "a")
+  np.testing.assert_array_equal(np.sort(pose_data.read_split(config.data, "train", 50), 0),
+                                np.sort(changed, 0))
+  sources = sorted((tmp_path / "tfds" / "sources").iterdir())
+  assert len(sources) == 3
+  recorded = {json.loads((s / pose_data.FINGERPRINT_FILE).read_text())["manual_dir"]
+              for s in sources}
+  assert recorded == {str(tmp_path / "a"), str(tmp_path / "b")}
 
 
 def test_experiment_config_modes():
   default = prior_cmu.get_config()
   assert default.flow == prior_lib.default_flow_config()  # No drift.
   assert default.data.source == "tfds" and default.data.fps == 30
-  assert set(default.loss_weights) == set(config_lib.LOSS_TERMS)
-  config_lib.validate_config(default)
+  assert set(default.loss_weights) == set(prior_task.LOSS_TERMS)
+  assert config_lib.validate_config(default) is prior_task
   small = prior_cmu.get_config("runlocal")
   assert small.flow.num_layers < default.flow.num_layers
   assert small.data.source == "tfds"

@@ -1,116 +1,187 @@
-"""Pose data for training the prior: a `cmu_mocap` TFDS source and a synthetic one.
+"""The one pose loader: `cmu_mocap` TFDS (or a synthetic source) -> tf.data -> batches.
 
-Determinism. The training batch of step `s` is a pure function of
-`(seed, s)` (and of the process index on multi-host runs): each host holds its
-shard of the training poses as an in-memory array (`[N, D]` float32, 200
-bytes per pose: CMU at 30 fps fits easily) and `EpochBatches` reads batch `s`
-from a permutation drawn for epoch `s // steps_per_epoch` from
-`numpy.random.default_rng((seed, process_index, epoch))`. A resumed run thus
-replays exactly the batches of an uninterrupted one without checkpointing any
-iterator state: the step counter in the checkpoint is the iterator position.
+Training, evaluation (`flowpose.prior.evaluate`) and `benchmarks/data_pipeline.py` all read
+through `examples` below, so the benchmark measures what training consumes.
+
+    ds = train_batches(config.data, dim=50, batch_size=512, seed=0, start_step=s)
+    # element i of ds = the `[512, 50]` float32 DOF batch of training step s + i (infinite).
+
+Determinism (bit-exact resume after kill -9). The batch of step `s` is a pure function of
+`(seed, process_index, s)`: epoch `e` reads this process's shard of the split in file order
+(`shuffle_files=False`), shuffles it with a seed derived from `(seed, process_index, e)`
+(`reshuffle_each_iteration=False`, so the order does not depend on how often the pipeline was
+iterated before) and batches with `drop_remainder` (every epoch has the same number of steps).
+A run resumed at step `s` builds the stream from epoch `s // steps_per_epoch` and `skip`s the
+first `s % steps_per_epoch` batches of it, so it replays exactly the batches of an
+uninterrupted run without checkpointing any iterator state: the step counter in the checkpoint
+is the iterator position. (tf.data iterator checkpointing would also work but ties every
+checkpoint to the pipeline's graph; the skip costs at most one epoch of reading.) The shuffle
+buffer is `min(examples per epoch, data.shuffle_buffer)`: a full shuffle for CMU at 30 fps,
+a windowed one for bigger splits.
 
 Sources (`config.data.source`):
+* "tfds": the `cmu_mocap` builder (feature `dofs [50]`), prepared on first use from
+  `data.manual_dir`. Prepared data are keyed by their source: the builder writes into
+  `<data_dir>/sources/<fingerprint>/` where the fingerprint hashes the builder name, version,
+  `skip_bad_files` and every file under `manual_dir` (relative path, size, mtime), so another
+  or a changed folder is prepared anew instead of silently reusing old examples.
+  The training split is sharded over processes (`tfds.even_splits`, drop_remainder).
+* "synthetic": a fixed, correlated, non-Gaussian distribution (`synthetic_poses`).
 
-* "tfds": the `cmu_mocap` builder (`flowpose.data.tfds.cmu_mocap`), feature
-  `dofs [50]`. `download_and_prepare` reads the CMU files from
-  `config.data.manual_dir`. The training split is sharded over hosts with
-  `tfds.split_for_jax_process`; every host reads the whole validation split.
-* "synthetic": a fixed, correlated, non-Gaussian distribution of angle-like
-  vectors (see `synthetic_poses`), deterministic by `config.data.synthetic_seed`;
-  for tests and smoke runs.
+Augmentation in tf.data: `data.augment_mirror` puts the left-right mirror image of every
+training pose right after it (an epoch is then 2N poses). Chart conversion and input noise are
+done on device by the task (`flowpose.tasks.prior`).
 """
 
+import hashlib
+import json
 import os
-from typing import NamedTuple, Optional
+import pathlib
+from typing import Optional
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 
-from flowpose.prior import charts
+from flowpose import io_utils
 from flowpose.data import cmu_skeleton
 
 SOURCES = ("tfds", "synthetic")
+FINGERPRINT_FILE = "SOURCE.json"
+# Every `config.data` field and its default (`default_config`); unknown fields are refused.
+DATA_DEFAULTS = dict(
+    source="tfds", tfds_name="cmu_mocap", tfds_config="", fps=30, data_dir="", manual_dir="",
+    train_split="train", eval_split="validation", synthetic_seed=0, num_train=100_000,
+    num_eval=10_000, augment_mirror=False, skip_bad_files=False, shuffle_buffer=262_144)
 
 
-class PoseData(NamedTuple):
-  """Pose arrays for one host.
-
-  Attributes:
-    train: `[N, D]` float32, this host's training shard.
-    eval: `[M, D]` float32, the whole evaluation split.
-  """
-  train: np.ndarray
-  eval: np.ndarray
+def default_config() -> ml_collections.ConfigDict:
+  """A `config.data` with every field at its default (experiments override fields)."""
+  return ml_collections.ConfigDict(dict(DATA_DEFAULTS))
 
 
-# ---------------------------------------------------------------------------
-# Deterministic batches.
-# ---------------------------------------------------------------------------
+def _tf():
+  """`(tf, tfds)`, imported on first use (the synthetic path and numpy users need neither)."""
+  try:  # TFP (distrax) must be imported before TensorFlow (WORKSPACE.md import-order trap).
+    import distrax  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pass
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:  # TF must not grab accelerator memory that JAX needs.
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # Devices already initialised (hidden by an earlier call).
+  return tf, tfds
 
 
-class EpochBatches:
-  """Batch `s` = rows of `data` picked by a per-epoch permutation (a pure function of s).
-
-  The last `N mod batch_size` rows of each epoch's permutation are skipped
-  (drop_remainder); a different permutation each epoch drops different rows.
-  """
-
-  def __init__(self, data: np.ndarray, batch_size: int, seed: int,
-               process_index: int = 0):
-    """Args: data `[N, D]`; batch_size B (this host's); seed; process index."""
-    if data.shape[0] < batch_size:
-      raise ValueError(f"training data has {data.shape[0]} poses on this "
-                       f"host, fewer than one batch ({batch_size})")
-    self._data = data
-    self._batch_size = batch_size
-    self._seed = (int(seed), int(process_index))
-    self.steps_per_epoch = data.shape[0] // batch_size
-    self._epoch, self._perm = None, None
-
-  def indices(self, step: int) -> np.ndarray:
-    """`[B]` row indices of the batch of `step`."""
-    epoch, i = divmod(int(step), self.steps_per_epoch)
-    if epoch != self._epoch:  # Sequential reads draw one permutation per epoch.
-      rng = np.random.default_rng((*self._seed, epoch))
-      self._epoch, self._perm = epoch, rng.permutation(self._data.shape[0])
-    return self._perm[i * self._batch_size:(i + 1) * self._batch_size]
-
-  def batch(self, step: int) -> np.ndarray:
-    """`[B, D]` float32 poses of the batch of `step`."""
-    return self._data[self.indices(step)]
-
-
-def eval_batches(data: np.ndarray, batch_size: int):
-  """Yields `(poses [B, D], weights [B])`, the last batch zero-padded.
-
-  Fixed shapes keep the eval step compiled once; `weights` is 1 on real rows.
-  """
-  for start in range(0, data.shape[0], batch_size):
-    chunk = data[start:start + batch_size]
-    weights = np.ones(batch_size, np.float32)
-    if chunk.shape[0] < batch_size:
-      weights[chunk.shape[0]:] = 0.0
-      pad = np.zeros((batch_size - chunk.shape[0], data.shape[1]), data.dtype)
-      chunk = np.concatenate([chunk, pad])
-    yield chunk, weights
+def _plain(tf, fn):
+  """`fn` traced as written: AutoGraph has nothing to convert (and warns on lambdas)."""
+  return tf.autograph.experimental.do_not_convert(fn)
 
 
 # ---------------------------------------------------------------------------
-# Sources.
+# Prepared TFDS data, keyed by source.
+# ---------------------------------------------------------------------------
+
+
+def default_tfds_data_dir() -> str:
+  """`$FLOWPOSE_CACHE/tfds` (default `~/.cache/flowpose/tfds`)."""
+  cache = os.environ.get("FLOWPOSE_CACHE",
+                         os.path.join(os.path.expanduser("~"), ".cache", "flowpose"))
+  return os.path.join(cache, "tfds")
+
+
+def source_fingerprint(manual_dir, builder_id: str) -> dict:
+  """What the prepared data are a function of: `{"fingerprint": hex, ...}` (JSON-able).
+
+  Args:
+    manual_dir: the source folder; every regular file under it (hidden ones excepted) enters
+      with its relative path, size and mtime (stat follows symlinks).
+    builder_id: builder name, version and build options, e.g. "cmu_mocap/fps30/1.0.0/skip=0".
+  """
+  root = pathlib.Path(manual_dir).expanduser().absolute()
+  files = []
+  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for name in sorted(filenames):
+      if name.startswith("."):
+        continue
+      path = pathlib.Path(dirpath, name)
+      stat = path.stat()
+      files.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+  files.sort()
+  digest = hashlib.sha256(json.dumps([builder_id, files]).encode()).hexdigest()
+  return {"fingerprint": digest[:20], "builder": builder_id, "manual_dir": str(root),
+          "num_files": len(files), "total_bytes": sum(f[1] for f in files)}
+
+
+def _builder_name(data_config) -> str:
+  """`name/config` of the builder for `data.fps` (or `data.tfds_config` if set)."""
+  _, tfds = _tf()
+  if data_config.tfds_name == "cmu_mocap":  # Registers the builder.
+    from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
+  config_name = data_config.get("tfds_config", "")
+  if not config_name:
+    builder_cls = tfds.builder_cls(data_config.tfds_name)
+    candidates = [c.name for c in builder_cls.BUILDER_CONFIGS
+                  if getattr(c, "fps", None) == data_config.fps and not getattr(c, "window", 0)]
+    if not candidates:
+      names = [c.name for c in builder_cls.BUILDER_CONFIGS]
+      raise ValueError(f"config data.fps: no per-frame {data_config.tfds_name} config at "
+                       f"{data_config.fps} fps; configs are {names} (or set data.tfds_config)")
+    config_name = candidates[0]
+  return f"{data_config.tfds_name}/{config_name}"
+
+
+def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int = 0,
+                     process_count: int = 1):
+  """The TFDS builder of `data_config`, prepared from `data.manual_dir` (first use only).
+
+  The data live under `<data_dir>/sources/<fingerprint>/` (module docstring); a
+  `SOURCE.json` there records what they were prepared from. One process prepares, the others
+  wait for it.
+  """
+  _, tfds = _tf()
+  manual_dir = data_config.manual_dir
+  if not manual_dir or not os.path.isdir(manual_dir):
+    raise ValueError(f"config data.manual_dir: source folder {manual_dir!r} not found "
+                     "(set $FLOWPOSE_CMU_DIR or --config.data.manual_dir)")
+  name = _builder_name(data_config)
+  skip = bool(data_config.get("skip_bad_files", False))
+  kwargs = {"skip_bad_files": True} if skip else {}
+  version = tfds.builder_cls(data_config.tfds_name).VERSION
+  source = source_fingerprint(manual_dir, f"{name}/{version}/skip_bad_files={int(skip)}")
+  data_dir = os.path.join(data_config.get("data_dir", "") or default_tfds_data_dir(),
+                          "sources", source["fingerprint"])
+  if process_index == 0:
+    builder = tfds.builder(name, data_dir=data_dir, **kwargs)
+    if not builder.is_prepared():
+      logging.info("Preparing %s from %s (%d files) into %s.", name, source["manual_dir"],
+                   source["num_files"], data_dir)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False))
+    record = os.path.join(data_dir, FINGERPRINT_FILE)
+    if not os.path.isfile(record):
+      io_utils.atomic_write(record, json.dumps(source, indent=1).encode())
+  if process_count > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f"{name} prepared")
+  return tfds.builder(name, data_dir=data_dir, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Examples, training batches, evaluation batches.
 # ---------------------------------------------------------------------------
 
 
 def synthetic_poses(num: int, dim: int, seed: int, split: str) -> np.ndarray:
   """`[num, dim]` angle-like float32 vectors from a fixed random distribution.
 
-  The distribution (fixed by `seed`): 6 latent "motion modes" `u ~ N(0, I)`
-  drive every dim linearly and through a sine (non-Gaussian, curved
-  dependencies), plus per-dim noise; per-dim means in [-0.8, 0.8] rad,
-  spreads ~0.05-0.5 rad (far from the chart's cut at +-pi from the mean),
-  wrapped to (-pi, pi]. `split` ("train", "validation", ...)
-  picks an independent sample stream of the same distribution.
+  The distribution (fixed by `seed`): 6 latent "motion modes" `u ~ N(0, I)` drive every dim
+  linearly and through a sine (non-Gaussian, curved dependencies), plus per-dim noise; per-dim
+  means in [-0.8, 0.8] rad, spreads ~0.05-0.5 rad, wrapped to (-pi, pi]. `split` ("train",
+  "validation", ...) picks an independent sample stream of the same distribution.
   """
   dist = np.random.default_rng((seed, 0))
   modes = 6
@@ -127,127 +198,170 @@ def synthetic_poses(num: int, dim: int, seed: int, split: str) -> np.ndarray:
   return np.arctan2(np.sin(x), np.cos(x)).astype(np.float32)
 
 
-def tfds_builder(data_config: ml_collections.ConfigDict):
-  """The `cmu_mocap` builder for `data.fps` (or `data.tfds_config` if set)."""
-  # Imported here: TF is heavy and the synthetic path must not need it.
-  # distrax/TFP were imported first (flowpose.bijectors), as TF requires.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def examples(data_config: ml_collections.ConfigDict, split: str, dim: int,
+             process_index: int = 0, process_count: int = 1):
+  """This process's shard of `split` as a tf.data stream of `[dim]` float32 DOF vectors.
 
-  if data_config.tfds_name == "cmu_mocap":  # Registers the builder.
-    from flowpose.data.tfds.cmu_mocap import cmu_mocap_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
-  # TF must not grab GPU memory that JAX needs.
-  tf.config.set_visible_devices([], "GPU")
-  name = data_config.tfds_name
-  config_name = data_config.tfds_config
-  if not config_name:
-    config_name = _config_for_fps(tfds.builder_cls(name), data_config.fps)
-  data_dir = data_config.data_dir or default_tfds_data_dir()
-  return tfds.builder(f"{name}/{config_name}", data_dir=data_dir)
-
-
-def _config_for_fps(builder_cls, fps) -> str:
-  """Name of the per-frame builder config whose `fps` equals `fps`."""
-  candidates = [c for c in builder_cls.BUILDER_CONFIGS
-                if getattr(c, "fps", None) == fps
-                and not getattr(c, "window", None)]
-  if not candidates:
-    names = [c.name for c in builder_cls.BUILDER_CONFIGS]
-    raise ValueError(f"config data.fps: no per-frame cmu_mocap config at "
-                     f"{fps} fps; configs are {names} (or set data.tfds_config)")
-  return candidates[0].name
+  Returns:
+    `(dataset, num_examples)`; file order, not shuffled, not augmented.
+  """
+  tf, tfds = _tf()
+  if data_config.source == "synthetic":
+    is_train = split in (data_config.train_split, "train")
+    num = data_config.num_train if is_train else data_config.num_eval
+    shard = num // process_count  # Contiguous equal shards, as tfds.even_splits.
+    poses = synthetic_poses(num, dim, data_config.synthetic_seed, split)
+    poses = poses[process_index * shard:(process_index + 1) * shard]
+    return tf.data.Dataset.from_tensor_slices(poses), int(poses.shape[0])
+  builder = prepared_builder(data_config, process_index, process_count)
+  shard = tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
+  ds = builder.as_dataset(split=shard, shuffle_files=False)
+  num = int(ds.cardinality())
+  if num <= 0:
+    raise ValueError(f"{builder.name} split {split!r} (process {process_index} of "
+                     f"{process_count}) is empty; source: {data_config.manual_dir}")
+  if builder.info.features["dofs"].shape[-1] != dim:
+    raise ValueError(f"{builder.name} dofs have shape {builder.info.features['dofs'].shape}, "
+                     f"expected [{dim}]")
+  return ds.map(_plain(tf, lambda ex: ex["dofs"]), num_parallel_calls=tf.data.AUTOTUNE), num
 
 
-def default_tfds_data_dir() -> str:
-  """`$FLOWPOSE_CACHE/tfds` (default `~/.cache/flowpose/tfds`)."""
-  cache = os.environ.get("FLOWPOSE_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache",
-                                      "flowpose"))
-  return os.path.join(cache, "tfds")
+def _check_mirror(dim: int) -> None:
+  if dim != cmu_skeleton.NUM_POSE_DOFS:
+    raise ValueError(f"config data.augment_mirror needs the {cmu_skeleton.NUM_POSE_DOFS}-DOF "
+                     f"CMU pose chart, got poses of {dim} DOFs")
 
 
-def read_tfds_split(builder, split) -> np.ndarray:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  ds = ds.map(lambda ex: ex["dofs"]).batch(65536).prefetch(2)
-  chunks = list(tfds.as_numpy(ds))
-  if not chunks:
-    raise ValueError(f"cmu_mocap split {split!r} is empty")
-  return np.concatenate(chunks).astype(np.float32)
+def epoch_batches(ds, num_examples: int, batch_size: int, seed: int, start_step: int = 0,
+                  shuffle_buffer: Optional[int] = None):
+  """Infinite stream of batches; element `i` is the batch of step `start_step + i`.
+
+  Any task can use it on its own example stream (module docstring: determinism).
+
+  Args:
+    ds: a finite dataset of examples in a fixed order, `num_examples` long.
+    num_examples: examples per epoch.
+    batch_size: examples per batch (this process's).
+    seed: shuffle seed for this process (fold the process index in).
+    start_step: the step of the first batch.
+    shuffle_buffer: buffer size (default and maximum: `num_examples`, a full shuffle).
+  """
+  tf, _ = _tf()
+  steps_per_epoch = num_examples // batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f"training data has {num_examples} examples on this process, fewer than "
+                     f"one batch ({batch_size})")
+  first_epoch, offset = divmod(int(start_step), steps_per_epoch)
+  buffer = min(num_examples, shuffle_buffer or num_examples)
+  base_seed = int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF]).generate_state(1)[0])
+
+  def one_epoch(epoch):
+    epoch_seed = tf.constant(base_seed, tf.int64) * 1_000_003 + epoch
+    return ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False).batch(
+        batch_size, drop_remainder=True)
+
+  stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(_plain(tf, one_epoch))
+  stream = stream.skip(offset)
+  return stream.prefetch(tf.data.AUTOTUNE)
 
 
-def load_tfds(data_config: ml_collections.ConfigDict) -> PoseData:
-  """Prepares (first run only) and reads the `cmu_mocap` dofs into memory."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds_builder(data_config)
-  manual_dir = data_config.manual_dir
-  if not os.path.isdir(manual_dir):
-    raise ValueError(f"config data.manual_dir: CMU folder {manual_dir!r} "
-                     "not found (set $FLOWPOSE_CMU_DIR)")
-  # One host prepares (the files are shared), the others wait for it.
-  if jax.process_index() == 0:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("cmu_mocap prepared")
-    builder = tfds_builder(data_config)  # Re-read the prepared dataset info.
-  train_split = tfds.split_for_jax_process(data_config.train_split,
-                                           drop_remainder=True)
-  return PoseData(train=read_tfds_split(builder, train_split),
-                  eval=read_tfds_split(builder, data_config.eval_split))
+def process_seed(seed: int, process_index: int) -> int:
+  """Per-process data seed: `seed` folded with the process index (clu deterministic_data)."""
+  return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
 
 
-def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> np.ndarray:
-  """The training poses the prior (and the baselines) are fitted on: `train [N, D]`, plus its
-  left-right mirror images when `data.augment_mirror` (`[2N, D]`, CMU pose chart only)."""
-  if not data_config.get("augment_mirror", False):
-    return train
-  if train.shape[-1] != cmu_skeleton.NUM_POSE_DOFS:
-    raise ValueError(f"config data.augment_mirror needs the {cmu_skeleton.NUM_POSE_DOFS}-DOF CMU "
-                     f"pose chart, got poses of shape {train.shape}")
-  return np.concatenate([train, cmu_skeleton.mirror_dofs(train)])
+def train_batches(data_config: ml_collections.ConfigDict, dim: int, batch_size: int,
+                  seed: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1):
+  """Training batches `[batch_size, dim]` float32 DOFs (this process's), mirrored if asked.
+
+  Element `i` is the batch of step `start_step + i` (see `epoch_batches`).
+  """
+  tf, _ = _tf()
+  ds, num = examples(data_config, data_config.train_split, dim, process_index, process_count)
+  if data_config.get("augment_mirror", False):
+    _check_mirror(dim)
+    perm, signs = (tf.constant(a) for a in cmu_skeleton.mirror_permutation_and_signs())
+    # Each pose followed by its mirror image (the pair stays within one shuffle window),
+    # mirrored a chunk at a time: per-example ops cost more than the arithmetic.
+    def mirror_pairs(x):  # [n, D] -> [2n, D]: x0, mirror(x0), x1, ...
+      pairs = tf.stack([x, tf.gather(x, perm, axis=1) * signs], axis=1)
+      return tf.reshape(pairs, [-1, dim])
+    ds = ds.batch(4096).map(_plain(tf, mirror_pairs)).unbatch()
+    num *= 2
+  return epoch_batches(ds, num, batch_size, process_seed(seed, process_index), start_step,
+                       data_config.get("shuffle_buffer", DATA_DEFAULTS["shuffle_buffer"]))
 
 
-def load_data(data_config: ml_collections.ConfigDict, event_dim: int,
-              process_index: Optional[int] = None, chart: str = "euler_dofs") -> PoseData:
-  """Reads this host's pose arrays for `config.data`, in the prior's `chart` (flowpose.prior.charts):
-  `[N, event_dim]` DOF angles, or per-bone axis-angle vectors for `chart="axis_angle"`."""
-  # Data are DOF angles; a non-Euler chart converts the 50 CMU DOFs after augmentation.
-  dofs_dim = event_dim if chart == "euler_dofs" else cmu_skeleton.NUM_POSE_DOFS
-  if data_config.source == "tfds":
-    data = load_tfds(data_config)
-  else:
-    process_index = (jax.process_index() if process_index is None
-                     else process_index)
-    train = synthetic_poses(data_config.num_train, dofs_dim,
-                            data_config.synthetic_seed, "train")
-    # Same sharding rule as split_for_jax_process: contiguous equal shards.
-    shard = data_config.num_train // jax.process_count()
-    train = train[process_index * shard:(process_index + 1) * shard]
-    data = PoseData(train, synthetic_poses(data_config.num_eval, dofs_dim,
-                                           data_config.synthetic_seed,
-                                           "validation"))
-  for name, array in data._asdict().items():
-    if array.ndim != 2 or array.shape[1] != dofs_dim:
-      raise ValueError(f"{data_config.source} {name} poses have shape "
-                       f"{array.shape}, expected [N, {dofs_dim}]")
-  data = data._replace(train=augment_train(data_config, data.train))
-  if chart != "euler_dofs":
-    data = PoseData(*(charts.from_dofs_np(chart, array) for array in data))
-  logging.info("Pose data (%s): %d train poses on this host, %d eval poses.",
-               data_config.source, data.train.shape[0], data.eval.shape[0])
-  return data
+def eval_dataset(data_config: ml_collections.ConfigDict, split: str, dim: int,
+                 batch_size: int):
+  """`{"poses": [B, dim], "weight": [B]}` batches of the whole split (every process the same).
+
+  The last batch is zero-padded to `batch_size` (weight 0), so shapes stay fixed and the eval
+  step compiles once.
+  """
+  tf, _ = _tf()
+  ds, num = examples(data_config, split, dim)
+  ds = ds.map(_plain(tf, lambda x: {"poses": x, "weight": tf.constant(1.0)}))
+  pad = (-num) % batch_size
+  if pad:
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(
+        {"poses": tf.zeros([dim], tf.float32), "weight": tf.constant(0.0)}).repeat(pad))
+  return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def read_split(data_config: ml_collections.ConfigDict, split: str, dim: int) -> np.ndarray:
-  """`[N, dim]` float32 DOFs of `split` of `data_config`'s source (all hosts read the whole split)."""
-  if data_config.source == "synthetic":
-    train = split == data_config.train_split or split == "train"
-    num = data_config.num_train if train else data_config.num_eval
-    return synthetic_poses(num, dim, data_config.synthetic_seed, split)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds_builder(data_config)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=data_config.manual_dir, try_download_gcs=False))
-  return read_tfds_split(builder, split)
+  """`[N, dim]` float32 DOFs of the whole `split` (the training reader, not augmented)."""
+  _, tfds = _tf()
+  ds, _ = examples(data_config, split, dim)
+  chunks = list(tfds.as_numpy(ds.batch(65536)))
+  if not chunks:
+    raise ValueError(f"{data_config.source} split {split!r} is empty")
+  return np.concatenate(chunks).astype(np.float32)
+
+
+def augment_train(data_config: ml_collections.ConfigDict, train: np.ndarray) -> np.ndarray:
+  """`train [N, D]` plus its mirror images when `data.augment_mirror` (`[2N, D]`).
+
+  The same poses the trainer's stream holds per epoch (in another order); the baselines are
+  fitted on them.
+  """
+  if not data_config.get("augment_mirror", False):
+    return train
+  _check_mirror(train.shape[-1])
+  return np.concatenate([train, cmu_skeleton.mirror_dofs(train)])
+
+
+def eval_batches(data: np.ndarray, batch_size: int):
+  """Yields `(poses [B, D], weights [B])` of a NumPy array, the last batch zero-padded."""
+  for start in range(0, data.shape[0], batch_size):
+    chunk = data[start:start + batch_size]
+    weights = np.ones(batch_size, np.float32)
+    if chunk.shape[0] < batch_size:
+      weights[chunk.shape[0]:] = 0.0
+      pad = np.zeros((batch_size - chunk.shape[0], data.shape[1]), data.dtype)
+      chunk = np.concatenate([chunk, pad])
+    yield chunk, weights
+
+
+def feature_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int,
+                    seed: int = 0, features=None):
+  """Infinite shuffled batches of every numeric feature of the builder (dicts of arrays).
+
+  For tasks that need more than `dofs` (`rot6d [31, 6]`, `joints3d [31, 3]`, ...); same
+  preparation, sharding (this process) and epoch rule as `train_batches`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  tf, tfds = _tf()
+  index, count = jax.process_index(), jax.process_count()
+  builder = prepared_builder(data_config, index, count)
+  if features is None:
+    features = [k for k, v in builder.info.features.items() if v.tf_dtype != tf.string]
+  shard = tfds.even_splits(split, n=count, drop_remainder=True)[index]
+  ds = builder.as_dataset(split=shard, shuffle_files=False)
+  num = int(ds.cardinality())
+  ds = ds.map(_plain(tf, lambda ex: {k: ex[k] for k in features}),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  return epoch_batches(ds, num, batch_size, process_seed(seed, index), 0,
+                       data_config.get("shuffle_buffer", DATA_DEFAULTS["shuffle_buffer"]))
+

@@ -1,109 +1,137 @@
-"""Validation of the prior-training config (`experiments/prior_cmu.py` documents the fields).
+"""Validation of the generic training config; each task validates its own fields.
 
-`validate_config` runs before anything is built or written, so a typo in a
-command-line override (`--config.flow.coupling=afine`) fails in seconds with
-a ValueError naming the field, not after data preparation or compilation.
+`validate_config` runs before anything is built or written, so a typo in a command-line
+override (`--config.optimizer.learning_rat=1e-3`, `--config.flow.coupling=afine`) fails in
+seconds with a ValueError naming the field (and, for an unknown field, the closest valid
+ones), not after data preparation or compilation.
+
+Generic fields (every task): `task` (default "prior"), `seed`, `num_train_steps`,
+`batch_size`, `eval_batch_size`, `init_examples`, `log_every`, `eval_every`,
+`checkpoint_every`, `keep_checkpoints`, `optimizer.{learning_rate, warmup_steps,
+end_lr_factor, grad_clip_norm}`, `loss_weights` (exactly the task's `LOSS_TERMS`) and `data`
+(its fields are the task's). The task adds its own top-level fields (`CONFIG_FIELDS`).
 """
 
+import difflib
 import math
 import numbers
+from typing import Iterable
 
 import jax
 import ml_collections
 
-from flowpose.data import cmu_skeleton
-from flowpose.prior import flow as prior_lib
-from flowpose.data import poses as pose_data
+from flowpose import tasks
 
-# Names of the loss terms the trainer computes; `config.loss_weights` must
-# give each a weight (0.0 switches a term off but keeps it logged).
-LOSS_TERMS = ("nll", "weight_l2")
-
-
-def _fail(field: str, expected: str, value) -> None:
-  raise ValueError(f"config {field}: expected {expected}, got {value!r}")
+GENERIC_FIELDS = ("task", "seed", "num_train_steps", "batch_size", "eval_batch_size",
+                  "init_examples", "log_every", "eval_every", "checkpoint_every",
+                  "keep_checkpoints", "optimizer", "loss_weights", "data")
+OPTIMIZER_FIELDS = ("learning_rate", "warmup_steps", "end_lr_factor", "grad_clip_norm")
+DEFAULT_TASK = "prior"
 
 
-def _positive_int(config, field: str) -> int:
+class ConfigError(ValueError):
+  """A config field is missing, unknown or has a bad value (the message names it)."""
+
+
+def fail(field: str, expected: str, value) -> None:
+  raise ConfigError(f"config {field}: expected {expected}, got {value!r}")
+
+
+def unknown_key_message(field: str, valid: Iterable[str]) -> str:
+  """`config a.b.c: unknown field; closest valid: ...` (difflib on the last name)."""
+  valid = sorted(valid)
+  *parents, name = field.split(".")
+  prefix = ".".join(parents) + "." if parents else ""
+  close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+  hint = (f"did you mean {', '.join(prefix + c for c in close)}?" if close
+          else f"valid fields of {prefix.rstrip('.') or 'config'}: {', '.join(valid)}")
+  return f"config {field}: unknown field; {hint}"
+
+
+def check_keys(section, path: str, valid: Iterable[str]) -> None:
+  """Raises ConfigError for the first key of `section` not in `valid` (`path`: its name)."""
+  valid = tuple(valid)
+  for key in section.keys():
+    if key not in valid:
+      raise ConfigError(unknown_key_message(f"{path}.{key}" if path else key, valid))
+
+
+def check_override(config, dotted: str) -> None:
+  """Raises ConfigError if the dotted field (`flow.num_layers`) does not exist in `config`."""
+  node, done = config, []
+  for key in dotted.split("."):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or key not in node:
+      valid = node.keys() if isinstance(node, (ml_collections.ConfigDict, dict)) else ()
+      raise ConfigError(unknown_key_message(".".join(done + [key]), valid))
+    node, done = node[key], done + [key]
+
+
+def positive_int(config, field: str, prefix: str = "", minimum: int = 1) -> int:
+  """`config[field]` checked to be an int >= `minimum` (`prefix` + `field` names it)."""
   value = config
   for key in field.split("."):
     if key not in value:
-      raise ValueError(f"config {field}: missing")
+      raise ConfigError(f"config {prefix}{field}: missing")
     value = value[key]
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    _fail(field, "a positive int", value)
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    fail(prefix + field, "a positive int" if minimum == 1 else f"an int >= {minimum}", value)
   return value
 
 
-def _number(value) -> bool:
+def number(value) -> bool:
+  """A finite real number (not a bool)."""
   return (isinstance(value, numbers.Real) and not isinstance(value, bool)
           and math.isfinite(value))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first invalid field of a prior config."""
-  for section in ("flow", "data", "optimizer", "loss_weights"):
+def task_name(config) -> str:
+  """`config.task`, "prior" when the config has no such field."""
+  return config.get("task", DEFAULT_TASK)
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Raises ValueError naming the first invalid field; returns the task module."""
+  task = tasks.get_task(task_name(config))
+  check_keys(config, "", GENERIC_FIELDS + tuple(getattr(task, "CONFIG_FIELDS", ())))
+  for section in ("data", "optimizer", "loss_weights"):
     if section not in config:
-      raise ValueError(f"config {section}: missing section")
-  prior_lib.validate_flow_config(config.flow)
+      raise ConfigError(f"config {section}: missing section")
 
   # Sizes and intervals.
-  for field in ("num_train_steps", "batch_size", "eval_batch_size",
-                "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints", "init_examples"):
-    _positive_int(config, field)
-  if not isinstance(config.seed, int):
-    _fail("seed", "an int", config.seed)
-  devices = jax.device_count()
+  for field in ("num_train_steps", "batch_size", "eval_batch_size", "log_every",
+                "eval_every", "checkpoint_every", "keep_checkpoints", "init_examples"):
+    positive_int(config, field)
+  if "seed" not in config or isinstance(config.seed, bool) or not isinstance(config.seed, int):
+    fail("seed", "an int", config.get("seed"))
+  devices, processes = jax.device_count(), jax.process_count()
   for field in ("batch_size", "eval_batch_size"):
-    if config[field] % devices:
-      _fail(field, f"a multiple of the {devices} devices", config[field])
-  if config.init_examples < 2:
-    _fail("init_examples", "an int >= 2", config.init_examples)
-  if not _number(config.input_noise) or config.input_noise < 0:
-    _fail("input_noise", "a float >= 0 (radians)", config.input_noise)
+    if config[field] % devices or config[field] % processes:
+      fail(field, f"a multiple of the {devices} devices", config[field])
 
   # Optimizer.
   opt = config.optimizer
-  if not _number(opt.learning_rate) or opt.learning_rate <= 0:
-    _fail("optimizer.learning_rate", "a positive float", opt.learning_rate)
-  if (not isinstance(opt.warmup_steps, int) or opt.warmup_steps < 0
-      or opt.warmup_steps >= config.num_train_steps):
-    _fail("optimizer.warmup_steps",
-          f"an int in [0, num_train_steps={config.num_train_steps})",
-          opt.warmup_steps)
-  if not _number(opt.end_lr_factor) or not 0 <= opt.end_lr_factor <= 1:
-    _fail("optimizer.end_lr_factor", "a float in [0, 1]", opt.end_lr_factor)
-  if not _number(opt.grad_clip_norm) or opt.grad_clip_norm <= 0:
-    _fail("optimizer.grad_clip_norm", "a positive float", opt.grad_clip_norm)
+  check_keys(opt, "optimizer", OPTIMIZER_FIELDS)
+  for field in OPTIMIZER_FIELDS:
+    if field not in opt:
+      raise ConfigError(f"config optimizer.{field}: missing")
+  if not number(opt.learning_rate) or opt.learning_rate <= 0:
+    fail("optimizer.learning_rate", "a positive float", opt.learning_rate)
+  if (isinstance(opt.warmup_steps, bool) or not isinstance(opt.warmup_steps, int)
+      or not 0 <= opt.warmup_steps < config.num_train_steps):
+    fail("optimizer.warmup_steps",
+         f"an int in [0, num_train_steps={config.num_train_steps})", opt.warmup_steps)
+  if not number(opt.end_lr_factor) or not 0 <= opt.end_lr_factor <= 1:
+    fail("optimizer.end_lr_factor", "a float in [0, 1]", opt.end_lr_factor)
+  if not number(opt.grad_clip_norm) or opt.grad_clip_norm <= 0:
+    fail("optimizer.grad_clip_norm", "a positive float", opt.grad_clip_norm)
 
-  # Loss weights: exactly the trainer's terms, finite and >= 0.
+  # Loss weights: exactly the task's terms, finite and >= 0.
   weights = dict(config.loss_weights)
-  if set(weights) != set(LOSS_TERMS):
-    _fail("loss_weights", f"weights for exactly {list(LOSS_TERMS)}",
-          sorted(weights))
+  if set(weights) != set(task.LOSS_TERMS):
+    fail("loss_weights", f"weights for exactly {list(task.LOSS_TERMS)}", sorted(weights))
   for name, weight in weights.items():
-    if not _number(weight) or weight < 0:
-      _fail(f"loss_weights.{name}", "a finite float >= 0", weight)
+    if not number(weight) or weight < 0:
+      fail(f"loss_weights.{name}", "a finite float >= 0", weight)
 
-  # Data.
-  data = config.data
-  if data.source not in pose_data.SOURCES:
-    _fail("data.source", f"one of {pose_data.SOURCES}", data.source)
-  mirror = data.get("augment_mirror", False)
-  if not isinstance(mirror, bool):
-    _fail("data.augment_mirror", "a bool", mirror)
-  if (mirror and config.flow.chart == "euler_dofs"
-      and config.flow.event_dim != cmu_skeleton.NUM_POSE_DOFS):
-    _fail("data.augment_mirror", f"False unless flow.event_dim is the "
-          f"{cmu_skeleton.NUM_POSE_DOFS}-DOF CMU chart", mirror)
-  if data.source == "synthetic":
-    if _positive_int(config, "data.num_train") < config.batch_size:
-      _fail("data.num_train", f">= batch_size={config.batch_size}",
-            data.num_train)
-    _positive_int(config, "data.num_eval")
-  else:
-    for field in ("tfds_name", "manual_dir", "train_split", "eval_split"):
-      if not isinstance(data[field], str) or not data[field]:
-        _fail(f"data.{field}", "a non-empty string", data[field])
-    _positive_int(config, "data.fps")
+  task.validate_config(config)
+  return task

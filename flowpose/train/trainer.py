@@ -1,23 +1,29 @@
-"""Trains the flow pose prior by maximum likelihood: `train_and_evaluate(config, workdir)`.
+"""The one trainer: `train_and_evaluate(config, workdir)` for every task (`config.task`).
 
-One jitted step over a 1-D device mesh ("data"): the batch is sharded over
-devices, params and optimizer state replicated, the state donated. The loss is
-the mean negative log-likelihood (nats per pose) plus any extra terms, composed
-by `flowpose.losses.weighted_sum` with `config.loss_weights`.
+The task (`flowpose.tasks.<config.task>`, default "prior") supplies init, loss, evaluation and
+its tf.data input pipeline; this module owns the rest: one jitted step over a 1-D device mesh
+("data": the batch sharded over devices, params and optimizer state replicated, the state
+donated), the optimizer (Adam + warmup-cosine + global-norm clipping; parameters the task
+labels "frozen" untouched), orbax checkpoints, clu metric writers with
+`ReportProgress` (steps/s, ETA), preemption and the NaN guard.
 
 Fault tolerance:
-* Resume: on start the newest checkpoint in `workdir/checkpoints` is restored
-  (fixed order: workdir checkpoint, else fresh data-dependent init). Batches
-  are a pure function of `(seed, step)` (see `input_pipeline`), so a resumed
-  run ends with exactly the parameters of an uninterrupted one.
-* Preemption: SIGTERM sets a flag; the loop then writes a checkpoint of the
-  current step and returns normally.
-* Divergence: a step whose loss or gradient is not finite leaves the state
-  unchanged (on device, so a NaN state can never be saved) and the loop stops
-  with `NonFiniteLossError` naming the step; the last checkpoint is kept.
+* Resume: on start the newest checkpoint in `workdir/checkpoints` is restored (fixed order:
+  workdir checkpoint, else fresh data-dependent init). The task's training stream starts at
+  the restored step and its batch of step `s` is a pure function of `(seed, s)`
+  (`flowpose.data.poses`), so a resumed run ends with exactly the parameters of an
+  uninterrupted one.
+* Preemption: SIGTERM sets a flag; the loop then writes a checkpoint of the current step and
+  returns with `preempted=True` (`launch/main.py` then exits with 143).
+* Divergence: a step whose loss or gradient is not finite leaves the state unchanged (on
+  device, so a NaN state can never be saved) and the loop stops with `NonFiniteLossError`
+  naming the step; the last checkpoint is kept.
 """
 
+import contextlib
 import functools
+import math
+import os
 import signal
 import threading
 from typing import Any, NamedTuple, Optional
@@ -30,16 +36,19 @@ import ml_collections
 import numpy as np
 import optax
 
-# flowpose.prior.flow imports distrax (TFP) first: TFP fails if TensorFlow (which
-# clu imports) came first.
-from flowpose.prior import io as prior_io
-from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order
-from flowpose import losses
+try:  # TFP (distrax) must be imported before TensorFlow, which clu imports.
+  import distrax  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+from flowpose import io_utils  # pylint: disable=g-bad-import-order
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
-from flowpose.data import poses as pose_data
 from clu import metric_writers  # pylint: disable=g-bad-import-order
 from clu import periodic_actions
+
+CONFIG_FILE = "config.json"
+# Fields that change no compiled function: runs differing only in these share programs.
+_HOST_ONLY_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,79 +66,70 @@ class TrainResult(NamedTuple):
   """What `train_and_evaluate` returns (host values).
 
   Attributes:
-    params: the prior's params at `step`.
+    params: the task's params at `step`.
     step: number of updates applied.
-    eval_nll: eval NLL (nats/pose) at the last evaluation.
-    initial_eval_nll: eval NLL when this run started (fresh or resumed).
+    eval_metrics: the task's eval metrics of the last evaluation, made at `eval_step`.
+    eval_step: the step `eval_metrics` belong to (== `step` unless preempted).
+    initial_eval_metrics: eval metrics when this run started (fresh or resumed).
     train_metrics: the last logged (interval-averaged) train metrics.
     preempted: True if SIGTERM stopped the run early (checkpoint written).
   """
   params: Any
   step: int
-  eval_nll: Optional[float]
-  initial_eval_nll: Optional[float]
+  eval_metrics: dict
+  eval_step: int
+  initial_eval_metrics: dict
   train_metrics: dict
   preempted: bool
 
+  @property
+  def eval_nll(self) -> Optional[float]:
+    return self.eval_metrics.get("nll")
+
+  @property
+  def initial_eval_nll(self) -> Optional[float]:
+    return self.initial_eval_metrics.get("nll")
+
 
 # ---------------------------------------------------------------------------
-# Optimizer, loss and steps (pure functions).
+# Optimizer and step (pure functions).
 # ---------------------------------------------------------------------------
 
 
-def make_optimizer(config: ml_collections.ConfigDict):
-  """Adam + warmup-cosine + global-norm clipping; the prior's stats frozen.
+def make_optimizer(config: ml_collections.ConfigDict, param_labels=None):
+  """Adam + warmup-cosine + global-norm clipping.
+
+  Args:
+    config: the training config (`optimizer.*`, `num_train_steps`).
+    param_labels: optional "train"/"frozen" labels (pytree prefix or callable, as
+      `optax.multi_transform` takes them); frozen parameters get zero updates.
 
   Returns:
     `(tx, schedule)`.
   """
   opt = config.optimizer
   schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate,
-      warmup_steps=opt.warmup_steps, decay_steps=config.num_train_steps,
-      end_value=opt.learning_rate * opt.end_lr_factor)
-  train_tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm),
-                         optax.adam(schedule))
-  # The standardisation stats are data, not parameters (prior.py).
-  tx = optax.multi_transform({"train": train_tx, "frozen": optax.set_to_zero()},
-                             {"stats": "frozen", "flow": "train"})
+      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=opt.warmup_steps,
+      decay_steps=config.num_train_steps, end_value=opt.learning_rate * opt.end_lr_factor)
+  tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), optax.adam(schedule))
+  if param_labels is not None:
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, param_labels)
   return tx, schedule
 
 
-def loss_terms(prior: prior_lib.FlowPrior, params: Any,
-               poses: jax.Array) -> dict[str, jax.Array]:
-  """Unweighted loss terms (every name in `config_lib.LOSS_TERMS`).
+def train_step(state: TrainState, batch: Any, *, loss_fn, tx, schedule, rng: jax.Array):
+  """One update. Returns `(new_state, metrics)`; a non-finite step is a no-op.
 
   Args:
-    prior: the prior.
-    params: its params.
-    poses: `[B, D]` radians.
-
-  Returns:
-    `{"nll": mean -log p (nats/pose), "weight_l2": 0.5 * sum of squared flow
-    params}`.
+    state: the train state (donated by the jitted caller).
+    batch: the global batch (sharded over the mesh).
+    loss_fn: `(params, batch, rng) -> (total, terms)`.
+    tx: the optimizer; schedule: its learning rate schedule.
+    rng: the run's training key; folded with the step here.
   """
-  nll = -jnp.mean(prior.log_prob(params, poses))
-  weight_l2 = 0.5 * sum(jnp.sum(jnp.square(p))
-                        for p in jax.tree.leaves(params["flow"]))
-  return {"nll": nll, "weight_l2": weight_l2}
-
-
-def train_step(state: TrainState, poses: jax.Array, *,
-               prior: prior_lib.FlowPrior, tx, schedule, weights: dict,
-               input_noise: float, rng: jax.Array):
-  """One update. Returns `(new_state, metrics)`; a non-finite step is a no-op."""
-  if input_noise > 0:
-    noise_rng = jax.random.fold_in(rng, state.step)
-    poses = poses + input_noise * jax.random.normal(noise_rng, poses.shape)
-
-  def loss_fn(params):
-    terms = loss_terms(prior, params, poses)
-    total, _ = losses.weighted_sum(terms, weights)
-    return total, terms
-
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  step_rng = jax.random.fold_in(rng, state.step)
+  (loss, terms), grads = jax.value_and_grad(
+      lambda params: loss_fn(params, batch, step_rng), has_aux=True)(state.params)
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = TrainState(step=state.step + 1,
@@ -137,18 +137,10 @@ def train_step(state: TrainState, poses: jax.Array, *,
                          opt_state=opt_state)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   # Select on device: a NaN update never reaches the state (nor a checkpoint).
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                           new_state, state)
-  metrics = {"loss": loss, "grad_norm": grad_norm,
-             "learning_rate": schedule(state.step), "finite": finite, **terms}
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+             "finite": finite, **terms}
   return new_state, metrics
-
-
-def eval_step(params: Any, poses: jax.Array, weights: jax.Array, *,
-              prior: prior_lib.FlowPrior):
-  """Sum of -log p over real rows (`weights` 1) and their count."""
-  nll = jnp.where(weights > 0, -prior.log_prob(params, poses), 0.0)
-  return jnp.sum(nll), jnp.sum(weights)
 
 
 # ---------------------------------------------------------------------------
@@ -186,10 +178,10 @@ def _check_finite(step: int, metrics: dict, manager) -> None:
   manager.wait_until_finished()
   loss, grad_norm = jax.device_get((metrics["loss"], metrics["grad_norm"]))
   raise NonFiniteLossError(
-      f"Training stopped: non-finite loss {float(loss)} / gradient norm "
-      f"{float(grad_norm)} at step {step}. That update was not applied; the "
-      f"last checkpoint is step {manager.latest_step()} in {manager.directory}."
-      " Lower optimizer.learning_rate or check the data.")
+      f"Training stopped: non-finite loss {float(loss)} / gradient norm {float(grad_norm)} "
+      f"at step {step}. That update was not applied; the last checkpoint is step "
+      f"{manager.latest_step()} in {manager.directory}. Lower optimizer.learning_rate or "
+      "check the data.")
 
 
 def _mean_metrics(history: list) -> dict:
@@ -198,16 +190,26 @@ def _mean_metrics(history: list) -> dict:
           for k in history[0] if k != "finite"}
 
 
-def evaluate(eval_fn, params, *, data: np.ndarray, batch_size: int,
-             sharding) -> float:
-  """Mean NLL (nats/pose) over `data [M, D]` in fixed-size sharded batches."""
-  total, count = 0.0, 0.0
-  for poses, weights in pose_data.eval_batches(data, batch_size):
-    poses = jax.device_put(poses, sharding)
-    weights = jax.device_put(weights, sharding)
-    nll_sum, n = jax.device_get(eval_fn(params, poses, weights))
-    total, count = total + float(nll_sum), count + float(n)
-  return total / count
+def _train_batches(task, config, start_step: int):
+  """This process's host batches from `start_step` on (element i = step start_step + i)."""
+  ds = task.input_pipeline(config, "train", jax.process_index(), jax.process_count(),
+                           start_step=start_step)
+  return ds.as_numpy_iterator()
+
+
+def _example_batch(task, config) -> Any:
+  """The first `config.init_examples` examples of the training stream (host arrays)."""
+  batches = _train_batches(task, config, 0)
+  first = next(batches)
+  rows = jax.tree.leaves(first)[0].shape[0]
+  chunks = [first] + [next(batches) for _ in range(math.ceil(config.init_examples / rows) - 1)]
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[:config.init_examples], *chunks)
+
+
+def _device_batches(dataset, sharding):
+  """Eval batches (the same on every process) placed on the mesh."""
+  for batch in dataset.as_numpy_iterator():
+    yield jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
 
 
 # ---------------------------------------------------------------------------
@@ -216,113 +218,116 @@ def evaluate(eval_fn, params, *, data: np.ndarray, batch_size: int,
 
 
 class _Programs(NamedTuple):
-  """The prior and its jitted functions for one config and mesh."""
-  prior: prior_lib.FlowPrior
-  fresh_state: Any  # Unjitted (poses [N, D]) -> TrainState, for eval_shape.
+  """Jitted functions for one task, config and mesh."""
+  fresh_state: Any  # Unjitted (example_batch) -> TrainState, for eval_shape.
   init_fn: Any      # Jitted fresh_state.
   step_fn: Any
-  eval_fn: Any
 
 
 @functools.lru_cache(maxsize=8)
-def _build_programs(frozen: ml_collections.FrozenConfigDict,
+def _build_programs(task, frozen: ml_collections.FrozenConfigDict,
                     mesh: jax.sharding.Mesh) -> _Programs:
-  """Builds the step functions; memoised on the fields that define them.
+  """Builds the step functions; memoised on what defines them.
 
-  `frozen` holds only those fields (flow, optimizer, loss weights, ...), so
-  repeated runs in one process (tests, sweeps, resume after an exception)
-  reuse the compiled code instead of tracing and compiling again.
+  `frozen` is the config without host-only fields (intervals), so repeated runs in one
+  process (tests, sweeps, resume after an exception) reuse the compiled code.
   """
   config = ml_collections.ConfigDict(frozen)
-  prior = prior_lib.make_prior(config.flow)
-  tx, schedule = make_optimizer(config)
+  tx, schedule = make_optimizer(config, getattr(task, "optimizer_labels", None))
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   replicated = jax.NamedSharding(mesh, jax.P())
   data_sharding = jax.NamedSharding(mesh, jax.P("data"))
 
-  def fresh_state(poses):
-    params = prior.init(init_rng, poses)
+  def fresh_state(example_batch):
+    params = task.init(config, init_rng, example_batch)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
+  loss_fn = lambda params, batch, rng: task.loss(params, batch, rng, config)
   step_fn = jax.jit(
-      functools.partial(
-          train_step, prior=prior, tx=tx, schedule=schedule,
-          weights=dict(config.loss_weights), input_noise=config.input_noise,
-          rng=train_rng),
-      in_shardings=(replicated, data_sharding),
-      out_shardings=(replicated, replicated), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, prior=prior),
-                    out_shardings=replicated)
+      functools.partial(train_step, loss_fn=loss_fn, tx=tx, schedule=schedule, rng=train_rng),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=(0,))
   init_fn = jax.jit(fresh_state, out_shardings=replicated)
-  return _Programs(prior, fresh_state, init_fn, step_fn, eval_fn)
+  return _Programs(fresh_state, init_fn, step_fn)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainResult:
-  """Trains the prior per `config`, writing checkpoints/metrics to `workdir`.
+@contextlib.contextmanager
+def _workdir_guard(workdir: str, config: ml_collections.ConfigDict):
+  """HOOK for `flowpose.train.workdir` (issue 10, defect 2), the one place to wire it:
+
+      with workdir_lib.WorkdirLock(workdir):
+        workdir_lib.check_resume_config(workdir, config, override)
+        yield
+
+  It runs after the config is validated and the workdir proven writable, before anything
+  is read from or written to the workdir (config.json is written after it).
+  """
+  del workdir, config
+  yield
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains `config.task` per `config`, writing checkpoints/metrics/exports to `workdir`.
 
   Raises:
     ValueError: a bad config field (before anything is trained or written).
+    flowpose.io_utils.OutputPathError: `workdir` empty or not writable (before any work).
     NonFiniteLossError: the loss diverged (see the module docstring).
   """
-  config_lib.validate_config(config)
+  task = config_lib.validate_config(config)
+  workdir = str(io_utils.require_output_path(workdir, "--workdir"))
+  with _workdir_guard(workdir, config):
+    return _train(config, workdir, task)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, task) -> TrainResult:
   num_steps = config.num_train_steps
+  process_index, process_count = jax.process_index(), jax.process_count()
 
   # Set up mesh #
   mesh = jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
   replicated = jax.NamedSharding(mesh, jax.P())
   data_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  programs = _build_programs(ml_collections.FrozenConfigDict({
-      field: config[field] for field in (
-          "seed", "num_train_steps", "flow", "optimizer", "loss_weights",
-          "input_noise")}), mesh)
-
-  # Data #
-  data = pose_data.load_data(config.data, programs.prior.event_dim,
-                                  chart=programs.prior.chart)
-  local_batch = config.batch_size // jax.process_count()
-  train_batches = pose_data.EpochBatches(
-      data.train, local_batch, config.seed, jax.process_index())
-  init_rows = np.random.default_rng((config.seed, 1)).permutation(
-      data.train.shape[0])[:config.init_examples]
-  init_poses = data.train[np.sort(init_rows)]
-  if config.input_noise > 0:
-    # The data-dependent init (standardisation, actnorm) must see the same jittered poses as
-    # training: a DOF that is constant in the data would otherwise be scaled by 1/floor and
-    # the jitter would arrive hundreds of standard deviations out (loss ~1e26 at step 0).
-    init_poses = init_poses + config.input_noise * np.random.default_rng(
-        (config.seed, 2)).standard_normal(init_poses.shape).astype(init_poses.dtype)
+  frozen = ml_collections.FrozenConfigDict(
+      {k: v for k, v in config.items() if k not in _HOST_ONLY_FIELDS})
+  programs = _build_programs(task, frozen, mesh)
 
   # Restore or initialise #
-  checkpoint_manager = checkpointing.create_manager(
-      workdir, config.keep_checkpoints)
+  example_batch = _example_batch(task, config)
+  checkpoint_manager = checkpointing.create_manager(workdir, config.keep_checkpoints)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(programs.fresh_state, init_poses))
+      jax.eval_shape(programs.fresh_state, example_batch))
   state = checkpointing.restore_latest(checkpoint_manager, abstract_state)
   if state is None:
-    state = programs.init_fn(init_poses)
-    if jax.process_count() > 1:  # Hosts saw different shards: use host 0's.
+    state = programs.init_fn(example_batch)
+    if process_count > 1:  # Hosts saw different shards: use host 0's.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       state = multihost_utils.broadcast_one_to_all(state)
-    logging.info("Fresh init from %d poses.", init_poses.shape[0])
+    logging.info("Fresh init (task %s) from %d examples.", config_lib.task_name(config),
+                 len(jax.tree.leaves(example_batch)[0]))
   else:
     logging.info("Resumed from checkpoint step %d.", int(state.step))
   start_step = int(state.step)
-  if jax.process_index() == 0:
-    prior_io.write_config(workdir, config)
+  if process_index == 0:
+    io_utils.atomic_write(os.path.join(workdir, CONFIG_FILE),
+                          config.to_json_best_effort(indent=2).encode())
 
-  # Metrics and hooks #
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+  # Data, metrics and hooks #
+  train_batches = _train_batches(task, config, start_step)
+  eval_dataset = task.input_pipeline(config, "eval", process_index, process_count)
+  writer = metric_writers.create_default_writer(workdir, just_logging=process_index > 0)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=num_steps, writer=writer, every_steps=config.log_every)
-  evaluate_now = functools.partial(evaluate, programs.eval_fn, data=data.eval,
-                                   batch_size=config.eval_batch_size,
-                                   sharding=data_sharding)
-  eval_nll = initial_eval_nll = evaluate_now(state.params)
-  writer.write_scalars(start_step, {"eval/nll": eval_nll})
+
+  def evaluate_now(params, step):
+    metrics = task.evaluate(params, _device_batches(eval_dataset, data_sharding), config)
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+    return metrics
+
+  eval_metrics = initial_eval_metrics = evaluate_now(state.params, start_step)
+  eval_step = start_step
   train_metrics, history, pending = {}, [], None
 
   # Train loop #
@@ -335,16 +340,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           if checkpoint_manager.latest_step() != step:  # Not just saved.
             checkpointing.save(checkpoint_manager, step, state)
           checkpoint_manager.wait_until_finished()
-          logging.warning("SIGTERM (preempted): saved checkpoint %d, "
-                          "exiting.", step)
-          return TrainResult(jax.device_get(state.params), step, eval_nll,
-                             initial_eval_nll, train_metrics, True)
+          logging.warning("SIGTERM (preempted): saved checkpoint %d, exiting (last eval at "
+                          "step %d: %s).", step, eval_step, eval_metrics)
+          return TrainResult(jax.device_get(state.params), step, eval_metrics, eval_step,
+                             initial_eval_metrics, train_metrics, True)
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          poses = jax.make_array_from_process_local_data(
-              data_sharding, train_batches.batch(step))
-          state, metrics = programs.step_fn(state, poses)
-        # Check the previous step now that this one is queued, so the host
-        # does not wait on the device every step.
+          batch = jax.tree.map(
+              lambda x: jax.make_array_from_process_local_data(data_sharding, x),
+              next(train_batches))
+          state, metrics = programs.step_fn(state, batch)
+        # Check the previous step now that this one is queued, so the host does not wait
+        # on the device every step.
         if pending is not None:
           _check_finite(*pending, checkpoint_manager)
         pending = (step, metrics)
@@ -358,22 +364,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           writer.write_scalars(done, train_metrics)
           history = []
         if done % config.eval_every == 0 or is_last:
-          eval_nll = evaluate_now(state.params)
-          writer.write_scalars(done, {"eval/nll": eval_nll})
+          eval_metrics, eval_step = evaluate_now(state.params, done), done
         if done % config.checkpoint_every == 0 or is_last:
           _check_finite(*pending, checkpoint_manager)
           checkpointing.save(checkpoint_manager, done, state)
   finally:
-    # Also on errors: finish the checkpoints already started (a crash after
-    # a save returned must not lose it) and release the writer's files.
+    # Also on errors: finish the checkpoints already started (a crash after a save
+    # returned must not lose it) and release the writer's files.
     checkpoint_manager.wait_until_finished()
     checkpoint_manager.close()
     writer.close()
 
   # Export #
   params = jax.device_get(state.params)
-  if jax.process_index() == 0:
-    path = prior_io.export_prior(workdir, params, config)
-    logging.info("Wrote %s (eval NLL %.4f nats/pose).", path, eval_nll)
-  return TrainResult(params, int(state.step), eval_nll, initial_eval_nll,
+  step = int(state.step)
+  if process_index == 0 and hasattr(task, "export"):
+    logging.info("Wrote %s.", task.export(workdir, params, config))
+  logging.info("Finished at step %d; eval at step %d: %s.", step, eval_step,
+               ", ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items()))
+  return TrainResult(params, step, eval_metrics, eval_step, initial_eval_metrics,
                      train_metrics, False)

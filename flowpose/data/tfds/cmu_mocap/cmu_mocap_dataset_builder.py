@@ -143,7 +143,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if not self._skip_bad_files:
         raise MocapFormatError(f"{len(errors)} bad file(s) under {manual_dir}; nothing was "
                                "written (fix or remove them, or build with "
-                               f"skip_bad_files=True):\n{listing}")
+                               "skip_bad_files=True: in training, "
+                               f"--config.data.skip_bad_files=True):\n{listing}")
       logging.warning("cmu_mocap: skipping %d bad file(s):\n%s", len(errors), listing)
     if self._skip_bad_files:
       report = [{"file": path, "error": message} for path, message in errors]
