@@ -5,7 +5,8 @@ r"""Trains any task (`config.task`, default the flow prior).
 
 Writes checkpoints, TensorBoard metrics, `config.json` and the task's export (the prior:
 `prior_params.msgpack`) into `--workdir`; rerunning with the same workdir resumes from the
-newest checkpoint. SIGTERM checkpoints and exits with 143 (128 + SIGTERM), so a script
+newest checkpoint (refused if the config changed the result, unless `--override`; a second
+run on a workdir in use fails at once). SIGTERM checkpoints and exits with 143 (128 + SIGTERM), so a script
 running this stops. A bad flag, config field or workdir exits with 2 and one line naming it.
 """
 
@@ -28,14 +29,18 @@ import jax
 from ml_collections import config_flags
 
 from flowpose import io_utils
+from flowpose.train import checkpointing
 from flowpose.train import config_lib
 from flowpose.train import trainer
+from flowpose.train import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the "
                                "task's exported results.")
 config_flags.DEFINE_config_file("config", None, "Experiment config file (`path.py[:arg]`).",
                                 lock_config=True)
+_OVERRIDE = flags.DEFINE_bool("override", False, "Resume --workdir even though --config differs "
+                              "from its config.json in fields that change the result.")
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -87,7 +92,12 @@ def main(argv):
     io_utils.require_output_path(_WORKDIR.value, "--workdir")
   except ValueError as e:  # ConfigError, OutputPathError, a flow field's ValueError.
     _usage_error(str(e))
-  result = trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  try:
+    result = trainer.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value,
+                                        override=_OVERRIDE.value)
+  except (workdir_lib.WorkdirLockedError, workdir_lib.ConfigMismatchError,
+          checkpointing.CheckpointError) as e:
+    sys.exit(f"launch.main: {e}")
   metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.eval_metrics.items())
   if result.preempted:
     logging.warning("Preempted at step %d (checkpoint saved; last eval at step %d: %s); "

@@ -43,6 +43,7 @@ except ImportError:
 from flowpose import io_utils  # pylint: disable=g-bad-import-order
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
+from flowpose.train import workdir as workdir_lib
 from clu import metric_writers  # pylint: disable=g-bad-import-order
 from clu import periodic_actions
 
@@ -252,31 +253,41 @@ def _build_programs(task, frozen: ml_collections.FrozenConfigDict,
 
 
 @contextlib.contextmanager
-def _workdir_guard(workdir: str, config: ml_collections.ConfigDict):
-  """HOOK for `flowpose.train.workdir` (issue 10, defect 2), the one place to wire it:
+def _workdir_guard(workdir: str, config: ml_collections.ConfigDict, override: bool):
+  """One run per workdir, and a resume keeps the run's config (issue 10, defect 2).
 
-      with workdir_lib.WorkdirLock(workdir):
-        workdir_lib.check_resume_config(workdir, config, override)
-        yield
-
-  It runs after the config is validated and the workdir proven writable, before anything
-  is read from or written to the workdir (config.json is written after it).
+  Process 0 holds `workdir/.lock` for the run's life (all processes share the workdir); every
+  process refuses a resume whose config changes the result unless `override`. Runs after the
+  config is validated and the workdir proven writable, before anything in it is read or written.
   """
-  del workdir, config
-  yield
+  lock = (workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with lock:
+    workdir_lib.check_resume_config(workdir, config, override)
+    yield
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       override: bool = False) -> TrainResult:
   """Trains `config.task` per `config`, writing checkpoints/metrics/exports to `workdir`.
+
+  Args:
+    config: the experiment config (`experiments/*.py`).
+    workdir: output folder; an existing run there is resumed.
+    override: resume even though `config` differs from the stored `config.json` in fields
+      that change the result (each difference is logged).
 
   Raises:
     ValueError: a bad config field (before anything is trained or written).
     flowpose.io_utils.OutputPathError: `workdir` empty or not writable (before any work).
+    flowpose.train.workdir.WorkdirLockedError: another live run holds `workdir`.
+    flowpose.train.workdir.ConfigMismatchError: a resume with a result-changing config.
+    flowpose.train.checkpointing.CheckpointError: no intact checkpoint to resume from.
     NonFiniteLossError: the loss diverged (see the module docstring).
   """
   task = config_lib.validate_config(config)
   workdir = str(io_utils.require_output_path(workdir, "--workdir"))
-  with _workdir_guard(workdir, config):
+  with _workdir_guard(workdir, config, override):
     return _train(config, workdir, task)
 
 
