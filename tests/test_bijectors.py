@@ -330,10 +330,10 @@ def test_conditioner_output_size_is_checked():
 def test_mlp_conditioner_is_a_flax_module_with_zero_last_layer():
   cond = fb.mlp_conditioner((8, 4))(3, C, 6)
   params = cond.init(jax.random.key(0))
-  assert params["dense_0"]["kernel"].shape == (3 + C, 8)
-  assert params["dense_out"]["kernel"].shape == (4, 6)
-  np.testing.assert_array_equal(params["dense_out"]["kernel"], 0.0)
-  assert np.abs(params["dense_0"]["kernel"]).max() > 0
+  assert params["dense_0"]["w"].shape == (3 + C, 8)
+  assert params["dense_out"]["w"].shape == (4, 6)
+  np.testing.assert_array_equal(params["dense_out"]["w"], 0.0)
+  assert np.abs(params["dense_0"]["w"]).max() > 0
   out = cond.apply(params, jnp.ones((2, 3)), jnp.ones((2, C)))
   np.testing.assert_array_equal(out, 0.0)
   via_module = fb.MLP((8, 4), 6).apply({"params": params}, jnp.ones((2, 3 + C)))

@@ -55,6 +55,24 @@ class Conditioner(NamedTuple):
 ConditionerFactory = Callable[[int, int, int], Conditioner]
 
 
+class Dense(nn.Module):
+  """`h @ w + b`, `h: [..., in] -> [..., features]`.
+
+  `flax.linen.Dense` with the params named `w`, `b` (flowpose's layout before
+  the conditioner became a Flax module), so priors trained and exported
+  earlier still load.
+  """
+  features: int
+  kernel_init: Callable[..., Array] = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, h: Array) -> Array:
+    w = self.param("w", self.kernel_init, (h.shape[-1], self.features),
+                   jnp.float32)
+    b = self.param("b", nn.initializers.zeros, (self.features,), jnp.float32)
+    return h @ w + b
+
+
 class MLP(nn.Module):
   """`[..., in] -> hidden_sizes -> [..., out_dim]`, last layer zero-initialised.
 
@@ -69,10 +87,8 @@ class MLP(nn.Module):
   def __call__(self, h: Array) -> Array:
     hidden_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
     for i, width in enumerate(self.hidden_sizes):
-      h = self.activation(
-          nn.Dense(width, kernel_init=hidden_init, name=f"dense_{i}")(h))
-    return nn.Dense(self.out_dim, kernel_init=nn.initializers.zeros,
-                    name="dense_out")(h)
+      h = self.activation(Dense(width, hidden_init, name=f"dense_{i}")(h))
+    return Dense(self.out_dim, nn.initializers.zeros, name="dense_out")(h)
 
 
 def mlp_conditioner(hidden_sizes: Sequence[int] = (256, 256),
@@ -86,7 +102,7 @@ def mlp_conditioner(hidden_sizes: Sequence[int] = (256, 256),
 
   Returns:
     A factory; its params are
-    `{"dense_0": {"kernel": [in, h0], "bias": [h0]}, ..., "dense_out": ...}`.
+    `{"dense_0": {"w": [in, h0], "b": [h0]}, ..., "dense_out": {...}}`.
   """
   hidden_sizes = tuple(int(h) for h in hidden_sizes)
 
