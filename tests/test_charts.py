@@ -7,7 +7,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
