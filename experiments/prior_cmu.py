@@ -17,6 +17,8 @@ import pathlib
 
 import ml_collections
 
+from flowpose.prior import flow
+
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _MODES = ("runlocal", "synthetic")
 
@@ -35,29 +37,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     raise ValueError(f"prior_cmu config: unknown modes {unknown}; "
                      f"known: {list(_MODES)}")
   config = ml_collections.ConfigDict()
+  config.task = "prior"  # The trainer's task (flowpose/tasks/prior.py).
   config.seed = 0
 
-  # The prior (flowpose/prior.py).
-  config.flow = ml_collections.ConfigDict()
-  config.flow.chart = "euler_dofs"  # Per-joint DOF angles (only chart so far).
-  config.flow.event_dim = 50        # cmu_skeleton.NUM_POSE_DOFS.
-  config.flow.num_layers = 8        # Coupling blocks.
-  # Chosen by validation NLL on the shared CMU subset (WORKSPACE.md, "Prior selection"): with
-  # ~38k training frames of 5 subjects, 2x256 MLPs overfit across subjects within 500 steps
-  # (validation NLL climbs to > +1e4 nats) while 2x64 MLPs stay below the full Gaussian.
-  config.flow.hidden_sizes = (64, 64)
-  # Rational-quadratic splines beat affine couplings on validation NLL (-28.5 vs -26.3 nats/pose
-  # with mirror augmentation; WORKSPACE.md, "Prior selection").
-  config.flow.coupling = "spline"   # "affine" | "spline".
-  # Alternating masks + LU mixing beat kinematic masks + group LU on validation NLL
-  # (-23.1 vs -21.2 nats/pose after 2000 steps; -26.6 vs -26.3 at 500 steps).
-  config.flow.mask = "alternating"  # "kinematic" | "alternating".
-  config.flow.mixing = "lu"         # "group_lu" | "lu" | "permutation" | "none".
-  config.flow.scale_bound = 3.0     # Affine log-scale soft clamp (None: off).
-  config.flow.num_bins = 8          # Spline bins.
-  config.flow.spline_range = 5.0    # Spline interval [-r, r] (standardised).
+  # The prior: flowpose.prior.flow's defaults (chosen by validation NLL, see there), unchanged.
+  # `event_dim` follows `chart`: `--config.flow.chart=axis_angle` alone gives D = 72.
+  config.flow = flow.default_flow_config()
 
-  # Data (flowpose/train/pose_data.py).
+  # Data (flowpose/data/poses.py).
   config.data = ml_collections.ConfigDict()
   config.data.source = "tfds"       # "tfds" | "synthetic".
   config.data.tfds_name = "cmu_mocap"
@@ -107,7 +94,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.data.augment_mirror = False  # Synthetic poses have no left and right.
   if "runlocal" in modes:
     config.flow.num_layers = 4
-    config.flow.hidden_sizes = (64, 64)
     config.batch_size = 256
     config.eval_batch_size = 1024
     config.num_train_steps = 300

@@ -6,10 +6,12 @@ its cached results.
 """
 
 import functools
+import subprocess
+import sys
+import textwrap
 
 from absl.testing import parameterized
 import chex
-import distrax  # Before anything that may import tensorflow.
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,14 +29,34 @@ RANGE = 3.0  # Spline interval [-RANGE, RANGE] in the tests.
 pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
 
 
-def _affine(mask=MASK, context_dim=0):
-  return fb.affine_coupling(mask, hidden_sizes=(8,), context_dim=context_dim)
+def _affine(mask=MASK, context_dim=0, conditioner=None):
+  return fb.affine_coupling(mask, hidden_sizes=(8,), context_dim=context_dim,
+                            conditioner=conditioner)
 
 
-def _spline(mask=MASK, context_dim=0):
+def _spline(mask=MASK, context_dim=0, conditioner=None):
   return fb.spline_coupling(mask, num_bins=4, range_min=-RANGE,
                             range_max=RANGE, hidden_sizes=(8,),
-                            context_dim=context_dim)
+                            context_dim=context_dim, conditioner=conditioner)
+
+
+def _linear_conditioner(in_dim, context_dim, out_dim):
+  """A custom conditioner: one affine map of `concat(x_pass, context)`."""
+  def init(key):
+    del key
+    return {"w": jnp.zeros((in_dim + context_dim, out_dim)),
+            "b": jnp.zeros((out_dim,))}
+
+  def apply(params, x_pass, context=None):
+    h = x_pass if context is None else jnp.concatenate([x_pass, context], -1)
+    return h @ params["w"] + params["b"]
+
+  return fb.Conditioner(init, apply)
+
+
+def _linear_couplings():
+  return fb.chain([_affine(MASK, C, _linear_conditioner),
+                   _spline(~MASK, C, _linear_conditioner)])
 
 
 def _full_chain():
@@ -69,8 +91,11 @@ CASES = {
     "actnorm": (lambda: fb.actnorm(D), True, 0.3),
     "chain": (_full_chain, False, 0.1),
     "stack": (lambda: fb.stack(_stack_block(), 3), True, 0.1),
+    # A custom (linear) conditioner in both coupling types, with context.
+    "linear_conditioner": (_linear_couplings, True, 0.3),
 }
-CONTEXT_CASES = ("affine_context", "spline_context", "chain")
+CONTEXT_CASES = ("affine_context", "spline_context", "chain",
+                 "linear_conditioner")
 
 
 def _perturb(params, key, scale=0.3):
@@ -286,9 +311,96 @@ def test_invert_flips_data_init_direction():
   chex.assert_trees_all_close(p_inv, p_ref)
 
 
+def test_custom_conditioner_params_are_its_own():
+  case = _case("linear_conditioner")
+  affine_params = case["params0"][0]["conditioner"]
+  assert set(affine_params) == {"w", "b"}
+  # 3 passed-through dims + C context -> 2 transformed dims x 2 (affine).
+  assert affine_params["w"].shape == (3 + C, 2 * 2)
+
+
+def test_conditioner_output_size_is_checked():
+  def wrong(in_dim, context_dim, out_dim):
+    return _linear_conditioner(in_dim, context_dim, out_dim + 1)
+  b = _affine(MASK, conditioner=wrong)
+  with pytest.raises(ValueError, match=r"conditioner returned \[\.\.\., 5\]"):
+    b.forward(b.init(jax.random.key(0)), jnp.zeros((2, D)))
+
+
+def test_mlp_conditioner_is_a_flax_module_with_zero_last_layer():
+  cond = fb.mlp_conditioner((8, 4))(3, C, 6)
+  params = cond.init(jax.random.key(0))
+  assert params["dense_0"]["w"].shape == (3 + C, 8)
+  assert params["dense_out"]["w"].shape == (4, 6)
+  np.testing.assert_array_equal(params["dense_out"]["w"], 0.0)
+  assert np.abs(params["dense_0"]["w"]).max() > 0
+  out = cond.apply(params, jnp.ones((2, 3)), jnp.ones((2, C)))
+  np.testing.assert_array_equal(out, 0.0)
+  via_module = fb.MLP((8, 4), 6).apply({"params": params}, jnp.ones((2, 3 + C)))
+  np.testing.assert_array_equal(out, via_module)
+
+
+def test_stack_scans_custom_conditioner_params():
+  block = fb.chain([_affine(MASK, C, _linear_conditioner), fb.actnorm(D)])
+  stacked = fb.stack(block, 2)
+  params = stacked.init(jax.random.key(0))
+  assert params[0]["conditioner"]["w"].shape == (2, 3 + C, 4)
+  params = _perturb(params, jax.random.key(3), 0.3)
+  x, context = _inputs()
+  y, ld = jax.jit(stacked.forward_and_log_det)(params, x, context)
+  x_rec, ld_inv = jax.jit(stacked.inverse_and_log_det)(params, y, context)
+  np.testing.assert_allclose(x_rec, x, atol=2e-4)
+  np.testing.assert_allclose(ld, -ld_inv, atol=2e-4)
+
+
+def _spline_pair(params, x, y, dtype):
+  """flowpose's and distrax's spline on the same params: forward at x, inverse at y."""
+  from flowpose.bijectors import distrax_adapter  # pylint: disable=g-import-not-at-top
+  kw = dict(range_min=-RANGE, range_max=RANGE)
+  params, x, y = (jnp.asarray(v, dtype) for v in (params, x, y))
+  k = (params.shape[-1] + 1) // 3
+  ours = (fb.rational_quadratic_forward(x, params, num_bins=k, **kw),
+          fb.rational_quadratic_inverse(y, params, num_bins=k, **kw))
+  theirs = distrax_adapter.rational_quadratic_spline(params, **kw)
+  return ours, (theirs.forward_and_log_det(x), theirs.inverse_and_log_det(y))
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_spline_matches_distrax_rational_quadratic_spline(precision):
+  # distrax's spline with boundary_slopes="identity" is the same map: compare
+  # values and log-dets, forward and inverse, inside the range, exactly at its
+  # bounds and in the identity tails. float64 shows the math is identical
+  # (float32 differs by rounding, amplified where a bin is steep).
+  k, n = 6, 400
+  params = 0.5 * np.asarray(jax.random.normal(jax.random.key(9), (n, 3 * k - 1)))
+  x = np.linspace(-1.6 * RANGE, 1.6 * RANGE, n)
+  x[:4] = [-RANGE, RANGE, -RANGE - 1e-3, RANGE + 1e-3]
+  x = x.astype(precision)
+  y = x[::-1].copy()
+  with jax.enable_x64(precision == "float64"):
+    ours, theirs = _spline_pair(params, x, y, getattr(jnp, precision))
+    ours, theirs = jax.tree.map(np.asarray, (ours, theirs))
+  tails = np.abs(x) > RANGE
+  assert 100 < tails.sum() < n - 100
+  atol = 1e-5 if precision == "float32" else 1e-9
+  for (value, log_det), (value_d, log_det_d) in zip(ours, theirs):
+    np.testing.assert_allclose(value, value_d, atol=atol, rtol=0)
+    np.testing.assert_allclose(log_det, log_det_d, atol=5 * atol, rtol=0)
+  (y_fwd, ld_fwd), (x_inv, ld_inv) = ours
+  np.testing.assert_array_equal(y_fwd[tails], x[tails])   # Identity tails.
+  np.testing.assert_array_equal(ld_fwd[tails], 0.0)
+  np.testing.assert_allclose(y_fwd[:2], [-RANGE, RANGE], atol=atol)
+  assert np.abs(y_fwd[~tails] - x[~tails]).max() > 0.1  # Not the identity inside.
+  tails_y = np.abs(y) > RANGE
+  np.testing.assert_array_equal(x_inv[tails_y], y[tails_y])
+  np.testing.assert_array_equal(ld_inv[tails_y], 0.0)
+
+
 def test_distrax_transformed_log_prob():
   # The cached pure-function results give the expected value: inverse(y) = x
   # with inverse log-det `ld_inv`.
+  from flowpose.bijectors import distrax_adapter  # pylint: disable=g-import-not-at-top
+  distrax = distrax_adapter.distrax
   case = _case("chain")
   bijector, out = case["bijector"], case["out"]
   base = distrax.MultivariateNormalDiag(jnp.zeros(D), jnp.ones(D))
@@ -296,7 +408,8 @@ def test_distrax_transformed_log_prob():
 
   @jax.jit
   def log_prob(params, y, context):
-    dist = distrax.Transformed(base, fb.to_distrax(bijector, params, context))
+    dist = distrax.Transformed(
+        base, distrax_adapter.to_distrax(bijector, params, context))
     return dist.log_prob(y)
 
   lp = log_prob(case["params"], out["y"], case["context"])
@@ -307,17 +420,42 @@ def test_distrax_transformed_log_prob():
 
 
 def test_distrax_sampling_uses_forward():
+  from flowpose.bijectors import distrax_adapter  # pylint: disable=g-import-not-at-top
+  distrax = distrax_adapter.distrax
   case = _case("affine_context")
   b, params = case["bijector"], case["params"]
   dist = distrax.Transformed(
       distrax.MultivariateNormalDiag(jnp.zeros(D), jnp.ones(D)),
-      fb.to_distrax(b, params, case["context"][0]))
+      distrax_adapter.to_distrax(b, params, case["context"][0]))
   samples, lp = jax.jit(lambda k: dist.sample_and_log_prob(
       seed=k, sample_shape=(8,)))(jax.random.key(8))
   chex.assert_shape((samples, lp), ((8, D), (8,)))
   np.testing.assert_allclose(
       lp, fb.standard_normal_log_prob(b, params, samples, case["context"][0]),
       rtol=1e-4, atol=1e-4)
+
+
+def test_distrax_is_lazy_and_imports_after_tensorflow():
+  # Building a prior imports neither distrax nor TFP; distrax_adapter then
+  # imports distrax even though TensorFlow came first (the import order that
+  # fails with a bare `import distrax`: TFP wants tf_keras).
+  script = textwrap.dedent("""
+      import sys
+      from flowpose.prior import flow
+      flow.make_prior(flow.default_flow_config())
+      assert "distrax" not in sys.modules, "distrax imported eagerly"
+      assert "tensorflow_probability" not in sys.modules, "TFP imported eagerly"
+      import tensorflow
+      from flowpose.bijectors import distrax_adapter
+      import jax.numpy as jnp
+      spline = distrax_adapter.rational_quadratic_spline(
+          jnp.zeros((3, 23)), range_min=-5.0, range_max=5.0)
+      assert float(spline.forward(jnp.ones(3))[0]) == 1.0
+      print("OK")
+      """)
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-2000:]
 
 
 def test_bad_inputs_raise():

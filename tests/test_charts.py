@@ -7,15 +7,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from flowpose.prior import charts
-from flowpose.fitting import reduced_body as fitting_body
-from flowpose.prior import flow as prior_lib
 from flowpose.data import cmu_skeleton
 from flowpose.data import retarget
+from flowpose.fitting import reduced_body
+from flowpose.prior import charts
+from flowpose.prior import flow as prior_lib
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisations off
@@ -23,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("fast_compile")  # conftest: XLA optimisati
 
 @pytest.fixture(scope="module")
 def real_dofs(cmu_dir):
-  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
-  return prior_eval.read_clip_dofs(cmu_dir / "05_03.amc.gz")[::4]  # Dance, 30 -> 7.5 fps.
+  from flowpose.prior import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate.read_clip_dofs(cmu_dir / "05_03.amc.gz")[::4]  # Dance, 30 -> 7.5 fps.
 
 
 def test_dimensions_and_bones():
@@ -68,10 +67,11 @@ def test_to_dofs_projects_off_manifold_points_and_has_gradients():
 @pytest.mark.parametrize("mask, mixing", [("alternating", "lu"), ("kinematic", "group_lu")])
 def test_axis_angle_prior_on_real_poses(real_dofs, mask, mixing):
   flow = prior_lib.default_flow_config()
-  flow.update(chart="axis_angle", event_dim=72, num_layers=2, hidden_sizes=(16,),
-              mask=mask, mixing=mixing)
+  # event_dim follows the chart (72).
+  flow.update(chart="axis_angle", num_layers=2, hidden_sizes=(16,), mask=mask, mixing=mixing)
   prior = prior_lib.make_prior(flow)
   assert prior.chart == "axis_angle" and prior.coupling_masks.shape == (2, 72)
+  assert prior.event_dim == 72
   x = charts.from_dofs_np("axis_angle", real_dofs)
   params = prior.init(jax.random.key(0), x)
   # Not periodic: the center is the plain mean, no wrapping.
@@ -79,7 +79,7 @@ def test_axis_angle_prior_on_real_poses(real_dofs, mask, mixing):
   assert np.all(np.isfinite(jax.jit(prior.log_prob)(params, x)))
   z = jax.jit(prior.pose_to_latent)(params, x)
   np.testing.assert_allclose(jax.jit(prior.latent_to_pose)(params, z), x, atol=1e-4)
-  fit_prior = fitting_body.make_pose_prior("flow", flow=prior, flow_params=params)
+  fit_prior = reduced_body.make_pose_prior("flow", flow=prior, flow_params=params)
   assert fit_prior.init.shape == (72,)
   decoded = jax.jit(fit_prior.space.decode)(fit_prior.params, z[0])
   np.testing.assert_allclose(charts.dofs_to_bone_rotmats(decoded),
@@ -88,6 +88,6 @@ def test_axis_angle_prior_on_real_poses(real_dofs, mask, mixing):
 
 def test_wrong_event_dim_for_chart_is_rejected():
   flow = prior_lib.default_flow_config()
-  flow.chart = "axis_angle"
+  flow.update(chart="axis_angle", event_dim=50)  # Set explicitly: no longer derived.
   with pytest.raises(ValueError, match=r"flow\.event_dim.*72"):
     prior_lib.make_prior(flow)

@@ -1,4 +1,5 @@
-"""Tests for flowpose.prior.flow: init, change of variables, inverses, wrap-around, masks."""
+"""Tests for flowpose.prior.flow: init, change of variables, inverses, wrap-around, masks,
+and the prior's config (defaults, `event_dim` derived from the chart, the experiment)."""
 
 import os
 
@@ -8,13 +9,20 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import functools
+import pathlib
 
+from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
 import numpy as np
 import pytest
 
 from flowpose.prior import flow as prior_lib
+from experiments import prior_cmu
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 D = 50
 SMALL_D = 6
@@ -200,3 +208,63 @@ def test_bad_pose_shape_raises(kinematic):
   flow, _, params = kinematic
   with pytest.raises(ValueError, match=r"expected \[\.\.\., 50\]"):
     flow.log_prob(params, jnp.zeros((3, 49)))
+
+
+# ---------------------------------------------------------------------------
+# Config: defaults, derived event_dim, the experiment.
+# ---------------------------------------------------------------------------
+
+
+def _changed_fields(config, reference):
+  return {k for k in set(config) | set(reference) if config.get(k) != reference.get(k)}
+
+
+def test_experiment_flow_is_the_default_plus_named_overrides():
+  default = prior_lib.default_flow_config()
+  experiment = prior_cmu.get_config()
+  assert experiment.task == "prior"
+  assert _changed_fields(experiment.flow, default) == set()
+  assert _changed_fields(prior_cmu.get_config("runlocal").flow, default) == {"num_layers"}
+  # The experiment took the derived event_dim, not a copy of its value.
+  experiment.flow.chart = "axis_angle"
+  assert experiment.flow.event_dim == 72
+
+
+def _parse_experiment(*overrides):
+  """The experiment config as the launcher parses it (absl flags + config_flags)."""
+  argv = ["launch", f"--config={REPO_ROOT / 'experiments' / 'prior_cmu.py'}", *overrides]
+  flag_values = flags.FlagValues()
+  # config_flags reads the overrides from `sys_argv` (default: sys.argv).
+  config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_chart_override_alone_sets_event_dim():
+  config = _parse_experiment("--config.flow.chart=axis_angle")
+  assert config.flow.chart == "axis_angle" and config.flow.event_dim == 72
+  prior = prior_lib.make_prior(config.flow)
+  assert prior.event_dim == 72 and prior.coupling_masks.shape == (8, 72)
+  assert _parse_experiment().flow.event_dim == 50
+  # An explicit event_dim pins it (e.g. a small synthetic flow) ...
+  config = _parse_experiment("--config.flow.event_dim=12")
+  assert config.flow.event_dim == 12
+  assert prior_lib.make_prior(config.flow).event_dim == 12
+  # ... and one that contradicts the chart is rejected, naming the field.
+  config = _parse_experiment("--config.flow.chart=axis_angle", "--config.flow.event_dim=50")
+  with pytest.raises(ValueError, match=r"flow\.event_dim.*72"):
+    prior_lib.make_prior(config.flow)
+
+
+def test_event_dim_of_a_hand_built_config_comes_from_the_chart():
+  flow = ml_collections.ConfigDict(dict(prior_lib.default_flow_config()))
+  del flow["event_dim"]
+  assert prior_lib.flow_event_dim(flow) == 50
+  flow.chart = "axis_angle"
+  assert prior_lib.flow_event_dim(flow) == 72
+  bad = prior_lib.default_flow_config()
+  bad.chart = "quaternion"
+  assert "quaternion" in str(bad)  # Printable although event_dim cannot be derived.
+  with pytest.raises(ValueError, match=r"flow\.chart"):
+    prior_lib.make_prior(bad)

@@ -1,15 +1,17 @@
 """Pure-function bijectors for normalizing flows (see `core` for conventions).
 
 Every factory returns a `Bijector` NamedTuple of pure functions over an
-explicit params pytree; `chain([f, g])(x) = f(g(x))` as in distrax.
+explicit params pytree; `chain([f, g])(x) = f(g(x))` as in distrax. distrax
+itself is not imported here: `distrax_adapter` (to_distrax, the distrax spline)
+imports it on demand through `lazy_distrax`.
 """
-
-# distrax (hence TFP) is imported here, before anything may import tensorflow.
-from flowpose.bijectors.distrax_adapter import PureFunctionBijector
-from flowpose.bijectors.distrax_adapter import to_distrax
 
 from flowpose.bijectors.actnorm import actnorm
 from flowpose.bijectors.actnorm import actnorm_data_init
+from flowpose.bijectors.conditioners import Conditioner
+from flowpose.bijectors.conditioners import ConditionerFactory
+from flowpose.bijectors.conditioners import MLP
+from flowpose.bijectors.conditioners import mlp_conditioner
 from flowpose.bijectors.core import Bijector
 from flowpose.bijectors.core import chain
 from flowpose.bijectors.core import data_init
@@ -21,8 +23,6 @@ from flowpose.bijectors.core import standard_normal_log_prob
 from flowpose.bijectors.coupling import affine_coupling
 from flowpose.bijectors.coupling import alternating_mask
 from flowpose.bijectors.coupling import half_mask
-from flowpose.bijectors.coupling import mlp_apply
-from flowpose.bijectors.coupling import mlp_init
 from flowpose.bijectors.coupling import spline_coupling
 from flowpose.bijectors.linear import lu_linear
 from flowpose.bijectors.linear import lu_linear_matrix
@@ -33,10 +33,10 @@ from flowpose.bijectors.spline import rational_quadratic_forward
 from flowpose.bijectors.spline import rational_quadratic_inverse
 
 __all__ = [
-    "Bijector", "PureFunctionBijector", "actnorm", "actnorm_data_init",
-    "affine_coupling", "alternating_mask", "chain", "data_init", "forward",
-    "half_mask", "inverse", "invert", "lu_linear", "lu_linear_matrix",
-    "mlp_apply", "mlp_init", "permutation", "random_permutation",
+    "Bijector", "Conditioner", "ConditionerFactory", "MLP", "actnorm",
+    "actnorm_data_init", "affine_coupling", "alternating_mask", "chain",
+    "data_init", "forward", "half_mask", "inverse", "invert", "lu_linear",
+    "lu_linear_matrix", "mlp_conditioner", "permutation", "random_permutation",
     "rational_quadratic_forward", "rational_quadratic_inverse", "reverse",
-    "spline_coupling", "stack", "standard_normal_log_prob", "to_distrax",
+    "spline_coupling", "stack", "standard_normal_log_prob",
 ]

@@ -1,19 +1,18 @@
-"""Coupling layers (RealNVP affine, rational-quadratic spline) and their MLP.
+"""Coupling layers (RealNVP affine, rational-quadratic spline).
 
 A coupling layer splits `x [..., D]` with a static boolean `mask [D]`:
 `mask[i] == True` means dimension i is *passed through unchanged* and fed to the
 conditioner; the other dimensions are transformed element-wise with parameters
 the conditioner computes from the passed-through dimensions (and an optional
-`context [..., C]`, concatenated to the conditioner input). Because the
-transformed dimensions never influence their own parameters the Jacobian is
-triangular and the inverse is exact.
+`context [..., C]`). Because the transformed dimensions never influence their
+own parameters the Jacobian is triangular and the inverse is exact.
 
-The conditioner's last layer is zero-initialised, so a freshly initialised
-coupling is the identity (its element-wise transform is the identity at zero
-parameters) and a deep flow starts as the identity too.
+The conditioner is any `conditioners.ConditionerFactory` (default: a Flax MLP
+with a zero-initialised last layer, so a freshly initialised coupling is the
+identity -- its element-wise transform is the identity at zero parameters --
+and a deep flow starts as the identity too).
 
-Params: `{"conditioner": {"dense_0": {"w", "b"}, ..., "dense_out": {"w", "b"}}}`
-(plain dicts of arrays).
+Params: `{"conditioner": <the conditioner's params>}`.
 """
 
 from typing import Callable, Optional, Sequence
@@ -22,54 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowpose.bijectors import conditioners
 from flowpose.bijectors import core
 from flowpose.bijectors import spline
 
 Array = jax.Array
 Activation = Callable[[Array], Array]
-
-
-# ---------------------------------------------------------------------------
-# Conditioner MLP: pure functions over a dict of dense layers.
-# ---------------------------------------------------------------------------
-
-
-def mlp_init(key: Array, in_dim: int, hidden_sizes: Sequence[int],
-             out_dim: int, zero_last: bool = True) -> dict:
-  """Initialises an MLP `in_dim -> hidden_sizes -> out_dim`.
-
-  Hidden layers use LeCun-normal weights and zero biases. The output layer is
-  all zeros when `zero_last` (the flow-is-identity-at-init convention).
-
-  Returns:
-    `{"dense_0": {"w": [in, h0], "b": [h0]}, ..., "dense_out": {...}}`.
-  """
-  params = {}
-  sizes = [in_dim, *hidden_sizes]
-  keys = jax.random.split(key, len(hidden_sizes) + 1)
-  for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-    # max(., 1): a coupling may have no passed-through inputs (context only).
-    std = 1.0 / np.sqrt(max(fan_in, 1))
-    params[f"dense_{i}"] = {
-        "w": std * jax.random.normal(keys[i], (fan_in, fan_out), jnp.float32),
-        "b": jnp.zeros((fan_out,), jnp.float32),
-    }
-  w_out = jnp.zeros((sizes[-1], out_dim), jnp.float32)
-  if not zero_last:
-    w_out = (jax.random.normal(keys[-1], w_out.shape)
-             / np.sqrt(max(sizes[-1], 1)))
-  params["dense_out"] = {"w": w_out, "b": jnp.zeros((out_dim,), jnp.float32)}
-  return params
-
-
-def mlp_apply(params: dict, h: Array,
-              activation: Activation = jax.nn.gelu) -> Array:
-  """Applies the MLP to `h [..., in_dim]`; returns `[..., out_dim]`."""
-  num_hidden = len(params) - 1
-  for i in range(num_hidden):
-    layer = params[f"dense_{i}"]
-    h = activation(h @ layer["w"] + layer["b"])
-  return h @ params["dense_out"]["w"] + params["dense_out"]["b"]
 
 
 # ---------------------------------------------------------------------------
@@ -81,10 +38,9 @@ def mlp_apply(params: dict, h: Array,
 ElementwiseFn = Callable[[Array, Array], tuple[Array, Array]]
 
 
-def _coupling(name: str, mask, hidden_sizes: Sequence[int], context_dim: int,
-              params_per_dim: int, transform: ElementwiseFn,
-              inverse_transform: ElementwiseFn,
-              activation: Activation) -> core.Bijector:
+def _coupling(name: str, mask, context_dim: int, params_per_dim: int,
+              transform: ElementwiseFn, inverse_transform: ElementwiseFn,
+              conditioner: conditioners.ConditionerFactory) -> core.Bijector:
   """Builds a coupling bijector around an element-wise transform."""
   mask = np.asarray(mask)
   if mask.ndim != 1 or mask.dtype != np.bool_:
@@ -101,12 +57,12 @@ def _coupling(name: str, mask, hidden_sizes: Sequence[int], context_dim: int,
   num_trans = trans_idx.size
   # Re-interleave [passed, transformed] back into the original order.
   unsplit = np.argsort(np.concatenate([pass_idx, trans_idx]))
+  out_dim = num_trans * params_per_dim
+  cond = conditioner(pass_idx.size, context_dim, out_dim)
 
   def init(key, event_dim=None):
     core.check_event_dim(name, dim, event_dim)
-    in_dim = pass_idx.size + context_dim
-    return {"conditioner": mlp_init(key, in_dim, hidden_sizes,
-                                    num_trans * params_per_dim)}
+    return {"conditioner": cond.init(key)}
 
   def _split(params, x, context):
     core.check_input(name, x, dim)
@@ -115,9 +71,14 @@ def _coupling(name: str, mask, hidden_sizes: Sequence[int], context_dim: int,
         raise ValueError(f"{name}: built with context_dim={context_dim} but "
                          "called without context")
       x, context = core.broadcast_context(x, context, context_dim, name)
+    else:
+      context = None
     x_pass, x_trans = x[..., pass_idx], x[..., trans_idx]
-    h = jnp.concatenate([x_pass, context], -1) if context_dim else x_pass
-    out = mlp_apply(params["conditioner"], h, activation)
+    out = cond.apply(params["conditioner"], x_pass, context)
+    if out.shape[-1] != out_dim:
+      raise ValueError(f"{name}: conditioner returned [..., {out.shape[-1]}], "
+                       f"expected [..., {out_dim}] ({num_trans} transformed "
+                       f"dims x {params_per_dim} params)")
     out = out.reshape(out.shape[:-1] + (num_trans, params_per_dim))
     return x_pass, x_trans, out
 
@@ -141,23 +102,27 @@ def _coupling(name: str, mask, hidden_sizes: Sequence[int], context_dim: int,
 # ---------------------------------------------------------------------------
 
 
-def affine_coupling(mask, hidden_sizes: Sequence[int] = (256, 256),
-                    context_dim: int = 0, scale_bound: Optional[float] = 3.0,
-                    activation: Activation = jax.nn.gelu) -> core.Bijector:
+def affine_coupling(
+    mask, hidden_sizes: Sequence[int] = (256, 256), context_dim: int = 0,
+    scale_bound: Optional[float] = 3.0, activation: Activation = jax.nn.gelu,
+    conditioner: Optional[conditioners.ConditionerFactory] = None,
+) -> core.Bijector:
   """RealNVP affine coupling: `y_t = x_t * exp(log_scale) + shift`.
 
   Args:
     mask: bool `[D]`; True = passed through unchanged (conditioner input).
-    hidden_sizes: conditioner hidden widths.
+    hidden_sizes: hidden widths of the default MLP conditioner.
     context_dim: C, size of the optional `context [..., C]` (0 = none).
     scale_bound: the log-scale is soft-clamped to `(-bound, bound)` as
       `bound * tanh(raw / bound)`; near zero this is the identity, and it
       keeps a single layer from blowing up early in training. None = unbounded.
-    activation: conditioner nonlinearity (smooth by default so the prior's
-      gradient with respect to the pose is smooth during fitting).
+    activation: nonlinearity of the default MLP conditioner.
+    conditioner: any `ConditionerFactory` (then `hidden_sizes` and
+      `activation` are unused); it must emit 2 values (log-scale, shift) per
+      transformed dim, interleaved: `[..., T * 2]`.
 
   Returns:
-    A `Bijector`; params `{"conditioner": mlp params}`.
+    A `Bijector`; params `{"conditioner": conditioner params}`.
   """
   def log_scale_and_shift(out):
     raw, shift = out[..., 0], out[..., 1]
@@ -173,8 +138,10 @@ def affine_coupling(mask, hidden_sizes: Sequence[int] = (256, 256),
     log_scale, shift = log_scale_and_shift(out)
     return (y - shift) * jnp.exp(-log_scale), -log_scale
 
-  return _coupling("affine_coupling", mask, hidden_sizes, context_dim, 2,
-                   transform, inverse_transform, activation)
+  if conditioner is None:
+    conditioner = conditioners.mlp_conditioner(hidden_sizes, activation)
+  return _coupling("affine_coupling", mask, context_dim, 2, transform,
+                   inverse_transform, conditioner)
 
 
 def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
@@ -183,7 +150,9 @@ def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
                     context_dim: int = 0,
                     min_bin_size: float = spline.DEFAULT_MIN_BIN_SIZE,
                     min_derivative: float = spline.DEFAULT_MIN_DERIVATIVE,
-                    activation: Activation = jax.nn.gelu) -> core.Bijector:
+                    activation: Activation = jax.nn.gelu,
+                    conditioner: Optional[conditioners.ConditionerFactory] = None,
+                    ) -> core.Bijector:
   """Rational-quadratic spline coupling (Durkan et al. 2019), linear tails.
 
   Transformed dimensions go through a monotonic spline on
@@ -195,15 +164,17 @@ def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
     mask: bool `[D]`; True = passed through unchanged (conditioner input).
     num_bins: K, bins per spline.
     range_min, range_max: the spline interval `[-B, B]` (any interval works).
-    hidden_sizes: conditioner hidden widths.
+    hidden_sizes: hidden widths of the default MLP conditioner.
     context_dim: C, size of the optional `context [..., C]` (0 = none).
     min_bin_size: smallest bin width/height as a fraction of the range.
     min_derivative: smallest knot derivative.
-    activation: conditioner nonlinearity.
+    activation: nonlinearity of the default MLP conditioner.
+    conditioner: any `ConditionerFactory` (then `hidden_sizes` and
+      `activation` are unused); it must emit `3K - 1` values per transformed
+      dim, `[..., T * (3K - 1)]`.
 
   Returns:
-    A `Bijector`; params `{"conditioner": mlp params}`, the MLP emitting
-    `3K - 1` values per transformed dimension.
+    A `Bijector`; params `{"conditioner": conditioner params}`.
   """
   if not range_min < range_max:
     raise ValueError(f"spline_coupling: need range_min < range_max, got "
@@ -218,9 +189,11 @@ def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
   def inverse_transform(y, out):
     return spline.rational_quadratic_inverse(y, out, **kwargs)
 
-  return _coupling("spline_coupling", mask, hidden_sizes, context_dim,
+  if conditioner is None:
+    conditioner = conditioners.mlp_conditioner(hidden_sizes, activation)
+  return _coupling("spline_coupling", mask, context_dim,
                    spline.num_spline_params(num_bins), transform,
-                   inverse_transform, activation)
+                   inverse_transform, conditioner)
 
 
 def alternating_mask(dim: int, parity: int = 0) -> np.ndarray:

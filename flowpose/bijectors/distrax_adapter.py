@@ -1,4 +1,5 @@
-"""Adapter from a pure-function `Bijector` (+ params) to a `distrax.Bijector`.
+"""Bridges to distrax: a pure-function `Bijector` as a `distrax.Bijector`, and
+flowpose's spline parameters as a `distrax.RationalQuadraticSpline`.
 
 Lets a flow plug into the distrax/TFP ecosystem, e.g.
 
@@ -7,15 +8,21 @@ Lets a flow plug into the distrax/TFP ecosystem, e.g.
       to_distrax(bijector, params))
   flow.log_prob(x)   # = base.log_prob(inverse(x)) + inverse log-det
 
-Note the import-order trap: import distrax (this module) before tensorflow.
+This is the only flowpose module that imports distrax (through
+`lazy_distrax.import_distrax`, so TensorFlow may already be loaded); import it
+where a distrax object is built, not at package level.
 """
 
 from typing import Any, Optional
 
-import distrax
 import jax
+import jax.numpy as jnp
 
 from flowpose.bijectors import core
+from flowpose.bijectors import lazy_distrax
+from flowpose.bijectors import spline
+
+distrax = lazy_distrax.import_distrax()
 
 Array = jax.Array
 
@@ -74,3 +81,39 @@ def to_distrax(bijector: core.Bijector, params: Any,
     A `distrax.Bijector` with `event_ndims_in == event_ndims_out == 1`.
   """
   return PureFunctionBijector(bijector, params, context, name)
+
+
+def rational_quadratic_spline(
+    params: Array, *, range_min: float, range_max: float,
+    min_bin_size: float = spline.DEFAULT_MIN_BIN_SIZE,
+    min_derivative: float = spline.DEFAULT_MIN_DERIVATIVE):
+  """flowpose's element-wise spline as a `distrax.RationalQuadraticSpline`.
+
+  Same map as `spline.rational_quadratic_forward(x, params, ...)`: distrax's
+  `boundary_slopes="identity"` fixes the two boundary derivatives to 1 (the
+  identity tails), so flowpose's `K - 1` interior derivatives are padded with
+  two ignored zeros; flowpose's `min_bin_size` is a fraction of the range,
+  distrax's an absolute size.
+
+  Args:
+    params: `[..., 3K - 1]` unconstrained spline parameters (flowpose layout:
+      widths, heights, interior derivatives).
+    range_min, range_max: the spline interval; identity outside.
+    min_bin_size: smallest bin size as a fraction of the range.
+    min_derivative: smallest knot derivative.
+
+  Returns:
+    An element-wise (`event_ndims_in=0`) `distrax.RationalQuadraticSpline`.
+  """
+  num_bins = (params.shape[-1] + 1) // 3
+  if params.shape[-1] != spline.num_spline_params(num_bins):
+    raise ValueError("rational_quadratic_spline: expected [..., 3K - 1] params, "
+                     f"got {params.shape}")
+  pad = jnp.zeros(params.shape[:-1] + (1,), params.dtype)
+  distrax_params = jnp.concatenate(
+      [params[..., :2 * num_bins], pad, params[..., 2 * num_bins:], pad], -1)
+  return distrax.RationalQuadraticSpline(
+      distrax_params, range_min=range_min, range_max=range_max,
+      boundary_slopes="identity",
+      min_bin_size=min_bin_size * (range_max - range_min),
+      min_knot_slope=min_derivative)
