@@ -17,6 +17,7 @@ import pathlib
 
 import ml_collections
 
+from flowpose.data import poses
 from flowpose.prior import flow
 
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,19 +45,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # `event_dim` follows `chart`: `--config.flow.chart=axis_angle` alone gives D = 72.
   config.flow = flow.default_flow_config()
 
-  # Data (flowpose/data/poses.py).
-  config.data = ml_collections.ConfigDict()
-  config.data.source = "tfds"       # "tfds" | "synthetic".
-  config.data.tfds_name = "cmu_mocap"
-  config.data.tfds_config = ""      # "": the per-frame config at `fps`.
-  config.data.fps = 30
-  config.data.data_dir = ""         # "": $FLOWPOSE_CACHE/tfds.
+  # Data: flowpose.data.poses's defaults (fields documented there) plus the CMU folder.
+  config.data = poses.default_config()
   config.data.manual_dir = _default_cmu_dir()
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.synthetic_seed = 0    # Synthetic source only.
-  config.data.num_train = 100_000
-  config.data.num_eval = 10_000
   # Adds the left-right mirror image of every training pose (cmu_skeleton.mirror_dofs); the
   # baselines are fitted on the same augmented poses.
   # Validation NLL: affine flow -26.3 with vs -28.2 without, but test (unseen subjects) +15.4 ->

@@ -5,10 +5,6 @@ import json
 import os
 import pathlib
 
-try:  # Before TensorFlow (WORKSPACE.md import-order trap), so later distrax imports work.
-  import distrax  # pylint: disable=unused-import
-except ImportError:
-  pass
 import jax
 import jax.numpy as jnp
 import ml_collections

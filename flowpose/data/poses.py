@@ -56,16 +56,20 @@ DATA_DEFAULTS = dict(
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """A `config.data` with every field at its default (experiments override fields)."""
+  """A `config.data` with every field at its default (experiments override fields).
+
+  Fields: `source` "tfds" | "synthetic"; `tfds_name`, `tfds_config` ("" = the per-frame config at
+  `fps`), `fps`, `data_dir` ("" = $FLOWPOSE_CACHE/tfds), `manual_dir` (the clip folder: prepared
+  data are keyed by its contents), `train_split`, `eval_split`; `synthetic_seed`, `num_train`,
+  `num_eval` (synthetic source only); `augment_mirror` (each training pose followed by its
+  left-right mirror, CMU chart only); `skip_bad_files` (skip unreadable clips, listed in
+  bad_files.json, instead of failing the build); `shuffle_buffer` (poses).
+  """
   return ml_collections.ConfigDict(dict(DATA_DEFAULTS))
 
 
 def _tf():
   """`(tf, tfds)`, imported on first use (the synthetic path and numpy users need neither)."""
-  try:  # TFP (distrax) must be imported before TensorFlow (WORKSPACE.md import-order trap).
-    import distrax  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    pass
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:  # TF must not grab accelerator memory that JAX needs.

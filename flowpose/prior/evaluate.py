@@ -33,7 +33,6 @@ from absl import logging
 import jax
 import numpy as np
 
-# flowpose.prior.io imports the flow (distrax/TFP) before data.poses imports TensorFlow.
 from flowpose.prior import io as prior_io
 from flowpose.prior import baseline_cache
 from flowpose.prior import charts

@@ -36,16 +36,13 @@ import ml_collections
 import numpy as np
 import optax
 
-try:  # TFP (distrax) must be imported before TensorFlow, which clu imports.
-  import distrax  # pylint: disable=g-import-not-at-top,unused-import
-except ImportError:
-  pass
-from flowpose import io_utils  # pylint: disable=g-bad-import-order
+from clu import metric_writers
+from clu import periodic_actions
+
+from flowpose import io_utils
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
 from flowpose.train import workdir as workdir_lib
-from clu import metric_writers  # pylint: disable=g-bad-import-order
-from clu import periodic_actions
 
 CONFIG_FILE = "config.json"
 # Fields that change no compiled function: runs differing only in these share programs.

@@ -26,12 +26,6 @@ import json
 import pathlib
 from typing import Dict, List, Tuple
 
-# distrax / TFP must be imported before TensorFlow (WORKSPACE.md import-order trap): TFP checks
-# the TF environment when TF is already loaded and fails without tf_keras.
-try:
-  import distrax  # pylint: disable=g-import-not-at-top,unused-import
-except ImportError:
-  pass
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
