@@ -18,6 +18,7 @@ from flowpose import metrics as eval_lib
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import reduced_body as fitting_body
 from flowpose import geometry
+from flowpose.geometry import camera
 from flowpose.body.build import assets
 from flowpose.body import model as body_lib
 
@@ -54,8 +55,7 @@ def setup(fast_compile):  # pylint: disable=unused-argument
       model, rotmats, jnp.zeros((num, model.num_betas)), jnp.asarray(transl))
   focal = np.full((num, 2), 1000.0, np.float32)
   centre = np.full((num, 2), 500.0, np.float32)
-  keypoints = np.asarray(jax.vmap(fitting_body.project)(gt.keypoints, focal,
-                                                         centre))
+  keypoints = np.asarray(camera.perspective_project(gt.keypoints, focal, centre))
   evidence = fitting.Evidence(keypoints, np.ones(keypoints.shape[:2]), focal,
                               centre)
   config = fitting.default_fit_config()
