@@ -78,9 +78,9 @@ def result_warnings(depth_init_clamped: np.ndarray, depth_init: np.ndarray,
   for b in range(len(transl)):
     warnings = []
     if depth_init_clamped[b]:
-      warnings.append(f"the initial depth estimate was clamped to {depth_init[b]:g} m (range "
-                      f"{depth_range[0]:g}-{depth_range[1]:g} m): the keypoints' scale does not "
-                      "match a human at a plausible distance, the fit is distorted")
+      warnings.append(f"the initial depth estimate was clamped into {depth_range[0]:g}-"
+                      f"{depth_range[1]:g} m (start depth {depth_init[b]:.3g} m): the keypoints' "
+                      "scale does not match a human at a plausible distance, the fit is distorted")
     depth = float(transl[b, 2])
     if not depth_range[0] <= depth <= depth_range[1]:
       warnings.append(f"fitted depth {depth:.3g} m is outside {depth_range[0]:g}-"
