@@ -79,9 +79,12 @@ def stage_schedule(lr, steps, final_lr_fraction: float, warmup_fraction: float =
     final_lr_fraction: static, `lr` at the last step / peak.
     warmup_fraction: static, fraction of the stage spent in the linear warmup from 0.
   """
-  unit = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=1.0, warmup_steps=float(warmup_fraction), decay_steps=1.0,
-      end_value=float(final_lr_fraction))
+  if warmup_fraction > 0:
+    unit = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=1.0, warmup_steps=float(warmup_fraction), decay_steps=1.0,
+        end_value=float(final_lr_fraction))
+  else:  # The same values without a zero-length warmup piece.
+    unit = optax.cosine_decay_schedule(1.0, decay_steps=1.0, alpha=float(final_lr_fraction))
   return lambda count: lr * unit(count / jnp.maximum(steps - 1, 1))
 
 
