@@ -53,7 +53,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from flowpose import geometry
 from flowpose import losses
