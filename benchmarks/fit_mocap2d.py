@@ -1,30 +1,35 @@
 r"""Synthetic 2D->3D fitting benchmark on held-out mocap poses.
 
   python -m benchmarks.fit_mocap2d --prior_workdir=DIR --out=/tmp/fit.json \
-      [--mocap_dir=../shared/data/cmu] [--num_frames=256] \
+      [--mocap_dir=FOLDER] [--split=test|train|validation|all] [--num_frames=256] \
       [--config=experiments/fit_mocap2d.py[:runlocal]]
 
-Frames: the test-split subjects (`flowpose.data.tfds.cmu_mocap.splits`) of a CMU
-ASF/AMC folder, or every clip of any other folder of ASF/AMC or BVH clips
-(CMU skeleton), retargeted to the CC0 body (`flowpose.data.retarget`); the
-mocap root orientation is replaced by an upright body with a random yaw. The
-scene (shape, camera, noise, occlusion) is described in
-`experiments/fit_mocap2d.py`. Part maps are rendered with `flowpose.evidence.raster`
-and sampled with `losses.sample_part_pixels`.
+Frames: without `--mocap_dir`, the test-split subjects (`flowpose.data.tfds.cmu_mocap.splits`)
+of the shared CMU folder (`$FLOWPOSE_SHARED_DATA/cmu`, else `../shared/data/cmu`). A folder
+passed with `--mocap_dir` is evaluated as given: all its ASF/AMC clips (or, without any, all its
+BVH clips; CMU skeleton), unless `--split` names a CMU split, which must then hold clips. The
+report's `frames` field says which clips were used. Poses are retargeted to the CC0 body
+(`flowpose.data.retarget`); the mocap root orientation is replaced by an upright body with a
+random yaw. The scene (shape, camera, noise, occlusion) is described in
+`experiments/fit_mocap2d.py`. Part maps are rendered with `flowpose.evidence.raster` and
+sampled with `losses.sample_part_pixels`.
 
-Fits with every prior on keypoints only, and with the flow on keypoints +
-parts (on the first `parts_frames` frames; `flow_kp_subset` is the flow
-without parts on the same frames). Reports (mm) MPJPE (root-aligned, all 31
-joints), PA-MPJPE, PVE (root-aligned), fit times, and `batched_speedup` =
-(time to fit `speedup_frames` frames one at a time) / (time to fit them
-jointly), both after compilation. Priors come from `--prior_workdir` (flow:
-`prior_params.msgpack`; baselines: `baselines.npz` from the prior evaluation,
-else fitted here on the train-split DOFs); without it the flow is skipped.
+Fits with every prior of `config.priors` on keypoints only, and with the best one (the flow
+when listed) on keypoints + parts (on the first `parts_frames` frames; `<best>_kp_subset` is
+the same prior without parts on the same frames). Reports (mm) MPJPE (root-aligned, all 31
+joints), PA-MPJPE, PVE (root-aligned), fit times, and `batched_speedup` = (time to fit
+`speedup_frames` frames one at a time) / (time to fit them jointly), both after compilation.
+
+Priors come from `--prior_workdir` through `flowpose.prior.registry` (flow:
+`prior_params.msgpack`; gaussian/gmm8: `baselines.npz` of `launch.evaluate_prior`). A named prior
+that cannot be loaded, a missing workdir, `--num_frames` < 1, or an unwritable `--out` stop
+the run before any fitting.
 """
 
 import json
 import os
 import pathlib
+import sys
 import time
 
 from absl import app
@@ -36,30 +41,34 @@ from ml_collections import config_flags
 import numpy as np
 
 # flowpose.prior.flow (distrax/TFP) must be imported before TensorFlow users.
-from flowpose.prior import io as prior_io
-from flowpose.prior import flow as prior_lib  # pylint: disable=g-bad-import-order,unused-import
-from flowpose.geometry import camera
-from flowpose import metrics as eval_lib
-from flowpose.fitting import fit as fitting
-from flowpose.fitting import reduced_body as fitting_body
+from flowpose.prior import flow as _flow  # pylint: disable=g-bad-import-order,unused-import
 from flowpose import geometry
+from flowpose import io_utils
 from flowpose import losses
-from flowpose.evidence import raster as render
-from flowpose.body.build import assets
+from flowpose import metrics
 from flowpose.body import model as body_lib
+from flowpose.body.build import assets
 from flowpose.data import asf_amc
 from flowpose.data import bvh
 from flowpose.data import retarget
 from flowpose.data.tfds.cmu_mocap import splits
+from flowpose.evidence import raster
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body
+from flowpose.geometry import camera
+from flowpose.prior import registry
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_REPO / "experiments" / "fit_mocap2d.py"), "Benchmark config.")
-_MOCAP_DIR = flags.DEFINE_string("mocap_dir", str(_REPO.parent / "shared" / "data" / "cmu"),
-                                 "Folder of ASF/AMC or BVH clips.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Overrides config.num_frames.")
-_OUT = flags.DEFINE_string("out", None, "Output JSON.", required=True)
-_PRIOR_WORKDIR = flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.")
+SPLITS = ("train", "validation", "test", "all")
+
+
+class BenchmarkInputError(ValueError):
+  """A bad flag or config value of the benchmark (the message names it)."""
+
+
+def default_mocap_dir() -> pathlib.Path:
+  shared = os.environ.get("FLOWPOSE_SHARED_DATA")
+  return pathlib.Path(shared or _REPO.parent / "shared" / "data") / "cmu"
 
 
 def body_rotmats_fn(dofs, root):
@@ -67,52 +76,51 @@ def body_rotmats_fn(dofs, root):
   return retarget.pose_dofs_to_body_rotmats(dofs).at[0].set(root)
 
 
-def load_dofs(mocap_dir: str, split: str, stride: int = 4):
-  """[N, 50] pose DOFs of the clips of `split` (or of every clip of a non-CMU folder).
+def clip_paths(mocap_dir, split: str) -> list:
+  """The clips of `mocap_dir` to evaluate: all of them (`split="all"`) or one CMU split's.
 
-  Every `stride`-th frame (CMU's 120 fps -> 30 fps, as the prior's training data).
+  Raises:
+    BenchmarkInputError: no such folder, no clips, or no clip of `split`.
   """
   folder = pathlib.Path(mocap_dir)
+  if split not in SPLITS:
+    raise BenchmarkInputError(f"--split: expected one of {SPLITS}, got {split!r}")
+  if not folder.is_dir():
+    raise BenchmarkInputError(f"--mocap_dir: {folder} is not a folder")
   clips = splits.list_clips(folder)
-  if clips:
-    paths = [c.amc_path for c in clips if c.split == split] or [c.amc_path for c in clips]
-  else:
-    paths = sorted(p for p in folder.rglob("*") if p.name.endswith((".bvh", ".bvh.gz")))
+  if split != "all":
+    paths = [c.amc_path for c in clips if c.split == split]
+    if not paths:
+      raise BenchmarkInputError(
+          f"--mocap_dir: {folder} holds no clip of the {split!r} split (CMU subjects of "
+          f"flowpose.data.tfds.cmu_mocap.splits); pass --split=all to evaluate all its clips")
+    return paths
+  paths = [c.amc_path for c in clips] or sorted(
+      p for p in folder.rglob("*") if p.name.endswith((".bvh", ".bvh.gz")))
   if not paths:
-    raise ValueError(f"{mocap_dir}: no ASF/AMC or BVH clips")
+    raise BenchmarkInputError(f"--mocap_dir: {folder}: no ASF/AMC or BVH clips")
+  return paths
+
+
+def load_dofs(paths, stride: int = 4) -> np.ndarray:
+  """[N, 50] pose DOFs of the clips, every `stride`-th frame (CMU 120 -> 30 fps, as the prior's
+  training data)."""
   out = []
   for path in paths:
+    path = pathlib.Path(path)
     motion = (bvh.read_bvh(path) if ".bvh" in path.name else asf_amc.load_asf_amc(path))
-    dofs = retarget.motion_to_pose_dofs(motion)
-    out.append(dofs[::stride])
-  logging.info("%s: %d clips of split %s", mocap_dir, len(paths), split)
+    out.append(retarget.motion_to_pose_dofs(motion)[::stride])
   return np.concatenate(out).astype(np.float32)
 
 
-def load_priors(workdir, mocap_dir):
-  """{kind: PosePrior} for none/gaussian/gmm8 (+ flow with a workdir)."""
-  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
-  flow = flow_params = None
-  if workdir and os.path.exists(os.path.join(workdir, prior_io.PARAMS_FILE)):
-    flow, flow_params, _ = prior_io.load_exported_prior(workdir)
-    center = np.asarray(flow_params["stats"]["center"])
-  try:
-    fitted = prior_eval.load_baselines(workdir) if workdir else None
-  except prior_eval.PriorEvalError as e:
-    logging.warning("%s; fitting the baselines on the train clips", e)
-    fitted = None
-  if fitted is None:
-    train = load_dofs(mocap_dir, "train")
-    if flow is None:
-      center = np.arctan2(np.sin(train).mean(0), np.cos(train).mean(0))
-    fitted = prior_eval.fit_baselines(train, center)
-  gauss, gmm = fitted.models["gaussian_full"], fitted.models["gmm8"]
-  priors = {
-      "none": fitting_body.make_pose_prior("none", init_pose=np.asarray(gauss.mean)),
-      "gaussian": fitting_body.make_pose_prior("gaussian", gaussian=gauss),
-      "gmm8": fitting_body.make_pose_prior("gmm8", gmm=gmm)}
-  if flow is not None:
-    priors["flow"] = fitting_body.make_pose_prior("flow", flow=flow, flow_params=flow_params)
+def load_priors(kinds, workdir) -> dict:
+  """{kind: PosePrior} of every named prior (`registry.load`); errors name what is missing."""
+  priors = {}
+  for kind in kinds:
+    try:
+      priors[kind] = registry.load(kind, workdir)
+    except registry.PriorRegistryError as e:
+      raise BenchmarkInputError(f"config.priors / --prior_workdir: {e}") from e
   return priors
 
 
@@ -139,7 +147,7 @@ def make_scene(model, dofs, scene, rng):
   centre = np.full((num, 2), size / 2, np.float32)
   to_cam = lambda x: np.einsum("bij,bnj->bni", cam_rot, np.asarray(x)) + cam_t[:, None]
   joints, verts, kp3 = to_cam(world.joints), to_cam(world.vertices), to_cam(world.keypoints)
-  kp = kp3[..., :2] / kp3[..., 2:] * focal2[:, None] + centre[:, None]
+  kp = camera.perspective_project_np(kp3, focal2, centre)
   kp = kp + rng.normal(0, scene.noise_px, kp.shape)
   conf = (rng.uniform(size=kp.shape[:2]) >= scene.occlusion_prob).astype(np.float32)
   conf *= np.all((kp >= 0) & (kp < size), -1)
@@ -153,9 +161,9 @@ def part_evidence(model, gt, frames, scene, num_points, rng):
   size = (scene.part_image_size,) * 2
   out = [], [], []
   for b in frames:
-    cam = render.PinholeCamera(np.eye(3), np.zeros(3), gt["focal"][b] / ratio,
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), gt["focal"][b] / ratio,
                                gt["centre"][b] / ratio)
-    labels = render.render(gt["vertices"][b], np.asarray(model.faces), cam, size,
+    labels = raster.render(gt["vertices"][b], np.asarray(model.faces), cam, size,
                            vertex_labels=np.asarray(model.part_labels)).part_labels
     pix, lab, valid = losses.sample_part_pixels(labels, num_points, rng)
     for lst, x in zip(out, (pix * ratio, lab, valid)):
@@ -167,9 +175,9 @@ def evaluate(model, result, gt, frames):
   out = fitting.body_outputs(model, result)
   joints, verts = gt["joints"][frames], gt["vertices"][frames]
   return {
-      "mpjpe_mm": float(np.mean(eval_lib.mpjpe(out.joints, joints))),
-      "pa_mpjpe_mm": float(np.mean(eval_lib.pa_mpjpe(out.joints, joints))),
-      "pve_mm": float(np.mean(eval_lib.pve(out.vertices, verts, out.joints[:, 0],
+      "mpjpe_mm": float(np.mean(metrics.mpjpe(out.joints, joints))),
+      "pa_mpjpe_mm": float(np.mean(metrics.pa_mpjpe(out.joints, joints))),
+      "pve_mm": float(np.mean(metrics.pve(out.vertices, verts, out.joints[:, 0],
                                            joints[:, 0]))),
   }
 
@@ -184,43 +192,62 @@ def _subset(evidence, frames):
   return fitting.Evidence(*[None if x is None else x[frames] for x in evidence])
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  num_frames = _NUM_FRAMES.value or config.num_frames
+def run(config, *, out: str, prior_workdir, mocap_dir=None, split=None, num_frames=None):
+  """Runs the benchmark and writes `out` (JSON, atomically); returns the report.
+
+  Args:
+    config: `experiments/fit_mocap2d.py` config.
+    out: output JSON path (checked writable first).
+    prior_workdir: trained prior workdir (see the module docstring).
+    mocap_dir: clip folder; None = the shared CMU folder.
+    split: CMU split or "all"; None = "test" for the shared folder, "all" for `mocap_dir`.
+    num_frames: frames to fit (>= 1); None = `config.num_frames`.
+
+  Raises:
+    BenchmarkInputError, io_utils.OutputPathError: before any fitting.
+  """
+  out_path = io_utils.require_output_path(out, "--out", is_dir=False)
+  num_frames = config.num_frames if num_frames is None else num_frames
+  if not isinstance(num_frames, int) or num_frames < 1:
+    raise BenchmarkInputError(f"--num_frames / config.num_frames: expected an int >= 1, got "
+                              f"{num_frames!r}")
+  if split is None:
+    split = "test" if mocap_dir is None else "all"
+  mocap_dir = str(default_mocap_dir() if mocap_dir is None else mocap_dir)
+  paths = clip_paths(mocap_dir, split)
+  priors = load_priors(tuple(config.priors), prior_workdir)
+  logging.info("%s: %d clips (%s)", mocap_dir, len(paths), split)
   rng = np.random.default_rng(config.seed)
   model = assets.load_cc0_model()
-  body = fitting_body.make_fit_body(model, body_rotmats_fn, config.fit.part_vertices_per_part)
-  priors = load_priors(_PRIOR_WORKDIR.value, _MOCAP_DIR.value)
-  test = load_dofs(_MOCAP_DIR.value, "test")
-  dofs = test[rng.choice(len(test), num_frames, replace=len(test) < num_frames)]
+  body = reduced_body.make_fit_body(model, body_rotmats_fn, config.fit.part_vertices_per_part)
+  pool = load_dofs(paths)
+  dofs = pool[rng.choice(len(pool), num_frames, replace=len(pool) < num_frames)]
   gt = make_scene(model, dofs, config.scene, rng)
   evidence = fitting.Evidence(gt["keypoints"], gt["confidence"], gt["focal"], gt["centre"])
-  report = {"num_frames": num_frames, "prior_workdir": _PRIOR_WORKDIR.value,
-            "mocap_dir": _MOCAP_DIR.value, "steps": [s["steps"] for s in config.fit.stages],
+  report = {"num_frames": num_frames, "prior_workdir": prior_workdir, "mocap_dir": mocap_dir,
+            "frames": {"split": split, "num_clips": len(paths), "num_poses": len(pool),
+                       "clips": [pathlib.Path(p).name for p in paths]},
+            "steps": [s["steps"] for s in config.fit.stages],
             "restarts": list(config.fit.restart_yaws_deg), "occlusion_prob":
             config.scene.occlusion_prob, "noise_px": config.scene.noise_px,
             "device": jax.devices()[0].device_kind, "mpjpe_mm": {}, "pa_mpjpe_mm": {},
-            "pve_mm": {}, "fit_seconds": {}}
+            "pve_mm": {}, "fit_seconds": {}, "warnings": {}}
   everything = np.arange(num_frames)
 
   def record(name, result, seconds, frames):
-    metrics = evaluate(model, result, gt, frames)
-    for key, value in metrics.items():
+    for key, value in evaluate(model, result, gt, frames).items():
       report[key][name] = value
     report["fit_seconds"][name] = seconds
-    logging.info("%s: %s, %.1fs", name, metrics, seconds)
+    report["warnings"][name] = sum(len(w) for w in result.warnings)
+    logging.info("%s: PA-MPJPE %.1f mm, %.1fs", name, report["pa_mpjpe_mm"][name], seconds)
 
-  best = "flow" if "flow" in priors else "gmm8"
-  for kind in config.priors:
-    if kind not in priors:
-      logging.warning("prior %s unavailable (no --prior_workdir); skipped", kind)
-      continue
-    result, seconds = timed_fit(config.fit, model, body, priors[kind], evidence)
+  best = "flow" if "flow" in priors else list(priors)[-1]
+  for kind, prior in priors.items():
+    result, seconds = timed_fit(config.fit, model, body, prior, evidence)
     record(kind, result, seconds, everything)
     if kind == best:  # Again, compiled: the speed target.
       _, report["fit_seconds"][f"{kind}_after_compile"] = timed_fit(
-          config.fit, model, body, priors[kind], evidence)
+          config.fit, model, body, prior, evidence)
 
   frames = np.arange(min(config.parts_frames, num_frames))
   pix, lab, valid = part_evidence(model, gt, frames, config.scene, config.fit.num_part_pixels,
@@ -245,7 +272,7 @@ def main(argv):
   report["speedup_frames"] = len(frames)
 
   pa = report["pa_mpjpe_mm"]
-  if "flow" in pa:
+  if {"flow", "none", "gmm8"} <= set(pa):
     report["goals"] = {
         "flow_vs_none": pa["flow"] / pa["none"], "flow_vs_gmm8": pa["flow"] / pa["gmm8"],
         "parts_gain": 1 - pa["flow_parts"] / pa["flow_kp_subset"],
@@ -253,12 +280,37 @@ def main(argv):
                   "256 frames x 200 steps <= 10 s after compile"}
   text = json.dumps(report, indent=2)
   print(text)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  tmp = _OUT.value + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, _OUT.value)
+  io_utils.atomic_write(out_path, text.encode())
+  return report
+
+
+def define_flags():
+  """This command's flags (defined only when run as a program: importing stays flag-free)."""
+  config_flags.DEFINE_config_file(
+      "config", str(_REPO / "experiments" / "fit_mocap2d.py"), "Benchmark config.")
+  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC or BVH clips, evaluated as given "
+                      "(default: the shared CMU folder's test split).")
+  flags.DEFINE_enum("split", None, SPLITS, "CMU split of --mocap_dir (default: test for the "
+                    "shared folder, all for --mocap_dir).")
+  flags.DEFINE_integer("num_frames", None, "Overrides config.num_frames (>= 1).")
+  flags.DEFINE_string("out", None, "Output JSON.", required=True)
+  flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    run(f.config, out=f.out, prior_workdir=f.prior_workdir, mocap_dir=f.mocap_dir,
+        split=f.split, num_frames=f.num_frames)
+  except (BenchmarkInputError, io_utils.OutputPathError) as e:
+    logging.error("%s", e)
+    print(f"fit_mocap2d: {e}", file=sys.stderr)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

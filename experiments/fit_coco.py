@@ -16,7 +16,7 @@ focal/depth ambiguity. `config.fit.loss_weights` is the one weights dict.
 
 import ml_collections
 
-from flowpose.fitting import fit as fitting
+from flowpose.fitting import config as fit_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -29,8 +29,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.annotation_id = None  # None: the person with most labelled keypoints.
   config.overlay_alpha = 0.6
   config.side_view_size = 512
-  fit = fitting.default_fit_config()
-  fit.prior = "flow"  # none | gaussian | gmm8 | flow
+  fit = fit_config.default_fit_config()
+  fit.prior = "flow"  # A `flowpose.prior.registry` name: none | gaussian | gmm8 | flow
   # Front/back and both profiles: one photo, restarts are cheap.
   fit.restart_yaws_deg = (0.0, 90.0, 180.0, 270.0)
   fit.stages = [

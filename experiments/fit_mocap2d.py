@@ -4,7 +4,7 @@
       --prior_workdir=DIR --out=/tmp/fit.json
   --config=experiments/fit_mocap2d.py:runlocal   # few frames and steps
 
-The fitting part (`config.fit`) follows `flowpose.fitting.fit.default_fit_config`;
+The fitting part (`config.fit`) follows `flowpose.fitting.config.default_fit_config`;
 `config.fit.loss_weights` is the one loss-weights dict. The synthetic scene
 (`config.scene`): upright bodies with a random yaw, betas ~ N(0, 0.5^2) (half
 the model's PCA spread: plausible adults, no extreme shapes), pinhole cameras
@@ -15,7 +15,7 @@ on a 1000 x 1000 image, Gaussian keypoint noise and random occlusion
 
 import ml_collections
 
-from flowpose.fitting import fit as fitting
+from flowpose.fitting import config as fit_config
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -42,7 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.scene.occlusion_prob = 0.2   # Per keypoint.
   config.scene.part_image_size = 500  # Part maps are rendered at this size.
 
-  fit = fitting.default_fit_config()
+  fit = fit_config.default_fit_config()
   # Cameras all around the body: front, back and both profiles. Keeping the
   # best after the last stage (not after the torso-only camera stage) costs
   # 4x in the body stage but is 12 mm better PA-MPJPE (gaussian prior, 48

@@ -5,8 +5,11 @@ r"""Fits the body to one COCO photograph's keypoints and writes overlay/side vie
       --annotations=../shared/data/coco/person_keypoints_785.json \
       --prior_workdir=DIR --out_dir=/tmp/coco785
 
-Bad inputs (JSON, keypoints, image, prior workdir) stop with one
-`FitInputError` message naming the file and field; nothing is written then.
+Bad inputs (JSON, keypoints, image, prior workdir, evidence that cannot
+determine a body) stop with one `FitInputError` message naming the file and
+field, an unusable `--out_dir` with `OutputPathError`, both before fitting;
+exit status 2 and nothing is written then. Outputs replace `--out_dir` in one
+rename (`io_utils.atomic_dir`); `params.json` lists warnings (clamps that bound).
 """
 
 import os
@@ -23,11 +26,13 @@ from ml_collections import config_flags
 
 # distrax/TFP before anything imports TensorFlow (see flowpose.prior.flow).
 from flowpose.prior import flow as _prior  # pylint: disable=g-bad-import-order,unused-import
-from flowpose.fitting import fit as fitting
-from flowpose.fitting import photo as fitting_coco
+from flowpose import io_utils
+from flowpose.fitting import config as fit_config
+from flowpose.fitting import photo
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "coco"
+_DATA = pathlib.Path(os.environ.get("FLOWPOSE_SHARED_DATA") or
+                     pathlib.Path(__file__).resolve().parents[2] / "shared" / "data") / "coco"
 config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).resolve().parents[1] /
                                               "experiments" / "fit_coco.py"),
                                 "Fitting config (`path.py[:runlocal]`).")
@@ -47,9 +52,9 @@ def main(argv):
   if _ANNOTATION_ID.value is not None:
     config.annotation_id = _ANNOTATION_ID.value
   try:
-    paths = fitting_coco.run(config, _IMAGE.value, _ANNOTATIONS.value,
-                             _PRIOR_WORKDIR.value, _OUT_DIR.value)
-  except fitting.FitInputError as e:
+    paths = photo.run(config, _IMAGE.value, _ANNOTATIONS.value, _PRIOR_WORKDIR.value,
+                      _OUT_DIR.value)
+  except (fit_config.FitInputError, io_utils.OutputPathError) as e:
     logging.error("%s", e)
     print(f"fit_coco: {e}", file=sys.stderr)
     return 2

@@ -2,6 +2,9 @@ r"""Renders PNGs of the CC0 body model: rest pose parts, random shapes, joints a
 
   python -m launch.render_body --out_dir /tmp/body_png [--num_shapes 4] [--size 512] [--seed 0]
 
+`--num_shapes` must be >= 1 (0 would leave out `shapes.png`, so it is refused, not skipped);
+`--out_dir` is checked writable before anything is rendered.
+
 Writes into `--out_dir` (each file written atomically):
   rest_front.png        rest pose, mean shape, parts coloured, seen from the front (+Z);
   rest_side.png         the same seen from the body's right side (-X; the body faces right);
@@ -24,7 +27,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from flowpose.evidence import raster as render
+from flowpose import io_utils
+from flowpose.evidence import raster
 from flowpose.viz import images as viz
 
 FRONT = (0.0, 0.0, 1.0)  # The body faces +Z.
@@ -43,8 +47,8 @@ def _pose(model, betas=None):
   return jax.tree.map(np.asarray, out)
 
 
-def _view(vertices, faces, camera, size, **kwargs) -> render.Rendering:
-  return render.render(vertices, faces, camera, (size, size), smooth=True, **kwargs)
+def _view(vertices, faces, camera, size, **kwargs) -> raster.Rendering:
+  return raster.render(vertices, faces, camera, (size, size), smooth=True, **kwargs)
 
 
 def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
@@ -54,13 +58,18 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
   Args:
     model: a `flowpose.body.model.BodyModel`.
     out_dir: output directory (created).
-    num_shapes: number of random shapes.
+    num_shapes: number of random shapes (>= 1).
     size: pixels per view (square).
     seed: seed of the random betas.
 
   Returns:
     File stem -> path written.
+
+  Raises:
+    ValueError: `num_shapes` < 1 (`shapes.png` would be missing).
   """
+  if num_shapes < 1:
+    raise ValueError(f"render_body: num_shapes must be >= 1 (shapes.png), got {num_shapes}")
   out_dir = pathlib.Path(out_dir)
   faces = np.asarray(model.faces)
   part_labels = np.asarray(model.part_labels)
@@ -75,7 +84,7 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
   rest = _pose(model)
   views = {}
   for name, view_dir in (("rest_front", FRONT), ("rest_side", RIGHT_SIDE)):
-    camera = render.fit_camera(rest.vertices, view_dir, (size, size))
+    camera = raster.fit_camera(rest.vertices, view_dir, (size, size))
     views[name] = (camera, _view(rest.vertices, faces, camera, size,
                                  vertex_labels=part_labels, label_colors=palette))
     save(name, views[name][1].rgb)
@@ -87,15 +96,14 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
   num_betas = model.shapedirs.shape[-1]
   shaped = [_pose(model, rng.standard_normal(num_betas)) for _ in range(num_shapes)]
   cells, captions = [], []
-  if num_shapes:
-    everything = np.concatenate([s.vertices for s in shaped])
-    for view_dir, label in ((FRONT, "front"), (RIGHT_SIDE, "side")):
-      camera = render.fit_camera(everything, view_dir, (size, size))
-      for i, s in enumerate(shaped):
-        cells.append(_view(s.vertices, faces, camera, size, face_colors=SKIN).rgb)
-        height = np.ptp(s.vertices[:, 1])
-        captions.append(f"shape {i}, {height:.2f} m" if label == "front" else f"{i} side")
-    save("shapes", viz.image_grid(cells, captions, num_cols=num_shapes))
+  everything = np.concatenate([s.vertices for s in shaped])
+  for view_dir, label in ((FRONT, "front"), (RIGHT_SIDE, "side")):
+    camera = raster.fit_camera(everything, view_dir, (size, size))
+    for i, s in enumerate(shaped):
+      cells.append(_view(s.vertices, faces, camera, size, face_colors=SKIN).rgb)
+      height = np.ptp(s.vertices[:, 1])
+      captions.append(f"shape {i}, {height:.2f} m" if label == "front" else f"{i} side")
+  save("shapes", viz.image_grid(cells, captions, num_cols=num_shapes))
 
   # Joints and keypoints over the faded front view.
   camera, rendering = views["rest_front"]
@@ -103,10 +111,10 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
                       _view(rest.vertices, faces, camera, size, face_colors=SKIN).rgb,
                       alpha=0.45, mask=np.isfinite(rendering.depth))
   radius, width = max(2.0, size / 160), max(1, round(size / 250))
-  joints_uv, _ = render.project(rest.joints, camera)
+  joints_uv, _ = raster.project(rest.joints, camera)
   with_joints = viz.draw_skeleton(faded, joints_uv, model.parents, names=model.joint_names,
                                   radius=radius, width=width)
-  keypoints_uv, _ = render.project(rest.keypoints, camera)
+  keypoints_uv, _ = raster.project(rest.keypoints, camera)
   with_keypoints = viz.draw_keypoints(
       faded, keypoints_uv, skeleton=viz.skeleton_from_names(model.keypoint_names),
       names=model.keypoint_names, radius=radius, width=width)
@@ -124,7 +132,10 @@ def render_body_pngs(model, out_dir, num_shapes: int = 4, size: int = 512,
 
 
 def run(out_dir, num_shapes: int = 4, size: int = 512, seed: int = 0):
-  """Loads (building if needed) the CC0 model and renders the PNG set."""
+  """Checks `out_dir`, loads (building if needed) the CC0 model and renders the PNG set."""
+  if num_shapes < 1:
+    raise ValueError(f"--num_shapes: must be >= 1 (shapes.png), got {num_shapes}")
+  io_utils.require_output_path(out_dir, "--out_dir")
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   model = assets.load_cc0_model()
   written = render_body_pngs(model, out_dir, num_shapes=num_shapes, size=size, seed=seed)
@@ -133,20 +144,27 @@ def run(out_dir, num_shapes: int = 4, size: int = 512, seed: int = 0):
   return written
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines this command's flags. Called only when run as a program, so that importing the
   module (tests, notebooks) cannot clash with same-named flags of other launchers."""
-  flags.DEFINE_string("out_dir", None, "Directory for the PNG files.", required=True)
-  flags.DEFINE_integer("num_shapes", 4, "Random body shapes to render.", lower_bound=0)
-  flags.DEFINE_integer("size", 512, "Height and width of each view in pixels.", lower_bound=16)
-  flags.DEFINE_integer("seed", 0, "Seed for the random shapes.")
+  flags.DEFINE_string("out_dir", None, "Directory for the PNG files.", required=True,
+                      flag_values=flag_values)
+  flags.DEFINE_integer("num_shapes", 4, "Random body shapes to render (>= 1).", lower_bound=1,
+                       flag_values=flag_values)
+  flags.DEFINE_integer("size", 512, "Height and width of each view in pixels.", lower_bound=16,
+                       flag_values=flag_values)
+  flags.DEFINE_integer("seed", 0, "Seed for the random shapes.", flag_values=flag_values)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  run(f.out_dir, num_shapes=f.num_shapes, size=f.size, seed=f.seed)
+  try:
+    run(f.out_dir, num_shapes=f.num_shapes, size=f.size, seed=f.seed)
+  except io_utils.OutputPathError as e:
+    logging.error("%s", e)
+    raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

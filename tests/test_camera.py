@@ -165,3 +165,30 @@ def test_box_from_keypoints():
   np.testing.assert_allclose(boxes[1], [198, 248, 4, 4], rtol=1e-6)
   np.testing.assert_allclose(boxes[2], [-2, -2, 4, 4], rtol=1e-6)
   assert np.all(np.isfinite(camera.crop_box_to_transform(boxes, (64, 64))))
+
+
+def test_one_projection_for_fitting_rendering_and_numpy():
+  """The former three pinhole formulas (fitting, rasterizer, camera) are one: they agree in
+  front of the camera, and points within MIN_DEPTH are clamped (jnp/numpy) or NaN (raster)."""
+  from flowpose.evidence import raster  # pylint: disable=g-import-not-at-top
+  from flowpose.fitting import reduced_body  # pylint: disable=g-import-not-at-top
+  assert not hasattr(reduced_body, "project")
+  pts = _random_points(3)
+  near = np.array([[0.1, 0.2, 0.5 * camera.MIN_DEPTH], [0.1, 0.2, -1.0]], np.float32)
+  pts = np.concatenate([pts, near])
+  jnp_uv = np.asarray(camera.perspective_project(pts, FOCAL, CENTER))
+  np_uv = camera.perspective_project_np(pts, FOCAL, CENTER)
+  cam = raster.PinholeCamera(np.eye(3), np.zeros(3), np.asarray(FOCAL), np.asarray(CENTER))
+  raster_uv, depth = raster.project(pts, cam)
+  front = np.asarray(camera.in_front(pts))
+  np.testing.assert_array_equal(front, [True] * (len(pts) - 2) + [False, False])
+  np.testing.assert_allclose(jnp_uv, np_uv, rtol=1e-5)
+  np.testing.assert_allclose(raster_uv[front], np_uv[front], rtol=1e-12)
+  assert np.all(np.isnan(raster_uv[~front]))
+  np.testing.assert_allclose(depth, pts[:, 2])
+  # The clamp: a point within MIN_DEPTH projects as if at MIN_DEPTH.
+  np.testing.assert_allclose(np_uv[-2], np.asarray(FOCAL) * near[0, :2] / camera.MIN_DEPTH
+                             + np.asarray(CENTER), rtol=1e-5)
+  # Differentiable, and no gradient flows through a clamped depth.
+  grad = jax.grad(lambda p: camera.perspective_project(p, FOCAL, CENTER).sum())(pts)
+  assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[~front, 2] == 0)

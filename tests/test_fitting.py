@@ -1,4 +1,4 @@
-"""Tests for flowpose/fitting.py (CC0 body, small synthetic cases).
+"""Tests for flowpose.fitting (CC0 body, small synthetic cases) and benchmarks/fit_mocap2d's checks.
 
 The known pose lives in a small pose space: 8 DOFs rotating in the body's
 frontal plane (shoulder/elbow/hip abduction, spine and neck side bend), seen
@@ -8,18 +8,27 @@ towards the camera have a depth-flip twin with almost the same projection
 and, without a prior, no unique answer (not what this test is about).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from flowpose import geometry
+from flowpose import io_utils
+from flowpose import losses
 from flowpose import metrics as eval_lib
+from flowpose.body import model as body_lib
+from flowpose.body.build import assets
+from flowpose.evidence import raster
+from flowpose.fitting import checks
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import reduced_body as fitting_body
-from flowpose import geometry
-from flowpose.body.build import assets
-from flowpose.body import model as body_lib
+from flowpose.fitting import stage
+from flowpose.geometry import camera
+from flowpose.prior import baselines
+from flowpose.prior import registry
 
 _DOFS = (("LeftArm", "Z"), ("RightArm", "Z"), ("LeftForeArm", "Z"),
          ("RightForeArm", "Z"), ("LeftUpLeg", "Z"), ("RightUpLeg", "Z"),
@@ -46,16 +55,7 @@ def setup(fast_compile):  # pylint: disable=unused-argument
   rng = np.random.default_rng(0)
   num = 3
   dofs = rng.uniform(-0.4, 0.4, (num, len(_DOFS))).astype(np.float32)
-  yaws = np.array([10.0, -15.0, 170.0])  # The last one shows its back.
-  roots = np.stack([fitting_body.facing_camera_rotation(y) for y in yaws])
-  transl = np.array([[0.1, -0.2, 3.5], [-0.2, 0.0, 4.0], [0.0, 0.1, 4.5]])
-  rotmats = jax.vmap(decoder)(jnp.asarray(dofs), jnp.asarray(roots, jnp.float32))
-  gt = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
-      model, rotmats, jnp.zeros((num, model.num_betas)), jnp.asarray(transl))
-  focal = np.full((num, 2), 1000.0, np.float32)
-  centre = np.full((num, 2), 500.0, np.float32)
-  keypoints = np.asarray(jax.vmap(fitting_body.project)(gt.keypoints, focal,
-                                                         centre))
+  gt, keypoints, focal, centre = _scene(model, decoder, dofs)
   evidence = fitting.Evidence(keypoints, np.ones(keypoints.shape[:2]), focal,
                               centre)
   config = fitting.default_fit_config()
@@ -65,7 +65,29 @@ def setup(fast_compile):  # pylint: disable=unused-argument
                           free=("pose", "orient", "transl"))
   result = fitting.fit(config, model, body, prior, evidence)
   return dict(model=model, body=body, prior=prior, evidence=evidence,
-              config=config, result=result, gt=gt, dofs=dofs)
+              config=config, result=result, gt=gt, dofs=dofs, decoder=decoder)
+
+
+def _scene(model, decoder, dofs):
+  """GT bodies of `dofs [3, 8]` seen by near-frontal cameras: (gt, keypoints, focal, centre)."""
+  num = len(dofs)
+  yaws = np.array([10.0, -15.0, 170.0])  # The last one shows its back.
+  roots = np.stack([fitting_body.facing_camera_rotation(y) for y in yaws])
+  transl = np.array([[0.1, -0.2, 3.5], [-0.2, 0.0, 4.0], [0.0, 0.1, 4.5]])
+  rotmats = jax.vmap(decoder)(jnp.asarray(dofs), jnp.asarray(roots, jnp.float32))
+  gt = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
+      model, rotmats, jnp.zeros((num, model.num_betas)), jnp.asarray(transl))
+  focal = np.full((num, 2), 1000.0, np.float32)
+  centre = np.full((num, 2), 500.0, np.float32)
+  keypoints = np.asarray(camera.perspective_project(gt.keypoints, focal, centre))
+  return gt, keypoints, focal, centre
+
+
+def _pa_mpjpe(setup, result, gt):
+  joints = jax.vmap(fitting_body.pose_points, (None, 0, 0, 0, 0, None))(
+      setup["body"], result.pose_dofs, result.rotmats[:, 0], result.betas,
+      result.transl, False).joints
+  return np.asarray(eval_lib.pa_mpjpe(joints, gt.joints))
 
 
 def test_recovers_known_pose(setup):
@@ -144,4 +166,188 @@ def test_loss_weights_must_name_every_term():
   config.stages = [dict(config.stages[0], extra=1)]
   with pytest.raises(fitting.FitInputError, match=r"stages\[0\]"):
     fitting.validate_fit_config(config)
-  assert isinstance(ml_collections.ConfigDict(), ml_collections.ConfigDict)
+
+
+# ---------------------------------------------------------------------------
+# The prior and the part evidence must change and improve a fit.
+# ---------------------------------------------------------------------------
+
+
+def test_prior_changes_and_improves_the_fit(setup):
+  """Noisy, partly occluded keypoints of poses near a Gaussian prior's mean: with the prior's
+  weight the fit is better than with the same prior weighted 0 (a fitter that dropped its prior
+  term would give equal results)."""
+  rng = np.random.default_rng(1)
+  mean = rng.uniform(-0.3, 0.3, len(_DOFS))
+  dofs = (mean + 0.05 * rng.standard_normal((3, len(_DOFS)))).astype(np.float32)
+  gt, keypoints, focal, centre = _scene(setup["model"], setup["decoder"], dofs)
+  keypoints = keypoints + rng.normal(0.0, 12.0, keypoints.shape)
+  confidence = (rng.uniform(size=keypoints.shape[:2]) > 0.3).astype(np.float32)
+  confidence[:, list(fitting_body.TORSO_KEYPOINTS)] = 1.0
+  evidence = fitting.Evidence(keypoints.astype(np.float32), confidence, focal, centre)
+  gauss = baselines.gaussian_full_from_covariance(mean, 0.05**2 * np.eye(len(_DOFS)))
+  prior = registry.make("gaussian", gaussian=gauss)
+  errors = {}
+  for weight in (0.0, 1.0):
+    config = setup["config"].copy_and_resolve_references()
+    config.loss_weights["pose_prior"] = weight
+    result = fitting.fit(config, setup["model"], setup["body"], prior, evidence)
+    errors[weight] = _pa_mpjpe(setup, result, gt)
+  assert np.mean(errors[1.0]) < 0.8 * np.mean(errors[0.0]), errors
+
+
+def test_part_evidence_changes_and_improves_the_fit(setup):
+  """Legs without keypoints (knees, ankles occluded): the part map recovers the hip angles that
+  the keypoints cannot; with the part weight at 0 the legs stay at the start."""
+  dofs = np.zeros((3, len(_DOFS)), np.float32)
+  dofs[:, 4], dofs[:, 5] = -0.35, 0.35  # LeftUpLeg, RightUpLeg spread.
+  gt, keypoints, focal, centre = _scene(setup["model"], setup["decoder"], dofs)
+  confidence = np.ones(keypoints.shape[:2], np.float32)
+  confidence[:, 13:] = 0.0  # Knees and ankles.
+  model = setup["model"]
+  pixels, labels, valid = [], [], []
+  for b in range(2):
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), focal[b] / 2, centre[b] / 2)
+    label_map = raster.render(np.asarray(gt.vertices[b]), np.asarray(model.faces), cam,
+                              (500, 500), vertex_labels=np.asarray(model.part_labels)).part_labels
+    pix, lab, ok = losses.sample_part_pixels(label_map, 384, rng=b)
+    pixels.append(2 * pix), labels.append(lab), valid.append(ok)
+  evidence = fitting.Evidence(keypoints, confidence, focal, centre, np.stack(pixels),
+                              np.stack(labels), np.stack(valid))
+  evidence = fitting.Evidence(*[x[:2] for x in evidence])  # The two front views.
+  errors = {}
+  for weight in (0.0, 1e3):
+    config = setup["config"].copy_and_resolve_references()
+    config.visibility = "all"  # Frontal-plane poses: every part faces the camera.
+    config.restart_yaws_deg = (0.0,)
+    config.loss_weights["parts"] = weight
+    result = fitting.fit(config, model, setup["body"], setup["prior"], evidence, (1000, 1000))
+    errors[weight] = (_pa_mpjpe(setup, result, jax.tree.map(lambda x: x[:2], gt)),
+                      np.abs(result.pose_dofs[:, 4:6] - dofs[:2, 4:6]))
+  assert np.mean(errors[1e3][0]) < 0.7 * np.mean(errors[0.0][0]), errors
+  assert np.mean(errors[1e3][1]) < 0.5 * np.mean(errors[0.0][1]), errors
+
+
+# ---------------------------------------------------------------------------
+# Optax schedule and freezing; input checks and clamp reports.
+# ---------------------------------------------------------------------------
+
+
+def test_stage_schedule_is_the_cosine_decay_of_the_stage():
+  schedule = stage.stage_schedule(0.05, 60, 0.05)
+  for i in (0, 1, 30, 59):
+    expected = 0.05 * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * i / 59)))
+    np.testing.assert_allclose(schedule(i), expected, rtol=1e-5)
+  warm = stage.stage_schedule(1.0, 11, 0.0, warmup_fraction=0.2)
+  np.testing.assert_allclose([warm(0), warm(1), warm(2)], [0.0, 0.5, 1.0], atol=1e-6)
+
+
+def test_frozen_variables_do_not_move():
+  variables = {"pose": jnp.ones((2, 3)), "transl": jnp.ones((2, 3))}
+  opt = stage.adam_optimizer(variables, ("transl",), lambda count: 0.1)
+  state = opt.init(variables)
+  grads = jax.tree.map(jnp.ones_like, variables)
+  updates, _ = opt.update(grads, state, variables)
+  np.testing.assert_array_equal(updates["pose"], 0.0)
+  assert np.all(np.asarray(updates["transl"]) < 0)
+
+
+@pytest.mark.parametrize("keypoints, confidence, size, message", [
+    (np.full((1, 17, 2), 300.0), np.ones((1, 17)), None, "within"),
+    (np.random.default_rng(0).uniform(0, 400, (1, 17, 2)), np.eye(17)[:1], None,
+     "1 labelled"),
+    (np.random.default_rng(0).uniform(2000, 2400, (1, 17, 2)), np.ones((1, 17)), (480, 640),
+     "outside"),
+    (np.random.default_rng(0).uniform(0, 64000, (1, 17, 2)), np.ones((1, 17)), (480, 640),
+     "larger side"),
+])
+def test_meaningless_evidence_raises_before_fitting(keypoints, confidence, size, message):
+  """Issue 10 (7): `fit` refuses evidence that cannot determine a body (model/body unused)."""
+  evidence = fitting.Evidence(keypoints, confidence, np.full((1, 2), 1000.0),
+                              np.full((1, 2), 300.0))
+  with pytest.raises(fitting.FitInputError, match=f"person 0.*{message}"):
+    fitting.fit(fitting.default_fit_config(), None, None, None, evidence, size)
+
+
+def test_depth_clamp_is_reported(setup):
+  """Issue 10 (7): a person far smaller than a human at 100 m: the initial depth clamp binds and
+  the result says so (it would silently distort the body before)."""
+  ev = setup["evidence"]
+  tiny = np.array(ev.keypoints, copy=True)
+  tiny[0] = ev.principal_point[0] + (tiny[0] - ev.principal_point[0]) / 60.0
+  evidence = ev._replace(keypoints=tiny)
+  result = fitting.fit(setup["config"], setup["model"], setup["body"], setup["prior"], evidence)
+  assert any("depth estimate was clamped into 0.5-100 m" in w for w in result.warnings[0]), (
+      result.warnings)
+  assert not result.warnings[1] and not result.warnings[2]
+  _, clamped = fitting_body.initial_translation(
+      tiny, np.ones(tiny.shape[:2]), np.asarray(ev.focal), np.asarray(ev.principal_point),
+      np.asarray(setup["gt"].keypoints[1]), np.zeros(3), np.stack([np.eye(3)] * 3))
+  np.testing.assert_array_equal(clamped, [True, False, False])
+
+
+def test_points_behind_the_camera_are_reported():
+  kp = np.zeros((1, 17, 3))
+  kp[0, :, 2] = 3.0
+  kp[0, 3, 2] = -0.5
+  warnings = checks.result_warnings(np.array([False]), np.array([3.0]), kp,
+                                    np.array([[0.0, 0.0, 3.0]]), (0.5, 100.0))
+  assert len(warnings[0]) == 1 and "1 fitted keypoint" in warnings[0][0]
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/fit_mocap2d: everything checked before fitting (issue 10 (3), (5)).
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bench(monkeypatch):
+  from benchmarks import fit_mocap2d  # pylint: disable=g-import-not-at-top
+  from experiments import fit_mocap2d as bench_config  # pylint: disable=g-import-not-at-top
+
+  def no_work(*args, **kwargs):
+    raise AssertionError("the benchmark started work before checking its inputs")
+
+  monkeypatch.setattr(fit_mocap2d.assets, "load_cc0_model", no_work)
+  monkeypatch.setattr(fit_mocap2d, "load_dofs", no_work)
+  config = bench_config.get_config("runlocal")
+  config.priors = ("none",)
+  return fit_mocap2d, config
+
+
+def test_benchmark_checks_out_before_fitting(bench, tmp_path, cmu_dir):
+  module, config = bench
+  (tmp_path / "a_file").write_text("x")
+  for out in ("", str(tmp_path / "a_file" / "fit.json"), str(tmp_path)):
+    with pytest.raises(io_utils.OutputPathError, match="--out"):
+      module.run(config, out=out, prior_workdir=None, mocap_dir=cmu_dir)
+
+
+def test_benchmark_refuses_zero_frames(bench, tmp_path, cmu_dir):
+  module, config = bench
+  with pytest.raises(module.BenchmarkInputError, match="num_frames"):
+    module.run(config, out=str(tmp_path / "f.json"), prior_workdir=None, mocap_dir=cmu_dir,
+               num_frames=0)
+
+
+@pytest.mark.parametrize("priors, workdir", [(("none", "flow"), "missing"),
+                                             (("gmm8",), "empty"), (("flow",), None),
+                                             (("vae",), "empty")])
+def test_benchmark_named_prior_must_load(bench, tmp_path, cmu_dir, priors, workdir):
+  module, config = bench
+  config.priors = priors
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(module.BenchmarkInputError, match="prior"):
+    module.run(config, out=str(tmp_path / "f.json"),
+               prior_workdir=workdir and str(tmp_path / workdir), mocap_dir=cmu_dir)
+
+
+def test_benchmark_evaluates_a_folder_as_given(bench, tmp_path, cmu_dir):
+  """A folder without test-split subjects is not silently replaced by its training clips."""
+  module, _ = bench
+  train_clip = next(p for p in sorted(cmu_dir.glob("*.amc*")) if int(p.name[:2]) % 10 not in (3, 9))
+  os.symlink(train_clip, tmp_path / train_clip.name)
+  assert [p.name for p in module.clip_paths(tmp_path, "all")] == [train_clip.name]
+  with pytest.raises(module.BenchmarkInputError, match="no clip of the 'test' split"):
+    module.clip_paths(tmp_path, "test")
+  assert all(int(p.name[:2]) % 10 == 9 for p in module.clip_paths(cmu_dir, "test"))

@@ -391,3 +391,27 @@ def test_render_body_command_on_cc0_model(tmp_path):
   rows, cols = np.nonzero(body)
   assert rows.min() < 10 and rows.max() > 85  # Fills the height (5 % margin).
   assert np.ptp(rows) > 1.5 * np.ptp(cols[np.abs(rows - 70) < 3])  # Upright: legs are narrow.
+
+
+def test_render_body_refuses_zero_shapes(tmp_path):
+  """Issue 10 (8): `--num_shapes=0` used to skip shapes.png without a word."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from launch import render_body  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  render_body.define_flags(flag_values)
+  with pytest.raises(flags.IllegalFlagValueError, match="num_shapes"):
+    flag_values(["render_body", f"--out_dir={tmp_path}", "--num_shapes=0"])
+  with pytest.raises(ValueError, match="num_shapes"):
+    render_body.render_body_pngs(None, tmp_path, num_shapes=0)
+  with pytest.raises(ValueError, match="num_shapes"):
+    render_body.run(tmp_path, num_shapes=0)
+  assert not list(tmp_path.iterdir())
+
+
+def test_render_body_checks_out_dir_first(tmp_path):
+  from flowpose import io_utils  # pylint: disable=g-import-not-at-top
+  from launch import render_body  # pylint: disable=g-import-not-at-top
+  (tmp_path / "a_file").write_text("x")
+  for out_dir in ("", tmp_path / "a_file"):
+    with pytest.raises(io_utils.OutputPathError, match="--out_dir"):
+      render_body.run(out_dir)

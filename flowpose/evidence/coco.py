@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from flowpose.fitting.fit import FitInputError
+from flowpose.fitting.config import FitInputError
 
 NUM_KEYPOINTS = 17
 

@@ -1,10 +1,11 @@
 """The fitting config: `default_fit_config()` and its validation.
 
-Fields (see `flowpose/fitting.py` for what they do):
-  prior                 none | gaussian | gmm8 | flow
+Fields (see `flowpose.fitting.fit` for what they do):
+  prior                 a `flowpose.prior.registry` name (none | gaussian | gmm8 | flow)
   restart_yaws_deg      initial yaws (0 = facing the camera)
   select_restart_after  stage index after which the best restart is kept
   final_lr_fraction     Adam's cosine decay floor within each stage
+  warmup_fraction       Adam's linear warmup, fraction of each stage (0 = none)
   keypoint_sigma, part_sigma   Geman-McClure scales, in person-box units
   part_vertices_per_part, num_part_pixels   part-term sizes
   visibility            zbuffer | normals | all (part-term vertex weights)
@@ -34,6 +35,7 @@ def default_fit_config() -> ml_collections.ConfigDict:
   c.restart_yaws_deg = (0.0, 180.0)
   c.select_restart_after = -1
   c.final_lr_fraction = 0.05  # Cosine decay of each stage's lr.
+  c.warmup_fraction = 0.0  # Linear warmup, as a fraction of each (Adam) stage.
   c.keypoint_sigma = 0.3  # In units of the keypoint box size.
   c.part_sigma = 0.3
   c.part_vertices_per_part = 24
@@ -72,6 +74,10 @@ def validate_fit_config(config: ml_collections.ConfigDict) -> None:
   if not -len(stages) <= config.select_restart_after < len(stages):
     bad("select_restart_after", f"a stage index in [-{len(stages)}, "
         f"{len(stages)})", config.select_restart_after)
+  if not 0.0 <= config.get("warmup_fraction", 0.0) < 1.0:
+    bad("warmup_fraction", "a fraction in [0, 1)", config.warmup_fraction)
+  if not 0.0 <= config.final_lr_fraction <= 1.0:
+    bad("final_lr_fraction", "a fraction in [0, 1]", config.final_lr_fraction)
   if config.visibility not in VISIBILITY:
     bad("visibility", f"one of {VISIBILITY}", config.visibility)
   for i, stage in enumerate(stages):

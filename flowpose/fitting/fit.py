@@ -1,9 +1,9 @@
 """Batched latent-space fitting of the body model to 2D evidence.
 
 After Zanfir et al. (ECCV 2020): the pose is optimised in the Gaussian latent
-space of a normalizing-flow prior (or a baseline, see
-`fitting_body.make_pose_prior`) against robust 2D keypoint reprojection and
-semantic body-part alignment.
+space of a normalizing-flow prior (or a baseline, see `flowpose.prior.registry`)
+against robust 2D keypoint reprojection and semantic body-part alignment. The
+objective and the optax optimisers of one stage live in `flowpose.fitting.stage`.
 
 Variables per person (pytree `dict`, every leaf with a leading `[B]`):
   pose [D]      pose variable (latent z for flow/gaussian, DOFs otherwise)
@@ -18,18 +18,26 @@ Loss (`config.loss_weights`, one dict, all terms always present):
   parts        `losses.part_alignment_loss` on a per-part vertex subset, the
                visibility (z-buffer of the current estimate, or normals)
                recomputed before every stage; 0 without part evidence
-  pose_prior   ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
+  pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
   shape_prior  ||betas||^2
   depth        (log z - log z_init)^2: keeps the depth near the
                similar-triangles estimate (scale/depth ambiguity)
   focal        (log f - log f_init)^2 (the focal/depth ambiguity)
 
 Schedule: `config.stages`, a list of dicts `{name, steps, lr, free,
-keypoints, loss_weights}` (`free` names variables, `keypoints` is "all" or
-"torso", `loss_weights` overrides entries of `config.loss_weights`). Each
-stage runs Adam for `steps` in one jitted `lax.fori_loop` over the batch
-(persons are independent: the loss is a sum over persons and Adam is
-elementwise, so batched and one-at-a-time results agree).
+keypoints, loss_weights, optimizer}` (`free` names variables, `keypoints` is
+"all" or "torso", `loss_weights` overrides entries of `config.loss_weights`).
+Each stage runs its optax optimizer for `steps` in one jitted
+`lax.fori_loop` over the batch (`stage.run_stage`: warmup-cosine schedule,
+frozen variables through `multi_transform` + `set_to_zero`); persons are
+independent, so batched and one-at-a-time results agree.
+
+Checks (`flowpose.fitting.checks`): evidence that cannot determine a body
+(fewer than 2 labelled keypoints, all on one pixel, a person entirely outside
+or far larger than the image) raises `FitInputError` naming the person;
+`FitResult.warnings` lists per person what bound silently before: the
+initial depth clamp, and points behind or within `camera.MIN_DEPTH` of the
+camera plane at the end (where the projection's depth clamp binds).
 
 Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
 (0 = facing the camera, 180 = back to it); after stage
@@ -45,16 +53,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from flowpose import geometry
 from flowpose import losses
-from flowpose.evidence import raster as render
 from flowpose.body import model as body_lib
-from flowpose.fitting.reduced_body import (FitBody, PosePrior, TORSO_KEYPOINTS,  # pylint: disable=g-importing-member
-                                   facing_camera_rotation, initial_translation,
-                                   pose_points, project)
-# The config lives in its own module; re-exported so `fitting.X` works.
+from flowpose.evidence import raster
+from flowpose.fitting import checks
+from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
+                                           TORSO_KEYPOINTS, facing_camera_rotation,
+                                           initial_translation, pose_points)
+from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
+# The config lives in its own module; re-exported so `fit.X` works.
 from flowpose.fitting.config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
                                      VARIABLES, VISIBILITY, FitInputError,
                                      default_fit_config, validate_fit_config)
@@ -95,6 +104,7 @@ class FitResult(NamedTuple):
     restart: [B] index of the kept restart.
     restart_losses: [B, R] each restart's loss when the best was chosen.
     history: per stage, [steps, B'] total loss per step.
+    warnings: [B] lists of messages (`checks.result_warnings`), also logged.
   """
   variables: dict
   pose_dofs: np.ndarray
@@ -107,168 +117,7 @@ class FitResult(NamedTuple):
   restart: np.ndarray
   restart_losses: np.ndarray
   history: list
-
-
-# ---------------------------------------------------------------------------
-# Loss and one stage.
-# ---------------------------------------------------------------------------
-
-
-def _person_loss(variables, aux, weights, body: FitBody, space, prior_params,
-                 has_parts: bool, sigmas):
-  """Total loss and unweighted terms of one person (unbatched)."""
-  kp_sigma, part_sigma = sigmas
-  dofs = space.decode(prior_params, variables["pose"])
-  root = geometry.rot6d_to_matrix(variables["orient"])
-  points = pose_points(body, dofs, root, variables["betas"],
-                       variables["transl"], with_vertices=has_parts)
-  focal = jnp.exp(variables["log_focal"]) * aux["focal_aspect"]
-  pp = aux["principal_point"]
-  scale = losses.person_scale_from_keypoints(aux["keypoints"],
-                                             aux["confidence"])
-  terms = {
-      "keypoints": losses.keypoint_reprojection_loss(
-          project(points.keypoints, focal, pp), aux["keypoints"],
-          aux["confidence"] * aux["keypoint_mask"], sigma=kp_sigma,
-          scale=scale),
-      "pose_prior": space.penalty(prior_params, variables["pose"]),
-      "shape_prior": losses.shape_prior(variables["betas"]),
-      "depth": jnp.square(jnp.log(jnp.maximum(variables["transl"][2], 1e-2)) -
-                          jnp.log(aux["depth_init"])),
-      "focal": jnp.square(variables["log_focal"] - aux["log_focal_init"]),
-  }
-  if has_parts:
-    terms["parts"], _ = losses.part_alignment_loss(
-        project(points.vertices, focal, pp), body.sub_labels,
-        aux["visibility"], aux["part_pixels"], aux["part_labels"],
-        aux["part_valid"], num_parts=body.num_parts, sigma=part_sigma,
-        scale=scale)
-  else:
-    terms["parts"] = jnp.zeros(())
-  return losses.weighted_sum(terms, weights)
-
-
-def _masked(variables, free):
-  """Variables whose gradient is multiplied by `free[k]` (values unchanged)."""
-  return {k: free[k] * v + (1.0 - free[k]) * jax.lax.stop_gradient(v)
-          for k, v in variables.items()}
-
-
-def _batch_loss(variables, aux, weights, free, body, space, prior_params,
-                has_parts, sigmas):
-  total, terms = jax.vmap(_person_loss,
-                          (0, 0, None, None, None, None, None, None))(
-                              _masked(variables, free), aux, weights, body,
-                              space, prior_params, has_parts, sigmas)
-  return jnp.sum(total), (total, terms)
-
-
-def _adam_loop(variables, args, lr, steps, max_steps, final_lr_fraction):
-  """Adam on the summed loss (elementwise, so persons stay independent)."""
-  # b2 = 0.99, not 0.999: the gradients shrink by orders of magnitude as the
-  # fit converges and a long second-moment memory then stalls the steps
-  # (noiseless 8-DOF test: 2-3 mm instead of 5-12 mm PA-MPJPE in 200 steps).
-  opt = optax.scale_by_adam(b2=0.99)
-  loss_fn = jax.value_and_grad(_batch_loss, has_aux=True)
-  num = variables["pose"].shape[0]
-
-  def step(i, carry):
-    params, opt_state, history = carry
-    (_, (per_person, _)), grads = loss_fn(params, *args)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    # Cosine decay from lr to lr * final_lr_fraction over the stage: Adam's
-    # steps do not shrink near the optimum by themselves.
-    frac = i / jnp.maximum(steps - 1, 1)
-    rate = lr * (final_lr_fraction + (1.0 - final_lr_fraction) * 0.5 *
-                 (1.0 + jnp.cos(jnp.pi * frac)))
-    params = jax.tree.map(lambda p, u: p - rate * u, params, updates)
-    history = jax.lax.dynamic_update_slice(history, per_person[None], (i, 0))
-    return params, opt_state, history
-
-  history = jnp.zeros((max_steps, num), jnp.float32)
-  variables, _, history = jax.lax.fori_loop(
-      0, steps, step, (variables, opt.init(variables), history))
-  return variables, history
-
-
-def _lbfgs_loop(variables, args, steps, max_steps):
-  """L-BFGS (zoom line search) per person, `vmap`ped: persons independent."""
-  aux, weights, free, body, space, prior_params, has_parts, sigmas = args
-  opt = optax.lbfgs(memory_size=10, linesearch=optax.scale_by_zoom_linesearch(
-      max_linesearch_steps=20, initial_guess_strategy="one"))
-
-  def person_step(params, opt_state, person_aux):
-    def value_fn(p):
-      p = _masked(p, free)
-      return _person_loss(p, person_aux, weights, body, space, prior_params,
-                          has_parts, sigmas)[0]
-    value, grad = optax.value_and_grad_from_state(value_fn)(
-        params, state=opt_state)
-    updates, opt_state = opt.update(grad, opt_state, params, value=value,
-                                    grad=grad, value_fn=value_fn)
-    params = optax.apply_updates(params, updates)
-    # A failed line search can produce NaN; keep the last finite iterate.
-    ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                              for x in jax.tree.leaves(params)]))
-    return params, opt_state, value, ok
-
-  def step(i, carry):
-    params, opt_state, history = carry
-    new_params, new_state, value, ok = jax.vmap(person_step)(
-        params, opt_state, aux)
-    keep = lambda new, old: jnp.where(
-        ok.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-    params = jax.tree.map(keep, new_params, params)
-    history = jax.lax.dynamic_update_slice(history, value[None], (i, 0))
-    return params, new_state, history
-
-  num = variables["pose"].shape[0]
-  history = jnp.zeros((max_steps, num), jnp.float32)
-  state = jax.vmap(opt.init)(variables)
-  variables, _, history = jax.lax.fori_loop(0, steps, step,
-                                            (variables, state, history))
-  return variables, history
-
-
-@jax.jit(static_argnames=("space", "has_parts", "max_steps", "sigmas",
-                          "final_lr_fraction", "optimizer"))
-def run_stage(variables, aux, weights, lr, steps, free, body, prior_params, *,
-              space, has_parts: bool, max_steps: int, sigmas: tuple,
-              final_lr_fraction: float = 0.05, optimizer: str = "adam"):
-  """`steps` optimiser steps on a batch; variables with `free[k] == 0` fixed.
-
-  Everything that differs between stages (weights, lr, steps, free mask,
-  keypoint mask) is traced, so all stages of a fit share one compilation.
-
-  Args:
-    variables: dict of [B, ...] arrays (see module docstring).
-    aux: dict of per-person evidence [B, ...] (keypoints, confidence,
-      keypoint_mask, focal_aspect, principal_point, depth_init,
-      log_focal_init, and with parts part_pixels/labels/valid, visibility).
-    weights: loss weights dict of scalars.
-    lr: scalar peak Adam learning rate, cosine-decayed to
-      `lr * final_lr_fraction` over the stage (unused by L-BFGS).
-    steps: scalar int32 <= max_steps.
-    free: dict variable name -> scalar 1.0 (optimised) or 0.0 (fixed).
-    body: `FitBody`. prior_params: the pose prior's params.
-    space: static `PoseSpace`. has_parts: static.
-    max_steps: static length of the loss history.
-    sigmas: static (keypoint_sigma, part_sigma).
-    final_lr_fraction: static, see `lr`.
-    optimizer: static "adam" | "lbfgs".
-
-  Returns:
-    (variables, final per-person loss [B], final terms {name: [B]},
-    loss history [max_steps, B], rows past `steps` zero).
-  """
-  args = (aux, weights, free, body, space, prior_params, has_parts, sigmas)
-  if optimizer == "adam":
-    variables, history = _adam_loop(variables, args, lr, steps, max_steps,
-                                    final_lr_fraction)
-  else:
-    variables, history = _lbfgs_loop(variables, args, steps, max_steps)
-  _, (final, terms) = _batch_loss(variables, *args)
-  return variables, final, terms, history
+  warnings: tuple = ()
 
 
 # ---------------------------------------------------------------------------
@@ -302,9 +151,9 @@ def _visibility(model, body, prior, variables, aux, mode, image_size):
       vis[b] = np.asarray(losses.soft_visibility_from_normals(
           jnp.asarray(verts[b]), model.faces))[sub]
     else:
-      cam = render.PinholeCamera(np.eye(3), np.zeros(3), focal[b],
+      cam = raster.PinholeCamera(np.eye(3), np.zeros(3), focal[b],
                                  np.asarray(aux["principal_point"][b]))
-      vis[b] = render.vertex_visibility(verts[b], np.asarray(model.faces),
+      vis[b] = raster.vertex_visibility(verts[b], np.asarray(model.faces),
                                         cam, image_size)[sub]
   return vis
 
@@ -323,7 +172,7 @@ def _take(tree, index):
 
 def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
                       yaw_deg: float) -> tuple[dict, dict]:
-  """Initial variables and aux entries (depth/focal init) for one yaw."""
+  """Initial variables and aux entries (depth/focal init, depth clamp flag) for one yaw."""
   kp = np.asarray(evidence.keypoints, np.float64)
   num = kp.shape[0]
   focal = np.asarray(evidence.focal, np.float64).reshape(num, 2)
@@ -332,7 +181,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
   zeros_s = jnp.zeros((body.j_shapedirs.shape[-1],))
   rest = pose_points(body, prior.space.decode(prior.params, prior.init),
                      jnp.eye(3), zeros_s, jnp.zeros(3), with_vertices=False)
-  transl = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
+  transl, clamped = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
                                np.asarray(rest.keypoints),
                                np.asarray(rest.joints[0]), root)
   log_f = np.log(focal.mean(-1))
@@ -344,6 +193,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
       "log_focal": jnp.asarray(log_f, jnp.float32),
   }
   aux = {"depth_init": jnp.asarray(transl[:, 2], jnp.float32),
+         "depth_init_clamped": jnp.asarray(clamped),
          "log_focal_init": jnp.asarray(log_f, jnp.float32)}
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
 
@@ -371,12 +221,17 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     config: fitting config (`default_fit_config()` fields).
     model: the full body model (visibility renders between stages).
     body: `make_fit_body(model, ...)`.
-    prior: `fitting_body.make_pose_prior(...)`.
+    prior: a `flowpose.prior.registry.PosePrior` (`registry.load(name, workdir)`).
     evidence: `Evidence` with a leading [B].
-    image_size: (H, W), needed for z-buffer visibility with part evidence.
+    image_size: (H, W), needed for z-buffer visibility with part evidence; enables the
+      in-image checks of `checks.evidence_errors`.
 
   Returns:
     A `FitResult`.
+
+  Raises:
+    FitInputError: a bad config, evidence shape, or evidence that cannot determine a body
+      (`checks.evidence_errors`, naming the person).
   """
   validate_fit_config(config)
   kp = np.asarray(evidence.keypoints)
@@ -384,6 +239,9 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     raise FitInputError(f"evidence.keypoints: expected [B, K, 2], got "
                         f"{kp.shape}")
   num, num_kp = kp.shape[:2]
+  for b, problems in enumerate(checks.evidence_errors(kp, evidence.confidence, image_size)):
+    if problems:
+      raise FitInputError(f"evidence of person {b}: " + "; ".join(problems))
   has_parts = evidence.has_parts
   if has_parts and config.visibility == "zbuffer" and image_size is None:
     raise FitInputError("fit: image_size is needed for z-buffer visibility")
@@ -416,11 +274,11 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     weights = {k: jnp.float32(v) for k, v in
                {**base_weights, **dict(stage["loss_weights"])}.items()}
     start = time.time()
-    free = {k: jnp.float32(k in stage["free"]) for k in VARIABLES}
     variables, final, terms, hist = run_stage(
-        variables, aux, weights, jnp.float32(stage["lr"]),
-        jnp.int32(stage["steps"]), free, body, prior.params,
-        final_lr_fraction=float(config.final_lr_fraction), space=prior.space,
+        variables, aux, weights, jnp.float32(stage["lr"]), jnp.int32(stage["steps"]), body,
+        prior.params, free=tuple(k for k in VARIABLES if k in stage["free"]),
+        final_lr_fraction=float(config.final_lr_fraction),
+        warmup_fraction=float(config.get("warmup_fraction", 0.0)), space=prior.space,
         has_parts=has_parts, max_steps=max_steps, sigmas=sigmas,
         optimizer=stage["optimizer"])
     final.block_until_ready()
@@ -442,12 +300,20 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
       aux["focal_aspect"])
   variables = jax.tree.map(np.asarray, variables)
+  keypoints_cam = jax.vmap(pose_points, (None, 0, 0, 0, 0, None))(
+      body, dofs, rotmats[:, 0], variables["betas"], variables["transl"], False).keypoints
+  warnings = checks.result_warnings(np.asarray(aux["depth_init_clamped"]),
+                                    np.asarray(aux["depth_init"]), np.asarray(keypoints_cam),
+                                    variables["transl"], INIT_DEPTH_RANGE)
+  for b, messages in enumerate(warnings):
+    for message in messages:
+      logging.warning("fit, person %d: %s", b, message)
   return FitResult(
       variables=variables, pose_dofs=np.asarray(dofs),
       rotmats=np.asarray(rotmats), betas=variables["betas"],
       transl=variables["transl"], focal=focal, loss=np.asarray(final),
       terms={k: np.asarray(v) for k, v in terms.items()}, restart=kept,
-      restart_losses=restart_losses, history=history)
+      restart_losses=restart_losses, history=history, warnings=warnings)
 
 
 def body_outputs(model: body_lib.BodyModel, result: FitResult,

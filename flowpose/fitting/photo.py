@@ -9,9 +9,11 @@ Outputs (`write_outputs`): `overlay.png` (mesh, parts coloured, alpha-blended
 on the photo; GT keypoints as a skeleton, projected model keypoints as red
 dots), `side.png` (the mesh seen from the body's left, 90 degrees from the
 camera), `mesh.obj`, `pose.bvh` (one frame on the CC0 skeleton, offsets from
-the fitted rest joints) and `params.json`. Every file is rendered into a
-temporary folder next to `out_dir` first and moved in only when all
-succeeded, so an error leaves `out_dir` untouched.
+the fitted rest joints) and `params.json` (with `warnings`: clamps that bound,
+see `flowpose.fitting.checks`). Every file is written into a staging folder
+beside `out_dir` that replaces it with one rename (`io_utils.atomic_dir`), so
+a reader sees the old folder or the new one, never a mix, and an error leaves
+`out_dir` untouched; `out_dir` is checked writable before fitting starts.
 
 Frames. The fit lives in the OpenCV camera frame (y down, z forward). The
 OBJ, BVH and side view use a Y-up world: `x_world = diag(1, -1, -1) x_cam`
@@ -20,27 +22,32 @@ OBJ, BVH and side view use a Y-up world: `x_world = diag(1, -1, -1) x_cam`
 
 import json
 import os
-import shutil
-import tempfile
+import pathlib
 from typing import Any, NamedTuple, Optional
 
+from absl import logging
 import ml_collections
 import numpy as np
 
-from flowpose.prior import io as prior_io
-from flowpose.evidence import coco
-from flowpose.fitting import fit as fitting
-from flowpose.fitting import reduced_body as fitting_body
 from flowpose import geometry
-from flowpose.evidence import raster as render
-from flowpose.viz import images as viz
+from flowpose import io_utils
 from flowpose.body import model as body_lib
+from flowpose.evidence import coco
+from flowpose.evidence import raster
+from flowpose.fitting import checks
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
+from flowpose.geometry import camera
+from flowpose.prior import registry
+from flowpose.viz import images as viz
 from flowpose.data import bvh
 from flowpose.data import cmu_skeleton
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
 
 CAMERA_TO_WORLD = np.diag([1.0, -1.0, -1.0])
+OUTPUT_FILES = ("overlay.png", "side.png", "mesh.obj", "pose.bvh", "params.json")
 
 
 def body_rotmats_fn(dofs, root):
@@ -48,40 +55,22 @@ def body_rotmats_fn(dofs, root):
   return retarget.pose_dofs_to_body_rotmats(dofs).at[0].set(root)
 
 
-def load_pose_prior(kind: str, workdir: Optional[str]) -> fitting_body.PosePrior:
-  """The `PosePrior` of `kind` from a trained prior workdir.
+def load_pose_prior(kind: str, workdir: Optional[str]) -> registry.PosePrior:
+  """The prior `kind` of a trained prior workdir (`flowpose.prior.registry.load`).
 
-  flow: `prior_params.msgpack` + `config.json`; gaussian/gmm8: the prior
-  evaluation's `baselines.npz`; none: needs no workdir (starts at the
-  Gaussian mean when the baselines exist, else at the zero DOFs).
+  Raises:
+    FitInputError: naming `config fit.prior` for an unknown kind, `--prior_workdir` for a missing
+      or unreadable workdir.
   """
-  if kind not in fitting_body.PRIOR_KINDS:
-    raise fitting.FitInputError(f"config fit.prior: expected one of "
-                                f"{fitting_body.PRIOR_KINDS}, got {kind!r}")
-  if kind == "none" and not workdir:
-    return fitting_body.make_pose_prior("none")
-  if not workdir or not os.path.isdir(workdir):
-    raise fitting.FitInputError(f"--prior_workdir: prior {kind!r} needs a trained "
-                                f"prior workdir, got {workdir!r}")
-  from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-import-not-at-top
-  if kind == "flow":
-    try:
-      flow, params, _ = prior_io.load_exported_prior(workdir)
-    except (OSError, ValueError, KeyError) as e:
-      raise fitting.FitInputError(f"{workdir}: cannot load the flow prior ({e})") from e
-    return fitting_body.make_pose_prior("flow", flow=flow, flow_params=params)
+  if kind not in registry.names():
+    raise FitInputError(f"config fit.prior: expected one of {registry.names()}, got {kind!r}")
+  if kind != "none" and not workdir:
+    raise FitInputError(f"--prior_workdir: prior {kind!r} needs a trained prior workdir, "
+                        f"got {workdir!r}")
   try:
-    fitted = prior_eval.load_baselines(workdir)
-  except prior_eval.PriorEvalError as e:
-    if kind == "none":
-      return fitting_body.make_pose_prior("none")
-    raise fitting.FitInputError(str(e)) from e
-  gauss = fitted.models["gaussian_full"]
-  if kind == "none":
-    return fitting_body.make_pose_prior("none", init_pose=np.asarray(gauss.mean))
-  if kind == "gaussian":
-    return fitting_body.make_pose_prior("gaussian", gaussian=gauss)
-  return fitting_body.make_pose_prior("gmm8", gmm=fitted.models["gmm8"])
+    return registry.load(kind, workdir)
+  except registry.PriorRegistryError as e:
+    raise FitInputError(f"--prior_workdir: {e}") from e
 
 
 class FittedPerson(NamedTuple):
@@ -95,18 +84,18 @@ class FittedPerson(NamedTuple):
 
 
 def fit_person(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
-               body: fitting_body.FitBody, prior: fitting_body.PosePrior,
+               body: reduced_body.FitBody, prior: registry.PosePrior,
                person: coco.CocoPerson) -> FittedPerson:
   """Fits one person with unknown focal length (see experiments/fit_coco.py)."""
   height, width = person.image.shape[:2]
   focal = np.full((1, 2), config.focal_init_factor * max(height, width), np.float32)
   centre = np.array([[width / 2, height / 2]], np.float32)
   evidence = fitting.Evidence(person.keypoints[None], person.confidence[None], focal, centre)
-  result = fitting.fit(config.fit, model, body, prior, evidence)
+  result = fitting.fit(config.fit, model, body, prior, evidence, image_size=(height, width))
   if not np.all(np.isfinite(result.loss)):
     raise FloatingPointError("fit_person: the fit diverged (non-finite loss)")
   out = fitting.body_outputs(model, result)
-  kp = np.asarray(fitting_body.project(out.keypoints[0], result.focal[0], centre[0]))
+  kp = np.asarray(camera.perspective_project(out.keypoints[0], result.focal[0], centre[0]))
   return FittedPerson(result, out.vertices[0], out.joints[0], kp, result.focal[0], centre[0])
 
 
@@ -118,9 +107,9 @@ def fit_person(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
 def overlay_image(model, fitted: FittedPerson, person: coco.CocoPerson, alpha: float):
   """[H, W, 3] uint8: mesh parts over the photo, GT skeleton, model keypoints."""
   height, width = person.image.shape[:2]
-  cam = render.PinholeCamera(np.eye(3), np.zeros(3), fitted.focal, fitted.principal_point)
+  cam = raster.PinholeCamera(np.eye(3), np.zeros(3), fitted.focal, fitted.principal_point)
   palette = viz.part_palette(len(model.part_names))
-  rendering = render.render(fitted.vertices, np.asarray(model.faces), cam, (height, width),
+  rendering = raster.render(fitted.vertices, np.asarray(model.faces), cam, (height, width),
                             vertex_labels=np.asarray(model.part_labels), label_colors=palette)
   image = viz.overlay(person.image, rendering.rgb, alpha, mask=np.isfinite(rendering.depth))
   image = viz.draw_keypoints(image, np.nan_to_num(person.keypoints, nan=-1e6),
@@ -132,9 +121,9 @@ def side_image(model, fitted: FittedPerson, size: int):
   """[size, size, 3] uint8: the fitted mesh seen from the camera's right side."""
   world = fitted.vertices @ CAMERA_TO_WORLD.T
   view = np.array([1.0, 0.0, 0.0])  # From +X (the camera's right), looking at the body.
-  cam = render.fit_camera(world, view, (size, size))
+  cam = raster.fit_camera(world, view, (size, size))
   palette = viz.part_palette(len(model.part_names))
-  return render.render(world, np.asarray(model.faces), cam, (size, size),
+  return raster.render(world, np.asarray(model.faces), cam, (size, size),
                        vertex_labels=np.asarray(model.part_labels),
                        label_colors=palette).rgb
 
@@ -189,49 +178,77 @@ def params_dict(fitted: FittedPerson, person: coco.CocoPerson, config) -> dict:
       "keypoint_rmse_px": float(np.sqrt(np.nanmean(np.where(
           person.confidence > 0, np.sum((fitted.keypoints_2d - person.keypoints) ** 2, -1),
           np.nan)))),
+      "warnings": list(res.warnings[0]) if res.warnings else [],
   }
 
 
 def write_outputs(out_dir: str, model, fitted: FittedPerson, person: coco.CocoPerson,
                   config) -> list:
-  """Renders and writes all outputs (all-or-nothing, see module doc); returns paths."""
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".fit_coco_", dir=parent)
-  try:
-    viz.save_png(os.path.join(staging, "overlay.png"),
+  """Renders and writes all outputs into `out_dir` (one-rename swap, see module doc).
+
+  Returns:
+    The written paths (inside `out_dir`).
+  """
+  with io_utils.atomic_dir(out_dir) as staging:
+    viz.save_png(staging / "overlay.png",
                  overlay_image(model, fitted, person, config.overlay_alpha))
-    viz.save_png(os.path.join(staging, "side.png"),
-                 side_image(model, fitted, config.side_view_size))
-    with open(os.path.join(staging, "mesh.obj"), "w") as f:
-      f.write(obj_text(fitted.vertices @ CAMERA_TO_WORLD.T, model.faces))
-    bvh.write_bvh(fitted_motion(model, fitted), os.path.join(staging, "pose.bvh"))
-    with open(os.path.join(staging, "params.json"), "w") as f:
-      json.dump(params_dict(fitted, person, config), f, indent=2)
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name in sorted(os.listdir(staging)):
-      target = os.path.join(out_dir, name)
-      os.replace(os.path.join(staging, name), target)
-      written.append(target)
-    return written
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    viz.save_png(staging / "side.png", side_image(model, fitted, config.side_view_size))
+    io_utils.atomic_write(staging / "mesh.obj",
+                          obj_text(fitted.vertices @ CAMERA_TO_WORLD.T, model.faces).encode())
+    bvh.write_bvh(fitted_motion(model, fitted), str(staging / "pose.bvh"))
+    io_utils.atomic_write(staging / "params.json",
+                          json.dumps(params_dict(fitted, person, config), indent=2).encode())
+    names = sorted(p.name for p in staging.iterdir())
+  return [os.path.join(os.path.abspath(out_dir), name) for name in names]
+
+
+def require_out_dir(out_dir: str) -> pathlib.Path:
+  """Checks `--out_dir` before any work: not empty, not a file, holding only our outputs (it is
+  replaced as a whole), its parent writable.
+
+  The folder itself is not created (a failed fit must leave nothing behind); the staging folder
+  of `atomic_dir` lives in the parent, which is created and probed.
+
+  Raises:
+    io_utils.OutputPathError: naming `--out_dir`.
+  """
+  if out_dir is None or not str(out_dir).strip():
+    io_utils.require_output_path(out_dir, "--out_dir")  # Raises: empty.
+  path = pathlib.Path(out_dir).expanduser().absolute()
+  if path.exists() and not path.is_dir():
+    raise io_utils.OutputPathError(f"--out_dir: {path} exists and is not a folder")
+  if path.is_dir():
+    # The swap replaces the whole folder: refuse one that holds anything but our outputs.
+    foreign = sorted(set(os.listdir(path)) - set(OUTPUT_FILES))
+    if foreign:
+      raise io_utils.OutputPathError(
+          f"--out_dir: {path} holds files fit_coco did not write ({', '.join(foreign[:5])}); "
+          "it would be replaced as a whole: choose a new folder or a previous fit_coco output")
+  io_utils.require_output_path(path.parent, "--out_dir")
+  return path
 
 
 def run(config: ml_collections.ConfigDict, image: Optional[str], annotations: str,
         prior_workdir: Optional[str], out_dir: str, model: Any = None) -> list:
-  """Validates the inputs, fits, writes; returns the written paths.
+  """Validates the inputs and the output folder, fits, writes; returns the written paths.
 
-  Raises `fitting.FitInputError` for bad inputs before anything is written.
+  Raises `FitInputError` for bad inputs and `io_utils.OutputPathError` for an unusable
+  `out_dir`, both before any fitting and before anything is written.
   """
   fitting.validate_fit_config(config.fit)
   person = coco.read_coco_person(annotations, image, config.annotation_id)
+  problems = checks.evidence_errors(person.keypoints[None], person.confidence[None],
+                                    person.image.shape[:2])[0]
+  if problems:
+    raise FitInputError(f"{annotations}: annotation {person.annotation_id}: "
+                        + "; ".join(problems))
   prior = load_pose_prior(config.fit.prior, prior_workdir)
+  require_out_dir(out_dir)
   if model is None:
     from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
     model = assets.load_cc0_model()
-  body = fitting_body.make_fit_body(model, body_rotmats_fn, config.fit.part_vertices_per_part)
+  body = reduced_body.make_fit_body(model, body_rotmats_fn, config.fit.part_vertices_per_part)
   fitted = fit_person(config, model, body, prior, person)
+  for message in fitted.result.warnings[0]:
+    logging.warning("%s: %s", annotations, message)
   return write_outputs(out_dir, model, fitted, person, config)
-

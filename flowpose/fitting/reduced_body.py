@@ -11,33 +11,23 @@ step. It is exact, because with linear blend skinning and no pose correctives
 and `sum_v r_kv w_vj v_v` is linear in betas. So the keypoints need a
 `[K, J, 3, S]` basis and the joint transforms only.
 
-`PoseSpace` says how the optimised pose variable maps to the 50 pose DOFs and
-what its prior penalty is, per prior kind (see `make_pose_prior`):
-
-  none      var = DOFs,                         penalty 0
-  gaussian  DOFs = mean + L var (L = Cholesky),  penalty ||var||^2
-  gmm8      var = DOFs,                         penalty -2 log p_GMM(DOFs)
-  flow      DOFs = flow.latent_to_pose(var),    penalty ||var||^2
-
-The GMM's `-2 log p` (not `-log p`) puts all penalties on the same scale: for
-a single Gaussian it is `||z||^2 + const`, so one `loss_weights.pose_prior`
-means the same prior strength for every kind.
+The pose variable and its prior term come from `flowpose.prior.registry` (`PosePrior`).
 """
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Tuple
 
-import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowpose.prior import baselines
-from flowpose.prior import charts
 from flowpose import geometry
 from flowpose.body import model as body_lib
+from flowpose.prior import registry
 
-PRIOR_KINDS = ("none", "gaussian", "gmm8", "flow")
+# Depths the similar-triangles initialisation may return (metres); `initial_translation` reports
+# when an estimate falls outside and is clamped (a clamped start distorts the fitted body).
+INIT_DEPTH_RANGE = (0.5, 100.0)
 # COCO-17 indices of the torso keypoints (shoulders, hips).
 TORSO_KEYPOINTS = (5, 6, 11, 12)
 
@@ -171,125 +161,11 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
   return PosedPoints(keypoints, global_pos + transl, vertices)
 
 
-def project(points_cam: jax.Array, focal: jax.Array,
-            principal_point: jax.Array) -> jax.Array:
-  """Pinhole projection `[N, 3] -> [N, 2]` pixels; depth clamped at 1 cm."""
-  depth = jnp.maximum(points_cam[:, 2:3], 1e-2)
-  return focal * points_cam[:, :2] / depth + principal_point
-
-
-# ---------------------------------------------------------------------------
-# Pose spaces (prior kinds).
-# ---------------------------------------------------------------------------
-
-
-class PoseSpace(NamedTuple):
-  """Static description of the pose variable (hashable: used as a jit key).
-
-  Attributes:
-    kind: one of PRIOR_KINDS.
-    dim: D.
-    decode: `(params, var [D]) -> dofs [D]`.
-    penalty: `(params, var [D]) -> scalar`.
-  """
-  kind: str
-  dim: int
-  decode: Callable[[Any, jax.Array], jax.Array]
-  penalty: Callable[[Any, jax.Array], jax.Array]
-
-
-class PosePrior(NamedTuple):
-  """A `PoseSpace`, its params pytree and the initial pose variable [D]."""
-  space: PoseSpace
-  params: Any
-  init: jax.Array
-
-
-def _identity(params, var):
-  del params
-  return var
-
-
-def _zero_penalty(params, var):
-  del params
-  return jnp.zeros((), var.dtype)
-
-
-def _latent_norm(params, var):
-  del params
-  return jnp.sum(jnp.square(var))
-
-
-def _gaussian_decode(params, var):
-  return params["mean"] + params["scale_tril"] @ var
-
-
-def _gmm_penalty(params, var):
-  return -2.0 * baselines.log_prob(params, var)
-
-
-def _f32_tree(tree):
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-
-def _in_dofs(chart: str, decode):
-  """`decode` followed by the chart -> 50 DOFs map (the identity for Euler DOFs)."""
-  if chart == "euler_dofs":
-    return decode
-  return lambda params, var: charts.to_dofs(chart, decode(params, var))
-
-
-def make_pose_prior(kind: str, *, dim: int = 50,
-                    init_pose: Optional[np.ndarray] = None,
-                    gaussian: Optional[baselines.GaussianFullParams] = None,
-                    gmm: Optional[baselines.GMMParams] = None,
-                    flow: Any = None, flow_params: Any = None,
-                    chart: str = "euler_dofs") -> PosePrior:
-  """Builds the pose variable's decoder and prior term for `kind`.
-
-  Args:
-    kind: "none" | "gaussian" | "gmm8" | "flow".
-    dim: D, the pose DOF count.
-    init_pose: [D] initial DOFs for "none" (default zeros; pass the training
-      mean for a fair comparison with the priors).
-    gaussian: fitted `baselines.GaussianFullParams` ("gaussian").
-    gmm: fitted `baselines.GMMParams` ("gmm8"); starts at the mean of its
-      heaviest component.
-    flow, flow_params: a `prior.FlowPrior` and its params ("flow"); starts
-      at z = 0. Its own chart (`flow.chart`) overrides `chart`.
-    chart: the coordinates the Gaussian/GMM params live in (`flowpose.prior.charts`; their
-      `baselines.npz` is fitted in the flow's chart); decoders return the 50 DOFs either way.
-
-  Returns:
-    A `PosePrior`. Raises ValueError for an unknown kind or missing params.
-  """
-  zeros = jnp.zeros((dim,), jnp.float32)
-  if kind == "none":
-    init = zeros if init_pose is None else jnp.asarray(init_pose, jnp.float32)
-    chex.assert_shape(init, (dim,))
-    return PosePrior(PoseSpace(kind, dim, _identity, _zero_penalty), {}, init)
-  if kind == "gaussian":
-    if gaussian is None:
-      raise ValueError("make_pose_prior('gaussian'): needs gaussian params")
-    params = _f32_tree({"mean": gaussian.mean,
-                        "scale_tril": gaussian.scale_tril})
-    space = PoseSpace(kind, dim, _in_dofs(chart, _gaussian_decode), _latent_norm)
-    return PosePrior(space, params, zeros)
-  if kind == "gmm8":
-    if gmm is None:
-      raise ValueError("make_pose_prior('gmm8'): needs GMM params")
-    params = _f32_tree(gmm)
-    init = params.means[int(np.argmax(np.asarray(gmm.weights)))]
-    return PosePrior(PoseSpace(kind, dim, _in_dofs(chart, _identity), _gmm_penalty),
-                     params, init)
-  if kind == "flow":
-    if flow is None or flow_params is None:
-      raise ValueError("make_pose_prior('flow'): needs flow and flow_params")
-    decode = _in_dofs(flow.chart, flow.latent_to_pose)
-    space = PoseSpace(kind, flow.event_dim, decode, _latent_norm)
-    return PosePrior(space, flow_params, jnp.zeros((flow.event_dim,), jnp.float32))
-  raise ValueError(f"make_pose_prior: kind must be one of {PRIOR_KINDS}, "
-                   f"got {kind!r}")
+# The pose prior (`PosePrior`: decode + penalty of the pose variable) comes from the prior
+# registry; `make_pose_prior(kind, ...)` is `flowpose.prior.registry.make`, kept for callers.
+make_pose_prior = registry.make
+PosePrior = registry.PosePrior
+PoseSpace = registry.PoseSpace
 
 
 # ---------------------------------------------------------------------------
@@ -312,7 +188,7 @@ def facing_camera_rotation(yaw_deg: float) -> np.ndarray:
 def initial_translation(keypoints_2d: np.ndarray, confidence: np.ndarray,
                         focal: np.ndarray, principal_point: np.ndarray,
                         rest_keypoints: np.ndarray, rest_root: np.ndarray,
-                        root_rotmat: np.ndarray) -> np.ndarray:
+                        root_rotmat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Camera-frame translation from keypoint scale (similar triangles).
 
   Depth: `z = f * d3 / d2` over the pairs of visible keypoints (torso pairs
@@ -330,9 +206,12 @@ def initial_translation(keypoints_2d: np.ndarray, confidence: np.ndarray,
     root_rotmat: [B, 3, 3] initial orientations.
 
   Returns:
-    [B, 3] translations (depth 5 m when fewer than 2 keypoints are visible).
+    (translations [B, 3], depth_clamped [B] bool): the depth is 5 m when fewer than 2
+    keypoints are visible, and clamped to `INIT_DEPTH_RANGE`; `depth_clamped` says where the
+    clamp bound (the person looks far larger or smaller than a human at 0.5-100 m).
   """
   out = np.zeros((keypoints_2d.shape[0], 3))
+  clamped = np.zeros(keypoints_2d.shape[0], bool)
   for b in range(keypoints_2d.shape[0]):
     valid = (confidence[b] > 0) & np.all(np.isfinite(keypoints_2d[b]), -1)
     idx = np.flatnonzero(valid)
@@ -348,7 +227,8 @@ def initial_translation(keypoints_2d: np.ndarray, confidence: np.ndarray,
              for i, j in pairs
              if np.linalg.norm(rest_keypoints[i] - rest_keypoints[j]) > 0.1]
       if est:
-        depth = float(np.clip(min(est), 0.5, 100.0))
+        depth = float(np.clip(min(est), *INIT_DEPTH_RANGE))
+        clamped[b] = depth != min(est)
     if len(idx):
       centre_2d = keypoints_2d[b, idx].mean(0)
       centre_3d = (root_rotmat[b] @ (rest_keypoints[idx].mean(0) - rest_root)
@@ -357,4 +237,4 @@ def initial_translation(keypoints_2d: np.ndarray, confidence: np.ndarray,
       centre_2d, centre_3d = principal_point[b], rest_root
     ray = np.append((centre_2d - principal_point[b]) / focal[b], 1.0)
     out[b] = ray * depth - centre_3d
-  return out
+  return out, clamped

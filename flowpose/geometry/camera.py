@@ -23,11 +23,15 @@ from typing import Sequence, Tuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-# Depth clamp for perspective division. Points at z <= MIN_DEPTH (behind or on
-# the camera plane) are projected as if at MIN_DEPTH: finite but meaningless,
-# so callers should mask them (e.g. by `points_cam[..., 2] > 0`).
-MIN_DEPTH = 1e-4
+# The one depth clamp of every pinhole projection in flowpose (fitting, losses, rasterizer,
+# benchmarks): a point nearer than MIN_DEPTH to the camera plane, or behind it, is projected as
+# if it were at MIN_DEPTH. Its pixel is then finite but meaningless, and its gradient w.r.t. z is
+# zero; callers mask such points with `in_front` (the rasterizer drops their triangles, the
+# fitter reports them). 1 cm: nothing flowpose fits or draws is that close to a camera, and the
+# clamp keeps `1 / z` (and its gradient) bounded during optimisation.
+MIN_DEPTH = 1e-2
 
 
 def _as_float(x) -> jax.Array:
@@ -112,9 +116,15 @@ def intrinsics_matrix(focal, principal_point: jax.Array) -> jax.Array:
   ], axis=-2)
 
 
+def _pinhole(xp, points_cam, focal_xy, principal_point):
+  """`f * xy / max(z, MIN_DEPTH) + c` with the array module `xp` (jnp or numpy): the formula."""
+  z = xp.maximum(points_cam[..., 2:], MIN_DEPTH)
+  return focal_xy * points_cam[..., :2] / z + principal_point
+
+
 def perspective_project(points_cam: jax.Array, focal,
                         principal_point: jax.Array) -> jax.Array:
-  """Pinhole projection of camera-frame points to pixels.
+  """Pinhole projection of camera-frame points to pixels (differentiable).
 
   Args:
     points_cam: `[..., N, 3]` points in the OpenCV camera frame.
@@ -122,14 +132,38 @@ def perspective_project(points_cam: jax.Array, focal,
     principal_point: `[..., 2]` (cx, cy) in pixels.
 
   Returns:
-    `[..., N, 2]` pixel coordinates `(f * xy / max(z, MIN_DEPTH) + c)`.
+    `[..., N, 2]` pixel coordinates `f * xy / max(z, MIN_DEPTH) + c`; points that are not
+    `in_front` get finite but meaningless pixels (see `MIN_DEPTH`).
   """
   points_cam = _as_float(points_cam)
   chex.assert_axis_dimension(points_cam, -1, 3)
-  f = _focal_xy(focal)[..., None, :]
-  c = _as_float(principal_point)[..., None, :]
-  z = jnp.maximum(points_cam[..., 2:], MIN_DEPTH)
-  return f * points_cam[..., :2] / z + c
+  return _pinhole(jnp, points_cam, _focal_xy(focal)[..., None, :],
+                  _as_float(principal_point)[..., None, :])
+
+
+def perspective_project_np(points_cam, focal, principal_point) -> np.ndarray:
+  """`perspective_project` in float64 numpy (the same formula, for the numpy rasterizer).
+
+  Args:
+    points_cam: `[..., N, 3]`; focal: scalar or `[..., 2]`; principal_point: `[..., 2]`.
+
+  Returns:
+    `[..., N, 2]` float64 pixels.
+  """
+  points_cam = np.asarray(points_cam, np.float64)
+  focal = np.asarray(focal, np.float64)
+  focal = np.stack([focal, focal], -1) if focal.ndim == 0 else focal
+  return _pinhole(np, points_cam, focal[..., None, :],
+                  np.asarray(principal_point, np.float64)[..., None, :])
+
+
+def in_front(points_cam) -> jax.Array:
+  """`[..., N]` bool: the point is farther than `MIN_DEPTH` along the optical axis.
+
+  Where False, `perspective_project` clamped the point's depth. Works on jnp and numpy arrays
+  (returns the same kind).
+  """
+  return points_cam[..., 2] > MIN_DEPTH
 
 
 def project(points_world: jax.Array, rot: jax.Array, t: jax.Array, focal,

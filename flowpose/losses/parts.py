@@ -1,7 +1,7 @@
-"""Fitting losses: robust 2D keypoints, semantic body-part alignment, priors.
+"""Semantic body-part alignment (rendering-free) and its evidence sampling.
 
 Every jnp function here is pure, jittable and *unbatched* (one person, one
-image); batch with `jax.vmap`. The priors accept any leading batch dims.
+image); batch with `jax.vmap`.
 
 Semantic part alignment (after Zanfir et al., ECCV 2020, "Weakly Supervised 3D
 Human Pose and Shape Reconstruction with Normalizing Flows"), rendering-free:
@@ -29,7 +29,7 @@ Limits of this formulation:
     There is no background / silhouette term either.
   * Nearest-neighbour matching is local: large initial errors, left/right
     swaps and parts folded onto each other are local minima.
-  * Visibility comes from the caller (`render.vertex_visibility` of the
+  * Visibility comes from the caller (`raster.vertex_visibility` of the
     current estimate, or the cheap `soft_visibility_from_normals`, which
     ignores self-occlusion) and is a weight, not an optimisation target: its
     gradient is stopped here.
@@ -41,100 +41,21 @@ Limits of this formulation:
     the pull of each wrong pixel to sigma^2 but does not remove it.
 
 Out of scope here: interpenetration (self-contact) penalties, temporal
-(smoothness) terms for sequences, 3D metrics (see `flowpose/eval.py`).
+(smoothness) terms for sequences, 3D metrics (see `flowpose.metrics`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowpose.losses.keypoints import gmof
+
 # Stands in for "infinitely far" in masked distance matrices. Finite (unlike
 # inf) so masked entries times zero weights stay 0 and gradients stay finite.
 _FAR = 1e12
-_EPS = 1e-8
-
-
-def gmof(residual_sq: jax.Array, sigma: float | jax.Array) -> jax.Array:
-  """Geman-McClure robustifier as in SMPLify: sigma^2 r^2 / (sigma^2 + r^2).
-
-  Quadratic near 0, saturates at sigma^2 for |r| >> sigma.
-
-  Args:
-    residual_sq: [...] squared residuals r^2 (>= 0).
-    sigma: scalar, in the units of r.
-
-  Returns:
-    [...] robustified values, in [0, sigma^2).
-  """
-  sigma_sq = jnp.square(sigma)
-  return sigma_sq * residual_sq / (sigma_sq + residual_sq)
-
-
-def keypoint_reprojection_loss(
-    pred_2d: jax.Array,
-    target_2d: jax.Array,
-    confidence: jax.Array,
-    *,
-    sigma: float = 100.0,
-    scale: float | jax.Array | None = None,
-) -> jax.Array:
-  """Robust, confidence-weighted 2D keypoint loss for one person.
-
-  loss = sum_k c_k rho(||p_k - t_k||^2 / scale^2) / sum_k c_k, over valid k.
-
-  Keypoints with confidence <= 0 or a non-finite target are dropped *before*
-  any arithmetic (jnp.where), so NaN targets give finite values and
-  gradients. Normalising by the summed confidence makes the value a weighted
-  mean: independent of the number of detected keypoints and of a global
-  rescaling of the confidences. No valid keypoint -> 0.
-
-  Args:
-    pred_2d: [K, 2] projected model keypoints (pixels).
-    target_2d: [K, 2] detected keypoints (pixels); NaN where missing.
-    confidence: [K] detection confidences (0 = missing).
-    sigma: Geman-McClure scale, in pixels when `scale` is None, else in units
-      of `scale` (e.g. 0.1-0.3 of a bbox size).
-    scale: optional scalar person scale in pixels (e.g.
-      `person_scale_from_keypoints`); residuals are divided by it so the loss
-      and `sigma` do not depend on image resolution.
-
-  Returns:
-    Scalar loss.
-  """
-  chex.assert_rank(pred_2d, 2)
-  chex.assert_equal_shape([pred_2d, target_2d])
-  chex.assert_shape(confidence, pred_2d.shape[:1])
-  valid = (confidence > 0) & jnp.all(jnp.isfinite(target_2d), axis=-1)
-  safe_target = jnp.where(valid[:, None], target_2d, 0.0)
-  diff = jnp.where(valid[:, None], pred_2d - safe_target, 0.0)
-  if scale is not None:
-    diff = diff / scale
-  weight = jnp.where(valid, confidence, 0.0)
-  per_keypoint = gmof(jnp.sum(jnp.square(diff), axis=-1), sigma)
-  return jnp.sum(weight * per_keypoint) / jnp.maximum(jnp.sum(weight), _EPS)
-
-
-def person_scale_from_keypoints(target_2d: jax.Array,
-                                confidence: jax.Array) -> jax.Array:
-  """Max side of the bounding box of the valid keypoints (pixels).
-
-  Args:
-    target_2d: [K, 2] detected keypoints; NaN where missing.
-    confidence: [K] confidences (0 = missing).
-
-  Returns:
-    Scalar person scale (>= 1 pixel, so it is a safe divisor).
-  """
-  valid = (confidence > 0) & jnp.all(jnp.isfinite(target_2d), axis=-1)
-  lo = jnp.min(jnp.where(valid[:, None], target_2d, jnp.inf), axis=0)
-  hi = jnp.max(jnp.where(valid[:, None], target_2d, -jnp.inf), axis=0)
-  extent = jnp.where(jnp.any(valid), jnp.max(hi - lo), 1.0)
-  return jnp.maximum(extent, 1.0)
 
 
 def soft_visibility_from_normals(vertices_cam: jax.Array,
@@ -148,7 +69,7 @@ def soft_visibility_from_normals(vertices_cam: jax.Array,
   face normals; faces must be wound counter-clockwise seen from outside
   (right-hand rule gives outward normals). This ignores self-occlusion: a
   front-facing vertex behind an arm still gets weight ~1 (use
-  `render.vertex_visibility` for a z-buffer test). Vertices in no face get
+  `raster.vertex_visibility` for a z-buffer test). Vertices in no face get
   0.5.
 
   Args:
@@ -345,7 +266,7 @@ def sample_part_pixels(
 
   Returns:
     pixels [N, 2] float32 pixel centres (u, v) = (column + 0.5, row + 0.5),
-    the convention of `flowpose/camera.py` and `flowpose/render.py`;
+    the convention of `flowpose.geometry.camera` and `flowpose.evidence.raster`;
     labels [N] int32 (-1 for padding); valid [N] bool (False for padding,
     when the image has < N part pixels).
   """
@@ -375,67 +296,3 @@ def sample_part_pixels(
   labels[:count] = labels_flat[chosen]
   valid[:count] = True
   return pixels, labels, valid
-
-
-def latent_prior(z: jax.Array) -> jax.Array:
-  """||z||^2 of a flow latent (a standard-normal -log p up to constants).
-
-  Args:
-    z: [..., D] latent.
-
-  Returns:
-    [...] per-example values.
-  """
-  return jnp.sum(jnp.square(z), axis=-1)
-
-
-def shape_prior(betas: jax.Array) -> jax.Array:
-  """||beta||^2 (shape coefficients are ~N(0, I) in the PCA shape space).
-
-  Args:
-    betas: [..., S] shape coefficients.
-
-  Returns:
-    [...] per-example values.
-  """
-  return jnp.sum(jnp.square(betas), axis=-1)
-
-
-def neg_log_prob_prior(log_prob: jax.Array) -> jax.Array:
-  """-log p(pose) from a prior's log_prob (nats).
-
-  Args:
-    log_prob: [...] log-densities, e.g. `prior.log_prob(params, pose)`.
-
-  Returns:
-    [...] per-example values.
-  """
-  return -log_prob
-
-
-def weighted_sum(
-    terms: Mapping[str, jax.Array], weights: Mapping[str, float | jax.Array]
-) -> tuple[jax.Array, Mapping[str, jax.Array]]:
-  """Composes loss terms with one weights dict (`config.loss_weights`).
-
-  Args:
-    terms: name -> unweighted value (scalars, or arrays that broadcast).
-    weights: name -> weight (a dict or ConfigDict); must name exactly the
-      terms (use 0.0 to switch a term off), so a typo in a config cannot
-      silently drop a term.
-
-  Returns:
-    (sum_k weights[k] * terms[k], terms unchanged for logging).
-
-  Raises:
-    KeyError: if a term has no weight or a weight names no term.
-  """
-  missing = sorted(set(terms) - set(weights))
-  unknown = sorted(set(weights) - set(terms))
-  if missing:
-    raise KeyError(f"loss weights: no weight for terms {missing}")
-  if unknown:
-    raise KeyError(f"loss weights: weights {unknown} name no loss term; "
-                   f"terms are {sorted(terms)}")
-  total = sum(weights[name] * terms[name] for name in sorted(terms))
-  return total, terms
