@@ -40,8 +40,6 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-# flowpose.prior.flow (distrax/TFP) must be imported before TensorFlow users.
-from flowpose.prior import flow as _flow  # pylint: disable=g-bad-import-order,unused-import
 from flowpose import geometry
 from flowpose import io_utils
 from flowpose import losses

@@ -32,11 +32,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Before anything imports TensorFlow (TFP requires it): see flowpose.prior.flow.
-from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-bad-import-order
-from flowpose.prior import io as prior_io
 from flowpose import io_utils
 from flowpose.data.motion import MocapFormatError
+from flowpose.prior import evaluate as prior_eval
+from flowpose.prior import io as prior_io
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a finished training run.")

@@ -24,8 +24,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-# distrax/TFP before anything imports TensorFlow (see flowpose.prior.flow).
-from flowpose.prior import flow as _prior  # pylint: disable=g-bad-import-order,unused-import
 from flowpose import io_utils
 from flowpose.fitting import config as fit_config
 from flowpose.fitting import photo

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowpose import geometry
+from flowpose.body import lbs
 from flowpose.body import model as body_lib
 from flowpose.prior import registry
 
@@ -144,18 +145,15 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
   """
   rotmats = body.pose_to_rotmats(pose_dofs, root_rotmat)
   rest_joints = body.j_template + body.j_shapedirs @ betas
-  global_rot, global_pos = body_lib.forward_kinematics(body.parents, rotmats,
-                                                       rest_joints)
-  transforms = body_lib.skinning_transforms(global_rot, global_pos,
-                                            rest_joints)
+  global_rot, global_pos = lbs.forward_kinematics(body.parents, rotmats, rest_joints)
+  transforms = lbs.skinning_transforms(global_rot, global_pos, rest_joints)
   transforms = transforms.at[:, :, 3].add(transl)
   kp_rest = body.kp_rest + body.kp_shapedirs @ betas  # [K, J, 3]
   keypoints = (jnp.einsum("jab,kjb->ka", transforms[:, :, :3], kp_rest) +
                body.kp_weights @ transforms[:, :, 3])
   if with_vertices:
     verts = body.sub_template + body.sub_shapedirs @ betas
-    vertices = body_lib.skin(verts, transforms, body.sub_skin_indices,
-                             body.sub_skin_weights)
+    vertices = lbs.skin(verts, transforms, body.sub_skin_indices, body.sub_skin_weights)
   else:
     vertices = jnp.zeros((0, 3), keypoints.dtype)
   return PosedPoints(keypoints, global_pos + transl, vertices)
