@@ -21,6 +21,7 @@ from flowpose.prior import evaluate as prior_eval  # pylint: disable=g-bad-impor
 from flowpose.prior import baseline_cache
 from flowpose.prior import io as prior_io
 from flowpose.prior import pictures
+from flowpose.prior import registry
 from flowpose.data import cmu_skeleton
 from flowpose.data import poses as pose_data
 from flowpose.train import trainer
@@ -68,6 +69,9 @@ def test_nll_table_has_models_and_finite_values(workdir, table):
     on_disk = json.load(f)
   assert on_disk == table
   assert table["headline_split"] == "test"
+  # The row labels readers of nll_table.json use (registry `gaussian` keeps `gaussian_full`).
+  assert prior_eval.MODELS == ("flow", "gaussian_diag", "gaussian_full", "gmm8")
+  assert list(table["splits"]["test"]["nats_per_pose"]) == list(prior_eval.MODELS)
   for model in prior_eval.MODELS:
     assert math.isfinite(table[model])
     assert table[model] == table["splits"]["test"]["nats_per_pose"][model]
@@ -271,6 +275,29 @@ def test_validation_run_keeps_the_headline_test_numbers(workdir, table, tmp_path
   (other / "nll_table.json").write_text(json.dumps(stale))
   fresh = prior_eval.evaluate_nll(str(other), splits=("validation",))
   assert set(fresh["splits"]) == {"validation"} and fresh["headline_split"] == "validation"
+
+
+def test_a_registered_prior_is_a_row(workdir_copy, table, monkeypatch):
+  """One registry for fitting and evaluation: a prior registered with `eval_kwargs` (a `vae`
+  later; here a wider diagonal Gaussian) is a row of the table, scored by its `log_prob`; the
+  other rows keep their numbers, and earlier splits without that row are dropped, not mixed."""
+  # pylint: disable-next=protected-access
+  monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
+  fitted = prior_eval.load_baselines(workdir_copy)
+  wide = fitted.models["gaussian_diag"].replace(std=3 * fitted.models["gaussian_diag"].std)
+  kwargs = {"gaussian": wide, "center": fitted.center}
+  registry.register("vae", make=registry.make_gaussian_diag, load=lambda workdir: None,
+                    description="stand-in", eval_kwargs=lambda context: kwargs)
+  after = prior_eval.evaluate_nll(workdir_copy, splits=("test",))
+  assert set(after["splits"]) == {"test"}  # The validation entry lacks the row: dropped.
+  _, _, config = prior_io.load_trained_prior(workdir_copy)
+  dofs = pose_data.read_split(config.data, "test", 50)
+  want = -np.mean(registry.make("vae", **kwargs).log_prob(dofs))
+  assert after["vae"] == after["splits"]["test"]["nats_per_pose"]["vae"] == want
+  assert want > table["gaussian_diag"]  # A 3x wider Gaussian: a worse fit of the same data.
+  for model in prior_eval.MODELS:
+    assert after[model] == table[model]
+  assert "| vae |" in open(os.path.join(workdir_copy, "nll_table.md")).read()
 
 
 # --- Damaged workdir files (issue 10.4): refitted, or one error naming the file. ---

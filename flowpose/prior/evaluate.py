@@ -10,11 +10,18 @@ split: `num_poses`, `nats_per_pose` (= -mean log-density) and `bits_per_dof`
 (`nats / (D ln 2)`) per model. Models are compared in the flow's chart with baselines fitted
 on the training split (`flowpose.prior.baseline_cache`).
 
+The rows are the priors of `flowpose.prior.registry` with a density (`registry.evaluated_names()`),
+built with `registry.make` from the flow and baselines in memory and scored by
+`PosePrior.log_prob`, the density fitting uses: a prior registered there is a row here. A row is
+labelled by its registry name, except `gaussian` (the full-covariance Gaussian), which keeps the
+label `gaussian_full` that readers of `nll_table.json` use (`ROW_LABELS`).
+
 `nll_table.json` accumulates splits: a run with `splits=("validation",)` replaces the validation
 entry and keeps the test entry of an earlier run when both were computed for the same prior
-(`prior_params_sha256`) and baselines (`baselines_fingerprint`); entries of another prior are
-dropped with a warning. The headline is `test` whenever the table holds it, else the last split
-evaluated, so evaluating validation never overwrites the headline test numbers.
+(`prior_params_sha256`), baselines (`baselines_fingerprint`) and rows; entries of another prior
+(or from before a prior was registered) are dropped with a warning. The headline is `test`
+whenever the table holds it, else the last split evaluated, so evaluating validation never
+overwrites the headline test numbers.
 
 `evaluate_folder` scores every clip under a folder (recursive; ASF/AMC with SS.asf beside, or
 CMU-skeleton BVH), with no split filter: the table is labelled `folder <name>` and records the
@@ -30,12 +37,12 @@ import pathlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
-import jax
 import numpy as np
 
 from flowpose.prior import io as prior_io
 from flowpose.prior import baseline_cache
 from flowpose.prior import charts
+from flowpose.prior import registry
 from flowpose.data import asf_amc
 from flowpose.data import bvh
 from flowpose.data import motion as motion_lib
@@ -52,12 +59,27 @@ load_baselines = baseline_cache.load_baselines
 save_baselines = baseline_cache.save_baselines
 to_chart = baseline_cache.to_chart
 load_trained_prior = prior_io.load_trained_prior
+flow_log_prob = registry.flow_log_prob
 
 TABLE_STEM = "nll_table"
-MODELS = ("flow",) + baseline_cache.BASELINE_NAMES
 HEADLINE_SPLIT = "test"
-_EVAL_BATCH = 4096
+# Table labels of registry names that differ from the name (kept for nll_table.json readers).
+ROW_LABELS = {"gaussian": "gaussian_full"}
+# Rows in this order, then any other registry prior with a density in registration order.
+_ROW_ORDER = ("flow", "gaussian_diag", "gaussian", "gmm8")
 _TARGET_FPS = 30.0
+
+
+def table_rows() -> Tuple[Tuple[str, str], ...]:
+  """`(label, registry name)` of every row of the NLL table, in table order."""
+  evaluated = registry.evaluated_names()
+  ordered = [n for n in _ROW_ORDER if n in evaluated]
+  ordered += [n for n in evaluated if n not in _ROW_ORDER]
+  return tuple((ROW_LABELS.get(name, name), name) for name in ordered)
+
+
+# The row labels (`flow`, `gaussian_diag`, `gaussian_full`, `gmm8`, ...), for readers of the table.
+MODELS = tuple(label for label, _ in table_rows())
 
 
 def load_split_dofs(config, split: str) -> np.ndarray:
@@ -95,23 +117,20 @@ def _baselines(workdir: str, prior, params, config,
   return fitted, int(train.shape[0])
 
 
-def flow_log_prob(prior, params, dofs: np.ndarray, batch_size: int = _EVAL_BATCH) -> np.ndarray:
-  """`[N]` flow log-density (nats) of `dofs [N, D]`, in fixed-size batches (one compile)."""
-  fn = jax.jit(prior.log_prob)
-  batch_size = min(batch_size, max(1, dofs.shape[0]))
-  out = []
-  for poses, weights in pose_data.eval_batches(np.asarray(dofs, np.float32), batch_size):
-    out.append(np.asarray(fn(params, poses))[weights > 0])
-  return np.concatenate(out).astype(np.float64)
+def table_priors(workdir: str, prior, params,
+                 fitted: FittedBaselines) -> Dict[str, registry.PosePrior]:
+  """`{row label: PosePrior}` of every row, built by `registry.make` from the params in memory."""
+  context = registry.EvalContext(workdir, prior, params, fitted)
+  return {label: registry.make(name, **registry.get(name).eval_kwargs(context))
+          for label, name in table_rows()}
 
 
-def _split_stats(prior, params, fitted: FittedBaselines, dofs: np.ndarray) -> dict:
-  """`{num_poses, nats_per_pose {model: float}, bits_per_dof {model: float}}` of `dofs`."""
-  dim = dofs.shape[1]
-  log_probs = {"flow": flow_log_prob(prior, params, dofs)}
-  for name in baseline_cache.BASELINE_NAMES:
-    log_probs[name] = fitted.log_prob(name, dofs)
-  nats = {name: float(-np.mean(lp)) for name, lp in log_probs.items()}
+def _split_stats(priors: Dict[str, registry.PosePrior], dim: int, dofs: np.ndarray) -> dict:
+  """`{num_poses, nats_per_pose {row: float}, bits_per_dof {row: float}}` of DOFs `[N, 50]`.
+
+  `dim`: D of the chart the densities live in (bits per chart coordinate).
+  """
+  nats = {label: float(-np.mean(p.log_prob(dofs))) for label, p in priors.items()}
   return {"num_poses": int(dofs.shape[0]), "nats_per_pose": nats,
           "bits_per_dof": {k: v / (dim * math.log(2.0)) for k, v in nats.items()}}
 
@@ -124,15 +143,16 @@ def _provenance(workdir: str, prior, fitted: FittedBaselines) -> dict:
 
 
 def _table(headline: str, splits: Dict[str, dict], provenance: dict, **extra) -> dict:
-  table = {name: splits[headline]["nats_per_pose"][name] for name in MODELS}
+  table = dict(splits[headline]["nats_per_pose"])
   chart = provenance["chart"]
   table.update(headline_split=headline, units=f"nats per pose in the flow's {chart!r} chart "
                "(radians)", **provenance, splits=splits, **extra)
   return table
 
 
-def _previous_splits(path: str, provenance: dict, evaluated: Sequence[str]) -> Dict[str, dict]:
-  """The splits of an earlier table at `path` computed for the same prior and baselines."""
+def _previous_splits(path: str, provenance: dict, evaluated: Sequence[str],
+                     rows: Sequence[str]) -> Dict[str, dict]:
+  """The splits of an earlier table at `path` computed for the same prior, baselines and rows."""
   if not os.path.isfile(path):
     return {}
   try:
@@ -140,12 +160,13 @@ def _previous_splits(path: str, provenance: dict, evaluated: Sequence[str]) -> D
       old = json.load(f)
     same = all(old.get(k) == v for k, v in provenance.items())
     kept = {s: v for s, v in old["splits"].items() if s not in evaluated}
+    same = same and all(set(v["nats_per_pose"]) == set(rows) for v in kept.values())
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     logging.warning("%s is unreadable (%s); replacing it.", path, e)
     return {}
   if not same and kept:
-    logging.warning("%s holds splits %s of another prior or baselines; dropping them (rerun "
-                    "them to compare).", path, sorted(kept))
+    logging.warning("%s holds splits %s of another prior, baselines or set of rows; dropping "
+                    "them (rerun them to compare).", path, sorted(kept))
     return {}
   return kept
 
@@ -157,7 +178,7 @@ def _markdown(table: dict) -> str:
   lines = [f"NLL of the pose prior and baselines (D = {table['event_dim']}; lower is better;"
            f" {table['units']}; headline: {table['headline_split']}).", "", header,
            "|---" * (1 + 2 * len(names)) + "|"]
-  for model in MODELS:
+  for model in table["splits"][table["headline_split"]]["nats_per_pose"]:
     cells = []
     for s in names:
       cells += [f"{table['splits'][s]['nats_per_pose'][model]:.2f}",
@@ -192,20 +213,21 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
   prior, params, config = load_trained_prior(workdir)
   fitted, num_train = _baselines(workdir, prior, params, config)
   provenance = _provenance(workdir, prior, fitted)
-  details, data = {}, None
+  priors = table_priors(workdir, prior, params, fitted)
+  details, dofs = {}, None
   for split in splits:
-    data = charts.from_dofs_np(prior.chart, load_split_dofs(config, split))
-    details[split] = _split_stats(prior, params, fitted, data)
+    dofs = load_split_dofs(config, split)
+    details[split] = _split_stats(priors, prior.event_dim, dofs)
     logging.info("%s NLL (nats/pose): %s", split, details[split]["nats_per_pose"])
   path = os.path.join(workdir, TABLE_STEM + ".json")
-  merged = {**_previous_splits(path, provenance, splits), **details}
+  merged = {**_previous_splits(path, provenance, splits, list(priors)), **details}
   headline = HEADLINE_SPLIT if HEADLINE_SPLIT in merged else splits[-1]
   table = _table(headline, merged, provenance, train_poses=num_train,
                  data_source=config.data.source)
   write_table(workdir, table)
   if pictures:
     from flowpose.prior import pictures as pictures_lib  # pylint: disable=g-import-not-at-top
-    pictures_lib.render_pictures(workdir, prior, params, data)
+    pictures_lib.render_pictures(workdir, prior, params, charts.from_dofs_np(prior.chart, dofs))
   return table
 
 
@@ -269,16 +291,17 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
                          "files with SS.asf[.gz] beside them, or .bvh[.gz] files")
   prior, params, config = load_trained_prior(workdir)
   fitted, _ = _baselines(workdir, prior, params, config, cache_only_if_current=True)
+  priors = table_priors(workdir, prior, params, fitted)
   clips, all_dofs = {}, []
   for path, fps in paths:
-    dofs = charts.from_dofs_np(prior.chart, read_clip_dofs(path, fps))
-    stats = _split_stats(prior, params, fitted, dofs)
+    dofs = read_clip_dofs(path, fps)
+    stats = _split_stats(priors, prior.event_dim, dofs)
     clips[str(path.relative_to(folder))] = {
         "num_poses": stats["num_poses"], "nats_per_pose": stats["nats_per_pose"]}
     all_dofs.append(dofs)
   name = folder.resolve().name or "root"
   label = f"folder {name}"
-  details = {label: _split_stats(prior, params, fitted, np.concatenate(all_dofs))}
+  details = {label: _split_stats(priors, prior.event_dim, np.concatenate(all_dofs))}
   table = _table(label, details, _provenance(workdir, prior, fitted),
                  folder=str(folder.resolve()), selection="all clips", num_clips=len(clips),
                  clips=clips)
