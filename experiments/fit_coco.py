@@ -30,7 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.overlay_alpha = 0.6
   config.side_view_size = 512
   fit = fit_config.default_fit_config()
-  fit.prior = "flow"  # A `flowpose.prior.registry` name: none | gaussian | gmm8 | flow
+  fit.prior = "flow"  # A `flowpose.prior.registry` name: none | gaussian | gaussian_diag | gmm8 | flow
   # Front/back and both profiles: one photo, restarts are cheap.
   fit.restart_yaws_deg = (0.0, 90.0, 180.0, 270.0)
   fit.stages = [

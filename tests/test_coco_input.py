@@ -251,7 +251,7 @@ def test_outputs_replace_the_folder_in_one_rename(tmp_path, fake_fit, monkeypatc
   for name in _OUTPUTS:
     (out_dir / name).write_bytes(b"OLD")
   # A stale staging folder of a killed earlier run (PID 999999999 is not alive).
-  stale = tmp_path / f"{io_utils.STAGING_PREFIX}999999999.dead.out"
+  stale = tmp_path / io_utils._staging_name(999999999, "dead", "new", "out")  # pylint: disable=protected-access
   stale.mkdir()
   real_replace = os.replace
   calls = []

@@ -72,13 +72,18 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_tiny_run_reduces_nll_and_exports(tmp_path, caplog):
-  caplog.set_level("INFO")
+def test_tiny_run_reduces_nll_and_exports(tmp_path, monkeypatch):
+  # The trainer's absl log lines, captured whatever handlers earlier tests left on absl's logger.
+  lines = []
+  real_info = trainer.logging.info
+  monkeypatch.setattr(trainer.logging, "info",
+                      lambda msg, *args, **kw: (lines.append(msg % args if args else msg),
+                                                real_info(msg, *args, **kw)))
   result = trainer.train_and_evaluate(tiny_config(), str(tmp_path))
   assert result.step == 30 and not result.preempted
   # The final line reports the final step's own evaluation.
   assert result.eval_step == 30
-  assert f"Finished at step 30; eval at step 30: nll={result.eval_nll:.4f}" in caplog.text
+  assert f"Finished at step 30; eval at step 30: nll={result.eval_nll:.4f}." in lines
   assert result.eval_nll < result.initial_eval_nll - 2.0, result
   assert np.isfinite(result.train_metrics["train/nll"])
   # The exported prior reproduces the trained params and the eval NLL.

@@ -1,7 +1,7 @@
 """The fitting config: `default_fit_config()` and its validation.
 
 Fields (see `flowpose.fitting.fit` for what they do):
-  prior                 a `flowpose.prior.registry` name (none | gaussian | gmm8 | flow)
+  prior                 a `flowpose.prior.registry` name (none | gaussian | gaussian_diag | gmm8 | flow)
   restart_yaws_deg      initial yaws (0 = facing the camera)
   select_restart_after  stage index after which the best restart is kept
   final_lr_fraction     Adam's cosine decay floor within each stage
