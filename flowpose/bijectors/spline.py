@@ -97,6 +97,15 @@ def _split_params(params: Array, x: Array, num_bins: int):
           params[..., 2 * num_bins:])
 
 
+def _bin_of(search_knots, value, widths, x_knots, heights, y_knots, derivs):
+  """The spline bin holding `value` among `search_knots`: its width, height, left knots, knot
+  derivatives (left, right) and slope `h / w`, each `[...]`."""
+  k = _bin_index(search_knots, value)
+  w, h = _gather(widths, k), _gather(heights, k)
+  return (w, h, _gather(x_knots, k), _gather(y_knots, k), _gather(derivs, k),
+          _gather(derivs[..., 1:], k), h / w)
+
+
 def rational_quadratic_forward(
     x: Array, params: Array, *, num_bins: int, range_min: float,
     range_max: float, min_bin_size: float = DEFAULT_MIN_BIN_SIZE,
@@ -124,11 +133,7 @@ def rational_quadratic_forward(
   # gradient is halved at x == range_max, which would corrupt the log-det's
   # derivative exactly at the bounds.
   xc = jnp.where(inside, x, range_min)
-  k = _bin_index(x_knots, xc)
-  w, h = _gather(widths, k), _gather(heights, k)
-  x_k, y_k = _gather(x_knots, k), _gather(y_knots, k)
-  d_k, d_k1 = _gather(derivs, k), _gather(derivs[..., 1:], k)
-  s = h / w
+  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(x_knots, xc, widths, x_knots, heights, y_knots, derivs)
   xi = (xc - x_k) / w
   xi1 = xi * (1.0 - xi)
   denom = s + (d_k1 + d_k - 2.0 * s) * xi1
@@ -158,11 +163,7 @@ def rational_quadratic_inverse(
       min_derivative)
   inside = (y >= range_min) & (y <= range_max)
   yc = jnp.where(inside, y, range_min)
-  k = _bin_index(y_knots, yc)
-  w, h = _gather(widths, k), _gather(heights, k)
-  x_k, y_k = _gather(x_knots, k), _gather(y_knots, k)
-  d_k, d_k1 = _gather(derivs, k), _gather(derivs[..., 1:], k)
-  s = h / w
+  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(y_knots, yc, widths, x_knots, heights, y_knots, derivs)
   dy = yc - y_k
   slope_sum = d_k1 + d_k - 2.0 * s
   a = h * (s - d_k) + dy * slope_sum

@@ -60,6 +60,19 @@ def skew(v: jax.Array) -> jax.Array:
   ], axis=-2)
 
 
+def _angle_terms(aa: jax.Array):
+  """`(aa, theta^2, small, theta)` of axis-angle vectors `[..., 3]` for the Taylor/closed-form split.
+
+  The closed form sees theta = 1 on the small branch, so sqrt and the divisions by theta have
+  finite derivatives there (where() would leak NaNs otherwise).
+  """
+  aa = _as_float(aa)
+  chex.assert_axis_dimension(aa, -1, 3)
+  theta_sq = jnp.sum(aa * aa, axis=-1)
+  small = theta_sq < _SMALL_ANGLE_SQ
+  return aa, theta_sq, small, jnp.sqrt(jnp.where(small, 1.0, theta_sq))
+
+
 def axis_angle_to_matrix(aa: jax.Array) -> jax.Array:
   """Rodrigues' formula `R = I + A [aa]_x + B [aa]_x^2`.
 
@@ -69,13 +82,7 @@ def axis_angle_to_matrix(aa: jax.Array) -> jax.Array:
   Returns:
     `[..., 3, 3]` rotation matrices. Gradients are finite at `aa = 0`.
   """
-  aa = _as_float(aa)
-  chex.assert_axis_dimension(aa, -1, 3)
-  theta_sq = jnp.sum(aa * aa, axis=-1)
-  small = theta_sq < _SMALL_ANGLE_SQ
-  # The closed form sees theta = 1 on the small branch, so sqrt and the
-  # division have finite derivatives there (where() would leak NaNs otherwise).
-  theta = jnp.sqrt(jnp.where(small, 1.0, theta_sq))
+  aa, theta_sq, small, theta = _angle_terms(aa)
   # B = (1 - cos t) / t^2 written as 2 sin^2(t/2) / t^2 to avoid cancellation.
   a = jnp.where(small, 1.0 - theta_sq / 6.0 + theta_sq**2 / 120.0,
                 jnp.sin(theta) / theta)
@@ -91,11 +98,7 @@ def axis_angle_to_quaternion(aa: jax.Array) -> jax.Array:
 
   `w >= 0` whenever the angle `|aa|` is at most pi.
   """
-  aa = _as_float(aa)
-  chex.assert_axis_dimension(aa, -1, 3)
-  theta_sq = jnp.sum(aa * aa, axis=-1)
-  small = theta_sq < _SMALL_ANGLE_SQ
-  theta = jnp.sqrt(jnp.where(small, 1.0, theta_sq))
+  aa, theta_sq, small, theta = _angle_terms(aa)
   w = jnp.where(small, 1.0 - theta_sq / 8.0 + theta_sq**2 / 384.0,
                 jnp.cos(0.5 * theta))
   # sin(t/2) / t, the factor applied to the (unnormalised) axis-angle vector.

@@ -66,11 +66,8 @@ def _logsumexp(xp, a, axis):
 # ---------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class GaussianDiagParams:
-  """Axis-aligned Gaussian: `mean [D]`, `std [D]`."""
-  mean: Array
-  std: Array
+class _Density:
+  """Methods shared by the parameter pytrees: `p.log_prob(x)`, `p.sample(key, n)`."""
 
   def log_prob(self, x: Array) -> Array:
     return log_prob(self, x)
@@ -80,7 +77,14 @@ class GaussianDiagParams:
 
 
 @flax.struct.dataclass
-class GaussianFullParams:
+class GaussianDiagParams(_Density):
+  """Axis-aligned Gaussian: `mean [D]`, `std [D]`."""
+  mean: Array
+  std: Array
+
+
+@flax.struct.dataclass
+class GaussianFullParams(_Density):
   """Full-covariance Gaussian.
 
   Attributes:
@@ -93,12 +97,6 @@ class GaussianFullParams:
   covariance: Array
   scale_tril: Array
   precision_cholesky: Array
-
-  def log_prob(self, x: Array) -> Array:
-    return log_prob(self, x)
-
-  def sample(self, key: jax.Array, n: int) -> jax.Array:
-    return sample(self, key, n)
 
 
 def fit_gaussian_diag(x: Array, reg: float = 1e-12) -> GaussianDiagParams:
@@ -135,7 +133,7 @@ def gaussian_full_from_covariance(mean: Array,
 
 
 @flax.struct.dataclass
-class GMMParams:
+class GMMParams(_Density):
   """Full-covariance Gaussian mixture.
 
   Attributes:
@@ -154,12 +152,6 @@ class GMMParams:
   precision_choleskys: Array
   num_iters: int = flax.struct.field(pytree_node=False, default=0)
   converged: bool = flax.struct.field(pytree_node=False, default=True)
-
-  def log_prob(self, x: Array) -> Array:
-    return log_prob(self, x)
-
-  def sample(self, key: jax.Array, n: int) -> jax.Array:
-    return sample(self, key, n)
 
 
 def gmm_from_components(weights: Array, means: Array, covariances: Array,

@@ -32,20 +32,21 @@ PART_NAMES: Tuple[str, ...] = (
 
 # Dominant skinning bone -> part. The clavicle bones (LeftShoulder/RightShoulder) skin the top of
 # the shoulders and the upper chest, so they join the chest.
-PART_OF_BONE: Dict[str, str] = {
-    "Head": "head", "Neck1": "neck", "Neck": "neck",
-    "Spine1": "chest", "LeftShoulder": "chest", "RightShoulder": "chest",
-    "Spine": "abdomen", "LowerBack": "abdomen",
-    "Hips": "pelvis", "LHipJoint": "pelvis", "RHipJoint": "pelvis",
-    "LeftArm": "left_upper_arm", "LeftForeArm": "left_forearm", "LeftHand": "left_hand",
-    "LeftFingerBase": "left_hand", "LeftHandFinger1": "left_hand", "LThumb": "left_hand",
-    "RightArm": "right_upper_arm", "RightForeArm": "right_forearm", "RightHand": "right_hand",
-    "RightFingerBase": "right_hand", "RightHandFinger1": "right_hand", "RThumb": "right_hand",
-    "LeftUpLeg": "left_upper_leg", "LeftLeg": "left_lower_leg", "LeftFoot": "left_foot",
-    "LeftToeBase": "left_foot",
-    "RightUpLeg": "right_upper_leg", "RightLeg": "right_lower_leg", "RightFoot": "right_foot",
-    "RightToeBase": "right_foot",
+_BONES_OF_PART: Dict[str, Tuple[str, ...]] = {
+    "head": ("Head",), "neck": ("Neck1", "Neck"),
+    "chest": ("Spine1", "LeftShoulder", "RightShoulder"), "abdomen": ("Spine", "LowerBack"),
+    "pelvis": ("Hips", "LHipJoint", "RHipJoint"),
+    "left_upper_arm": ("LeftArm",), "left_forearm": ("LeftForeArm",),
+    "left_hand": ("LeftHand", "LeftFingerBase", "LeftHandFinger1", "LThumb"),
+    "right_upper_arm": ("RightArm",), "right_forearm": ("RightForeArm",),
+    "right_hand": ("RightHand", "RightFingerBase", "RightHandFinger1", "RThumb"),
+    "left_upper_leg": ("LeftUpLeg",), "left_lower_leg": ("LeftLeg",),
+    "left_foot": ("LeftFoot", "LeftToeBase"),
+    "right_upper_leg": ("RightUpLeg",), "right_lower_leg": ("RightLeg",),
+    "right_foot": ("RightFoot", "RightToeBase"),
 }
+PART_OF_BONE: Dict[str, str] = {
+    bone: part for part, bones in _BONES_OF_PART.items() for bone in bones}
 
 KEYPOINT_NAMES: Tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
