@@ -1,5 +1,5 @@
 // Rest joints, forward kinematics and skinning transforms for a batch of
-// bodies, as an XLA FFI CPU custom call (see flowpose/body/lbs_kernel.py).
+// bodies, as an XLA FFI CPU custom call (see flowpose/body/cpu_kernel/ffi.py).
 // XLA runs the same maths as a dense [J, V] @ [V, 3 S] product per call (the
 // regressor is ~99% zeros: ~0.9 ms for cc0) and ~10 small per-tree-level
 // fusions (~5 ms at batch 512); this takes ~0.2 ms.

@@ -1,5 +1,5 @@
 // Fused shape + pose blend, sparse linear blend skinning and keypoint
-// regression, an XLA FFI CPU custom call (see flowpose/body/lbs_kernel.py).
+// regression, an XLA FFI CPU custom call (see flowpose/body/cpu_kernel/ffi.py).
 // For body b, vertex v, rows r = 3 v + c of the [V * 3] vertex vector:
 //   x[r]     = v_template[r] + shapedirs[r] . betas[b] + posedirs[:, r] . f[b]
 //   out[b,v] = sum_k w[v,k] * T[b, idx[v,k]] @ [x; 1]
