@@ -153,8 +153,7 @@ def rest_alignment(rest_joints: np.ndarray, tails: np.ndarray,
 def default_alignment(method: str = "swing") -> RestAlignment:
   """The rest alignment of the default CC0 body model (built into the cache if missing)."""
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
-  from flowpose.body import model as body_model  # pylint: disable=g-import-not-at-top
-  from flowpose.body import model_io  # pylint: disable=g-import-not-at-top
+  from flowpose.body import model as body_model, model_io  # pylint: disable=g-import-not-at-top,g-multiple-import
   path = assets.ensure_body_model()
   model = model_io.load_model(path)
   names = tuple(cmu_skeleton.ASF_TO_MB[b] for b in BONES)
