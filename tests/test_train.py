@@ -446,6 +446,22 @@ def test_prepared_data_follow_the_source_folder(tmp_path):
   assert recorded == {str(tmp_path / "a"), str(tmp_path / "b")}
 
 
+def test_a_killed_preparation_leaves_nothing_behind(tmp_path):
+  """Issue 10 (6): TFDS `incomplete.*` folders of a killed build are removed on the next run."""
+  _fake_cmu_builder()
+  config = tiny_config(**{"data.source": "tfds", "data.tfds_name": "fake_cmu_mocap",
+                          "data.data_dir": str(tmp_path / "tfds"),
+                          "data.augment_mirror": False})
+  config.data.manual_dir = str(_write_fake_source(tmp_path / "a", seed=1))
+  pose_data.read_split(config.data, "train", 50)
+  (source,) = (tmp_path / "tfds" / "sources").iterdir()
+  killed = source / "fake_cmu_mocap" / "fps30" / "incomplete.ABC123_1.0.0"
+  killed.mkdir(parents=True)
+  (killed / "fake_cmu_mocap-train.tfrecord-00000-of-00001").write_bytes(b"partial")
+  assert pose_data.read_split(config.data, "train", 50).shape == (512, 50)
+  assert not list(source.glob("**/incomplete.*"))
+
+
 def test_experiment_config_modes():
   default = prior_cmu.get_config()
   assert default.data.source == "tfds" and default.data.fps == 30

@@ -33,10 +33,12 @@ training pose right after it (an epoch is then 2N poses). Chart conversion and i
 done on device by the task (`flowpose.tasks.prior`).
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Optional
 
 from absl import logging
@@ -138,6 +140,31 @@ def _builder_name(data_config) -> str:
   return f"{data_config.tfds_name}/{config_name}"
 
 
+@contextlib.contextmanager
+def _prepare_lock(data_dir: str):
+  """An exclusive `flock` on `<data_dir>/.prepare.lock`: two runs preparing one source queue."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  os.makedirs(data_dir, exist_ok=True)
+  with open(os.path.join(data_dir, ".prepare.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _remove_incomplete(data_dir: str) -> list:
+  """Removes what killed TFDS builds left (`incomplete.*`); under `_prepare_lock`, all are stale."""
+  stale = sorted(pathlib.Path(data_dir).glob("**/incomplete.*"))
+  for path in stale:
+    logging.warning("Removing %s, left by a killed data preparation.", path)
+    if path.is_dir():
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      path.unlink(missing_ok=True)
+  return stale
+
+
 def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int = 0,
                      process_count: int = 1):
   """The TFDS builder of `data_config`, prepared from `data.manual_dir` (first use only).
@@ -159,15 +186,17 @@ def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int 
   data_dir = os.path.join(data_config.get("data_dir", "") or default_tfds_data_dir(),
                           "sources", source["fingerprint"])
   if process_index == 0:
-    builder = tfds.builder(name, data_dir=data_dir, **kwargs)
-    if not builder.is_prepared():
-      logging.info("Preparing %s from %s (%d files) into %s.", name, source["manual_dir"],
-                   source["num_files"], data_dir)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir, try_download_gcs=False))
-    record = os.path.join(data_dir, FINGERPRINT_FILE)
-    if not os.path.isfile(record):
-      io_utils.atomic_write(record, json.dumps(source, indent=1).encode())
+    with _prepare_lock(data_dir):
+      _remove_incomplete(data_dir)
+      builder = tfds.builder(name, data_dir=data_dir, **kwargs)
+      if not builder.is_prepared():
+        logging.info("Preparing %s from %s (%d files) into %s.", name, source["manual_dir"],
+                     source["num_files"], data_dir)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, try_download_gcs=False))
+      record = os.path.join(data_dir, FINGERPRINT_FILE)
+      if not os.path.isfile(record):
+        io_utils.atomic_write(record, json.dumps(source, indent=1).encode())
   if process_count > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f"{name} prepared")
