@@ -419,13 +419,19 @@ def _write_fake_source(folder, seed, num=512):
   return folder
 
 
-def test_prepared_data_follow_the_source_folder(tmp_path):
-  """Issue 10 (1): another or a changed manual_dir must not reuse the old examples."""
+def _fake_tfds_config(tmp_path):
+  """The tiny config on the stand-in builder, data prepared under `tmp_path/tfds` from `a/`."""
   _fake_cmu_builder()
   config = tiny_config(**{"data.source": "tfds", "data.tfds_name": "fake_cmu_mocap",
                           "data.data_dir": str(tmp_path / "tfds"),
                           "data.augment_mirror": False})
   config.data.manual_dir = str(_write_fake_source(tmp_path / "a", seed=1))
+  return config
+
+
+def test_prepared_data_follow_the_source_folder(tmp_path):
+  """Issue 10 (1): another or a changed manual_dir must not reuse the old examples."""
+  config = _fake_tfds_config(tmp_path)
   first = pose_data.read_split(config.data, "train", 50)
   assert first.shape == (512, 50)
   config.data.manual_dir = str(_write_fake_source(tmp_path / "b", seed=2, num=256))
@@ -448,11 +454,7 @@ def test_prepared_data_follow_the_source_folder(tmp_path):
 
 def test_a_killed_preparation_leaves_nothing_behind(tmp_path):
   """Issue 10 (6): TFDS `incomplete.*` folders of a killed build are removed on the next run."""
-  _fake_cmu_builder()
-  config = tiny_config(**{"data.source": "tfds", "data.tfds_name": "fake_cmu_mocap",
-                          "data.data_dir": str(tmp_path / "tfds"),
-                          "data.augment_mirror": False})
-  config.data.manual_dir = str(_write_fake_source(tmp_path / "a", seed=1))
+  config = _fake_tfds_config(tmp_path)
   pose_data.read_split(config.data, "train", 50)
   (source,) = (tmp_path / "tfds" / "sources").iterdir()
   killed = source / "fake_cmu_mocap" / "fps30" / "incomplete.ABC123_1.0.0"
