@@ -35,3 +35,4 @@ else
     exit 1
   fi
 fi
+.venv/bin/python -m flowpose.evidence.detector_weights  # BlazePose weights out of the mediapipe wheel (idempotent)

@@ -12,6 +12,7 @@ Image ops are numpy + PIL; tensorflow (tf.lite.Interpreter) is imported lazily.
 """
 
 import math
+import warnings
 from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -176,10 +177,13 @@ class Detector:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self.max_people = max_people
     self.anchors = ssd_anchors()
-    self._det = tf.lite.Interpreter(
-        model_content=detector_weights.load_model_bytes("pose_detection"))
-    self._lmk = tf.lite.Interpreter(
-        model_content=detector_weights.load_model_bytes("pose_landmark_full"))
+    with warnings.catch_warnings():
+      # tf.lite.Interpreter warns that it moves to ai_edge_litert (not installed); it still works.
+      warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+      self._det = tf.lite.Interpreter(
+          model_content=detector_weights.load_model_bytes("pose_detection"))
+      self._lmk = tf.lite.Interpreter(
+          model_content=detector_weights.load_model_bytes("pose_landmark_full"))
     for it in (self._det, self._lmk):
       it.allocate_tensors()
 
