@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -57,6 +56,19 @@ def test_keypoints_and_mask_match_the_coco_annotation(coco, model):
   gt_mask = np.asarray(poly) > 0
   iou = (gt_mask & people[0].mask).sum() / (gt_mask | people[0].mask).sum()
   assert iou >= 0.85, iou
+
+
+def test_two_people_each_get_their_own_landmarks(coco, model):
+  path, ann, _ = coco
+  image, _ = detect_cli.load_image(str(path))
+  people = model(np.concatenate([image, image], 1))  # The skier twice, side by side.
+  assert len(people) == 2
+  gt = np.asarray(ann["keypoints"], float).reshape(17, 3)[:, :2]
+  found = sorted(p.keypoints[:, 0].mean() for p in people)
+  for person in people:
+    shift = image.shape[1] * (person.keypoints[:, 0].mean() > image.shape[1])
+    err = np.linalg.norm(person.keypoints[:, :2] - (gt + [shift, 0]), axis=1)
+    assert err.mean() <= 10.0, (found, err)
 
 
 def test_no_person_gives_an_empty_list(model):

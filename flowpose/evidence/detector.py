@@ -144,6 +144,38 @@ def letterbox(image: np.ndarray) -> Tuple[np.ndarray, float, np.ndarray]:
   return out, s, pad.astype(np.float64)
 
 
+def refine_from_heatmap(uv: np.ndarray, heatmap: np.ndarray, kernel: int = 7,
+                        min_confidence: float = 0.5) -> np.ndarray:
+  """mediapipe's RefineLandmarksFromHeatmapCalculator (kernel 7 as pose_landmark sets it).
+
+  Each landmark moves to the sigmoid-weighted mean cell of the kernel x kernel window around it
+  (window clipped at the border) when the window's top confidence is >= `min_confidence`. Cell
+  indices are used without +0.5, as mediapipe does (the model was trained with that convention).
+
+  Args:
+    uv: [L, 2] landmark crop coordinates in [0, S) pixels; heatmap: [h, w, L] logits.
+
+  Returns:
+    [L, 2] refined crop coordinates.
+  """
+  hm_h, hm_w, _ = heatmap.shape
+  size = LMK_SIZE
+  out = uv.copy()
+  off = (kernel - 1) // 2
+  for i in range(uv.shape[0]):
+    col, row = int(uv[i, 0] / size * hm_w), int(uv[i, 1] / size * hm_h)  # C++ truncation.
+    if uv[i, 0] < 0 or uv[i, 1] < 0 or not (0 <= col < hm_w and 0 <= row < hm_h):
+      continue
+    r0, r1 = max(0, row - off), min(hm_h, row + off + 1)
+    c0, c1 = max(0, col - off), min(hm_w, col + off + 1)
+    conf = _sigmoid(heatmap[r0:r1, c0:c1, i])
+    if conf.max() >= min_confidence and conf.sum() > 0:
+      rows, cols = np.mgrid[r0:r1, c0:c1]
+      out[i] = [(cols * conf).sum() / conf.sum() / hm_w * size,
+                (rows * conf).sum() / conf.sum() / hm_h * size]
+  return out
+
+
 def detection_roi(kps: np.ndarray) -> Tuple[np.ndarray, float, float]:
   """Rotated square ROI from the detection keypoints [4, 2] (image pixels).
 
@@ -213,7 +245,7 @@ class Detector:
     crop = _warp(Image.fromarray(image), affine, (LMK_SIZE, LMK_SIZE))
     out = self._run(self._lmk, np.asarray(crop, np.float32) / 255.0)
     raw = out[(NUM_LANDMARKS * 5,)].reshape(NUM_LANDMARKS, 5)
-    uv = raw[:, :2]
+    uv = refine_from_heatmap(raw[:, :2], out[(64, 64, NUM_LANDMARKS)])
     xy = uv @ affine[:, :2].T + affine[:, 2]
     z = raw[:, 2] * side / LMK_SIZE
     lmk = np.concatenate([xy, z[:, None], _sigmoid(raw[:, 3:5])], 1)
@@ -229,6 +261,8 @@ class Detector:
     people = []
     for box, kps, score in self.detect_boxes(image):
       lmk, flag, prob = self.landmarks(image, kps)
+      if flag < 0.5:  # mediapipe's pose-presence gate: the crop holds no pose.
+        continue
       keypoints = np.concatenate([lmk[COCO_FROM_BLAZEPOSE, :2],
                                   lmk[COCO_FROM_BLAZEPOSE, 3:4]], 1)
       del box
