@@ -71,6 +71,18 @@ def test_two_people_each_get_their_own_landmarks(coco, model):
     assert err.mean() <= 10.0, (found, err)
 
 
+def test_a_6000_px_photo_is_downscaled_and_mapped_back(tmp_path, coco, model):
+  path, ann, _ = coco
+  big = tmp_path / "big.jpg"
+  Image.open(path).resize((6000, 3984), Image.BILINEAR).save(big)
+  image, scale = detect_cli.load_image(str(big), max_side=2048)
+  res = detect_cli.results(model(image), 785, scale)
+  assert len(res) == 1
+  kps = np.asarray(res[0]["keypoints"]).reshape(17, 3)[:, :2]
+  gt = np.asarray(ann["keypoints"], float).reshape(17, 3)[:, :2] * [6000 / 640, 3984 / 425]
+  assert np.linalg.norm(kps - gt, axis=1).mean() <= 10.0 * 6000 / 640
+
+
 def test_no_person_gives_an_empty_list(model):
   assert model(np.full((300, 400, 3), 127, np.uint8)) == []
 
