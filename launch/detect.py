@@ -11,55 +11,19 @@ mapped back to the original pixels.
 
 import json
 import sys
-import warnings
 
 from absl import app
 from absl import flags
-import numpy as np
-from PIL import Image, ImageOps
 
 from flowpose import io_utils
 from flowpose.evidence import detector_weights
+from flowpose.evidence import image_io
 
 _IMAGE = flags.DEFINE_string("image", None, "Photograph (any format PIL reads).")
 _OUT = flags.DEFINE_string("out", None, "Output JSON (COCO keypoint results format).")
 _IMAGE_ID = flags.DEFINE_integer("image_id", 0, "image_id written in the results.")
 _MAX_PEOPLE = flags.DEFINE_integer("max_people", 5, "At most this many people.")
 _MAX_SIDE = flags.DEFINE_integer("max_side", 2048, "Longer sides are downscaled to this.")
-
-
-class ImageInputError(ValueError):
-  """The image cannot be read as a photograph; the message names the file."""
-
-
-def load_image(path: str, max_side: int = 2048):
-  """Reads an image as RGB uint8, EXIF orientation applied, downscaled to `max_side`.
-
-  Returns:
-    (image [h, w, 3] uint8, scale) with original pixel = model pixel / scale.
-  """
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      with Image.open(path) as img:
-        img.load()  # A truncated file fails here, not later.
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-          # Transparent pixels become white, not the black their RGB values often hold.
-          rgba = img.convert("RGBA")
-          img = Image.new("RGB", rgba.size, (255, 255, 255))
-          img.paste(rgba, mask=rgba.getchannel("A"))
-        img = img.convert("RGB")
-  except FileNotFoundError as e:
-    raise ImageInputError(f"{path}: no such file") from e
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-          Image.DecompressionBombWarning) as e:
-    raise ImageInputError(f"{path}: cannot read as an image ({e})") from e
-  scale = min(1.0, max_side / max(img.size))
-  if scale < 1.0:
-    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                     Image.BILINEAR)
-  return np.asarray(img, np.uint8), scale
 
 
 def results(people, image_id: int, scale: float) -> list:
@@ -79,15 +43,15 @@ def main(argv):
   del argv
   try:
     if not _IMAGE.value:
-      raise ImageInputError("--image is required")
+      raise image_io.ImageInputError("--image is required")
     out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
-    image, scale = load_image(_IMAGE.value, _MAX_SIDE.value)
+    image, scale = image_io.load_image(_IMAGE.value, _MAX_SIDE.value)
     # Imported here: tensorflow loads only once the inputs are known to be good.
     from flowpose.evidence import detector  # pylint: disable=g-import-not-at-top
     people = detector.Detector(max_people=_MAX_PEOPLE.value)(image)
     if not people:
-      raise ImageInputError(f"{_IMAGE.value}: no person found")
-  except (ImageInputError, io_utils.OutputPathError,
+      raise image_io.ImageInputError(f"{_IMAGE.value}: no person found")
+  except (image_io.ImageInputError, io_utils.OutputPathError,
           detector_weights.DetectorWeightsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 import pytest
 
 from flowpose.evidence import detector_weights
+from flowpose.evidence import image_io
 from launch import detect as detect_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_anchors_are_blazepose_s():
 
 def test_keypoints_and_mask_match_the_coco_annotation(coco, model):
   path, ann, info = coco
-  image, scale = detect_cli.load_image(str(path))
+  image, scale = image_io.load_image(str(path))
   assert scale == 1.0
   people = model(image)
   assert len(people) == 1 and people[0].mask.shape == (info["height"], info["width"])
@@ -60,7 +61,7 @@ def test_keypoints_and_mask_match_the_coco_annotation(coco, model):
 
 def test_two_people_each_get_their_own_landmarks(coco, model):
   path, ann, _ = coco
-  image, _ = detect_cli.load_image(str(path))
+  image, _ = image_io.load_image(str(path))
   people = model(np.concatenate([image, image], 1))  # The skier twice, side by side.
   assert len(people) == 2
   gt = np.asarray(ann["keypoints"], float).reshape(17, 3)[:, :2]
@@ -75,7 +76,7 @@ def test_a_6000_px_photo_is_downscaled_and_mapped_back(tmp_path, coco, model):
   path, ann, _ = coco
   big = tmp_path / "big.jpg"
   Image.open(path).resize((6000, 3984), Image.BILINEAR).save(big)
-  image, scale = detect_cli.load_image(str(big), max_side=2048)
+  image, scale = image_io.load_image(str(big), max_side=2048)
   res = detect_cli.results(model(image), 785, scale)
   assert len(res) == 1
   kps = np.asarray(res[0]["keypoints"]).reshape(17, 3)[:, :2]
@@ -103,13 +104,13 @@ def test_load_image_converts_rotates_and_downscales(tmp_path, coco):
   exif[0x0112] = 6  # Rotated 90° clockwise: the upright picture is taller than wide.
   (tmp_path / "exif.jpg").write_bytes(_jpeg_bytes(photo, exif=exif))
   photo.resize((6000, 3984)).save(tmp_path / "big.jpg")
-  gray, _ = detect_cli.load_image(str(tmp_path / "gray.png"))
+  gray, _ = image_io.load_image(str(tmp_path / "gray.png"))
   assert gray.shape == (425, 640, 3) and gray.dtype == np.uint8
-  clear, _ = detect_cli.load_image(str(tmp_path / "rgba.png"))
+  clear, _ = image_io.load_image(str(tmp_path / "rgba.png"))
   assert clear.shape == (425, 640, 3) and np.all(clear == 255)  # Transparent -> white.
-  turned, _ = detect_cli.load_image(str(tmp_path / "exif.jpg"))
+  turned, _ = image_io.load_image(str(tmp_path / "exif.jpg"))
   assert turned.shape == (640, 425, 3)
-  big, scale = detect_cli.load_image(str(tmp_path / "big.jpg"), max_side=2048)
+  big, scale = image_io.load_image(str(tmp_path / "big.jpg"), max_side=2048)
   assert big.shape == (1360, 2048, 3) and scale == pytest.approx(2048 / 6000)
 
 

@@ -123,7 +123,8 @@ def ensure_all() -> Dict[str, pathlib.Path]:
   return {n: model_path(n) for n in MODELS}
 
 
-def main() -> int:
+def main(argv) -> int:
+  del argv
   try:
     paths = ensure_all()
   except DetectorWeightsError as e:
@@ -135,4 +136,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main)
