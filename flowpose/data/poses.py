@@ -45,6 +45,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from flowpose import cache as cache_lib
 from flowpose import io_utils
 from flowpose.data import cmu_skeleton
 
@@ -93,9 +94,7 @@ def _plain(tf, fn):
 
 def default_tfds_data_dir() -> str:
   """`$FLOWPOSE_CACHE/tfds` (default `~/.cache/flowpose/tfds`)."""
-  cache = os.environ.get("FLOWPOSE_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "flowpose"))
-  return os.path.join(cache, "tfds")
+  return str(cache_lib.cache_dir() / "tfds")
 
 
 def source_fingerprint(manual_dir, builder_id: str) -> dict:

