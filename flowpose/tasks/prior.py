@@ -11,7 +11,7 @@ prior with `flowpose.prior.io.export_prior` (`prior_params.msgpack` + `config.js
 
 Config fields (besides the trainer's, `flowpose.train.config_lib`): `flow` (validated by
 `flowpose.prior.flow.validate_flow_config`), `input_noise`, `data.*`
-(`flowpose.data.poses.DATA_DEFAULTS`; `experiments/prior_cmu.py` documents them).
+(`flowpose.data.poses.default_config()` documents them).
 """
 
 import functools

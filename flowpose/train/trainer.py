@@ -23,7 +23,6 @@ Fault tolerance:
 import contextlib
 import functools
 import math
-import os
 import signal
 import threading
 from typing import Any, NamedTuple, Optional
@@ -44,7 +43,7 @@ from flowpose.train import checkpointing
 from flowpose.train import config_lib
 from flowpose.train import workdir as workdir_lib
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 # Fields that change no compiled function: runs differing only in these share programs.
 _HOST_ONLY_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
@@ -261,6 +260,8 @@ def _workdir_guard(workdir: str, config: ml_collections.ConfigDict, override: bo
           else contextlib.nullcontext())
   with lock:
     workdir_lib.check_resume_config(workdir, config, override)
+    if jax.process_index() == 0:  # Before any checkpoint: a killed first run is checked too.
+      workdir_lib.write_config(workdir, config)
     yield
 
 
@@ -318,9 +319,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task) -> TrainResult
   else:
     logging.info("Resumed from checkpoint step %d.", int(state.step))
   start_step = int(state.step)
-  if process_index == 0:
-    io_utils.atomic_write(os.path.join(workdir, CONFIG_FILE),
-                          config.to_json_best_effort(indent=2).encode())
 
   # Data, metrics and hooks #
   train_batches = _train_batches(task, config, start_step)

@@ -32,7 +32,7 @@ import ml_collections
 from flowpose import io_utils
 
 LOCK_FILE = ".lock"
-CONFIG_FILE = "config.json"  # Written by the trainer (`flowpose.prior.io.write_config`).
+CONFIG_FILE = "config.json"  # Written by `write_config` (the trainer) and by `flowpose.prior.io`.
 RESULT_NEUTRAL_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
                          "eval_batch_size")
 EXTENSIBLE_FIELDS = ("num_train_steps",)  # May grow on resume, not shrink.
@@ -297,3 +297,9 @@ def check_resume_config(workdir: io_utils.PathLike, config: ml_collections.Confi
   for line in allowed:
     logging.info("Resuming %s with %s", workdir, line)
   return allowed + blocking
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes `workdir/config.json` (atomically), the record `check_resume_config` compares with."""
+  io_utils.atomic_write(os.path.join(workdir, CONFIG_FILE),
+                        config.to_json_best_effort(indent=2).encode())
