@@ -32,6 +32,7 @@ import numpy as np
 
 from flowpose.data import evidence_corruption
 from flowpose.data import poses
+from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 
 # Every `config.data` field and its default (see `default_config`).
 DATA_DEFAULTS = dict(
@@ -114,9 +115,17 @@ def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int 
 
   Raises:
     ValueError: a bad field, or `data.manual_dir` is not a folder (named).
-    FileNotFoundError: the folder holds no CMU clips.
+    FileNotFoundError: the folder holds no CMU clips (named).
+    MocapFormatError: bad clips (all listed; `data.skip_bad_files` leaves them out).
   """
   validate(data_config)
+  folder = str(data_config.manual_dir)
+  if not folder or not os.path.isdir(folder):
+    raise ValueError(f"config data.manual_dir: CMU clip folder {folder!r} not found (set "
+                     "$FLOWPOSE_CMU_DIR or --config.data.manual_dir)")
+  if not splits_lib.list_clips(folder):
+    raise FileNotFoundError(f"config data.manual_dir: no SS_CC.amc[.gz] clips under {folder} "
+                            "(CMU ASF/AMC, see flowpose/data/tfds/cmu_mocap)")
   from flowpose.data.tfds.cmu_evidence import cmu_evidence_dataset_builder  # pylint: disable=g-import-not-at-top,unused-import
   source = poses.default_config()
   source.update(tfds_name="cmu_evidence", tfds_config=builder_config_name(data_config),
