@@ -338,3 +338,24 @@ def test_rebuild_is_identical(data_config, stored, tmp_path):
       other = again[(ex["clip"], int(ex["frame"]), int(ex["view"]))]
       for field, value in ex.items():
         np.testing.assert_array_equal(value, other[field], err_msg=field)
+
+
+@pytest.mark.slow
+def test_self_regime_evidence_comes_from_the_detector(manual_dir, data_config):
+  """`self_` configs: BlazePose on shaded photos of the same scenes finds the person."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = data_config.copy_and_resolve_references()
+  config.update(evidence_source="detector", stride=12, views_per_pose=1)
+  builder = evidence.prepared_builder(config)
+  assert builder.info.config_name == "self_r64_s12_v1"
+  examples = [ex for split in builder.info.splits for ex in tfds.as_numpy(
+      builder.as_dataset(split=split, shuffle_files=False))]
+  found = [ex for ex in examples if ex["detected"]]
+  assert len(found) >= 0.7 * len(examples)
+  errors = np.concatenate([np.linalg.norm(ex["keypoints"] - ex["keypoints_true"], axis=-1)[
+      ex["visible_true"] > 0] for ex in found])
+  assert np.median(errors) < 1.5  # px at 64 (6 px at the 256 px photo)
+  for ex in examples:
+    assert not ex["part_map"].any()  # A detector gives no part labels.
+    if not ex["detected"]:
+      assert not ex["visible"].any() and not ex["mask"].any()

@@ -37,7 +37,7 @@ from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 # Every `config.data` field and its default (see `default_config`).
 DATA_DEFAULTS = dict(
     tfds_name="cmu_evidence", manual_dir="", data_dir="", skip_bad_files=False,
-    resolution=64, stride=8, views_per_pose=2, train_split="train", eval_split="validation",
+    evidence_source="render", resolution=64, stride=8, views_per_pose=2, train_split="train", eval_split="validation",
     shuffle_buffer=16_384, labelled_fraction=1.0, num_part_pixels=256,
     keypoint_noise_px=1.5, keypoint_drop_prob=0.1, keypoint_swap_prob=0.05,
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
@@ -51,8 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
   """`config.data` of the regressor task, every field at its default.
 
   Fields: `manual_dir` (CMU clip folder; default `$FLOWPOSE_CMU_DIR`), `data_dir` ("" =
-  $FLOWPOSE_CACHE/tfds), `skip_bad_files` (passed to `cmu_mocap`); the builder config
-  `resolution` (crop side R, px), `stride` (30 fps frames between poses), `views_per_pose`;
+  $FLOWPOSE_CACHE/tfds), `skip_bad_files` (passed to `cmu_mocap`); the builder config:
+  `evidence_source` ("render": the rendered evidence; "detector": BlazePose on shaded photos,
+  the `self` regime, `flowpose.evidence.synth_photo`), `resolution` (crop side R, px), `stride` (30 fps frames between poses), `views_per_pose`;
   `train_split`, `eval_split`, `shuffle_buffer` (examples); `labelled_fraction` (fixed `has_3d`
   share: 1.0 fully, 0.05 semi, 0.0 weak); `num_part_pixels` (N samples of the part map and of
   the mask); the corruption knobs of `flowpose.data.evidence_corruption` (`keypoint_noise_px`
@@ -76,6 +77,8 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
                      f"{data_config.get(field)!r}")
   if data_config.tfds_name != "cmu_evidence":
     fail("tfds_name", '"cmu_evidence"')
+  if data_config.evidence_source not in ("render", "detector"):
+    fail("evidence_source", '"render" or "detector"')
   for field, low in (("resolution", 16), ("stride", 1), ("views_per_pose", 1),
                      ("shuffle_buffer", 1), ("num_part_pixels", 1), ("morph_max_px", 0),
                      ("mask_max_holes", 0)):
@@ -105,8 +108,10 @@ def _tf():
 
 
 def builder_config_name(data_config: ml_collections.ConfigDict) -> str:
-  """"r<resolution>_s<stride>_v<views_per_pose>", the `cmu_evidence` config of `data_config`."""
-  return (f"r{data_config.resolution}_s{data_config.stride}_v{data_config.views_per_pose}")
+  """"[self_]r<resolution>_s<stride>_v<views_per_pose>", the `cmu_evidence` config."""
+  prefix = "self_" if data_config.evidence_source == "detector" else ""
+  return (f"{prefix}r{data_config.resolution}_s{data_config.stride}_"
+          f"v{data_config.views_per_pose}")
 
 
 def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int = 0,

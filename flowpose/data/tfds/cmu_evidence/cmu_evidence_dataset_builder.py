@@ -16,7 +16,11 @@ Generator seeded by its key `SS_CC/frame/view` alone, so a build is deterministi
 key gives the same scene at every resolution (the focal scales with R).
 
 Config names `r<R>_s<stride>_v<views>` (any values; the listed ones are the common ones):
-R = crop side in px, stride = 30 fps frames between poses, views = cameras per pose.
+R = crop side in px, stride = 30 fps frames between poses, views = cameras per pose. With the
+prefix `self_` (the `self` regime) the evidence is what BlazePose finds in a shaded photo of
+the same scene (`flowpose.evidence.synth_photo`: keypoints, visible = its keypoint score >= 0.5,
+mask; part_map all background), and the rendered truth is kept beside it for evaluation:
+keypoints_true, visible_true, detected, detector_score.
 
 Features (the contract in WORKSPACE.md): keypoints [17, 2], visible [17], part_map [R, R] uint8
 (0 = background, 1..P = part + 1), mask [R, R] uint8, pose_dofs [50], root_rotmat [3, 3],
@@ -40,7 +44,7 @@ from flowpose.data import poses
 from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 from flowpose.evidence import synth
 
-CONFIG_NAME = re.compile(r"^r(\d+)_s(\d+)_v(\d+)$")
+CONFIG_NAME = re.compile(r"^(self_)?r(\d+)_s(\d+)_v(\d+)$")
 NUM_KEYPOINTS = 17
 # Poses rendered per chunk (one batched body-model call per FORWARD_CHUNK of them).
 RENDER_CHUNK = 256
@@ -48,27 +52,31 @@ RENDER_CHUNK = 256
 
 @dataclasses.dataclass
 class CmuEvidenceConfig(tfds.core.BuilderConfig):
-  """Attributes: resolution (crop side, px), stride (30 fps frames), views (cameras per pose)."""
+  """Attributes: resolution (crop side, px), stride (30 fps frames), views (cameras per pose),
+  detector (the `self` regime: evidence from BlazePose on shaded photos, `synth_photo`)."""
   resolution: int = 64
   stride: int = 8
   views: int = 2
+  detector: bool = False
 
 
-def config_name(resolution: int, stride: int, views: int) -> str:
-  """The builder-config name of these settings, e.g. "r64_s8_v2"."""
-  return f"r{int(resolution)}_s{int(stride)}_v{int(views)}"
+def config_name(resolution: int, stride: int, views: int, detector: bool = False) -> str:
+  """The builder-config name of these settings, e.g. "r64_s8_v2" ("self_r64_s8_v2")."""
+  return f"{'self_' if detector else ''}r{int(resolution)}_s{int(stride)}_v{int(views)}"
 
 
 def make_config(name: str) -> CmuEvidenceConfig:
-  """`CmuEvidenceConfig` of a name `r<R>_s<stride>_v<views>`; ValueError otherwise."""
+  """`CmuEvidenceConfig` of a name `[self_]r<R>_s<stride>_v<views>`; ValueError otherwise."""
   match = CONFIG_NAME.match(name)
-  if not match or min(int(g) for g in match.groups()) < 1 or int(match[1]) < 16:
-    raise ValueError(f"cmu_evidence config {name!r}: expected r<R>_s<stride>_v<views> with "
-                     "R >= 16 and stride, views >= 1 (e.g. r64_s8_v2)")
-  resolution, stride, views = (int(g) for g in match.groups())
+  if not match or min(int(g) for g in match.groups()[1:]) < 1 or int(match[2]) < 16:
+    raise ValueError(f"cmu_evidence config {name!r}: expected [self_]r<R>_s<stride>_v<views> "
+                     "with R >= 16 and stride, views >= 1 (e.g. r64_s8_v2)")
+  resolution, stride, views = (int(g) for g in match.groups()[1:])
+  source = "BlazePose on shaded photos" if match[1] else "rendered"
   return CmuEvidenceConfig(
-      name=name, resolution=resolution, stride=stride, views=views,
-      description=f"{resolution} px crops, every {stride}th 30 fps frame, {views} views.")
+      name=name, resolution=resolution, stride=stride, views=views, detector=bool(match[1]),
+      description=f"{resolution} px crops, every {stride}th 30 fps frame, {views} views, "
+      f"{source} evidence.")
 
 
 def example_seed(key: str) -> int:
@@ -83,7 +91,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "The CMU mocap folder of `cmu_mocap` (ASF/AMC clips; see its instructions).")
-  BUILDER_CONFIGS = [make_config(config_name(r, 8, 2)) for r in (64, 96, 128)]
+  BUILDER_CONFIGS = [make_config(config_name(r, 8, 2, d)) for d in (False, True)
+                     for r in (64, 96, 128)]
   DEFAULT_CONFIG_NAME = "r64_s8_v2"
 
   def __init__(self, *, config=None, skip_bad_files: bool = False, **kwargs):
@@ -100,8 +109,13 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     tensor = lambda *shape: tfds.features.Tensor(shape=shape, dtype=np.float32)
     image = tfds.features.Tensor(shape=(res, res), dtype=np.uint8,
                                  encoding=tfds.features.Encoding.ZLIB)
+    extra = {}
+    if self.builder_config.detector:  # The `self` regime: the rendered truth kept beside.
+      extra = {"keypoints_true": tensor(NUM_KEYPOINTS, 2), "visible_true": tensor(NUM_KEYPOINTS),
+               "detected": tfds.features.Scalar(dtype=np.bool_),
+               "detector_score": tfds.features.Scalar(dtype=np.float32)}
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
+        features=tfds.features.FeaturesDict({**extra,
             "keypoints": tensor(NUM_KEYPOINTS, 2),
             "visible": tensor(NUM_KEYPOINTS),
             "part_map": image,
@@ -152,6 +166,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     scene_config = synth.default_scene_config()
     if split != "train":
       scene_config.mirror_prob = 0.0  # As the prior: only training poses are mirrored.
+    photos = None
+    if config.detector:
+      from flowpose.evidence import synth_photo  # pylint: disable=g-import-not-at-top
+      photos = synth_photo.PhotoRenderer(model, config.resolution)
     for start in range(0, len(frames), RENDER_CHUNK):
       keys, scenes, meta = [], [], []
       for clip, frame, dofs in frames[start:start + RENDER_CHUNK]:
@@ -163,8 +181,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                            model.num_betas))
           meta.append({"subject": clip.split("_")[0], "clip": clip, "frame": np.int32(frame),
                        "view": np.int32(view)})
-      for key, example, extra in zip(keys, renderer.render(scenes), meta):
+      if photos is None:
+        examples = renderer.render(scenes)
+      else:
+        examples = [_detected(renderer, photos, key, *args)
+                    for key, args in zip(keys, zip(scenes, *renderer.pose_bodies(scenes)))]
+      for key, example, extra in zip(keys, examples, meta):
         yield key, {**example, **extra}
+
+
+def _detected(renderer, photos, key, scene, vertices, keypoints3d):
+  """A `self` example: the rendered truth, then the detector's evidence of its photo."""
+  transl = synth.place_body(vertices, scene.focal, renderer.resolution, scene.fill,
+                            scene.offset)
+  truth = renderer.render_at(scene, vertices + transl, keypoints3d + transl, transl)
+  rng = np.random.default_rng([example_seed(key), 1])  # Independent of the scene's draws.
+  return photos.detect(rng, scene, vertices + transl, truth)
 
 
 def select_frames(source, split: str, stride: int) -> List[Tuple[str, int, np.ndarray]]:
