@@ -359,3 +359,17 @@ def test_self_regime_evidence_comes_from_the_detector(manual_dir, data_config):
     assert not ex["part_map"].any()  # A detector gives no part labels.
     if not ex["detected"]:
       assert not ex["visible"].any() and not ex["mask"].any()
+
+
+def test_preview_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "preview.png"
+  result = subprocess.run(
+      [sys.executable, "-m", "flowpose.data.tfds.cmu_evidence.preview", f"--out={out}",
+       f"--data.manual_dir={tmp_path / 'missing'}", f"--data.data_dir={tmp_path / 'tfds'}"],
+      capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+      check=False)
+  assert result.returncode == 1
+  assert "data.manual_dir" in result.stderr.strip().splitlines()[-1]
+  assert not out.exists()
