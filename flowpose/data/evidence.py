@@ -41,9 +41,11 @@ DATA_DEFAULTS = dict(
     shuffle_buffer=16_384, labelled_fraction=1.0, num_part_pixels=256,
     keypoint_noise_px=1.5, keypoint_drop_prob=0.1, keypoint_swap_prob=0.05,
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
+    morph_boundary_fraction=0.5,
     mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0)
 _FRACTIONS = ("labelled_fraction", "keypoint_drop_prob", "keypoint_swap_prob",
-              "confidence_floor", "part_morph_prob", "mask_morph_prob", "mask_hole_prob")
+              "confidence_floor", "part_morph_prob", "mask_morph_prob",
+              "morph_boundary_fraction", "mask_hole_prob")
 _HASH_BUCKETS = 2**30
 
 
@@ -58,7 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   share: 1.0 fully, 0.05 semi, 0.0 weak); `num_part_pixels` (N samples of the part map and of
   the mask); the corruption knobs of `flowpose.data.evidence_corruption` (`keypoint_noise_px`
   at the crop, `keypoint_drop_prob`, `keypoint_swap_prob`, `confidence_floor`,
-  `part_morph_prob`, `mask_morph_prob`, `morph_max_px`, `mask_hole_prob`, `mask_max_holes`,
+  `part_morph_prob`, `mask_morph_prob`, `morph_max_px`, `morph_boundary_fraction`,
+  `mask_hole_prob`, `mask_max_holes`,
   `mask_hole_size` (min, max) fraction of R); `eval_seed` (evaluation corruption).
   """
   config = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
