@@ -37,7 +37,8 @@ from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 # Every `config.data` field and its default (see `default_config`).
 DATA_DEFAULTS = dict(
     tfds_name="cmu_evidence", manual_dir="", data_dir="", skip_bad_files=False,
-    evidence_source="render", resolution=64, stride=8, views_per_pose=2, train_split="train", eval_split="validation",
+    evidence_source="render", resolution=64, stride=8, views_per_pose=2, train_split="train",
+    eval_split="validation",
     shuffle_buffer=16_384, labelled_fraction=1.0, num_part_pixels=256,
     keypoint_noise_px=1.5, keypoint_drop_prob=0.1, keypoint_swap_prob=0.05,
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
@@ -55,7 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
   Fields: `manual_dir` (CMU clip folder; default `$FLOWPOSE_CMU_DIR`), `data_dir` ("" =
   $FLOWPOSE_CACHE/tfds), `skip_bad_files` (passed to `cmu_mocap`); the builder config:
   `evidence_source` ("render": the rendered evidence; "detector": BlazePose on shaded photos,
-  the `self` regime, `flowpose.evidence.synth_photo`), `resolution` (crop side R, px), `stride` (30 fps frames between poses), `views_per_pose`;
+  the `self` regime, `flowpose.evidence.synth_photo`), `resolution` (crop side R, px),
+  `stride` (30 fps frames between poses), `views_per_pose`;
   `train_split`, `eval_split`, `shuffle_buffer` (examples); `labelled_fraction` (fixed `has_3d`
   share: 1.0 fully, 0.05 semi, 0.0 weak); `num_part_pixels` (N samples of the part map and of
   the mask); the corruption knobs of `flowpose.data.evidence_corruption` (`keypoint_noise_px`
