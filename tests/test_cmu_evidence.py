@@ -361,6 +361,7 @@ def test_self_regime_evidence_comes_from_the_detector(manual_dir, data_config):
       assert not ex["visible"].any() and not ex["mask"].any()
 
 
+@pytest.mark.slow  # A subprocess start (TF + JAX imports): ~10 s of CPU for a bad-flag check.
 def test_preview_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
