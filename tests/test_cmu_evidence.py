@@ -246,7 +246,7 @@ def test_no_corruption_is_the_identity(stored):
   batch = _tiled_batch(stored, 16)
   config = evidence.default_config()
   config.update(keypoint_noise_px=0.0, keypoint_drop_prob=0.0, keypoint_swap_prob=0.0,
-                part_morph_prob=0.0, mask_morph_prob=0.0, mask_hole_prob=0.0)
+                part_morph_prob=1.0, mask_morph_prob=1.0, morph_max_px=0, mask_max_holes=0)
   out = _corrupt(batch, config)
   for field in ("keypoints", "part_map", "mask"):
     np.testing.assert_array_equal(out[field], batch[field])

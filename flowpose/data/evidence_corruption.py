@@ -75,9 +75,11 @@ def morph(labels, op, steps, seed, boundary_fraction: float = 1.0):
 
 
 def _morph_ops(tf, batch_size, prob, max_px, seed):
-  """[B] op in {-1, 0, 1} (erode/none/dilate, each with prob/2) and [B] steps in 1..max_px."""
+  """[B] op in {-1, 0, 1} (erode/none/dilate, each with prob/2) and [B] steps in 1..max_px
+  (max_px = 0: no change)."""
   seeds = tf.random.experimental.stateless_split(seed, 2)
   u = _uniform(tf, [batch_size], seeds[0])
+  prob = prob if int(max_px) >= 1 else 0.0
   op = tf.where(u < prob / 2, -1, tf.where(u < prob, 1, 0))
   steps = tf.random.stateless_uniform([batch_size], seeds[1], 1, max(int(max_px), 1) + 1,
                                       dtype=tf.int32)
