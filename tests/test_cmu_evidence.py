@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from flowpose.data import evidence
-from flowpose.data import evidence_corruption
 
 # XLA optimisations off: compiling the batched body model dominates this module otherwise.
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -184,10 +183,7 @@ def _tiled_batch(stored, size):
 
 
 def _corrupt(batch, config, seed=(1, 2)):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  out = evidence_corruption.corrupt_batch({k: tf.constant(v) for k, v in batch.items()},
-                                          tf.constant(seed, tf.int64), config)
-  return {k: v.numpy() for k, v in out.items()}
+  return evidence.corrupt_numpy(batch, seed, config)
 
 
 def test_corruption_statistics_follow_the_config(stored):

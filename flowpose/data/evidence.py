@@ -228,6 +228,23 @@ def eval_dataset(data_config: ml_collections.ConfigDict, split: str, batch_size:
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def corrupt_numpy(batch: dict, seed, data_config: ml_collections.ConfigDict) -> dict:
+  """`evidence_corruption.corrupt_batch` of a NumPy batch (eager), for benchmarks and tests.
+
+  Evidence of any clips through the training pipeline's corruption: render with
+  `flowpose.evidence.synth` (scenes seeded by `cmu_evidence_dataset_builder.example_seed(key)`),
+  stack the fields, then call this with a fixed `seed` ([2] ints, e.g. (eval_seed, 0)).
+
+  Args:
+    batch: at least keypoints [B, 17, 2], visible [B, 17], part_map and mask [B, R, R] uint8;
+      every other field is passed through.
+  """
+  tf, _ = _tf()
+  out = evidence_corruption.corrupt_batch(
+      {k: tf.constant(v) for k, v in batch.items()}, tf.constant(seed, tf.int64), data_config)
+  return {k: v.numpy() for k, v in out.items()}
+
+
 def numeric(batch: dict) -> dict:
   """The batch without its string fields (what goes on devices)."""
   return {k: v for k, v in batch.items()
