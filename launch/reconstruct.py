@@ -50,27 +50,14 @@ _VIDEO = flags.DEFINE_string("video", None, "A video instead of --image (video s
 _FRAMES = flags.DEFINE_string("frames", None, "Frames of --video, e.g. 0:300 (video support).")
 
 
-def _video(config) -> list:
-  try:
-    from flowpose.fitting import video_job  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise fit_config.FitInputError(f"--video: video support not installed "
-                                   f"(flowpose.fitting.video_job: {e})") from e
-  return video_job.reconstruct_video(
-      config=config, video=_VIDEO.value, frames=_FRAMES.value,
-      prior_workdir=_PRIOR_WORKDIR.value, out_dir=_OUT_DIR.value,
-      regressor_workdir=_REGRESSOR_WORKDIR.value)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = flags.FLAGS.config
   try:
     if _VIDEO.value or _FRAMES.value:
-      if not _VIDEO.value:
-        raise fit_config.FitInputError("--frames: needs --video")
-      paths = _video(config)
+      paths = reconstruct.video(config, _VIDEO.value, _FRAMES.value, _PRIOR_WORKDIR.value,
+                                _OUT_DIR.value, _REGRESSOR_WORKDIR.value)
     else:
       paths = reconstruct.run(config, _IMAGE.value, _PRIOR_WORKDIR.value, _OUT_DIR.value,
                               annotations=_ANNOTATIONS.value,

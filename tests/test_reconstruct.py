@@ -245,12 +245,12 @@ def test_detector_confidences_become_keypoint_weights(photo_files):
   fake = _FakeDetector([detector_lib.Person(kp, np.zeros((39, 5)), 0.9, np.zeros(4), mask)])
   config = _quick_config()
   photo_ev = reconstruct.detector_evidence(str(image_path), config, fake)
-  evidence = reconstruct.evidence_batch(config, photo_ev)
+  evidence, mask = reconstruct.evidence_batch(config, photo_ev)
   keep = kp[:, 2] >= config.min_keypoint_confidence
   np.testing.assert_allclose(evidence.confidence[0], np.where(keep, kp[:, 2], 0.0))
   assert np.isnan(evidence.keypoints[0, ~keep]).all()
-  assert evidence.mask_valid[0].all()
-  px = evidence.mask_pixels[0]
+  assert mask.valid[0].all()
+  px = mask.pixels[0]
   assert (px[:, 0] > 250).all() and (px[:, 0] < 350).all()
 
 
@@ -258,7 +258,9 @@ def test_reconstruct_from_the_detector_writes_every_output(tmp_path, photo_files
                                                            model):
   image_path, _ = photo_files
   out = tmp_path / "out"
-  paths = reconstruct.run(_quick_config(), str(image_path), None, str(out), model=model,
+  config = _quick_config()
+  config.fit.restart_yaws_deg = (0.0, 180.0)  # 2 rows: the compilation of the 2-person test.
+  paths = reconstruct.run(config, str(image_path), None, str(out), model=model,
                           detector=detector)
   names = sorted(str(pathlib.Path(p).relative_to(out)) for p in paths)
   assert names == ["overlay.png", "people.json"] + [
@@ -352,7 +354,23 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith("reconstruct: error:")]
   assert len(errors) == 1 and "x.jpg" in errors[0], proc.stderr[-2000:]
   assert sorted(os.listdir(tmp_path)) == ["x.jpg"]
-  video = subprocess.run(
-      [sys.executable, "-m", "launch.reconstruct", "--video=v.mp4", f"--out_dir={tmp_path}/o"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  assert video.returncode == 2 and "video support not installed" in video.stderr
+
+
+def test_video_flags_hand_over_or_say_not_installed(monkeypatch):
+  with pytest.raises(fitting.FitInputError, match="--frames: needs --video"):
+    reconstruct.video(None, None, "0:10", None, "/tmp/o", None)
+  monkeypatch.setitem(sys.modules, "flowpose.fitting.video_job", None)  # Not installed.
+  with pytest.raises(fitting.FitInputError, match="video support not installed"):
+    reconstruct.video(None, "v.mp4", None, None, "/tmp/o", None)
+
+
+def test_a_previous_output_folder_may_be_replaced(tmp_path):
+  from flowpose.fitting import photo  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out"
+  (out / "person_00").mkdir(parents=True)
+  (out / "overlay.png").write_bytes(b"old")
+  (out / "people.json").write_bytes(b"old")
+  photo.require_out_dir(str(out), own=reconstruct.is_own_output, tool="reconstruct")
+  (out / "person_x").mkdir()
+  with pytest.raises(io_utils.OutputPathError, match="person_x"):
+    photo.require_out_dir(str(out), own=reconstruct.is_own_output, tool="reconstruct")

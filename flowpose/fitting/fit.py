@@ -21,7 +21,7 @@ Loss (`config.loss_weights`, one dict, all terms always present):
   silhouette   `losses.silhouette_loss` (part alignment with one part) of the
                same vertex subset against person-mask pixels, every vertex
                counted (a silhouette holds occluded vertices too); 0 without
-               `Evidence.mask_pixels`
+               `fit(..., mask=MaskEvidence)`
   pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
   shape_prior  ||betas||^2
   depth        (log z - log z_init)^2: keeps the depth near the
@@ -93,8 +93,6 @@ class Evidence(NamedTuple):
     part_pixels: optional [B, N, 2] labelled pixels (`sample_part_pixels`).
     part_labels: optional [B, N] int.
     part_valid: optional [B, N] bool.
-    mask_pixels: optional [B, M, 2] pixels inside the person mask (`losses.sample_mask_pixels`).
-    mask_valid: optional [B, M] bool.
   """
   keypoints: Any
   confidence: Any
@@ -103,16 +101,23 @@ class Evidence(NamedTuple):
   part_pixels: Any = None
   part_labels: Any = None
   part_valid: Any = None
-  mask_pixels: Any = None
-  mask_valid: Any = None
 
   @property
   def has_parts(self) -> bool:
     return self.part_pixels is not None
 
-  @property
-  def has_mask(self) -> bool:
-    return self.mask_pixels is not None
+
+class MaskEvidence(NamedTuple):
+  """Person masks of B persons for the silhouette term (`fit(..., mask=)`).
+
+  Kept out of `Evidence` so code that rebuilds an `Evidence` field by field keeps working.
+
+  Attributes:
+    pixels: [B, M, 2] pixel centres inside each person's mask (`losses.sample_mask_pixels`).
+    valid: [B, M] bool (a person without a mask: all False, no term).
+  """
+  pixels: Any
+  valid: Any
 
 
 class FitResult(NamedTuple):
@@ -222,7 +227,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
 
 
-def _evidence_aux(evidence: Evidence) -> dict:
+def _evidence_aux(evidence: Evidence, mask: Optional[MaskEvidence] = None) -> dict:
   focal = np.asarray(evidence.focal, np.float32)
   aux = {"keypoints": jnp.asarray(evidence.keypoints, jnp.float32),
          "confidence": jnp.asarray(evidence.confidence, jnp.float32),
@@ -233,16 +238,16 @@ def _evidence_aux(evidence: Evidence) -> dict:
     aux["part_pixels"] = jnp.asarray(evidence.part_pixels, jnp.float32)
     aux["part_labels"] = jnp.asarray(evidence.part_labels, jnp.int32)
     aux["part_valid"] = jnp.asarray(evidence.part_valid, bool)
-  if evidence.has_mask:
-    aux["mask_pixels"] = jnp.asarray(evidence.mask_pixels, jnp.float32)
-    aux["mask_valid"] = jnp.asarray(evidence.mask_valid, bool)
+  if mask is not None:
+    aux["mask_pixels"] = jnp.asarray(mask.pixels, jnp.float32)
+    aux["mask_valid"] = jnp.asarray(mask.valid, bool)
   return aux
 
 
 def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
         body: FitBody, prior: PosePrior, evidence: Evidence,
         image_size: Optional[tuple] = None, *,
-        initial: Optional[dict] = None) -> FitResult:
+        initial: Optional[dict] = None, mask: Optional[MaskEvidence] = None) -> FitResult:
   """Fits B persons jointly (restarts, stages; see the module docstring).
 
   Args:
@@ -255,6 +260,7 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
       in-image checks of `checks.evidence_errors`.
     initial: optional dict, any subset of `VARIABLES` with a leading [B] (pose in the prior's
       space, e.g. latent z for flow): an extra restart 0 starting there (module docstring).
+    mask: optional `MaskEvidence` with a leading [B]: enables the silhouette term.
 
   Returns:
     A `FitResult`.
@@ -276,7 +282,9 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   if has_parts and config.visibility == "zbuffer" and image_size is None:
     raise FitInputError("fit: image_size is needed for z-buffer visibility")
   yaws = tuple(config.restart_yaws_deg)
-  base_aux = _evidence_aux(evidence)
+  if mask is not None and np.shape(mask.pixels)[:1] != (num,):
+    raise FitInputError(f"mask.pixels: expected [B={num}, M, 2], got {np.shape(mask.pixels)}")
+  base_aux = _evidence_aux(evidence, mask)
   # Restarts are stacked restart-major: row r * B + b.
   inits = [initial_variables(body, prior, evidence, yaw) for yaw in yaws]
   if initial is not None:

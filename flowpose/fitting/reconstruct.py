@@ -117,9 +117,10 @@ def annotation_evidence(annotations: str, image_path: Optional[str]) -> PhotoEvi
                        skipped, np.ones(len(people), np.float32))
 
 
-def evidence_batch(config: ml_collections.ConfigDict, photo_ev: PhotoEvidence) -> fitting.Evidence:
-  """`fit.Evidence` [P, ...] of every person: unknown focal (`config.focal_init_factor`),
-  principal point at the centre, mask pixels when any person has a mask (others: none valid)."""
+def evidence_batch(config: ml_collections.ConfigDict, photo_ev: PhotoEvidence) -> tuple:
+  """(`fit.Evidence` [P, ...], `fit.MaskEvidence` or None) of every person: unknown focal
+  (`config.focal_init_factor`), principal point at the centre; mask pixels when any person has a
+  mask (the others: none valid)."""
   height, width = photo_ev.image.shape[:2]
   num = len(photo_ev.people)
   focal = np.full((num, 2), config.focal_init_factor * max(height, width), np.float32)
@@ -127,16 +128,16 @@ def evidence_batch(config: ml_collections.ConfigDict, photo_ev: PhotoEvidence) -
   keypoints = np.stack([p.keypoints for p in photo_ev.people])
   confidence = np.stack([p.confidence for p in photo_ev.people])
   masks = [p.mask for p in photo_ev.people]
+  evidence = fitting.Evidence(keypoints, confidence, focal, centre)
   if all(m is None for m in masks):
-    return fitting.Evidence(keypoints, confidence, focal, centre)
+    return evidence, None
   size = config.fit.num_mask_pixels
   pixels = np.zeros((num, size, 2), np.float32)
   valid = np.zeros((num, size), bool)
   for b, mask in enumerate(masks):
     if mask is not None:
       pixels[b], valid[b] = losses.sample_mask_pixels(mask, size, config.mask_seed + b)
-  return fitting.Evidence(keypoints, confidence, focal, centre, mask_pixels=pixels,
-                          mask_valid=valid)
+  return evidence, fitting.MaskEvidence(pixels, valid)
 
 
 def _person_result(result: fitting.FitResult, b: int) -> fitting.FitResult:
@@ -154,7 +155,7 @@ def _person_result(result: fitting.FitResult, b: int) -> fitting.FitResult:
 def fit_people(config: ml_collections.ConfigDict, model: body_lib.BodyModel, body, prior,
                photo_ev: PhotoEvidence, predict: Optional[Callable] = None) -> List[Any]:
   """One batched fit of every person -> list of `photo.FittedPerson` (camera frame)."""
-  evidence = evidence_batch(config, photo_ev)
+  evidence, mask = evidence_batch(config, photo_ev)
   size = photo_ev.image.shape[:2]
   initial = None
   if predict is not None:
@@ -163,7 +164,7 @@ def fit_people(config: ml_collections.ConfigDict, model: body_lib.BodyModel, bod
     logging.info("[reconstruct] network start for %d people: %.2fs", len(photo_ev.people),
                  time.time() - start)
   result = fitting.fit(config.fit, model, body, prior, evidence, image_size=size,
-                       initial=initial)
+                       initial=initial, mask=mask)
   if not np.all(np.isfinite(result.loss)):
     raise FloatingPointError("fit_people: the fit diverged (non-finite loss)")
   out = fitting.body_outputs(model, result)
@@ -297,3 +298,18 @@ def run(config: ml_collections.ConfigDict, image: Optional[str], prior_workdir: 
   paths = write_reconstruction(out_dir, model, photo_ev, fitted, config)
   logging.info("[reconstruct] 4/4 done in %.1fs: %d files", time.time() - start, len(paths))
   return paths
+
+
+def video(config, video_path, frames, prior_workdir, out_dir, regressor_workdir) -> list:
+  """`--video`/`--frames` of launch/reconstruct: `flowpose.fitting.video_job` (imported lazily;
+  the lead wires the exact signature at merge), or one error saying it is not installed."""
+  if not video_path:
+    raise FitInputError("--frames: needs --video")
+  try:
+    from flowpose.fitting import video_job  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise FitInputError(f"--video: video support not installed "
+                        f"(flowpose.fitting.video_job: {e})") from e
+  return video_job.reconstruct_video(
+      config=config, video=video_path, frames=frames, prior_workdir=prior_workdir,
+      out_dir=out_dir, regressor_workdir=regressor_workdir)
