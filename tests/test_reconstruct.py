@@ -21,6 +21,7 @@ from flowpose.body import model as body_lib
 from flowpose.body.build import assets
 from flowpose.evidence import coco
 from flowpose.evidence import image_io
+from flowpose.evidence import raster
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import initial as initial_lib
 from flowpose.fitting import reconstruct
@@ -156,7 +157,7 @@ def scene(model):
   config.stages = [dict(name="body", steps=5, lr=1e-3, free=("pose", "orient", "transl"),
                         keypoints="all", loss_weights={}, optimizer="adam")]
   return dict(body=body, prior=prior, truth=truth, evidence=evidence, config=config,
-              keypoints=keypoints)
+              keypoints=keypoints, decoder=decoder, roots=roots)
 
 
 def _keypoint_error(model, scene, result):
@@ -186,6 +187,41 @@ def test_partial_initial_and_bad_initial(model, scene):
     fitting.fit(*args, initial={"pose": scene["truth"]["pose"][:1]})
   with pytest.raises(fitting.FitInputError, match="unknown variables"):
     fitting.fit(*args, initial={"rotation": scene["truth"]["pose"]})
+
+
+@pytest.mark.slow  # ~12 s CPU: two 150-step fits.
+def test_silhouette_changes_and_improves_the_fit(model, scene):
+  """Knees and ankles unseen: the person mask recovers the leg spread the keypoints cannot; with
+  the silhouette weight at 0 the legs stay where they start (a fitter that dropped the mask
+  evidence fails this)."""
+  dofs = np.zeros((2, len(_DOFS)), np.float32)
+  dofs[:, 4], dofs[:, 5] = -0.35, 0.35  # LeftUpLeg, RightUpLeg spread.
+  rotmats = jax.vmap(scene["decoder"])(jnp.asarray(dofs), jnp.asarray(scene["roots"], jnp.float32))
+  transl = scene["truth"]["transl"]
+  gt = jax.vmap(body_lib.forward, (None, 0, 0, 0))(model, rotmats,
+                                                    jnp.zeros((2, model.num_betas)), transl)
+  ev = scene["evidence"]
+  keypoints = np.asarray(camera.perspective_project(gt.keypoints, ev.focal, ev.principal_point))
+  confidence = np.ones(keypoints.shape[:2], np.float32)
+  confidence[:, 13:] = 0.0  # Knees and ankles.
+  pixels, valid = [], []
+  for b in range(2):
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), ev.focal[b], ev.principal_point[b])
+    depth = raster.rasterize(np.asarray(gt.vertices[b]), np.asarray(model.faces), cam,
+                             (1000, 1000)).depth
+    pix, ok = losses.sample_mask_pixels(np.isfinite(depth), 384, b)
+    pixels.append(pix), valid.append(ok)
+  evidence = fitting.Evidence(keypoints, confidence, ev.focal, ev.principal_point)
+  mask = fitting.MaskEvidence(np.stack(pixels), np.stack(valid))
+  errors = {}
+  for weight in (0.0, 1e3):
+    config = scene["config"].copy_and_resolve_references()
+    config.restart_yaws_deg = (0.0,)
+    config.stages = [dict(config.stages[0], steps=150, lr=0.05)]
+    config.loss_weights["silhouette"] = weight
+    result = fitting.fit(config, model, scene["body"], scene["prior"], evidence, mask=mask)
+    errors[weight] = np.abs(result.pose_dofs[:, 4:6] - dofs[:, 4:6])
+  assert np.mean(errors[1e3]) < 0.5 * np.mean(errors[0.0]), errors
 
 
 def test_regressor_contract_errors_name_the_flag(monkeypatch):
