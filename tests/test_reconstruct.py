@@ -19,7 +19,6 @@ from flowpose import io_utils
 from flowpose import losses
 from flowpose.body import model as body_lib
 from flowpose.body.build import assets
-from flowpose.evidence import coco
 from flowpose.evidence import image_io
 from flowpose.evidence import raster
 from flowpose.fitting import fit as fitting
@@ -75,40 +74,6 @@ def test_silhouette_counts_occluded_vertices():
   vertices, pixels, valid = _square_silhouette()
   outside = vertices.at[0].set(jnp.array([45.0, 45.0]))
   assert float(losses.silhouette_loss(outside, pixels, valid, scale=20.0)[0]) > 0
-
-
-def _rle_string(counts):
-  """pycocotools' rleToString (maskApi.c), written independently of the decoder under test."""
-  out = []
-  for i, x in enumerate(counts):
-    if i > 2:
-      x -= counts[i - 2]
-    more = True
-    while more:
-      c = x & 0x1F
-      x >>= 5
-      more = (x != -1) if (c & 0x10) else (x != 0)
-      out.append(chr((c | 0x20 if more else c) + 48))
-  return "".join(out)
-
-
-def test_coco_rle_and_polygon_masks_agree():
-  mask = np.zeros((7, 5), bool)
-  mask[2:5, 1:4] = True
-  flat = mask.T.ravel()  # COCO RLE is column-major.
-  changes = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(int)])) != 0)
-  counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
-  np.testing.assert_array_equal(coco.segmentation_mask({"size": [7, 5], "counts": counts}, 7, 5),
-                                mask)
-  assert counts == [9, 3, 4, 3, 4, 3, 9]
-  compressed = _rle_string(counts + [70, 1, 2000])  # Big and shrinking runs: negative deltas.
-  assert coco._rle_counts(compressed) == counts + [70, 1, 2000]  # pylint: disable=protected-access
-  np.testing.assert_array_equal(
-      coco.segmentation_mask({"size": [7, 5], "counts": _rle_string(counts)}, 7, 5), mask)
-  poly = coco.segmentation_mask([[1, 2, 4, 2, 4, 5, 1, 5]], 7, 5)
-  assert poly[3, 2] and not poly[0, 0]
-  with pytest.raises(fitting.FitInputError, match="segmentation"):
-    coco.segmentation_mask([[1, 2]], 7, 5)
 
 
 # ---------------------------------------------------------------------------
