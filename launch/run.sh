@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job on its default: set up, train the flow prior on CMU mocap, evaluate it against the
-# Gaussian/GMM baselines, render the body model, and fit the body to the COCO photograph.
+# Gaussian/GMM baselines, render the body model, and reconstruct the people of the COCO photograph
+# from the photo alone (2D detector + person mask -> latent fit; its COCO annotations are NOT used).
 # Usage: bash launch/run.sh [RUN_DIR]   (default RUN_DIR=runs/main)
 # Data: $FLOWPOSE_CMU_DIR (default ../shared/data/cmu), $FLOWPOSE_COCO_DIR (default ../shared/data/coco).
+# The annotation path stays an option: add --annotations="$COCO_DIR/person_keypoints_785.json" to
+# the last command to fit every annotated person (keypoints + segmentation) instead of detecting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
@@ -25,8 +28,7 @@ FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config=experiments/prior_cmu.py
 echo "[run] 3/4 NLL vs Gaussian / GMM-8 baselines, samples -> $RUN_DIR/prior/nll_table.{json,md}"
 $PY -m launch.evaluate_prior --workdir="$RUN_DIR/prior"
 
-echo "[run] 4/4 fitting the COCO photograph -> $RUN_DIR/coco"
-$PY -m launch.fit_coco --config=experiments/fit_coco.py --prior_workdir="$RUN_DIR/prior" \
-  --image="$COCO_DIR/000000000785.jpg" --annotations="$COCO_DIR/person_keypoints_785.json" \
-  --out_dir="$RUN_DIR/coco"
+echo "[run] 4/4 reconstructing the people of the COCO photograph (detector, no annotations) -> $RUN_DIR/photo"
+$PY -m launch.reconstruct --config=experiments/reconstruct.py --prior_workdir="$RUN_DIR/prior" \
+  --image="$COCO_DIR/000000000785.jpg" --out_dir="$RUN_DIR/photo"
 echo "[run] done: see $RUN_DIR (WORKSPACE.md lists every output)"

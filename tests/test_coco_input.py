@@ -292,3 +292,37 @@ def test_failed_write_leaves_the_old_folder(tmp_path, fake_fit, monkeypatch):
   assert os.listdir(out_dir) == ["params.json"]
   assert (out_dir / "params.json").read_bytes() == b"OLD"
   assert not [p for p in os.listdir(tmp_path) if p.startswith(io_utils.STAGING_PREFIX)]
+
+
+def _rle_string(counts):
+  """pycocotools' rleToString (maskApi.c), written independently of the decoder under test."""
+  out = []
+  for i, x in enumerate(counts):
+    if i > 2:
+      x -= counts[i - 2]
+    more = True
+    while more:
+      c = x & 0x1F
+      x >>= 5
+      more = (x != -1) if (c & 0x10) else (x != 0)
+      out.append(chr((c | 0x20 if more else c) + 48))
+  return "".join(out)
+
+
+def test_coco_rle_and_polygon_masks_agree():
+  mask = np.zeros((7, 5), bool)
+  mask[2:5, 1:4] = True
+  flat = mask.T.ravel()  # COCO RLE is column-major.
+  changes = np.flatnonzero(np.diff(np.concatenate([[0], flat.astype(int)])) != 0)
+  counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+  np.testing.assert_array_equal(coco.segmentation_mask({"size": [7, 5], "counts": counts}, 7, 5),
+                                mask)
+  assert counts == [9, 3, 4, 3, 4, 3, 9]
+  compressed = _rle_string(counts + [70, 1, 2000])  # Big and shrinking runs: negative deltas.
+  assert coco._rle_counts(compressed) == counts + [70, 1, 2000]  # pylint: disable=protected-access
+  np.testing.assert_array_equal(
+      coco.segmentation_mask({"size": [7, 5], "counts": _rle_string(counts)}, 7, 5), mask)
+  poly = coco.segmentation_mask([[1, 2, 4, 2, 4, 5, 1, 5]], 7, 5)
+  assert poly[3, 2] and not poly[0, 0]
+  with pytest.raises(fitting.FitInputError, match="segmentation"):
+    coco.segmentation_mask([[1, 2]], 7, 5)

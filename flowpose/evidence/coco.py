@@ -4,6 +4,8 @@
     person.keypoints   # [17, 2] pixels (u, v), NaN where v == 0
     person.confidence  # [17] 1.0 labelled (v = 1 or 2), 0.0 unlabelled (v = 0)
     person.image       # [H, W, 3] uint8
+    people, skipped = read_coco_people(annotations_json, image_path)   # every annotated person
+    person.mask        # [H, W] bool from `segmentation` (polygons or RLE), None without one
 
 Generic COCO JSON: `images` (id, file_name, width, height), `annotations` (id,
 image_id, category_id, keypoints = 51 numbers `x, y, v` per COCO-17 keypoint),
@@ -26,6 +28,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
 
 from flowpose.fitting.config import FitInputError
 
@@ -42,6 +45,7 @@ class CocoPerson(NamedTuple):
     image_path: the image file read.
     annotation_id: the chosen annotation's id.
     bbox: [4] (x, y, w, h) from the annotation, or from the keypoints.
+    mask: [H, W] bool person mask (`segmentation`), or None (not read / not annotated).
   """
   keypoints: np.ndarray
   confidence: np.ndarray
@@ -49,6 +53,7 @@ class CocoPerson(NamedTuple):
   image_path: str
   annotation_id: Any
   bbox: np.ndarray
+  mask: Optional[np.ndarray] = None
 
 
 def _fail(path, field, message):
@@ -188,3 +193,118 @@ def read_coco_person(annotations_path: str, image_path: Optional[str] = None,
     lo, hi = pts.min(0), pts.max(0)
     bbox = np.concatenate([lo, hi - lo]).astype(np.float32)
   return CocoPerson(keypoints, confidence, image, image_path, ann.get("id"), bbox)
+
+
+# ---------------------------------------------------------------------------
+# Every person of one image, with its segmentation as a mask.
+# ---------------------------------------------------------------------------
+
+
+def _rle_counts(counts: str) -> list:
+  """COCO's compressed RLE string -> run lengths (pycocotools' rleFrString, 6-bit chunks)."""
+  out, pos = [], 0
+  while pos < len(counts):
+    value, shift, more = 0, 0, True
+    while more:
+      c = ord(counts[pos]) - 48
+      value |= (c & 0x1F) << (5 * shift)
+      more = bool(c & 0x20)
+      pos += 1
+      shift += 1
+      if not more and (c & 0x10):
+        value |= -1 << (5 * shift)
+    if len(out) > 2:
+      value += out[-2]
+    out.append(value)
+  return out
+
+
+def segmentation_mask(segmentation: Any, height: int, width: int,
+                      where: str = "segmentation") -> Optional[np.ndarray]:
+  """[H, W] bool mask of a COCO `segmentation` (polygon list, or RLE dict); None when empty.
+
+  Raises:
+    FitInputError: malformed polygons or RLE (message starts with `where`).
+  """
+  if segmentation is None or (isinstance(segmentation, list) and not segmentation):
+    return None
+  if isinstance(segmentation, dict):
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if size != [height, width]:
+      raise FitInputError(f"{where}.size: expected [{height}, {width}], got {size!r}")
+    if isinstance(counts, str):
+      counts = _rle_counts(counts)
+    if (not isinstance(counts, list) or any(not isinstance(c, int) or c < 0 for c in counts)
+        or sum(counts) != height * width):
+      raise FitInputError(f"{where}.counts: expected run lengths summing to {height * width}")
+    flat = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
+    mask = flat.reshape(width, height).T  # Column-major, as COCO stores it.
+    return mask if mask.any() else None
+  if not isinstance(segmentation, list) or not all(
+      isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and
+      all(isinstance(v, (int, float)) and math.isfinite(v) for v in p) for p in segmentation):
+    raise FitInputError(f"{where}: expected polygons (lists of >= 3 x, y pairs) or an RLE dict")
+  canvas = Image.new("L", (width, height), 0)
+  for poly in segmentation:
+    ImageDraw.Draw(canvas).polygon([float(v) for v in poly], fill=1)
+  mask = np.asarray(canvas) > 0
+  return mask if mask.any() else None
+
+
+def read_coco_people(annotations_path: str, image_path: Optional[str] = None,
+                     min_keypoints: int = 2) -> tuple:
+  """Every annotated person of one image: keypoints, and the segmentation as a mask.
+
+  The image is the JSON's entry whose `file_name` is `image_path`'s name (or its only image).
+  Crowd annotations and persons with fewer than `min_keypoints` labelled keypoints are skipped
+  (they cannot determine a body), malformed ones raise.
+
+  Returns:
+    (people: list of `CocoPerson` with `mask`, skipped: list of (annotation id, reason)).
+
+  Raises:
+    FitInputError: naming the file and field (no usable person, bad keypoints/segmentation, ...).
+  """
+  path = annotations_path
+  data = _load_json(path)
+  anns = data.get("annotations")
+  if not isinstance(anns, list) or not anns:
+    _fail(path, "annotations", "no annotations")
+  images = [e for e in data.get("images") or [] if isinstance(e, dict)]
+  if image_path is not None:
+    named = [e for e in images if e.get("file_name") == os.path.basename(image_path)]
+    entry = named[0] if named else (images[0] if len(images) == 1 else None)
+    if entry is None:
+      _fail(path, "images", f"no image entry with file_name {os.path.basename(image_path)!r}")
+  else:
+    if not images or not isinstance(images[0].get("file_name"), str):
+      _fail(path, "images", "expected a non-empty list with file_name")
+    entry = images[0]
+    image_path = os.path.join(os.path.dirname(os.path.abspath(path)), entry["file_name"])
+  image = _read_image(image_path, path, entry)
+  height, width = image.shape[:2]
+  person_ids = _person_category_ids(path, data)
+  people, skipped = [], []
+  for i, ann in enumerate(anns):
+    if not (isinstance(ann, dict) and ann.get("image_id") == entry.get("id")
+            and ann.get("category_id", 1) in person_ids):
+      continue
+    raw = ann.get("keypoints")
+    if ann.get("iscrowd"):
+      skipped.append((ann.get("id"), "crowd annotation"))
+      continue
+    flags = raw[2::3] if isinstance(raw, list) and len(raw) == 3 * NUM_KEYPOINTS else None
+    if raw is None or (flags is not None and sum(
+        1 for v in flags if isinstance(v, (int, float)) and v > 0) < min_keypoints):
+      skipped.append((ann.get("id"), f"fewer than {min_keypoints} labelled keypoints"))
+      continue
+    keypoints, confidence = _parse_keypoints(path, i, ann)
+    mask = segmentation_mask(ann.get("segmentation"), height, width,
+                             f"{path}: annotations[{i}].segmentation")
+    pts = keypoints[confidence > 0]
+    bbox = np.concatenate([pts.min(0), pts.max(0) - pts.min(0)]).astype(np.float32)
+    people.append(CocoPerson(keypoints, confidence, image, image_path, ann.get("id"), bbox, mask))
+  if not people:
+    _fail(path, "annotations", f"no person annotation of image {entry.get('id')!r} with at "
+          f"least {min_keypoints} labelled keypoints (skipped: {skipped})")
+  return people, skipped

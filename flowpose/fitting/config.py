@@ -6,8 +6,9 @@ Fields (see `flowpose.fitting.fit` for what they do):
   select_restart_after  stage index after which the best restart is kept
   final_lr_fraction     Adam's cosine decay floor within each stage
   warmup_fraction       Adam's linear warmup, fraction of each stage (0 = none)
-  keypoint_sigma, part_sigma   Geman-McClure scales, in person-box units
+  keypoint_sigma, part_sigma, silhouette_sigma   Geman-McClure scales, in person-box units
   part_vertices_per_part, num_part_pixels   part-term sizes
+  num_mask_pixels       person-mask pixels sampled for the silhouette term
   visibility            zbuffer | normals | all (part-term vertex weights)
   loss_weights          the one weights dict, exactly LOSS_TERMS
   stages                list of dicts with exactly STAGE_FIELDS
@@ -16,7 +17,7 @@ Fields (see `flowpose.fitting.fit` for what they do):
 import ml_collections
 
 VARIABLES = ("pose", "betas", "orient", "transl", "log_focal")
-LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "depth",
+LOSS_TERMS = ("keypoints", "parts", "silhouette", "pose_prior", "shape_prior", "depth",
               "focal")
 STAGE_FIELDS = ("name", "steps", "lr", "free", "keypoints", "loss_weights",
                 "optimizer")
@@ -38,10 +39,13 @@ def default_fit_config() -> ml_collections.ConfigDict:
   c.warmup_fraction = 0.0  # Linear warmup, as a fraction of each (Adam) stage.
   c.keypoint_sigma = 0.3  # In units of the keypoint box size.
   c.part_sigma = 0.3
+  c.silhouette_sigma = 0.3
   c.part_vertices_per_part = 24
   c.num_part_pixels = 384
+  c.num_mask_pixels = 384
   c.visibility = "zbuffer"
-  c.loss_weights = dict(keypoints=1e4, parts=1e3, pose_prior=0.05,
+  # "silhouette" (and "parts") add nothing without mask (part) evidence.
+  c.loss_weights = dict(keypoints=1e4, parts=1e3, silhouette=1e3, pose_prior=0.05,
                         shape_prior=0.05, depth=1.0, focal=10.0)
   c.stages = [
       # Known focal length; add "log_focal" to `free` when it is unknown.

@@ -18,6 +18,10 @@ Loss (`config.loss_weights`, one dict, all terms always present):
   parts        `losses.part_alignment_loss` on a per-part vertex subset, the
                visibility (z-buffer of the current estimate, or normals)
                recomputed before every stage; 0 without part evidence
+  silhouette   `losses.silhouette_loss` (part alignment with one part) of the
+               same vertex subset against person-mask pixels, every vertex
+               counted (a silhouette holds occluded vertices too); 0 without
+               `fit(..., mask=MaskEvidence)`
   pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
   shape_prior  ||betas||^2
   depth        (log z - log z_init)^2: keeps the depth near the
@@ -43,6 +47,15 @@ Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
 (0 = facing the camera, 180 = back to it); after stage
 `config.select_restart_after` (-1 = the last) the restart with the lowest
 loss is kept per person and the others are dropped.
+
+Initialisation: by default every restart starts from the prior's mean pose,
+zero betas, the restart's yaw facing the camera and the similar-triangles
+translation. `fit(..., initial=...)` (e.g. a regressor network's prediction)
+adds ONE extra restart, restart 0, whose variables named in `initial` replace
+those defaults (the rest keep the yaw-0 defaults); the yaw restarts still run
+and compete with it (a network can be wrong about front/back), and its depth
+and focal priors pull towards its own `transl` z and `log_focal`.
+`FitResult.restart_labels` names the restarts ("initial", then the yaws).
 """
 
 import time
@@ -62,6 +75,7 @@ from flowpose.fitting import checks
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
                                            initial_translation, pose_points)
+from flowpose.fitting import initial as initial_lib
 from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
 # The config lives in its own module; re-exported so `fit.X` works.
 from flowpose.fitting.config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
@@ -93,6 +107,19 @@ class Evidence(NamedTuple):
     return self.part_pixels is not None
 
 
+class MaskEvidence(NamedTuple):
+  """Person masks of B persons for the silhouette term (`fit(..., mask=)`).
+
+  Kept out of `Evidence` so code that rebuilds an `Evidence` field by field keeps working.
+
+  Attributes:
+    pixels: [B, M, 2] pixel centres inside each person's mask (`losses.sample_mask_pixels`).
+    valid: [B, M] bool (a person without a mask: all False, no term).
+  """
+  pixels: Any
+  valid: Any
+
+
 class FitResult(NamedTuple):
   """Fitted parameters (numpy, leading [B]).
 
@@ -105,6 +132,7 @@ class FitResult(NamedTuple):
     restart_losses: [B, R] each restart's loss when the best was chosen.
     history: per stage, [steps, B'] total loss per step.
     warnings: [B] lists of messages (`checks.result_warnings`), also logged.
+    restart_labels: [R] what each restart started from: "initial" (`fit(initial=)`) or a yaw.
   """
   variables: dict
   pose_dofs: np.ndarray
@@ -118,6 +146,7 @@ class FitResult(NamedTuple):
   restart_losses: np.ndarray
   history: list
   warnings: tuple = ()
+  restart_labels: tuple = ()
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +227,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
 
 
-def _evidence_aux(evidence: Evidence) -> dict:
+def _evidence_aux(evidence: Evidence, mask: Optional[MaskEvidence] = None) -> dict:
   focal = np.asarray(evidence.focal, np.float32)
   aux = {"keypoints": jnp.asarray(evidence.keypoints, jnp.float32),
          "confidence": jnp.asarray(evidence.confidence, jnp.float32),
@@ -209,12 +238,16 @@ def _evidence_aux(evidence: Evidence) -> dict:
     aux["part_pixels"] = jnp.asarray(evidence.part_pixels, jnp.float32)
     aux["part_labels"] = jnp.asarray(evidence.part_labels, jnp.int32)
     aux["part_valid"] = jnp.asarray(evidence.part_valid, bool)
+  if mask is not None:
+    aux["mask_pixels"] = jnp.asarray(mask.pixels, jnp.float32)
+    aux["mask_valid"] = jnp.asarray(mask.valid, bool)
   return aux
 
 
 def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
         body: FitBody, prior: PosePrior, evidence: Evidence,
-        image_size: Optional[tuple] = None) -> FitResult:
+        image_size: Optional[tuple] = None, *,
+        initial: Optional[dict] = None, mask: Optional[MaskEvidence] = None) -> FitResult:
   """Fits B persons jointly (restarts, stages; see the module docstring).
 
   Args:
@@ -225,6 +258,9 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     evidence: `Evidence` with a leading [B].
     image_size: (H, W), needed for z-buffer visibility with part evidence; enables the
       in-image checks of `checks.evidence_errors`.
+    initial: optional dict, any subset of `VARIABLES` with a leading [B] (pose in the prior's
+      space, e.g. latent z for flow): an extra restart 0 starting there (module docstring).
+    mask: optional `MaskEvidence` with a leading [B]: enables the silhouette term.
 
   Returns:
     A `FitResult`.
@@ -246,10 +282,15 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   if has_parts and config.visibility == "zbuffer" and image_size is None:
     raise FitInputError("fit: image_size is needed for z-buffer visibility")
   yaws = tuple(config.restart_yaws_deg)
-  num_restarts = len(yaws)
-  base_aux = _evidence_aux(evidence)
+  if mask is not None and np.shape(mask.pixels)[:1] != (num,):
+    raise FitInputError(f"mask.pixels: expected [B={num}, M, 2], got {np.shape(mask.pixels)}")
+  base_aux = _evidence_aux(evidence, mask)
   # Restarts are stacked restart-major: row r * B + b.
   inits = [initial_variables(body, prior, evidence, yaw) for yaw in yaws]
+  if initial is not None:
+    inits.insert(0, initial_lib.initial_restart(
+        initial, initial_variables(body, prior, evidence, 0.0), num))
+  num_restarts = len(inits)
   variables = jax.tree.map(lambda *x: jnp.concatenate(x),
                            *[v for v, _ in inits])
   aux = {**jax.tree.map(lambda x: jnp.concatenate([x] * num_restarts),
@@ -258,7 +299,8 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   stages = [dict(s) for s in config.stages]
   select_after = config.select_restart_after % len(stages)
   base_weights = dict(config.loss_weights)
-  sigmas = (float(config.keypoint_sigma), float(config.part_sigma))
+  sigmas = (float(config.keypoint_sigma), float(config.part_sigma),
+            float(config.get("silhouette_sigma", config.part_sigma)))
   kept = np.zeros(num, np.int64)
   restart_losses = np.zeros((num, num_restarts), np.float32)
   history = []
@@ -313,7 +355,8 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
       rotmats=np.asarray(rotmats), betas=variables["betas"],
       transl=variables["transl"], focal=focal, loss=np.asarray(final),
       terms={k: np.asarray(v) for k, v in terms.items()}, restart=kept,
-      restart_losses=restart_losses, history=history, warnings=warnings)
+      restart_losses=restart_losses, history=history, warnings=warnings,
+      restart_labels=initial_lib.restart_labels(config, initial is not None))
 
 
 def body_outputs(model: body_lib.BodyModel, result: FitResult,

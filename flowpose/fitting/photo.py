@@ -173,13 +173,20 @@ def params_dict(fitted: FittedPerson, person: coco.CocoPerson, config) -> dict:
       "principal_point": fitted.principal_point.tolist(),
       "loss": float(res.loss[0]),
       "loss_terms": {k: float(v[0]) for k, v in res.terms.items()},
-      "restart_yaw_deg": float(config.fit.restart_yaws_deg[int(res.restart[0])]),
+      # The kept restart: its yaw, or None when it started from `fit(initial=)`.
+      "restart_yaw_deg": _restart_yaw(res, config),
       "restart_losses": res.restart_losses[0].tolist(),
       "keypoint_rmse_px": float(np.sqrt(np.nanmean(np.where(
           person.confidence > 0, np.sum((fitted.keypoints_2d - person.keypoints) ** 2, -1),
           np.nan)))),
       "warnings": list(res.warnings[0]) if res.warnings else [],
   }
+
+
+def _restart_yaw(result, config):
+  labels = result.restart_labels or tuple(config.fit.restart_yaws_deg)
+  label = labels[int(result.restart[0])]
+  return None if isinstance(label, str) else float(label)
 
 
 def write_outputs(out_dir: str, model, fitted: FittedPerson, person: coco.CocoPerson,
@@ -202,11 +209,12 @@ def write_outputs(out_dir: str, model, fitted: FittedPerson, person: coco.CocoPe
   return [os.path.join(os.path.abspath(out_dir), name) for name in names]
 
 
-def require_out_dir(out_dir: str) -> pathlib.Path:
+def require_out_dir(out_dir: str, own=lambda name: name in OUTPUT_FILES,
+                    tool: str = "fit_coco") -> pathlib.Path:
   """Checks `--out_dir` before any work: not empty, not a file, holding only our outputs (it is
   replaced as a whole), its parent writable.
 
-  The folder itself is not created (a failed fit must leave nothing behind); the staging folder
+  `own(name)` says whether a top-level name is one `tool` writes. The folder itself is not created (a failed fit must leave nothing behind); the staging folder
   of `atomic_dir` lives in the parent, which is created and probed.
 
   Raises:
@@ -219,11 +227,11 @@ def require_out_dir(out_dir: str) -> pathlib.Path:
     raise io_utils.OutputPathError(f"--out_dir: {path} exists and is not a folder")
   if path.is_dir():
     # The swap replaces the whole folder: refuse one that holds anything but our outputs.
-    foreign = sorted(set(os.listdir(path)) - set(OUTPUT_FILES))
+    foreign = sorted(name for name in os.listdir(path) if not own(name))
     if foreign:
       raise io_utils.OutputPathError(
-          f"--out_dir: {path} holds files fit_coco did not write ({', '.join(foreign[:5])}); "
-          "it would be replaced as a whole: choose a new folder or a previous fit_coco output")
+          f"--out_dir: {path} holds files {tool} did not write ({', '.join(foreign[:5])}); "
+          f"it would be replaced as a whole: choose a new folder or a previous {tool} output")
   io_utils.require_output_path(path.parent, "--out_dir")
   return path
 

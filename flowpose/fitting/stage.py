@@ -27,12 +27,17 @@ from flowpose.geometry import camera
 
 def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has_parts: bool,
                 sigmas):
-  """(total, unweighted terms) of one person (unbatched; see `flowpose.fitting.fit`)."""
-  kp_sigma, part_sigma = sigmas
+  """(total, unweighted terms) of one person (unbatched; see `flowpose.fitting.fit`).
+
+  `sigmas` = (keypoint, part[, silhouette]); the silhouette term runs when `aux` holds
+  `mask_pixels` (a static pytree key, so it costs nothing when absent).
+  """
+  kp_sigma, part_sigma = sigmas[:2]
+  has_mask = "mask_pixels" in aux
   dofs = space.decode(prior_params, variables["pose"])
   root = geometry.rot6d_to_matrix(variables["orient"])
   points = pose_points(body, dofs, root, variables["betas"], variables["transl"],
-                       with_vertices=has_parts)
+                       with_vertices=has_parts or has_mask)
   focal = jnp.exp(variables["log_focal"]) * aux["focal_aspect"]
   pp = aux["principal_point"]
   scale = losses.person_scale_from_keypoints(aux["keypoints"], aux["confidence"])
@@ -54,6 +59,13 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
         num_parts=body.num_parts, sigma=part_sigma, scale=scale)
   else:
     terms["parts"] = jnp.zeros(())
+  if has_mask:
+    # Every vertex projects inside a silhouette, occluded or not: no visibility weights.
+    terms["silhouette"], _ = losses.silhouette_loss(
+        camera.perspective_project(points.vertices, focal, pp), aux["mask_pixels"],
+        aux["mask_valid"], sigma=sigmas[2] if len(sigmas) > 2 else part_sigma, scale=scale)
+  else:
+    terms["silhouette"] = jnp.zeros(())
   return losses.weighted_sum(terms, weights)
 
 

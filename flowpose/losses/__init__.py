@@ -3,6 +3,8 @@
   keypoints.py  gmof, keypoint_reprojection_loss, person_scale_from_keypoints
   parts.py      part_alignment_loss (semantic body-part alignment, Zanfir et al. 2020),
                 sample_part_pixels, soft_visibility_from_normals
+  silhouette.py silhouette_loss (the part alignment with one part: the person mask),
+                sample_mask_pixels
   priors.py     latent_prior, shape_prior, neg_log_prob_prior
   compose.py    weighted_sum (one weights dict for every term; used by the trainer and fitting)
 """
@@ -18,3 +20,5 @@ from flowpose.losses.parts import soft_visibility_from_normals
 from flowpose.losses.priors import latent_prior
 from flowpose.losses.priors import neg_log_prob_prior
 from flowpose.losses.priors import shape_prior
+from flowpose.losses.silhouette import sample_mask_pixels
+from flowpose.losses.silhouette import silhouette_loss
