@@ -52,6 +52,7 @@ SETTING = "full"  # "full" | "tiny" (papermill-style parameter)
 SETUP = """\
 import json, os, pathlib, sys, time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up notices.
 REPO = pathlib.Path.cwd().resolve()
 REPO = REPO.parent if REPO.name == "notebooks" else REPO
 sys.path.insert(0, str(REPO))  # This checkout's flowpose, whatever is installed.
@@ -224,8 +225,9 @@ for ax, (factor, levels) in zip(axes.flat, FACTORS.items()):
 axes.flat[0].legend(fontsize=7, loc="best")
 fig.suptitle(f"Flow-layer ablations ({SETTING} setting): bars = flow, dashes = GMM-8, "
              "dots = full Gaussian, each in the variant's chart")
-fig.savefig(RUNS / "ablations.png", dpi=80)
-plt.show()
+fig.savefig(RUNS / "ablations.png", dpi=72)
+plt.close(fig)
+display(Image(filename=str(RUNS / "ablations.png")))  # A PNG output whatever the backend.
 """
 
 SAMPLES = """\

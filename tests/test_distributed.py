@@ -18,9 +18,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,7 +109,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, devices: int, extra=(), **overrides):
+def _launch(workdir, devices: int, extra=(), stderr=subprocess.PIPE, **overrides):
   """Starts this file as `launch.main` (with the "prior_global" task) on `devices` CPU devices."""
   flags = [f"--config.{k}={v}".replace(" ", "") for k, v in {**TINY, **overrides}.items()]
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
@@ -116,13 +118,13 @@ def _launch(workdir, devices: int, extra=(), **overrides):
   return subprocess.Popen(
       [sys.executable, __file__, "--config=experiments/prior_cmu.py:runlocal,synthetic",
        f"--workdir={workdir}", *flags, *extra],
-      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
-def _launch_two(workdir, **overrides):
+def _launch_two(workdir, stderr=(subprocess.PIPE,) * 2, **overrides):
   port = _free_port()
   return [_launch(workdir, 2, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                               f"--process_id={i}"], **overrides) for i in range(2)]
+                               f"--process_id={i}"], stderr[i], **overrides) for i in range(2)]
 
 
 def _finish(procs, timeout=400):
@@ -195,6 +197,34 @@ def test_a_locked_workdir_stops_every_process(tmp_path):
   assert "is in use by another run" in errors[0].splitlines()[-1], errors[0][-2000:]
   assert "process 0 could not take the lock" in errors[1].splitlines()[-1], errors[1][-2000:]
   assert not list((tmp_path / "w").glob("checkpoints/*"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path):
+  """Preemption reaching one process: both stop at the same agreed step, checkpoint, exit 143."""
+  from flowpose.train import trainer  # pylint: disable=g-import-not-at-top
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  files = [open(path, "w") for path in logs]  # pylint: disable=consider-using-with
+  procs = _launch_two(tmp_path / "w", files, num_train_steps=100_000, checkpoint_every=100_000)
+  try:
+    deadline = time.monotonic() + 300
+    while len(_losses(logs[0].read_text())) < 3:  # Training is under way.
+      assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+          logs[0].read_text()[-3000:])
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=240) for p in procs]
+  finally:
+    for proc, file in zip(procs, files):
+      if proc.poll() is None:
+        proc.kill()
+      file.close()
+  texts = [path.read_text() for path in logs]
+  assert codes == [143, 143], texts[0][-3000:] + texts[1][-3000:]
+  steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").iterdir()]
+  assert len(steps) == 1 and steps[0] % trainer.PREEMPTION_SYNC_EVERY == 0, steps
+  for text in texts:
+    assert f"SIGTERM (preempted): saved checkpoint {steps[0]}" in text
 
 
 def _worker_main():
