@@ -329,6 +329,17 @@ def build() -> nbformat.NotebookNode:
   return notebook
 
 
+def drop_start_up_notices(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+  """Removes TensorFlow's C++ start-up lines (stderr) from the outputs: noise on a web page."""
+  noise = ("absl::InitializeLog", "oneDNN custom operations")
+  for cell in notebook.cells:
+    if cell.cell_type == "code":
+      cell.outputs = [o for o in cell.outputs if not (
+          o.output_type == "stream" and o.name == "stderr"
+          and all(any(n in line for n in noise) for line in o.text.strip().splitlines()))]
+  return notebook
+
+
 def main(argv):
   del argv
   notebook = build()
@@ -338,6 +349,7 @@ def main(argv):
     folder = str(pathlib.Path(__file__).resolve().parent)
     nbclient.NotebookClient(notebook, timeout=None, kernel_name="python3",
                             resources={"metadata": {"path": folder}}).execute()
+    drop_start_up_notices(notebook)
   text = nbformat.writes(notebook)
   io_utils.atomic_write(_OUT.value, text.encode())
   print(f"wrote {_OUT.value}")
