@@ -1,7 +1,15 @@
-r"""Trains any task (`config.task`, default the flow prior).
+r"""Trains any task (`config.task`, default the flow prior), on one process or many.
 
   python -m launch.main --config=experiments/prior_cmu.py[:runlocal] --workdir=DIR \
       [--config.flow.coupling=spline ...]
+
+Several processes (hosts, or one per GPU) train one model over a mesh of all their devices:
+under `srun` (Slurm) and on a Cloud TPU slice (`--cluster=tpu` on every worker) `jax.distributed`
+is started from the environment (`launch/cluster/`); anywhere else pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to each process. They share
+`--workdir` (a shared filesystem): process 0 holds its lock and writes the metrics, config.json
+and the export; checkpoints are written by all (orbax, multi-host) and resume with any process
+count. Each process reads its own shard of the training split (`flowpose.train.distributed`).
 
 Writes checkpoints, TensorBoard metrics, `config.json` and the task's export (the prior:
 `prior_params.msgpack`) into `--workdir`; rerunning with the same workdir resumes from the
@@ -31,6 +39,7 @@ from ml_collections import config_flags
 from flowpose import io_utils
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
+from flowpose.train import distributed
 from flowpose.train import trainer
 from flowpose.train import workdir as workdir_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -41,6 +50,17 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (`path.p
                                 lock_config=True)
 _OVERRIDE = flags.DEFINE_bool("override", False, "Resume --workdir even though --config differs "
                               "from its config.json in fields that change the result.")
+_CLUSTER = flags.DEFINE_enum(
+    "cluster", "auto", distributed.CLUSTERS, "How to find the other processes: auto (explicit "
+    "flags, else a Slurm step of > 1 task, else a multi-worker TPU slice in the environment, "
+    "else one process), none, explicit, slurm, tpu (Cloud TPU VM metadata).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0's "
+                                   "coordinator (explicit multi-process start).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (explicit).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in "
+                                   "[0, num_processes) (explicit).")
+_LOCAL_DEVICES = flags.DEFINE_list("local_device_ids", None, "Devices this process uses "
+                                   "(default: JAX's choice, on Slurm GPUs [SLURM_LOCALID]).")
 flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
@@ -84,8 +104,15 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.info("JAX process %d / %d, devices: %s", jax.process_index(), jax.process_count(),
-               jax.devices())
+  # Before anything touches a JAX backend.
+  try:
+    local = [int(d) for d in _LOCAL_DEVICES.value] if _LOCAL_DEVICES.value else None
+    info = distributed.initialize(_CLUSTER.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                  _PROCESS_ID.value, local)
+  except ValueError as e:  # DistributedConfigError, a non-integer --local_device_ids.
+    _usage_error(str(e))
+  logging.info("JAX process %d / %d (%s start), devices: %s", jax.process_index(),
+               jax.process_count(), info.how, jax.devices())
   # Checked here too (the trainer repeats both) to fail in one line, not a traceback.
   try:
     config_lib.validate_config(flags.FLAGS.config)

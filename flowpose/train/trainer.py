@@ -41,9 +41,11 @@ from clu import periodic_actions
 from flowpose import io_utils
 from flowpose.train import checkpointing
 from flowpose.train import config_lib
+from flowpose.train import distributed
 from flowpose.train import workdir as workdir_lib
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
+PREEMPTION_SYNC_EVERY = 10  # Steps between multi-process SIGTERM checks (distributed.stop_agreed).
 # Fields that change no compiled function: runs differing only in these share programs.
 _HOST_ONLY_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
 
@@ -195,11 +197,16 @@ def _train_batches(task, config, start_step: int):
 
 
 def _example_batch(task, config) -> Any:
-  """The first `config.init_examples` examples of the training stream (host arrays)."""
+  """The first `config.init_examples` examples of the global training stream (host arrays).
+
+  With several processes their shares of the first batches are gathered, so all initialise
+  from the same examples, as one process reading the same global stream would.
+  """
   batches = _train_batches(task, config, 0)
   first = next(batches)
-  rows = jax.tree.leaves(first)[0].shape[0]
+  rows = jax.tree.leaves(first)[0].shape[0] * jax.process_count()
   chunks = [first] + [next(batches) for _ in range(math.ceil(config.init_examples / rows) - 1)]
+  chunks = [distributed.global_batch(chunk) for chunk in chunks]
   return jax.tree.map(lambda *xs: np.concatenate(xs)[:config.init_examples], *chunks)
 
 
@@ -258,7 +265,8 @@ def _workdir_guard(workdir: str, config: ml_collections.ConfigDict, override: bo
   """
   lock = (workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0
           else contextlib.nullcontext())
-  with lock:
+  with distributed.all_processes_enter(lock, lambda: workdir_lib.WorkdirLockedError(
+      f"process 0 could not take the lock of {workdir} (see its log)")):
     workdir_lib.check_resume_config(workdir, config, override)
     if jax.process_index() == 0:  # Before any checkpoint: a killed first run is checked too.
       workdir_lib.write_config(workdir, config)
@@ -340,7 +348,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task) -> TrainResult
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start_step, num_steps):
-        if sigterm.requested:
+        if distributed.stop_agreed(sigterm.requested, step - start_step, PREEMPTION_SYNC_EVERY):
           if pending is not None:
             _check_finite(*pending, checkpoint_manager)
           if checkpoint_manager.latest_step() != step:  # Not just saved.
