@@ -166,6 +166,64 @@ def test_threaded_pose_blend_matches_reference():
   np.testing.assert_allclose(got[1], want[1], atol=2e-5)
 
 
+def backward_args(model, batch, seed=0, with_vertices=True):
+  """Inputs of `ffi.lbs_backward_call`: the forward's plus cotangents."""
+  betas, transforms, features, *arrays = model_args(model, batch, seed)
+  rng = np.random.default_rng(seed + 100)
+  d_vertices = (jnp.asarray(rng.normal(size=(batch, model.num_vertices, 3)),
+                            jnp.float32) if with_vertices else None)
+  d_keypoints = jnp.asarray(rng.normal(size=(batch, model.num_keypoints, 3)),
+                            jnp.float32)
+  return (betas, transforms, features, d_vertices, d_keypoints, *arrays)
+
+
+def reference_backward(*args):
+  axes = tuple(None if x is None else 0 for x in args[:5]) + (None,) * 6
+  return jax.jit(jax.vmap(ffi.backward_reference, axes))(*args)
+
+
+@pytest.mark.parametrize("with_vertices", [True, False], ids=["all", "kp"])
+@pytest.mark.parametrize("batch", [1, 5, 9, 21])
+def test_raw_backward_kernel_matches_reference(model, batch, with_vertices):
+  # "kp": no vertex cotangent, only the regressor's vertices are visited.
+  args = backward_args(model, batch, seed=batch, with_vertices=with_vertices)
+  got = jax.jit(ffi.lbs_backward_call)(*args)
+  want = reference_backward(*args)
+  for name, g, w in zip(("d_betas", "d_transforms", "d_features"), got, want):
+    scale = float(jnp.abs(w).max()) or 1.0
+    np.testing.assert_allclose(g, w, atol=1e-5 * scale, err_msg=name)
+
+
+def test_threaded_backward_with_pose_blend_matches_reference():
+  # Several vertex chunks and body blocks: the worker threads run.
+  model = make_model(True, seed=1, num_verts=2003)
+  args = backward_args(model, 70, seed=7)
+  got = jax.jit(ffi.lbs_backward_call)(*args)
+  want = reference_backward(*args)
+  for name, g, w in zip(("d_betas", "d_transforms", "d_features"), got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.abs(w).max()),
+                               err_msg=name)
+
+
+def test_cc0_gradients_use_the_backward_kernel_and_match_xla(cc0_model):
+  # The benchmark's gradient (benchmarks/body_model.py) on the CC0 model.
+  rot, betas, transl = inputs(cc0_model, 37, seed=6)
+
+  def loss(skinning, rot, betas, transl):
+    out = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                   (None, 0, 0, 0))(cc0_model, rot, betas, transl)
+    return jnp.sum(out.vertices**2) + jnp.sum(out.keypoints)
+  grads = {s: jax.jit(jax.grad(functools.partial(loss, s), argnums=(0, 1, 2)))
+           for s in ("auto", "xla")}
+  assert "flowpose_lbs_bwd" in grads["auto"].lower(rot, betas,
+                                                   transl).as_text()
+  got, want = (grads[s](rot, betas, transl) for s in ("auto", "xla"))
+  for name, g, w in zip(("rotmats", "betas", "transl"), got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(w).max()),
+                               err_msg=name)
+
+
 def test_unbatched_and_eager_match_xla(model):
   rot, betas, transl = inputs(model, 5, seed=1)
   want = batched_forward("xla")(model, rot, betas, transl)
