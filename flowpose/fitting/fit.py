@@ -59,6 +59,7 @@ from flowpose import losses
 from flowpose.body import model as body_lib
 from flowpose.evidence import raster
 from flowpose.fitting import checks
+from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
                                            initial_translation, pose_points)
@@ -198,7 +199,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
 
 
-def _evidence_aux(evidence: Evidence) -> dict:
+def _evidence_aux(evidence: Evidence, num_parts: int) -> dict:
   focal = np.asarray(evidence.focal, np.float32)
   aux = {"keypoints": jnp.asarray(evidence.keypoints, jnp.float32),
          "confidence": jnp.asarray(evidence.confidence, jnp.float32),
@@ -209,6 +210,10 @@ def _evidence_aux(evidence: Evidence) -> dict:
     aux["part_pixels"] = jnp.asarray(evidence.part_pixels, jnp.float32)
     aux["part_labels"] = jnp.asarray(evidence.part_labels, jnp.int32)
     aux["part_valid"] = jnp.asarray(evidence.part_valid, bool)
+    # Pixels grouped by part for the part term (`losses.part_groups`).
+    groups = part_groups.group_by_label(evidence.part_labels, evidence.part_valid, num_parts)
+    aux["part_groups"] = jnp.asarray(groups.index)
+    aux["part_group_valid"] = jnp.asarray(groups.valid)
   return aux
 
 
@@ -247,7 +252,7 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     raise FitInputError("fit: image_size is needed for z-buffer visibility")
   yaws = tuple(config.restart_yaws_deg)
   num_restarts = len(yaws)
-  base_aux = _evidence_aux(evidence)
+  base_aux = _evidence_aux(evidence, body.num_parts)
   # Restarts are stacked restart-major: row r * B + b.
   inits = [initial_variables(body, prior, evidence, yaw) for yaw in yaws]
   variables = jax.tree.map(lambda *x: jnp.concatenate(x),
