@@ -379,3 +379,32 @@ def test_kernel_tests_skip_when_opted_out(broken_compiler):
   opted_out = dict(broken_compiler, **{build.ENV_VAR: "0"})
   proc = _pytest_one_kernel_test(opted_out)
   assert proc.returncode == 0 and "2 skipped" in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("size", [1000, 333])
+def test_zbuffer_kernel_equals_the_numpy_rasterizer(cc0_model, size):
+  """cpu_kernel.raster (the fitter's visibility renders) = evidence.zbuffer exactly: depth, face
+  index, barycentrics and the resulting vertex visibility; a body partly off the image."""
+  from flowpose.body.cpu_kernel import raster as kernel_raster  # pylint: disable=g-import-not-at-top
+  from flowpose.evidence import raster, views, zbuffer  # pylint: disable=g-import-not-at-top
+  from flowpose.geometry import camera  # pylint: disable=g-import-not-at-top
+  rot, betas, _ = inputs(cc0_model, 2, seed=8)
+  rot = rot.at[:, 0].set(jnp.asarray(np.diag([1.0, -1.0, -1.0]), jnp.float32))
+  verts = np.asarray(bm.forward(cc0_model, rot[0], betas[0],
+                                jnp.array([1.2, 0.2, 3.0])).vertices)
+  faces = np.asarray(cc0_model.faces)
+  cam = raster.PinholeCamera(np.eye(3), np.zeros(3), np.array([1.0, 1.01]) * size,
+                             np.array([0.5, 0.48]) * size)
+  want = zbuffer.rasterize(verts, faces, cam, (size, size + 7))
+  x_cam, uv = views.to_camera(verts, cam)
+  got = kernel_raster.rasterize(uv, x_cam[:, 2], faces, (size, size + 7), camera.MIN_DEPTH)
+  assert 0 < np.sum(want.face_index >= 0) and np.any(uv[:, 0] > size + 7)  # partly off-image
+  np.testing.assert_array_equal(got[1], want.face_index)
+  np.testing.assert_array_equal(got[0], want.depth)
+  np.testing.assert_array_equal(got[2], want.barycentric)
+  np.testing.assert_array_equal(
+      raster.vertex_visibility(verts, faces, cam, (size, size + 7),
+                               raster=zbuffer.Rasterization(*got)),
+      raster.vertex_visibility(verts, faces, cam, (size, size + 7)))
+  with pytest.raises(ValueError, match="face index"):
+    kernel_raster.rasterize(uv, x_cam[:, 2], faces + len(verts), (8, 8), 0.01)

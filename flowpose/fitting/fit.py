@@ -57,8 +57,12 @@ import numpy as np
 from flowpose import geometry
 from flowpose import losses
 from flowpose.body import model as body_lib
+from flowpose.body.cpu_kernel import raster as cpu_raster
 from flowpose.evidence import raster
+from flowpose.evidence import views
+from flowpose.evidence import zbuffer
 from flowpose.fitting import checks
+from flowpose.geometry import camera
 from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
@@ -146,17 +150,24 @@ def _visibility(model, body, prior, variables, aux, mode, image_size):
   sub = np.asarray(body.sub_index)
   focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
       aux["focal_aspect"])
+  if mode == "normals":  # One jitted call for the batch, not one eager call per person.
+    return np.asarray(_normals_visibility(out.vertices, model.faces))[:, sub]
   vis = np.zeros((num, len(sub)), np.float32)
+  faces = np.asarray(model.faces)
   for b in range(num):
-    if mode == "normals":
-      vis[b] = np.asarray(losses.soft_visibility_from_normals(
-          jnp.asarray(verts[b]), model.faces))[sub]
-    else:
-      cam = raster.PinholeCamera(np.eye(3), np.zeros(3), focal[b],
-                                 np.asarray(aux["principal_point"][b]))
-      vis[b] = raster.vertex_visibility(verts[b], np.asarray(model.faces),
-                                        cam, image_size)[sub]
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), focal[b],
+                               np.asarray(aux["principal_point"][b]))
+    # The CPU kernel's z-buffer equals zbuffer.rasterize's exactly and is ~5x faster (numpy's
+    # is the fallback where the kernel is unavailable).
+    x_cam, uv = views.to_camera(verts[b], cam)
+    fast = cpu_raster.rasterize(uv, x_cam[:, 2], faces, image_size, camera.MIN_DEPTH)
+    vis[b] = raster.vertex_visibility(
+        verts[b], faces, cam, image_size,
+        raster=None if fast is None else zbuffer.Rasterization(*fast))[sub]
   return vis
+
+
+_normals_visibility = jax.jit(jax.vmap(losses.soft_visibility_from_normals, (0, None)))
 
 
 def _keypoint_mask(which: str, num_keypoints: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Builds, caches and loads the CPU kernels (`csrc/*.cc`: skinning, its backward, FK).
+"""Builds, caches and loads the CPU kernels (`csrc/*.cc`: skinning, its backward, FK, z-buffer).
 
     python -m flowpose.body.cpu_kernel.build [--force]
 
@@ -38,7 +38,7 @@ from flowpose import cache as cache_lib
 ENV_VAR = "FLOWPOSE_LBS_KERNEL"  # "0": never build or use the kernel.
 _CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
 _SOURCES = tuple(_CSRC / name for name in ("lbs_kernel.cc", "lbs_backward.cc",
-                                            "fk_kernel.cc"))
+                                            "fk_kernel.cc", "zbuffer.cc"))
 _HEADERS = (_CSRC / "lbs_common.h",)  # hashed with the sources, not compiled
 # FFI target name -> the library's exported handler symbol.
 LBS_TARGET, LBS_BWD_TARGET, FK_TARGET = ("flowpose_lbs", "flowpose_lbs_bwd",
@@ -174,6 +174,14 @@ def available() -> bool:
         logging.warning("flowpose: CPU skinning kernel unavailable, using the "
                         "XLA path (%s)", _STATE["error"])
     return bool(_STATE["available"])
+
+
+def library():
+  """The loaded kernel library (`ctypes.CDLL`), or None where unavailable.
+
+  For its plain C functions (`csrc/zbuffer.cc`); the FFI targets are reached
+  through XLA."""
+  return _STATE.get("lib") if available() else None
 
 
 def info() -> dict:
