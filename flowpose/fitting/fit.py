@@ -15,7 +15,8 @@ Variables per person (pytree `dict`, every leaf with a leading `[B]`):
 Loss (`config.loss_weights`, one dict, all terms always present):
   keypoints    robust, confidence-weighted reprojection, residuals divided by
                the person's keypoint box size (`keypoint_sigma` in its units)
-  parts        `losses.part_alignment_loss` on a per-part vertex subset, the
+  parts        `losses.part_alignment_loss` on a per-part vertex subset (computed on
+               points grouped by part, `losses.part_groups`: same value), the
                visibility (z-buffer of the current estimate, or normals)
                recomputed before every stage; 0 without part evidence
   pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
