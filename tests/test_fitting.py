@@ -231,7 +231,7 @@ def test_part_evidence_changes_and_improves_the_fit(setup):
 def test_fitted_part_term_is_the_part_alignment_loss(setup):
   """The fitter's (grouped) part term equals `losses.part_alignment_loss` on the same points.
 
-  The evidence is that of the test above (same shapes: its compiled stage is reused)."""
+  The evidence and config are those of the test above (its compiled stages are reused)."""
   dofs = np.zeros((3, len(_DOFS)), np.float32)
   dofs[:, 4], dofs[:, 5] = -0.35, 0.35
   gt, keypoints, focal, centre = _scene(setup["model"], setup["decoder"], dofs)
@@ -250,8 +250,6 @@ def test_fitted_part_term_is_the_part_alignment_loss(setup):
   config = setup["config"].copy_and_resolve_references()
   config.visibility = "all"
   config.restart_yaws_deg = (0.0,)
-  config.stages[0].update(steps=3)
-  config.stages[1].update(steps=3)
   result = fitting.fit(config, model, body, setup["prior"], evidence, (1000, 1000))
   points = jax.vmap(fitting_body.pose_points, (None, 0, 0, 0, 0))(
       body, result.pose_dofs, result.rotmats[:, 0], result.betas, result.transl)
