@@ -18,7 +18,10 @@ keypoints (`keypoint_regressor @ vertices`: COCO-17 for cc0, the 24 regressed
 joints for smpl_sized); smplx's time is `lbs` alone. Timings: `jit` +
 `block_until_ready` / `torch.no_grad`, warm-up excluded, the two libraries
 interleaved repeat by repeat (so machine load hits both alike), median.
-Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations and betas.
+Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations, betas and
+translation (smplx: `lbs` + translation added to its vertices), at each of
+`--backward_batches`. On CPU with the kernels the skinning's backward is a
+custom call too (`csrc/lbs_backward.cc`); `--compare_xla` times XLA's.
 
 Skinning path: `--skinning=auto` (default) is what `forward` picks: the CPU
 kernels of `flowpose.body.cpu_kernel` (FK; shape/pose blend + skinning +
@@ -68,8 +71,8 @@ from flowpose.body.cpu_kernel import ffi
 
 _OUT = flags.DEFINE_string("out", None, "output JSON (required)")
 _BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
-_BACKWARD_BATCH = flags.DEFINE_integer("backward_batch", 64,
-                                       "forward+backward batch", lower_bound=1)
+_BACKWARD_BATCHES = flags.DEFINE_list("backward_batches", ["64", "512"],
+                                      "forward+backward batches")
 _REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats (x10 at B=1)",
                                 lower_bound=1)
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads",
@@ -160,13 +163,16 @@ class Poser:
 
   @staticmethod
   def jitted(skinning):
-    """`(forward [B], grad of sum(vertices**2) w.r.t. (rot, betas))`, jitted."""
+    """`(forward [B], grad of sum(vertices**2) w.r.t. (rot, betas, transl))`,
+    jitted."""
     fwd = jax.vmap(functools.partial(bm.forward, skinning=skinning),
                    (None, 0, 0))
+    fwd_t = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                     (None, 0, 0, 0))
 
-    def loss(model, rot, betas):
-      return jnp.sum(fwd(model, rot, betas).vertices**2)
-    return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(1, 2)))
+    def loss(model, rot, betas, transl):
+      return jnp.sum(fwd_t(model, rot, betas, transl).vertices**2)
+    return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(1, 2, 3)))
 
   def inputs(self, batch, seed=0):
     return random_inputs(self.model, batch, seed)
@@ -189,16 +195,19 @@ class Poser:
   def backward_fns(self, batch):
     """`(ours, theirs, ours_xla)` for forward+backward."""
     rot, betas = self.inputs(batch)
-    j_rot, j_betas = jnp.asarray(rot), jnp.asarray(betas)
+    transl = np.random.default_rng(2).normal(size=(batch, 3)).astype(
+        np.float32)
+    j_rot, j_betas, j_transl = map(jnp.asarray, (rot, betas, transl))
 
     def ours(grad=self.grad):
-      jax.block_until_ready(grad(self.model, j_rot, j_betas))
+      jax.block_until_ready(grad(self.model, j_rot, j_betas, j_transl))
 
     def theirs():
       t_rot = self.torch.from_numpy(rot).requires_grad_(True)
       t_betas = self.torch.from_numpy(betas).requires_grad_(True)
+      t_transl = self.torch.from_numpy(transl).requires_grad_(True)
       verts, _ = self.lbs(t_betas, t_rot, pose2rot=False, **self.smplx_args)
-      (verts**2).sum().backward()
+      ((verts + t_transl[:, None])**2).sum().backward()
     return (ours, theirs if self.torch else None,
             functools.partial(ours, grad=self.grad_xla))
 
@@ -256,7 +265,7 @@ def _entry(name, label, batch, fns, reps, compare_xla):
   return entry
 
 
-def run(models, batches, backward_batch, repeats, threads, skinning="auto",
+def run(models, batches, backward_batches, repeats, threads, skinning="auto",
         compare_xla=False, baseline="smplx"):
   if baseline == "smplx":
     import torch  # pylint: disable=g-import-not-at-top
@@ -277,9 +286,10 @@ def run(models, batches, backward_batch, repeats, threads, skinning="auto",
       res[f"forward_b{batch}"] = _entry(name, "forward", batch,
                                         poser.forward_fns(batch), reps,
                                         compare_xla)
-    res[f"forward_backward_b{backward_batch}"] = _entry(
-        name, "fwd+backward", backward_batch,
-        poser.backward_fns(backward_batch), repeats, compare_xla)
+    for batch in backward_batches:
+      res[f"forward_backward_b{batch}"] = _entry(
+          name, "fwd+backward", batch, poser.backward_fns(batch), repeats,
+          compare_xla)
     res.update(fk_times(model, max(batches), repeats))
     top = res[f"forward_b{max(batches)}"]
     res.update({k: top[k] for k in ("flowpose_bodies_per_s",
@@ -318,6 +328,14 @@ def main(argv):
   if not batches or min(batches) < 1:
     raise app.UsageError(
         f"--batches: expected positive integers, got {batches}")
+  try:
+    backward_batches = [int(b) for b in _BACKWARD_BATCHES.value]
+  except ValueError as e:
+    raise app.UsageError(f"--backward_batches: expected integers, got "
+                         f"{_BACKWARD_BATCHES.value}") from e
+  if min(backward_batches, default=1) < 1:
+    raise app.UsageError(f"--backward_batches: expected positive integers, "
+                         f"got {backward_batches}")
   if _BASELINE.value == "smplx":
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
@@ -332,7 +350,7 @@ def main(argv):
                    if name == "cc0" else smpl_sized_model())
             for name in _MODELS.value}
   results = {
-      "models": run(models, batches, _BACKWARD_BATCH.value, _REPEATS.value,
+      "models": run(models, batches, backward_batches, _REPEATS.value,
                     _THREADS.value, _SKINNING.value, _COMPARE_XLA.value,
                     _BASELINE.value),
       "setup": {

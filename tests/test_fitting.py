@@ -228,6 +228,43 @@ def test_part_evidence_changes_and_improves_the_fit(setup):
   assert np.mean(errors[1e3][1]) < 0.5 * np.mean(errors[0.0][1]), errors
 
 
+def test_fitted_part_term_is_the_part_alignment_loss(setup):
+  """The fitter's (grouped) part term equals `losses.part_alignment_loss` on the same points.
+
+  The evidence and config are those of the test above (its compiled stages are reused)."""
+  dofs = np.zeros((3, len(_DOFS)), np.float32)
+  dofs[:, 4], dofs[:, 5] = -0.35, 0.35
+  gt, keypoints, focal, centre = _scene(setup["model"], setup["decoder"], dofs)
+  confidence = np.ones(keypoints.shape[:2], np.float32)
+  confidence[:, 13:] = 0.0
+  model, body = setup["model"], setup["body"]
+  parts = []
+  for b in range(2):
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), focal[b] / 2, centre[b] / 2)
+    label_map = raster.render(np.asarray(gt.vertices[b]), np.asarray(model.faces), cam,
+                              (500, 500), vertex_labels=np.asarray(model.part_labels)).part_labels
+    pix, lab, ok = losses.sample_part_pixels(label_map, 384, rng=b)
+    parts.append((2 * pix, lab, ok))
+  evidence = fitting.Evidence(keypoints[:2], confidence[:2], focal[:2], centre[:2],
+                              *[np.stack(x) for x in zip(*parts)])
+  config = setup["config"].copy_and_resolve_references()
+  config.visibility = "all"
+  config.restart_yaws_deg = (0.0,)
+  result = fitting.fit(config, model, body, setup["prior"], evidence, (1000, 1000))
+  points = jax.vmap(fitting_body.pose_points, (None, 0, 0, 0, 0))(
+      body, result.pose_dofs, result.rotmats[:, 0], result.betas, result.transl)
+  projected = camera.perspective_project(points.vertices, jnp.asarray(result.focal),
+                                         jnp.asarray(evidence.principal_point))
+  scale = jax.vmap(losses.person_scale_from_keypoints)(
+      jnp.asarray(evidence.keypoints), jnp.asarray(evidence.confidence))
+  want = [losses.part_alignment_loss(
+      projected[b], body.sub_labels, np.ones(len(body.sub_labels), np.float32),
+      evidence.part_pixels[b], evidence.part_labels[b], evidence.part_valid[b],
+      num_parts=body.num_parts, sigma=config.part_sigma, scale=scale[b])[0] for b in range(2)]
+  np.testing.assert_allclose(result.terms["parts"], want, rtol=1e-5)
+  assert np.all(np.asarray(want) > 0)
+
+
 # ---------------------------------------------------------------------------
 # Optax schedule and freezing; input checks and clamp reports.
 # ---------------------------------------------------------------------------

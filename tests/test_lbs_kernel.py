@@ -166,6 +166,64 @@ def test_threaded_pose_blend_matches_reference():
   np.testing.assert_allclose(got[1], want[1], atol=2e-5)
 
 
+def backward_args(model, batch, seed=0, with_vertices=True):
+  """Inputs of `ffi.lbs_backward_call`: the forward's plus cotangents."""
+  betas, transforms, features, *arrays = model_args(model, batch, seed)
+  rng = np.random.default_rng(seed + 100)
+  d_vertices = (jnp.asarray(rng.normal(size=(batch, model.num_vertices, 3)),
+                            jnp.float32) if with_vertices else None)
+  d_keypoints = jnp.asarray(rng.normal(size=(batch, model.num_keypoints, 3)),
+                            jnp.float32)
+  return (betas, transforms, features, d_vertices, d_keypoints, *arrays)
+
+
+def reference_backward(*args):
+  axes = tuple(None if x is None else 0 for x in args[:5]) + (None,) * 6
+  return jax.jit(jax.vmap(ffi.backward_reference, axes))(*args)
+
+
+@pytest.mark.parametrize("with_vertices", [True, False], ids=["all", "kp"])
+@pytest.mark.parametrize("batch", [1, 5, 9, 21])
+def test_raw_backward_kernel_matches_reference(model, batch, with_vertices):
+  # "kp": no vertex cotangent, only the regressor's vertices are visited.
+  args = backward_args(model, batch, seed=batch, with_vertices=with_vertices)
+  got = jax.jit(ffi.lbs_backward_call)(*args)
+  want = reference_backward(*args)
+  for name, g, w in zip(("d_betas", "d_transforms", "d_features"), got, want):
+    scale = float(jnp.abs(w).max()) or 1.0
+    np.testing.assert_allclose(g, w, atol=1e-5 * scale, err_msg=name)
+
+
+def test_threaded_backward_with_pose_blend_matches_reference():
+  # Several vertex chunks and body blocks: the worker threads run.
+  model = make_model(True, seed=1, num_verts=2003)
+  args = backward_args(model, 70, seed=7)
+  got = jax.jit(ffi.lbs_backward_call)(*args)
+  want = reference_backward(*args)
+  for name, g, w in zip(("d_betas", "d_transforms", "d_features"), got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.abs(w).max()),
+                               err_msg=name)
+
+
+def test_cc0_gradients_use_the_backward_kernel_and_match_xla(cc0_model):
+  # The benchmark's gradient (benchmarks/body_model.py) on the CC0 model.
+  rot, betas, transl = inputs(cc0_model, 37, seed=6)
+
+  def loss(skinning, rot, betas, transl):
+    out = jax.vmap(functools.partial(bm.forward, skinning=skinning),
+                   (None, 0, 0, 0))(cc0_model, rot, betas, transl)
+    return jnp.sum(out.vertices**2) + jnp.sum(out.keypoints)
+  grads = {s: jax.jit(jax.grad(functools.partial(loss, s), argnums=(0, 1, 2)))
+           for s in ("auto", "xla")}
+  assert "flowpose_lbs_bwd" in grads["auto"].lower(rot, betas,
+                                                   transl).as_text()
+  got, want = (grads[s](rot, betas, transl) for s in ("auto", "xla"))
+  for name, g, w in zip(("rotmats", "betas", "transl"), got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(w).max()),
+                               err_msg=name)
+
+
 def test_unbatched_and_eager_match_xla(model):
   rot, betas, transl = inputs(model, 5, seed=1)
   want = batched_forward("xla")(model, rot, betas, transl)
@@ -321,3 +379,32 @@ def test_kernel_tests_skip_when_opted_out(broken_compiler):
   opted_out = dict(broken_compiler, **{build.ENV_VAR: "0"})
   proc = _pytest_one_kernel_test(opted_out)
   assert proc.returncode == 0 and "2 skipped" in proc.stdout, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("size", [1000, 333])
+def test_zbuffer_kernel_equals_the_numpy_rasterizer(cc0_model, size):
+  """cpu_kernel.raster (the fitter's visibility renders) = evidence.zbuffer exactly: depth, face
+  index, barycentrics and the resulting vertex visibility; a body partly off the image."""
+  from flowpose.body.cpu_kernel import raster as kernel_raster  # pylint: disable=g-import-not-at-top
+  from flowpose.evidence import raster, views, zbuffer  # pylint: disable=g-import-not-at-top
+  from flowpose.geometry import camera  # pylint: disable=g-import-not-at-top
+  rot, betas, _ = inputs(cc0_model, 2, seed=8)
+  rot = rot.at[:, 0].set(jnp.asarray(np.diag([1.0, -1.0, -1.0]), jnp.float32))
+  verts = np.asarray(bm.forward(cc0_model, rot[0], betas[0],
+                                jnp.array([1.2, 0.2, 3.0])).vertices)
+  faces = np.asarray(cc0_model.faces)
+  cam = raster.PinholeCamera(np.eye(3), np.zeros(3), np.array([1.0, 1.01]) * size,
+                             np.array([0.5, 0.48]) * size)
+  want = zbuffer.rasterize(verts, faces, cam, (size, size + 7))
+  x_cam, uv = views.to_camera(verts, cam)
+  got = kernel_raster.rasterize(uv, x_cam[:, 2], faces, (size, size + 7), camera.MIN_DEPTH)
+  assert 0 < np.sum(want.face_index >= 0) and np.any(uv[:, 0] > size + 7)  # partly off-image
+  np.testing.assert_array_equal(got[1], want.face_index)
+  np.testing.assert_array_equal(got[0], want.depth)
+  np.testing.assert_array_equal(got[2], want.barycentric)
+  np.testing.assert_array_equal(
+      raster.vertex_visibility(verts, faces, cam, (size, size + 7),
+                               raster=zbuffer.Rasterization(*got)),
+      raster.vertex_visibility(verts, faces, cam, (size, size + 7)))
+  with pytest.raises(ValueError, match="face index"):
+    kernel_raster.rasterize(uv, x_cam[:, 2], faces + len(verts), (8, 8), 0.01)

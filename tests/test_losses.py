@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from flowpose import losses
+from flowpose.losses import part_groups
 
 NUM_PARTS = 4
 IMAGE_SIZE = 64
@@ -311,6 +312,62 @@ def test_part_alignment_chunking_subset_and_vmap_agree():
              visibility=VISIBILITY[subset])[0], rtol=1e-6)
   batched = jax.vmap(lambda v: _align(v)[0])(jnp.stack([VERTICES, shifted]))
   np.testing.assert_allclose(batched, [_align(VERTICES)[0], value], rtol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [None, 4.0])
+def test_grouped_part_alignment_equals_the_ungrouped_loss(temperature):
+  """losses.part_groups: same value, terms and gradient on the same points,
+  with invalid pixels, an absent part, unlabelled vertices and part-dependent
+  visibility (what the fitter relies on when it swaps one for the other).
+  Point 0 (the index of padding slots) is in no group but sits on a point of
+  another part, so padding that leaked into a min would change the value."""
+  rng = np.random.default_rng(1)
+  shifted = _transform(jnp.array([1.5, -1.0, 0.1, 0.05]))
+  arm_pixel = PIXELS[np.flatnonzero(PIXEL_LABELS == 1)[0]]
+  vertices = jnp.concatenate([jnp.asarray(arm_pixel)[None], shifted])
+  labels = np.concatenate([[-1], VERTEX_LABELS])
+  labels[1::7] = -1  # unlabelled vertices
+  visibility = rng.uniform(0.0, 1.0, len(labels)).astype(np.float32)
+  pixels = np.concatenate([VERTICES[VERTEX_LABELS == 0][:1] + 1.0, PIXELS])
+  pixel_labels = np.concatenate([[3], PIXEL_LABELS])
+  pixel_valid = np.concatenate([[False], PIXEL_VALID & (PIXEL_LABELS != 2) &
+                                (rng.random(len(PIXELS)) > 0.1)])
+  vertex_groups = part_groups.group_by_label(labels, None, NUM_PARTS)
+  pixel_groups = part_groups.group_by_label(pixel_labels, pixel_valid, NUM_PARTS)
+  assert not vertex_groups.valid.all() and not pixel_groups.valid.all()  # padded
+
+  def grouped(v):
+    return part_groups.grouped_part_alignment_loss(
+        v, vertex_groups.index, vertex_groups.valid, visibility, pixels,
+        pixel_groups.index, pixel_groups.valid, sigma=SIGMA,
+        temperature=temperature)
+
+  def plain(v):
+    return losses.part_alignment_loss(
+        v, labels, visibility, pixels, pixel_labels, pixel_valid, num_parts=NUM_PARTS,
+        sigma=SIGMA, temperature=temperature)
+  (want, want_terms), want_grad = jax.jit(jax.value_and_grad(plain, has_aux=True))(vertices)
+  (got, got_terms), got_grad = jax.jit(jax.value_and_grad(grouped, has_aux=True))(vertices)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for name, value in want_terms.items():
+    np.testing.assert_allclose(got_terms[name], value, rtol=1e-6, err_msg=name)
+  assert not got_terms["part_present_pixel_to_vertex"][2]
+  np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5,
+                             atol=1e-6 * float(jnp.abs(want_grad).max()))
+
+
+def test_group_by_label_groups_pads_and_batches():
+  labels = np.array([[2, 0, 2, -1, 5, 0, 2], [1, 1, 1, 1, 0, 0, 0]])
+  valid = np.array([[1, 1, 1, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1, 1]], bool)
+  groups = part_groups.group_by_label(labels, valid, 3)
+  assert groups.index.shape == (2, 3, 4)  # the largest group: row 1, part 1
+  members = lambda b, p: list(groups.index[b, p][groups.valid[b, p]])
+  assert members(0, 0) == [1] and members(0, 1) == [] and members(0, 2) == [0, 2, 6]
+  assert members(1, 1) == [0, 1, 2, 3] and members(1, 0) == [4, 5, 6]
+  assert np.all(groups.index[~groups.valid] == 0)
+  assert part_groups.group_by_label(labels[0], None, 3, size=5).index.shape == (3, 5)
+  with pytest.raises(ValueError, match="size"):
+    part_groups.group_by_label(labels, valid, 3, size=2)
 
 
 def _uv_sphere(center, radius=1.0, rings=10, segments=16):

@@ -24,6 +24,7 @@ import numpy as np
 from flowpose import geometry
 from flowpose.body import lbs
 from flowpose.body import model as body_lib
+from flowpose.losses import part_groups
 from flowpose.prior import registry
 
 # Depths the similar-triangles initialisation may return (metres); `initial_translation` reports
@@ -47,6 +48,8 @@ class FitBody:
     sub_skin_indices, sub_skin_weights: [Vs, Ks] skinning of the subset.
     sub_labels: [Vs] part label of each subset vertex.
     sub_index: [Vs] the subset's vertex indices in the full mesh.
+    sub_groups, sub_group_valid: [P, Mv] the subset grouped by part
+      (`losses.part_groups.group_by_label`), for the part term.
     parents: static kinematic tree.
     num_parts: static number of part labels.
     pose_to_rotmats: static `(dofs [D], root_rotmat [3, 3]) -> [J, 3, 3]`
@@ -63,6 +66,8 @@ class FitBody:
   sub_skin_weights: jax.Array
   sub_labels: jax.Array
   sub_index: jax.Array
+  sub_groups: jax.Array
+  sub_group_valid: jax.Array
   parents: Tuple[int, ...] = flax.struct.field(pytree_node=False)
   num_parts: int = flax.struct.field(pytree_node=False)
   pose_to_rotmats: Callable[..., jax.Array] = flax.struct.field(
@@ -108,6 +113,7 @@ def make_fit_body(model: body_lib.BodyModel,
                            optimize=True)
   labels = np.asarray(model.part_labels)
   sub = part_vertex_subset(labels, vertices_per_part)
+  groups = part_groups.group_by_label(labels[sub], None, len(model.part_names))
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return FitBody(
       j_template=f32(j_template), j_shapedirs=f32(j_shapedirs),
@@ -117,7 +123,9 @@ def make_fit_body(model: body_lib.BodyModel,
       sub_skin_indices=jnp.asarray(np.asarray(model.skin_indices)[sub]),
       sub_skin_weights=f32(np.asarray(model.skin_weights)[sub]),
       sub_labels=jnp.asarray(labels[sub], jnp.int32),
-      sub_index=jnp.asarray(sub, jnp.int32), parents=tuple(model.parents),
+      sub_index=jnp.asarray(sub, jnp.int32),
+      sub_groups=jnp.asarray(groups.index),
+      sub_group_valid=jnp.asarray(groups.valid), parents=tuple(model.parents),
       num_parts=len(model.part_names), pose_to_rotmats=pose_to_rotmats)
 
 

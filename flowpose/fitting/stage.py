@@ -23,6 +23,7 @@ from flowpose import geometry
 from flowpose import losses
 from flowpose.fitting.reduced_body import FitBody, pose_points
 from flowpose.geometry import camera
+from flowpose.losses import part_groups
 
 
 def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has_parts: bool,
@@ -53,10 +54,11 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
       "focal": jnp.square(variables["log_focal"] - aux["log_focal_init"]),
   }
   if has_parts:
-    terms["parts"], _ = losses.part_alignment_loss(
-        camera.perspective_project(points.vertices, focal, pp), body.sub_labels,
-        aux["visibility"], aux["part_pixels"], aux["part_labels"], aux["part_valid"],
-        num_parts=body.num_parts, sigma=part_sigma, scale=scale)
+    # = losses.part_alignment_loss on the same points, with both sets grouped by part.
+    terms["parts"], _ = part_groups.grouped_part_alignment_loss(
+        camera.perspective_project(points.vertices, focal, pp), body.sub_groups,
+        body.sub_group_valid, aux["visibility"], aux["part_pixels"], aux["part_groups"],
+        aux["part_group_valid"], sigma=part_sigma, scale=scale)
   else:
     terms["parts"] = jnp.zeros(())
   if has_mask:

@@ -1,4 +1,4 @@
-"""Builds, caches and loads the CPU kernels (`csrc/{lbs,fk}_kernel.cc`).
+"""Builds, caches and loads the CPU kernels (`csrc/*.cc`: skinning, its backward, FK, z-buffer).
 
     python -m flowpose.body.cpu_kernel.build [--force]
 
@@ -36,11 +36,15 @@ import jax
 from flowpose import cache as cache_lib
 
 ENV_VAR = "FLOWPOSE_LBS_KERNEL"  # "0": never build or use the kernel.
-_SOURCES = tuple(pathlib.Path(__file__).resolve().parent / "csrc" / name
-                 for name in ("lbs_kernel.cc", "fk_kernel.cc"))
+_CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
+_SOURCES = tuple(_CSRC / name for name in ("lbs_kernel.cc", "lbs_backward.cc",
+                                            "fk_kernel.cc", "zbuffer.cc"))
+_HEADERS = (_CSRC / "lbs_common.h",)  # hashed with the sources, not compiled
 # FFI target name -> the library's exported handler symbol.
-LBS_TARGET, FK_TARGET = "flowpose_lbs", "flowpose_fk"
-_SYMBOLS = {LBS_TARGET: "FlowposeLbs", FK_TARGET: "FlowposeFk"}
+LBS_TARGET, LBS_BWD_TARGET, FK_TARGET = ("flowpose_lbs", "flowpose_lbs_bwd",
+                                         "flowpose_fk")
+_SYMBOLS = {LBS_TARGET: "FlowposeLbs", LBS_BWD_TARGET: "FlowposeLbsBackward",
+            FK_TARGET: "FlowposeFk"}
 # x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) as /proc/cpuinfo spells it.
 _X86_64_V3_FLAGS = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm",
                     "movbe", "xsave"}
@@ -96,7 +100,7 @@ def _compile_flags() -> List[str]:
 def library_path() -> pathlib.Path:
   """Where this machine's build of the kernel lives (it may not exist yet)."""
   digest = hashlib.sha256()
-  for source in _SOURCES:
+  for source in _SOURCES + _HEADERS:
     digest.update(source.read_bytes())
   api = pathlib.Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api"
   for header in ("api.h", "c_api.h", "ffi.h"):
@@ -170,6 +174,14 @@ def available() -> bool:
         logging.warning("flowpose: CPU skinning kernel unavailable, using the "
                         "XLA path (%s)", _STATE["error"])
     return bool(_STATE["available"])
+
+
+def library():
+  """The loaded kernel library (`ctypes.CDLL`), or None where unavailable.
+
+  For its plain C functions (`csrc/zbuffer.cc`); the FFI targets are reached
+  through XLA."""
+  return _STATE.get("lib") if available() else None
 
 
 def info() -> dict:

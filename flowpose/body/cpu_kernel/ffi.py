@@ -4,7 +4,11 @@
 and `pose_vertices` (shape/pose blend + sparse skinning + keypoints). On CPU,
 when the library of `build.py` is available, each is one custom call for the
 whole `vmap`ped batch (`csrc/fk_kernel.cc`; `csrc/lbs_kernel.cc`: SIMD over
-blocks of bodies, both cores, writes only its outputs) with an XLA backward.
+blocks of bodies, both cores, writes only its outputs). The skinning's
+backward w.r.t. the per-body inputs is a custom call too
+(`csrc/lbs_backward.cc`: no `[B, 12, V]` intermediate, and only the keypoint
+regressor's vertices when the vertices get no cotangent); the FK's backward
+and the model arrays' cotangents are XLA.
 Elsewhere (GPU/TPU, no kernel, `FLOWPOSE_LBS_KERNEL=0`, `impl="xla"`) the pure
 reference of `flowpose.body.lbs` runs; it is also what the kernels are tested
 against. `impl`: `"auto"` (the kernel on CPU when `available()`), `"kernel"`
@@ -174,27 +178,96 @@ def _pose_vertices_fwd(*primals):
   return out, (args, out[0])
 
 
+def lbs_backward_call(betas, transforms, pose_features, d_vertices,
+                      d_keypoints, posedirs, v_template, shapedirs,
+                      skin_indices, skin_weights, kp_regressor):
+  """The backward custom call on `N` bodies (`csrc/lbs_backward.cc`).
+
+  Args:
+    betas, transforms, pose_features: as `lbs_call` (`[N, S]`, `[N, J, 3, 4]`,
+      `[N, P]` or None).
+    d_vertices: `[N, V, 3]` cotangent of the vertices, or None (zero: only
+      the keypoint regressor's vertices are visited).
+    d_keypoints: `[N, Kp, 3]` cotangent of the keypoints.
+    posedirs .. kp_regressor: the model's arrays, as `lbs_call`.
+
+  Returns:
+    `(d_betas [N, S], d_transforms [N, J, 3, 4], d_features [N, max(P, 1)])`
+    (zeros without pose features), as `backward_reference`.
+  """
+  num, num_joints = transforms.shape[:2]
+  empty = jnp.zeros((0,), jnp.float32)
+  num_features = 0 if pose_features is None else pose_features.shape[-1]
+  return _ffi(build.LBS_BWD_TARGET,
+              [(num, betas.shape[-1]), (num, num_joints, 3, 4),
+               (num, max(num_features, 1))],
+              _f32(betas), _f32(transforms),
+              empty if pose_features is None else _f32(pose_features),
+              empty if d_vertices is None else _f32(d_vertices),
+              _f32(d_keypoints),
+              empty if posedirs is None else _f32(posedirs), _f32(v_template),
+              _f32(shapedirs), jnp.asarray(skin_indices, jnp.int32),
+              _f32(skin_weights), _f32(kp_regressor))
+
+
+def backward_reference(betas, transforms, pose_features, d_vertices,
+                       d_keypoints, posedirs, v_template, shapedirs,
+                       skin_indices, skin_weights, kp_regressor):
+  """XLA twin of `lbs_backward_call` on one body (unbatched shapes)."""
+  # + (d_kp^T @ R)^T: under vmap a [B * 3, Kp] @ [Kp, V] GEMM.
+  d_all = (d_keypoints.T @ kp_regressor).T
+  if d_vertices is not None:
+    d_all = d_all + d_vertices
+  rest = lbs.blend_shapes(betas, pose_features, posedirs, v_template,
+                          shapedirs)
+  d_rest, d_transforms, _ = lbs.skin_backward(rest, transforms, skin_indices,
+                                              skin_weights, d_all)
+  d_flat = d_rest.reshape(-1)  # [V * 3]; the blends' VJPs are GEMMs
+  d_features = (jnp.zeros((1,), d_flat.dtype) if pose_features is None else
+                d_flat @ posedirs.T)
+  return (d_flat @ shapedirs.reshape(d_flat.shape[0], -1), d_transforms,
+          d_features)
+
+
+_backward_op = _batched_op(
+    lbs_backward_call,
+    jax.vmap(backward_reference, (0, 0, 0, 0, 0) + (None,) * 6),
+    5, MIN_KERNEL_BATCH)
+
+
+def _body_cotangents(*args):
+  """`(d_betas, d_transforms, d_features)`: the kernel on CPU, else XLA."""
+  kernel = lambda *a: _unbatched(_backward_op, a[:5], a[5:])
+  return jax.lax.platform_dependent(*args, cpu=kernel,
+                                    default=backward_reference)
+
+
 def _pose_vertices_bwd(residuals, cotangents):
-  """XLA backward: `lbs.skin_backward` plus the blends' and keypoints' VJPs."""
+  """Per-body cotangents from `_body_cotangents` (the backward kernel on
+  CPU); the model arrays' (rarely wanted: XLA drops them unless asked) from
+  `lbs.skin_backward` plus the blends' and keypoints' VJPs."""
   args, vertices = residuals
   (betas, transforms, features, posedirs, v_template, shapedirs, skin_indices,
    skin_weights, kp_regressor) = args
   d_vertices, d_keypoints = cotangents
   zero = lambda x: isinstance(x, jax.custom_derivatives.SymbolicZero)
-  d_vertices = jnp.zeros_like(vertices) if zero(d_vertices) else d_vertices
-  if zero(d_keypoints):  # e.g. a loss on vertices only: skip the GEMM
+  d_vertices = None if zero(d_vertices) else d_vertices
+  if zero(d_keypoints):
     d_keypoints = jnp.zeros(d_keypoints.shape, d_keypoints.dtype)
-  else:  # + (d_kp^T @ R)^T: under vmap a [B * 3, Kp] @ [Kp, V] GEMM
-    d_vertices = d_vertices + (d_keypoints.T @ kp_regressor).T
+  d_betas, d_transforms, d_features = _body_cotangents(
+      betas, transforms, features, d_vertices, d_keypoints, posedirs,
+      v_template, shapedirs, skin_indices, skin_weights, kp_regressor)
+  # The model arrays' cotangents, in XLA.
+  d_all = (d_keypoints.T @ kp_regressor).T
+  if d_vertices is not None:
+    d_all = d_all + d_vertices
   rest = lbs.blend_shapes(betas, features, posedirs, v_template, shapedirs)
-  d_rest, d_transforms, d_weights = lbs.skin_backward(
-      rest, transforms, skin_indices, skin_weights, d_vertices)
-  d_flat = d_rest.reshape(-1)  # [V * 3]; the blends' VJPs are GEMMs too
+  d_rest, _, d_weights = lbs.skin_backward(rest, transforms, skin_indices,
+                                           skin_weights, d_all)
   d_pose = (None, None) if features is None else (
-      d_flat @ posedirs.T, features[:, None] * d_flat)
-  return (d_flat @ shapedirs.reshape(d_flat.shape[0], -1), d_transforms,
-          *d_pose, d_rest, d_rest[:, :, None] * betas, None, d_weights,
-          d_keypoints @ vertices.T)
+      d_features, features[:, None] * d_rest.reshape(-1))
+  return (d_betas, d_transforms, *d_pose, d_rest, d_rest[:, :, None] * betas,
+          None, d_weights, d_keypoints @ vertices.T)
 
 
 _pose_vertices.defvjp(_pose_vertices_fwd, _pose_vertices_bwd,
@@ -223,7 +296,7 @@ def pose_vertices(betas: jax.Array, transforms: jax.Array,
 
   Returns:
     `(vertices [V, 3], keypoints [Kp, 3])`. Under `vmap` (model arrays
-    unbatched) the kernel runs once per batch; the backward is XLA.
+    unbatched) the kernel runs once per batch, and so does its backward.
   """
   fn = _pose_vertices if use_kernel(impl) else lbs.pose_vertices
   return fn(betas, transforms, pose_features, posedirs, v_template, shapedirs,

@@ -20,23 +20,14 @@
 #include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
+#include "lbs_common.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef double v8d __attribute__((vector_size(64)));  // keypoint sums
-constexpr int64_t kMaxLanes = 16;  // bodies per block (two v8 per quantity)
-constexpr int64_t kGroup = 8;      // vertices per transposed output tile
+using namespace flowpose_lbs;  // NOLINT: the kernels' shared vocabulary
 constexpr int64_t kFlushGroups = 32;  // keypoint sums: float for 256 vertices
 
 struct Problem {
@@ -60,49 +51,6 @@ struct Problem {
 struct Scratch {  // per thread; block i of a unit uses slot i of each array
   std::vector<v8> t_soa, beta_t, feat_t, kp_f, xs, stage_out;
 };
-
-// Blend of R rows for NV * 8 bodies: xs[r] = tpl[r] + sum_s B(r, s) coef[s]
-// (or xs[r] += ... without tpl), B(r, s) = basis[r * stride + s] (row-major)
-// or basis[s * stride + r] (kColumns). R * NV = 12 independent accumulators
-// keep both FMA pipes busy (FMA latency 4).
-template <int NV, int R, bool kColumns>
-inline void BlendRows(const float* basis, int64_t stride, int64_t S,
-                      const float* tpl, const v8* coef, v8* xs) {
-  v8 acc[R][NV];
-  for (int r = 0; r < R; ++r) {
-    for (int n = 0; n < NV; ++n) {
-      acc[r][n] = tpl ? v8{} + tpl[r] : xs[r * NV + n];
-    }
-  }
-  for (int64_t s = 0; s < S; ++s) {
-    v8 b[NV];
-    for (int n = 0; n < NV; ++n) b[n] = coef[s * NV + n];
-    for (int r = 0; r < R; ++r) {
-      const float c = kColumns ? basis[s * stride + r] : basis[r * stride + s];
-      for (int n = 0; n < NV; ++n) acc[r][n] += c * b[n];
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int n = 0; n < NV; ++n) xs[r * NV + n] = acc[r][n];
-  }
-}
-
-// `rows` rows from row0 = 3 * v0 of a basis, in runs of R.
-template <int NV, bool kColumns>
-void BlendGroup(const float* basis, int64_t stride, int64_t S,
-                const float* tpl, int64_t rows, const v8* coef, v8* xs) {
-  constexpr int R = 12 / NV;
-  const int64_t step = kColumns ? 1 : stride;
-  int64_t r = 0;
-  for (; r + R <= rows; r += R) {
-    BlendRows<NV, R, kColumns>(basis + r * step, stride, S,
-                               tpl ? tpl + r : nullptr, coef, xs + r * NV);
-  }
-  for (; r < rows; ++r) {
-    BlendRows<NV, 1, kColumns>(basis + r * step, stride, S,
-                               tpl ? tpl + r : nullptr, coef, xs + r * NV);
-  }
-}
 
 // Skins one vertex for NV * 8 bodies; `xs`/`out` hold [3][NV] vectors.
 template <int NV>
@@ -147,26 +95,6 @@ inline void AccumulateKeypoints(const Problem& p, int64_t v0, int64_t nvg,
     }
   }
 }
-
-#if defined(__AVX__)
-inline void Transpose8x8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-  }
-}
-#endif
 
 // dst[(b0 + l) * V * 3 + v0 * 3 + r] = stage[r * L + l] for l < nb.
 void StoreTile(const float* stage, int64_t V, int64_t b0, int64_t nb,
@@ -307,85 +235,6 @@ void Work(Shared* sh) {
   }
 }
 
-// Asks for transparent huge pages on a large, freshly allocated output: on
-// VMs, 4 KiB page faults on a new 80 MB buffer can cost more than the maths
-// (~30 ms vs ~8 ms here). FLOWPOSE_LBS_HUGEPAGES=0 turns this off.
-void AdviseHugePages([[maybe_unused]] void* data,
-                     [[maybe_unused]] size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool enabled = [] {
-    const char* env = std::getenv("FLOWPOSE_LBS_HUGEPAGES");
-    return !(env && std::strcmp(env, "0") == 0);
-  }();
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
-  if (!enabled || bytes < 4 * kHuge) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) &
-                          ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) &
-                        ~(kHuge - 1);
-  if (end > begin) {
-    madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-#endif
-}
-
-// Per-call buffers, kept per calling thread so that their memory is reused
-// (fresh allocations page-fault, which is slow on VMs).
-struct CallBuffers {
-  std::vector<int32_t> kp_ptr, kp_id, kp_vertex, ks, vs, fill;
-  std::vector<float> kp_w, ws;
-  std::vector<v8d> kp_partial;
-};
-
-// Compresses the [P, V] keypoint regressor by vertex (it is sparse in
-// practice): one vectorised scan for the nonzeros, then a counting sort by
-// vertex.
-void BuildKeypointIndex(const float* reg, Problem* p, CallBuffers* b) {
-  std::vector<int32_t>& vs = b->vs;
-  b->ks.clear(), vs.clear(), b->ws.clear();
-  auto add = [&](int64_t k, int64_t v, float w) {
-    b->ks.push_back(static_cast<int32_t>(k));
-    vs.push_back(static_cast<int32_t>(v));
-    b->ws.push_back(w);
-  };
-  for (int64_t k = 0; k < p->P; ++k) {
-    const float* row = reg + k * p->V;
-    int64_t v0 = 0;
-#if defined(__AVX__)
-    for (; v0 + 8 <= p->V; v0 += 8) {
-      const __m256 x = _mm256_loadu_ps(row + v0);
-      unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(
-          _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
-      for (; mask; mask &= mask - 1) {
-        const int i = __builtin_ctz(mask);
-        add(k, v0 + i, row[v0 + i]);
-      }
-    }
-#endif
-    for (; v0 < p->V; ++v0) {
-      if (row[v0] != 0.0f) add(k, v0, row[v0]);
-    }
-  }
-  std::vector<int32_t>& ptr = b->kp_ptr;
-  ptr.assign(p->V + 1, 0);
-  for (int32_t v : vs) ++ptr[v + 1];
-  for (int64_t v = 0; v < p->V; ++v) ptr[v + 1] += ptr[v];
-  b->kp_id.resize(vs.size());
-  b->kp_vertex.resize(vs.size());
-  b->kp_w.resize(vs.size());
-  b->fill.assign(ptr.begin(), ptr.end() - 1);
-  for (size_t e = 0; e < vs.size(); ++e) {  // k-major, so ids ascend per v
-    const int32_t at = b->fill[vs[e]]++;
-    b->kp_id[at] = b->ks[e];
-    b->kp_vertex[at] = vs[e];
-    b->kp_w[at] = b->ws[e];
-  }
-  p->kp_ptr = ptr.data();
-  p->kp_id = b->kp_id.data();
-  p->kp_vertex = b->kp_vertex.data();
-  p->kp_w = b->kp_w.data();
-}
-
 ffi::Error LbsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> betas,
                    ffi::Buffer<ffi::F32> transforms,
                    ffi::Buffer<ffi::F32> features,
@@ -431,7 +280,9 @@ ffi::Error LbsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> betas,
   }
   if (bad) return ffi::Error::InvalidArgument("flowpose_lbs: joint indices");
   thread_local CallBuffers buffers;
-  BuildKeypointIndex(kp_regressor.typed_data(), &p, &buffers);
+  BuildKeypointIndex(kp_regressor.typed_data(), p.P, p.V, &buffers);
+  p.kp_ptr = buffers.kp_ptr.data(), p.kp_id = buffers.kp_id.data();
+  p.kp_vertex = buffers.kp_vertex.data(), p.kp_w = buffers.kp_w.data();
   if (p.B == 0 || p.V == 0) {
     std::fill_n(keypoints->typed_data(), p.B * p.P * 3, 0.f);
     return ffi::Error::Success();
