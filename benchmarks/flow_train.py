@@ -238,6 +238,9 @@ def _warnings(result: dict) -> list[str]:
   if load > 0.75 * cores:
     out.append(f"machine loaded: 1-min load average up to {load:.1f} on {cores} cores; "
                "absolute rates are low and ratios noisier than on a quiet machine")
+  if max(result["fraction_of_ceiling"].values()) > 1:
+    out.append(f"the matmul ceiling ({result['matmul_ceiling_gflop_per_s']:.0f} GFLOP/s) was "
+               "measured while the machine was loaded: fractions of it are meaningless here")
   busy = result["cores_busy"]
   for side in ("flowpose", "plain", "normflows"):
     if busy[side] < 0.5 * min(cores, 2):
