@@ -238,7 +238,7 @@ def _warnings(result: dict) -> list[str]:
   if load > 0.75 * cores:
     out.append(f"machine loaded: 1-min load average up to {load:.1f} on {cores} cores; "
                "absolute rates are low and ratios noisier than on a quiet machine")
-  if max(result["fraction_of_ceiling"].values()) > 1:
+  if max(result["fraction_of_ceiling"].values()) > 1 or load > 0.75 * cores:
     out.append(f"the matmul ceiling ({result['matmul_ceiling_gflop_per_s']:.0f} GFLOP/s) was "
                "measured while the machine was loaded: fractions of it are meaningless here")
   busy = result["cores_busy"]
