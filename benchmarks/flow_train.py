@@ -1,22 +1,36 @@
-r"""Flow prior training throughput: flowpose (JAX) vs normflows (PyTorch CPU).
+r"""Flow prior training throughput: flowpose vs a plain-JAX RealNVP vs normflows (PyTorch CPU).
 
-    python -m benchmarks.flow_train --out results/flow_train.json [--seconds 5]
+    python -m benchmarks.flow_train --out results/flow_train.json [--seconds 3] [--repeats 3]
 
-The model is the default-sized prior (`experiments/prior_cmu.py`): D = 50, 8 blocks of
-actnorm + affine coupling (conditioner MLP 2 x 256, one network giving shift and log-scale)
-+ a learned LU mixing layer. flowpose: kinematic masks, group-LU mixing, the trainer's own
-jitted step (`trainer.train_step` with the prior task's loss: NLL, backward, global-norm clipping, Adam, non-finite
-guard; state donated). normflows 1.7: the same blocks as `ActNorm`, `AffineCouplingBlock`
-(channel split 25/25, `MLP([25, 256, 256, 50])`) and `LULinearPermute(50)` with a diagonal
-Gaussian base, `forward_kld` + backward + `clip_grad_norm_` + `torch.optim.Adam`.
+The model is the default-sized prior of issue 15: D = 50, 8 blocks of actnorm + affine coupling
+(conditioner MLP 2 x 256, one network giving shift and log-scale) + a learned LU mixing layer,
+the default prior's alternating masks (`benchmark_config`). Three trainers, each timed on the
+same batch of 512 standardised synthetic poses (`pose_data.synthetic_poses`), one optimizer
+step per batch:
+  * flowpose: the trainer's own jitted step (`trainer.train_step` with the prior task's loss:
+    NLL, backward, global-norm clipping, Adam, non-finite guard; state donated);
+  * plain: `benchmarks.realnvp_reference` (same D, depth, MLP widths and activation, no actnorm,
+    LU or masks) through the same `trainer.train_step`: what the couplings alone cost in XLA;
+  * normflows 1.7: `ActNorm`, `AffineCouplingBlock` (`MLP([25, 256, 256, 50])`) and
+    `LULinearPermute(50)` with a diagonal Gaussian base, `forward_kld` + backward +
+    `clip_grad_norm_` + `torch.optim.Adam`, `torch.set_num_threads(os.cpu_count())`; also on
+    one thread, as a throttling check (see below).
+Also `log_prob` and `sample` at batch 4096 (flowpose and plain, jitted), the FLOPs of each XLA
+program (`cost_analysis`), the achieved GFLOP/s and the XLA f32 matmul ceiling (2048^3) of this
+machine, all in the same process.
 
-Throughput = poses per second at batch 512, one optimizer step per batch, synthetic
-standardised-scale poses (`pose_data.synthetic_poses`). Timings: warm-up (incl.
-compilation) excluded, `block_until_ready`, steps run for `--seconds` each, the two libraries
-in the same process with the same thread count (`torch.set_num_threads(os.cpu_count())`;
-XLA's CPU client uses one thread per core). Also flowpose `log_prob` and `sample`
-throughput at batch 4096 (jitted). On a loaded machine the numbers are noisy; the ratio
-(both measured in the same run, interleaved) is the more stable figure.
+Timing: warm-up (compilation) excluded, `block_until_ready`, `--seconds` per measurement; the
+sides are interleaved and the whole round is repeated `--repeats` times; the JSON holds every
+round and the medians (ratios: median of the per-round ratios). Each measurement also records
+the CPU time the process used per wall second ("cores busy").
+
+Why `results/flow_train.json` once had normflows at 794 poses/s (30x below a quiet run): torch's
+CPU ops run on OpenMP threads (MKL + libgomp here; `OPENBLAS_*` does not reach torch), whose
+barriers spin-wait for every thread. With the 2 cores oversubscribed (load average 5-6 in that
+run) one descheduled thread stalls every op of the other; XLA's thread pool does not wait like
+that. The benchmark therefore records the thread/BLAS set-up of both sides and warns when a
+side looks throttled: fewer cores busy than threads asked for, torch faster on one thread than
+on all, or a load average above the core count.
 """
 
 import os
@@ -37,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import realnvp_reference
 from flowpose import io_utils
 from flowpose.data import poses as pose_data
 from flowpose.tasks import prior as prior_task
@@ -49,53 +64,113 @@ _FLAGS = {}
 
 def _define_flags():
   _FLAGS["out"] = flags.DEFINE_string("out", None, "JSON results file.")
-  _FLAGS["seconds"] = flags.DEFINE_float("seconds", 5.0, "Timed seconds per measurement.")
+  _FLAGS["seconds"] = flags.DEFINE_float("seconds", 3.0, "Timed seconds per measurement.")
+  _FLAGS["repeats"] = flags.DEFINE_integer("repeats", 3, "Rounds of all measurements.")
 
 TRAIN_BATCH = 512
 EVAL_BATCH = 4096
+CEILING_SIZE = 2048
+ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "XLA_FLAGS",
+            "TF_ENABLE_ONEDNN_OPTS", "JAX_PLATFORMS")
+
+
+def benchmark_config():
+  """The issue-15 benchmark model: the default prior with affine 2 x 256 couplings, no jitter."""
+  config = prior_cmu.get_config()
+  config.input_noise = 0.0  # As before the task split: the step without jitter.
+  config.flow.coupling = "affine"
+  config.flow.hidden_sizes = (256, 256)
+  return config
 
 
 def _timed(step, seconds: float, min_steps: int = 3) -> float:
   """Calls per second of `step()` (which blocks) over ~`seconds`, after one warm-up call."""
+  return _timed_cpu(step, seconds, min_steps)[0]
+
+
+def _timed_cpu(step, seconds: float, min_steps: int = 3) -> tuple[float, float]:
+  """`(calls per second, process CPU seconds per wall second)` of `step()`, warm-up excluded."""
   step()
-  count, start = 0, time.perf_counter()
+  count, start, cpu = 0, time.perf_counter(), time.process_time()
   while count < min_steps or time.perf_counter() - start < seconds:
     step()
     count += 1
-  return count / (time.perf_counter() - start)
+  wall = time.perf_counter() - start
+  return count / wall, (time.process_time() - cpu) / wall
 
 
-def flowpose_programs(config, data: np.ndarray, batch_size: int = TRAIN_BATCH):
-  """Returns `(train_step_fn, log_prob_fn, sample_fn)`, each a blocking closure.
+def _flops(jitted, *args) -> float:
+  """XLA's FLOP count of one call of `jitted(*args)` (cost analysis of the compiled program)."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
 
-  The train step is the trainer's own (`trainer.train_step` with the prior task's loss and
-  the trainer's optimizer), jitted with the state donated as in `train_and_evaluate`.
-  """
-  prior = prior_task.make_prior(config)
-  tx, schedule = trainer.make_optimizer(config, prior_task.optimizer_labels)
-  params = jax.jit(functools.partial(prior_task.init, config))(jax.random.key(0), data[:4096])
+
+def _train_program(loss_fn, params, config, labels, batch):
+  """Blocking closure of the trainer's jitted, donated step, and its FLOPs per call."""
+  tx, schedule = trainer.make_optimizer(config, labels)
   state = [trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))]
-  loss_fn = lambda p, b, r: prior_task.loss(p, b, r, config)
   step_fn = jax.jit(functools.partial(
       trainer.train_step, loss_fn=loss_fn, tx=tx, schedule=schedule, rng=jax.random.key(1)),
                     donate_argnums=(0,))
-  batch = jnp.asarray(data[:batch_size])
+  flops = _flops(step_fn, state[0], batch)
 
   def train_step():
     state[0], metrics = step_fn(state[0], batch)
     metrics["loss"].block_until_ready()
 
+  return train_step, state, flops
+
+
+def flowpose_programs(config, data: np.ndarray, batch_size: int = TRAIN_BATCH,
+                      with_flops: bool = False):
+  """Returns `(train_step_fn, log_prob_fn, sample_fn)`, each a blocking closure.
+
+  The train step is the trainer's own (`trainer.train_step` with the prior task's loss and
+  the trainer's optimizer), jitted with the state donated as in `train_and_evaluate`. With
+  `with_flops`, also `{"train", "log_prob", "sample"}` FLOPs per call.
+  """
+  prior = prior_task.make_prior(config)
+  params = jax.jit(functools.partial(prior_task.init, config))(jax.random.key(0), data[:4096])
+  loss_fn = lambda p, b, r: prior_task.loss(p, b, r, config)
+  train_step, state, train_flops = _train_program(
+      loss_fn, params, config, prior_task.optimizer_labels, jnp.asarray(data[:batch_size]))
   log_prob = jax.jit(prior.log_prob)
   eval_batch = jnp.asarray(data[:EVAL_BATCH])
   sample = jax.jit(prior.sample, static_argnums=2)
   key = jax.random.key(2)
-  return (train_step,
-          lambda: log_prob(state[0].params, eval_batch).block_until_ready(),
-          lambda: sample(state[0].params, key, EVAL_BATCH).block_until_ready())
+  programs = (train_step,
+              lambda: log_prob(state[0].params, eval_batch).block_until_ready(),
+              lambda: sample(state[0].params, key, EVAL_BATCH).block_until_ready())
+  if not with_flops:
+    return programs
+  return programs, {"train": train_flops, "log_prob": _flops(log_prob, params, eval_batch),
+                    "sample": _flops(sample, params, key, EVAL_BATCH)}
+
+
+def reference_programs(config, data: np.ndarray):
+  """The plain RealNVP's `(train_step_fn, log_prob_fn, sample_fn)` and FLOPs per call."""
+  flow = config.flow
+  x = (data - data.mean(0)) / data.std(0)  # Standardised as flowpose's input is.
+  params = realnvp_reference.init(jax.random.key(0), flow.event_dim, flow.num_layers,
+                                  tuple(flow.hidden_sizes))
+  loss_fn = lambda p, b, r: (-jnp.mean(realnvp_reference.log_prob(p, b)), {})
+  train_step, state, train_flops = _train_program(
+      loss_fn, params, config, None, jnp.asarray(x[:TRAIN_BATCH]))
+  log_prob = jax.jit(realnvp_reference.log_prob)
+  sample = jax.jit(lambda p, k: realnvp_reference.forward(
+      p, jax.random.normal(k, (EVAL_BATCH, flow.event_dim))))
+  eval_batch, key = jnp.asarray(x[:EVAL_BATCH]), jax.random.key(2)
+  return ((train_step,
+           lambda: log_prob(state[0].params, eval_batch).block_until_ready(),
+           lambda: sample(state[0].params, key).block_until_ready()),
+          {"train": train_flops, "log_prob": _flops(log_prob, params, eval_batch),
+           "sample": _flops(sample, params, key)})
 
 
 def normflows_program(config, data: np.ndarray):
-  """A blocking train-step closure of the same-sized normflows model."""
+  """A blocking train-step closure of the same-sized normflows model, and `torch`."""
   import normflows as nf
   import torch
   dim, hidden = config.flow.event_dim, list(config.flow.hidden_sizes)
@@ -125,37 +200,146 @@ def normflows_program(config, data: np.ndarray):
   return train_step, torch
 
 
-def run(seconds: float) -> dict:
-  config = prior_cmu.get_config()
-  config.input_noise = 0.0  # As before the task split: the step without jitter.
+def matmul_ceiling(size: int = CEILING_SIZE, calls: int = 5) -> float:
+  """Best GFLOP/s of XLA's f32 `[size, size] @ [size, size]` over `calls` calls."""
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(calls):
+    start = time.perf_counter()
+    matmul(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
+
+
+def thread_setup(torch) -> dict:
+  """The BLAS/thread set-up of both sides (what decides their speed besides the code)."""
+  cores = os.cpu_count()
+  affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+  return {
+      "cpu_count": cores, "affinity_cores": affinity,
+      "env": {k: os.environ.get(k) for k in ENV_VARS},
+      "torch_threads": torch.get_num_threads(),
+      "torch_interop_threads": torch.get_num_interop_threads(),
+      "torch_parallel_backend": next((line.split(":", 1)[1].strip() for line in
+                                      torch.__config__.parallel_info().splitlines()
+                                      if "parallel backend" in line), None),
+      "torch_blas": ("mkl" if torch.backends.mkl.is_available() else "other"),
+      "jax_backend": jax.default_backend(), "jax_devices": jax.device_count(),
+  }
+
+
+def _warnings(result: dict) -> list[str]:
+  """Why a side may look slower than the code makes it (see the module doc)."""
+  setup, out = result["setup"], []
+  cores = setup["threads"]["cpu_count"]
+  load = max(setup["load_average_before"][0], setup["load_average_after"][0])
+  if load > 0.75 * cores:
+    out.append(f"machine loaded: 1-min load average up to {load:.1f} on {cores} cores; "
+               "absolute rates are low and ratios noisier than on a quiet machine")
+  if max(result["fraction_of_ceiling"].values()) > 1 or load > 0.75 * cores:
+    out.append(f"the matmul ceiling ({result['matmul_ceiling_gflop_per_s']:.0f} GFLOP/s) was "
+               "measured while the machine was loaded: fractions of it are meaningless here")
+  busy = result["cores_busy"]
+  for side in ("flowpose", "plain", "normflows"):
+    if busy[side] < 0.5 * min(cores, 2):
+      out.append(f"{side} looks throttled: {busy[side]:.2f} cores busy while it ran "
+                 f"({cores} available)")
+  torch_threads = setup["threads"]["torch_threads"]
+  if torch_threads < cores:
+    out.append(f"torch uses {torch_threads} threads of {cores} cores")
+  train = result["train_poses_per_s"]
+  if torch_threads > 1 and train["normflows_1_thread"] > 1.1 * train["normflows"]:
+    out.append(f"normflows is faster on 1 thread ({train['normflows_1_thread']:,.0f}) than on "
+               f"{torch_threads} ({train['normflows']:,.0f} poses/s): its OpenMP threads are "
+               "oversubscribed by other load (the cause of the old 794 poses/s figure)")
+  if os.environ.get("OPENBLAS_CORETYPE"):
+    out.append(f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} (numpy/LAPACK kernels "
+               "pinned to a core type; torch uses MKL, XLA its own kernels)")
+  return out
+
+
+def _median(values) -> float:
+  return float(np.median(np.asarray(values, np.float64)))
+
+
+def run(seconds: float, repeats: int = 3) -> dict:
+  """Every measurement of the module doc; returns the JSON-ready results."""
+  config = benchmark_config()
+  load_before = list(os.getloadavg())
   data = pose_data.synthetic_poses(8192, config.flow.event_dim, 0, "train")
-  fp_train, fp_log_prob, fp_sample = flowpose_programs(config, data)
+  fp_programs, fp_flops = flowpose_programs(config, data, with_flops=True)
+  ref_programs, ref_flops = reference_programs(config, data)
   nf_train, torch = normflows_program(config, data)
   threads = os.cpu_count()
   torch.set_num_threads(threads)
-  # Interleave the two trainers so that load changes hit both.
-  fp_rates, nf_rates = [], []
-  for _ in range(2):
-    fp_rates.append(_timed(fp_train, seconds / 2))
-    nf_rates.append(_timed(nf_train, seconds / 2))
-  fp_steps, nf_steps = float(np.mean(fp_rates)), float(np.mean(nf_rates))
-  return {
-      "flowpose_samples_per_s": fp_steps * TRAIN_BATCH,
-      "normflows_samples_per_s": nf_steps * TRAIN_BATCH,
-      "ratio": fp_steps / nf_steps,
-      "log_prob_per_s": _timed(fp_log_prob, seconds) * EVAL_BATCH,
-      "sample_per_s": _timed(fp_sample, seconds) * EVAL_BATCH,
+  ceiling = matmul_ceiling()
+  rounds = []
+  for _ in range(repeats):
+    row = {}
+    # Interleaved so that load changes hit every side.
+    for name, (train, log_prob, sample) in (("flowpose", fp_programs), ("plain", ref_programs)):
+      row[f"{name}_train"] = _timed_cpu(train, seconds)
+      row[f"{name}_log_prob"] = _timed_cpu(log_prob, seconds / 2)
+      row[f"{name}_sample"] = _timed_cpu(sample, seconds / 2)
+    row["normflows_train"] = _timed_cpu(nf_train, seconds)
+    torch.set_num_threads(1)
+    row["normflows_1_thread_train"] = _timed_cpu(nf_train, seconds / 2)
+    torch.set_num_threads(threads)
+    rounds.append(row)
+
+  def rate(key, batch):
+    return _median([r[key][0] * batch for r in rounds])
+
+  def ratio(a, b):
+    return _median([r[a][0] / r[b][0] for r in rounds])
+
+  train = {"flowpose": rate("flowpose_train", TRAIN_BATCH),
+           "plain": rate("plain_train", TRAIN_BATCH),
+           "normflows": rate("normflows_train", TRAIN_BATCH),
+           "normflows_1_thread": rate("normflows_1_thread_train", TRAIN_BATCH)}
+  gflops = {f"{side}_{prog}": flops[prog] / 1e9
+            for side, flops in (("flowpose", fp_flops), ("plain", ref_flops)) for prog in flops}
+  achieved = {f"{side}_{prog}": gflops[f"{side}_{prog}"] * _median(
+      [r[f"{side}_{prog}"][0] for r in rounds]) for side in ("flowpose", "plain")
+              for prog in ("train", "log_prob", "sample")}
+  result = {
+      "train_poses_per_s": train,
+      "ratios": {"flowpose_vs_normflows": ratio("flowpose_train", "normflows_train"),
+                 "flowpose_vs_plain": ratio("flowpose_train", "plain_train"),
+                 "plain_vs_normflows": ratio("plain_train", "normflows_train"),
+                 "log_prob_flowpose_vs_plain": ratio("flowpose_log_prob", "plain_log_prob")},
+      "log_prob_poses_per_s": {"flowpose": rate("flowpose_log_prob", EVAL_BATCH),
+                               "plain": rate("plain_log_prob", EVAL_BATCH)},
+      "sample_poses_per_s": {"flowpose": rate("flowpose_sample", EVAL_BATCH),
+                             "plain": rate("plain_sample", EVAL_BATCH)},
+      "gflop_per_call": gflops,
+      "gflop_per_s": achieved,
+      "matmul_ceiling_gflop_per_s": ceiling,
+      "fraction_of_ceiling": {k: v / ceiling for k, v in achieved.items()},
+      "cores_busy": {side: _median([r[f"{side}_train"][1] for r in rounds])
+                     for side in ("flowpose", "plain", "normflows")},
+      "rounds": [{k: {"calls_per_s": v[0], "cores_busy": v[1]} for k, v in r.items()}
+                 for r in rounds],
       "setup": {
           "train_batch": TRAIN_BATCH, "eval_batch": EVAL_BATCH,
-          "flow": {k: (list(v) if isinstance(v, tuple) else v)
-                   for k, v in config.flow.items()},
-          "threads": threads, "seconds_per_measurement": seconds,
-          "jax": jax.__version__, "torch": torch.__version__,
+          "flow": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.flow.items()},
+          "threads": thread_setup(torch), "seconds_per_measurement": seconds,
+          "repeats": repeats, "jax": jax.__version__, "torch": torch.__version__,
           "normflows": __import__("normflows").__version__,
-          "backend": jax.default_backend(), "machine": platform.processor() or
-          platform.machine(), "load_average": list(os.getloadavg()),
+          "machine": platform.processor() or platform.machine(),
+          "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
       },
   }
+  result["warnings"] = _warnings(result)
+  # The keys of the first edition, for readers of older results.
+  result.update(flowpose_samples_per_s=train["flowpose"],
+                normflows_samples_per_s=train["normflows"],
+                ratio=result["ratios"]["flowpose_vs_normflows"],
+                log_prob_per_s=result["log_prob_poses_per_s"]["flowpose"],
+                sample_per_s=result["sample_poses_per_s"]["flowpose"])
+  return result
 
 
 def main(argv):
@@ -163,15 +347,31 @@ def main(argv):
   out = pathlib.Path(_FLAGS["out"].value) if _FLAGS["out"].value else None
   if out:
     io_utils.require_output_path(out, "--out", is_dir=False)
-  result = run(_FLAGS["seconds"].value)
-  rows = [("train flowpose (batch 512)", result["flowpose_samples_per_s"]),
-          ("train normflows (batch 512)", result["normflows_samples_per_s"]),
-          ("log_prob flowpose (batch 4096)", result["log_prob_per_s"]),
-          ("sample flowpose (batch 4096)", result["sample_per_s"])]
-  print(f"{'measurement':<34}{'poses/s':>14}")
-  for name, value in rows:
-    print(f"{name:<34}{value:>14,.0f}")
-  print(f"{'ratio flowpose / normflows':<34}{result['ratio']:>14.2f}")
+  if _FLAGS["repeats"].value < 1 or not _FLAGS["seconds"].value > 0:
+    raise app.UsageError("--repeats must be >= 1 and --seconds > 0")
+  result = run(_FLAGS["seconds"].value, _FLAGS["repeats"].value)
+  train, ratios = result["train_poses_per_s"], result["ratios"]
+  rows = [("train flowpose (batch 512)", train["flowpose"], "flowpose_train"),
+          ("train plain JAX RealNVP", train["plain"], "plain_train"),
+          ("train normflows", train["normflows"], None),
+          ("train normflows, 1 thread", train["normflows_1_thread"], None),
+          ("log_prob flowpose (batch 4096)", result["log_prob_poses_per_s"]["flowpose"],
+           "flowpose_log_prob"),
+          ("log_prob plain", result["log_prob_poses_per_s"]["plain"], "plain_log_prob"),
+          ("sample flowpose (batch 4096)", result["sample_poses_per_s"]["flowpose"],
+           "flowpose_sample"),
+          ("sample plain", result["sample_poses_per_s"]["plain"], "plain_sample")]
+  print(f"medians of {result['setup']['repeats']} rounds; XLA matmul ceiling "
+        f"{result['matmul_ceiling_gflop_per_s']:.0f} GFLOP/s")
+  print(f"{'measurement':<34}{'poses/s':>12}{'GFLOP/s':>10}{'of ceiling':>12}")
+  for name, value, key in rows:
+    extra = (f"{result['gflop_per_s'][key]:>10.1f}{result['fraction_of_ceiling'][key]:>12.1%}"
+             if key else "")
+    print(f"{name:<34}{value:>12,.0f}{extra}")
+  for name, value in ratios.items():
+    print(f"{'ratio ' + name:<34}{value:>12.2f}")
+  for warning in result["warnings"]:
+    print(f"WARNING: {warning}")
   if out:
     io_utils.atomic_write(out, json.dumps(result, indent=2).encode())
 

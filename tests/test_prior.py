@@ -268,3 +268,20 @@ def test_event_dim_of_a_hand_built_config_comes_from_the_chart():
   assert "quaternion" in str(bad)  # Printable although event_dim cannot be derived.
   with pytest.raises(ValueError, match=r"flow\.chart"):
     prior_lib.make_prior(bad)
+
+
+def test_benchmark_reference_realnvp_is_a_normalised_flow():
+  # benchmarks/flow_train.py measures flowpose against this plain RealNVP: it must be a real
+  # flow (log_prob = change of variables through its own forward map), not a cheaper stand-in.
+  from benchmarks import realnvp_reference as ref  # pylint: disable=g-import-not-at-top
+  dim = 5
+  params = ref.init(jax.random.key(0), dim, 3, (8,))
+  params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(1), p.shape),
+                        params)
+  z = jax.random.normal(jax.random.key(2), (4, dim))
+  x = jax.jit(ref.forward)(params, z)
+  jac = jax.vmap(jax.jacfwd(lambda zi: ref.forward(params, zi[None])[0]))(z)
+  base = -0.5 * jnp.sum(z**2, -1) - 0.5 * dim * jnp.log(2 * jnp.pi)
+  expected = base - jnp.linalg.slogdet(jac)[1]
+  np.testing.assert_allclose(jax.jit(ref.log_prob)(params, x), expected, atol=1e-4)
+  assert np.abs(np.asarray(x - z)).max() > 1e-2

@@ -256,12 +256,13 @@ def _mixing(flow: ml_collections.ConfigDict, layer: int) -> bijectors.Bijector:
 def _coupling(flow: ml_collections.ConfigDict,
               mask: np.ndarray) -> bijectors.Bijector:
   hidden = tuple(flow.hidden_sizes)
+  # Slices, not gathers: same map up to rounding, ~20% less CPU per train step (coupling.py).
   if flow.coupling == "affine":
     return bijectors.affine_coupling(mask, hidden_sizes=hidden,
-                                     scale_bound=flow.scale_bound)
+                                     scale_bound=flow.scale_bound, split="slices")
   return bijectors.spline_coupling(
       mask, num_bins=flow.num_bins, range_min=-flow.spline_range,
-      range_max=flow.spline_range, hidden_sizes=hidden)
+      range_max=flow.spline_range, hidden_sizes=hidden, split="slices")
 
 
 def build_flow(flow: ml_collections.ConfigDict) -> bijectors.Bijector:
