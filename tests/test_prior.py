@@ -285,3 +285,21 @@ def test_benchmark_reference_realnvp_is_a_normalised_flow():
   expected = base - jnp.linalg.slogdet(jac)[1]
   np.testing.assert_allclose(jax.jit(ref.log_prob)(params, x), expected, atol=1e-4)
   assert np.abs(np.asarray(x - z)).max() > 1e-2
+
+
+def test_a_kinematic_flow_first_built_inside_a_trace_works_outside(fast_compile):
+  # The trainer first builds the prior under jax.eval_shape; a jnp constant made while building
+  # (group_lu's block mask once was) is then a tracer kept by the built flow, and every later
+  # use outside the trace fails with UnexpectedTracerError.
+  config = flow_config(num_layers=1)
+  box = {}
+
+  def build_in_trace(x):
+    box["flow"] = prior_lib.build_flow(config)
+    return x
+
+  jax.eval_shape(build_in_trace, jnp.zeros(2))
+  flow = box["flow"]
+  params = flow.init(jax.random.key(0), D)
+  y, log_det = flow.forward_and_log_det(params, jnp.zeros((3, D)))
+  assert np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(log_det)))

@@ -223,7 +223,9 @@ def _group_lu(dim: int, groups: Sequence[np.ndarray]) -> bijectors.Bijector:
   group_of = np.zeros(dim, np.int32)
   for g, idx in enumerate(groups):
     group_of[idx] = g
-  same_group = jnp.asarray(group_of[:, None] == group_of[None, :], jnp.float32)
+  # NumPy, not jnp: the flow may first be built inside a trace (the trainer's eval_shape);
+  # a jnp constant made there is a tracer that the memoised prior would keep.
+  same_group = (group_of[:, None] == group_of[None, :]).astype(np.float32)
   lu = bijectors.lu_linear(dim)
 
   def _masked(params):
