@@ -296,8 +296,8 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
   decode = jax.vmap(lambda v: _frames(body, prior.space, prior.params, v))
   dofs, roots, points = decode(variables)
   rotmats = jax.vmap(jax.vmap(body.pose_to_rotmats))(dofs, roots)
-  kp2d = camera.perspective_project(points.keypoints, aux["focal"][:, None, None],
-                                    aux["principal_point"][:, None, None])
+  kp2d = camera.perspective_project(points.keypoints, aux["focal"][:, None],
+                                    aux["principal_point"][:, None])
   variables = jax.tree.map(np.asarray, variables)
   return SequenceResult(variables, np.asarray(dofs), np.asarray(rotmats),
                         np.asarray(points.joints), np.asarray(kp2d), variables["betas"],
