@@ -63,11 +63,16 @@ def test_rollout_continues_from_the_start_frames():
   z = _smooth_latents(num=2)
   model = _model()
   params = model.init(jax.random.key(0), z)
-  out = model.rollout(params, jax.random.key(2), z[:, 0], z[:, 1], 5, temperature=0.0)
+  out = model.rollout(params, jax.random.key(2), z[:, 0], z[:, 1], 5, temperature=0.0,
+                      prior_product=False)
   assert out.shape == (2, 5, 6)
   # Temperature 0 and a new model: exact constant-velocity extrapolation.
   np.testing.assert_allclose(out[:, 0], 2 * z[:, 1] - z[:, 0], atol=1e-5)
   np.testing.assert_allclose(out[:, 1], 3 * z[:, 1] - 2 * z[:, 0], atol=1e-5)
+  # With the static prior as a second expert the mean is shrunk by 1 / (1 + s^2).
+  var = np.exp(2 * np.asarray(params["base_log_scale"]))
+  pulled = model.rollout(params, jax.random.key(2), z[:, 0], z[:, 1], 1, temperature=0.0)
+  np.testing.assert_allclose(pulled[:, 0], (2 * z[:, 1] - z[:, 0]) / (1 + var), atol=1e-5)
 
 
 def test_bad_shapes_and_config_are_named():

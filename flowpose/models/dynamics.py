@@ -73,7 +73,9 @@ class Dynamics(NamedTuple):
     init: `(key, example_latents [N, T, D]) -> params` (T >= 3).
     mean_and_log_scale: `(params, z_prev2 [..., D], z_prev1 [..., D]) -> ([..., D], [..., D])`.
     log_prob: `(params, z [..., T, D]) -> [..., T - 2]` nats of `z_t` given the two before.
-    rollout: `(params, key, z0 [..., D], z1 [..., D], steps, temperature=1.0) -> [..., steps, D]`.
+    rollout: `(params, key, z0 [..., D], z1 [..., D], steps, temperature=1.0,
+      prior_product=True) -> [..., steps, D]` samples; `prior_product` multiplies each step's
+      Gaussian by the static prior N(0, I) (a product of experts, as the sequence fitter does).
     dim: D.
   """
   init: Callable[..., Any]
@@ -125,13 +127,20 @@ def make_dynamics(config: ml_collections.ConfigDict, dim: int) -> Dynamics:
     standard = (z[..., 2:, :] - mean) * jnp.exp(-log_scale)
     return -0.5 * jnp.sum(jnp.square(standard) + _LOG_2PI + 2 * log_scale, -1)
 
-  def rollout(params, key, z0, z1, steps: int, temperature: float = 1.0):
+  def rollout(params, key, z0, z1, steps: int, temperature: float = 1.0,
+              prior_product: bool = True):
     z0, z1 = _check("rollout", z0), _check("rollout", z1)
 
     def step(carry, key):
       prev2, prev1 = carry
       mean, log_scale = mean_and_log_scale(params, prev2, prev1)
-      new = mean + temperature * jnp.exp(log_scale) * jax.random.normal(key, mean.shape)
+      var = jnp.exp(2 * log_scale)
+      if prior_product:
+        # p(z_t | z_{t-1}, z_{t-2}) N(z_t; 0, I), renormalised: the sequence fitter's objective
+        # (dynamics + static prior). Without it the one-step model's noise integrates twice
+        # and samples leave the prior's typical set within a second (measured: WORKSPACE.md).
+        mean, var = mean / (1 + var), var / (1 + var)
+      new = mean + temperature * jnp.sqrt(var) * jax.random.normal(key, mean.shape)
       return (prev1, new), new
 
     _, out = jax.lax.scan(step, (z0, z1), jax.random.split(key, steps))
