@@ -139,6 +139,7 @@ def test_dynamics_task_trains_resumes_and_exports(shared_data, tmp_path):
   config.dynamics.hidden_sizes = (16,)
   config.batch_size, config.init_examples, config.eval_batch_size = 4, 8, 8
   config.num_train_steps, config.eval_every, config.checkpoint_every = 6, 6, 3
+  config.optimizer.warmup_steps = 2
   workdir = str(tmp_path / "run")
   first = trainer.train_and_evaluate(config, workdir)
   assert first.step == 6 and np.isfinite(first.eval_metrics["nll"])
