@@ -133,6 +133,7 @@ def test_cli_with_a_track_json_and_a_person_leaving(clip, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   frames = json.loads((out / "frames.json").read_text())
   assert [f["tracked"] for f in frames] == [i != 2 for i in range(FRAMES)]
-  bad = subprocess.run(cmd[:-2] + [f"--out_dir={tmp_path / 'o'}", "--video=/nonexistent.mp4"],
+  bad = subprocess.run(cmd[:3] + ["--video=/nonexistent.mp4", cmd[4],
+                                   f"--out_dir={tmp_path / 'o'}"],
                        capture_output=True, text=True, check=False)
   assert bad.returncode == 1 and "no such file" in bad.stderr
