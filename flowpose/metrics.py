@@ -1,4 +1,4 @@
-"""3D pose/shape metrics: MPJPE, PA-MPJPE, PVE (millimetres from metres).
+"""3D pose/shape metrics: MPJPE, PA-MPJPE, PVE, acceleration error (millimetres from metres).
 
 All functions take predictions and ground truth in **metres** with any leading
 batch dims `[..., N, 3]` and return per-example errors in **millimetres**
@@ -15,6 +15,9 @@ Conventions:
   * `pve`: per-vertex error, the same as `mpjpe` on vertices; `root` is then
     a separate `[..., 3]` point to subtract (e.g. the pelvis joint), because a
     root vertex index would be arbitrary.
+  * `accel_error`: over time, `[..., T, J, 3]` in, `[..., T - 2]` out (mm/frame^2): the mean
+    over joints of the norm of the difference of the two sequences' second differences,
+    after root alignment per frame (as mpjpe), so jitter counts and a global offset does not.
 """
 
 from typing import Optional
@@ -101,3 +104,28 @@ def pve(pred_vertices: jax.Array, target_vertices: jax.Array,
 def pa_pve(pred_vertices: jax.Array, target_vertices: jax.Array) -> jax.Array:
   """Procrustes-aligned per-vertex error (mm); see `pa_mpjpe`."""
   return pa_mpjpe(pred_vertices, target_vertices)
+
+
+def accel_error(pred: jax.Array, target: jax.Array,
+                root_index: Optional[int] = 0) -> jax.Array:
+  """Acceleration error (mm/frame^2): how much more (or less) the prediction shakes.
+
+  `a_t = p_{t+1} - 2 p_t + p_{t-1}` of both sequences; the error at t is the mean over joints
+  of `||a_t(pred) - a_t(target)||`.
+
+  Args:
+    pred: [..., T, J, 3] predicted joint trajectories (metres), T >= 3.
+    target: [..., T, J, 3] ground truth (metres).
+    root_index: joint subtracted per frame first (None: no alignment).
+
+  Returns:
+    [..., T - 2] errors in millimetres per frame squared.
+  """
+  pred, target = _check(pred, target, "accel_error")
+  if pred.ndim < 3 or pred.shape[-3] < 3:
+    raise ValueError(f"accel_error: expected [..., T, J, 3] with T >= 3, got {pred.shape}")
+  if root_index is not None:
+    pred = pred - pred[..., root_index:root_index + 1, :]
+    target = target - target[..., root_index:root_index + 1, :]
+  second = lambda x: x[..., 2:, :, :] - 2 * x[..., 1:-1, :, :] + x[..., :-2, :, :]
+  return _mean_distance_mm(second(pred), second(target))

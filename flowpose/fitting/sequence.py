@@ -1,0 +1,305 @@
+"""Temporal fitting: T frames of one person jointly, with the latent dynamics model as prior.
+
+Per window (a leading [W] batches independent windows; jitted, `vmap`ped):
+
+  pose [T, D]     a latent z per frame (the flow prior's space, `flowpose.prior.registry`)
+  betas [S]       one body shape for the whole window
+  orient [T, 6]   global orientation per frame, 6D (body -> OpenCV camera)
+  transl [T, 3]   translation per frame (camera frame, metres)
+
+The focal length is known (fixed). Loss (`config.loss_weights`, one dict, all terms present):
+
+  keypoints      per frame the per-frame fitter's robust, confidence-weighted reprojection
+                 (`losses.keypoint_reprojection_loss`, residuals in keypoint-box units), mean
+                 over the frames that have evidence (>= 2 keypoints); a frame without evidence
+                 (missing, occluded) adds nothing and is carried by the terms below
+  dynamics       -2/T' sum_t log p(z_t | z_{t-1}, z_{t-2}) of the motion model
+                 (`flowpose.models.dynamics`; -2 log p so that it is on the scale of ||z||^2);
+                 without a model: mean ||z_t - 2 z_{t-1} + z_{t-2}||^2 (constant velocity)
+  pose_prior     mean_t ||z_t||^2 (the static prior per frame, as the per-frame fitter)
+  shape_prior    ||betas||^2
+  transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
+  orient_smooth  mean_t ||second difference of orient (6D)||^2
+  depth          mean over frames with evidence of (log z_t - log z_init_t)^2
+
+Schedule: `config.stages` as in `flowpose.fitting.fit` (`stage.adam_optimizer` +
+`stage.stage_schedule`, frozen variables through `set_to_zero`), restarts over
+`config.restart_yaws_deg`, the best restart per window kept after the last stage. The body and
+the initial translation come from `fitting.reduced_body` (`pose_points`, `initial_translation`).
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from flowpose import geometry
+from flowpose import losses
+from flowpose.fitting import stage as stage_lib
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
+from flowpose.fitting.reduced_body import (TORSO_KEYPOINTS, FitBody, PosePrior,  # pylint: disable=g-importing-member
+                                           facing_camera_rotation, initial_translation,
+                                           pose_points)
+from flowpose.geometry import camera
+from flowpose.models import dynamics as dynamics_lib
+
+VARIABLES = ("pose", "betas", "orient", "transl")
+LOSS_TERMS = ("keypoints", "dynamics", "pose_prior", "shape_prior", "transl_smooth",
+              "orient_smooth", "depth")
+MIN_KEYPOINTS = 2  # A frame with fewer labelled keypoints has no evidence.
+
+
+def default_sequence_config() -> ml_collections.ConfigDict:
+  """The sequence-fitting config (experiments/benchmarks override fields)."""
+  c = ml_collections.ConfigDict()
+  c.restart_yaws_deg = (0.0, 180.0)
+  c.keypoint_sigma = 0.3  # Person-box units, as the per-frame fitter.
+  c.final_lr_fraction = 0.05
+  c.loss_weights = dict(keypoints=1e4, dynamics=0.05, pose_prior=0.05, shape_prior=0.05,
+                        transl_smooth=1e4, orient_smooth=1e2, depth=1.0)
+  c.stages = [
+      dict(name="camera", steps=40, lr=0.02, free=("orient", "transl"), keypoints="torso",
+           loss_weights={}),
+      dict(name="body", steps=200, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
+  ]
+  return c
+
+
+def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
+  """Raises FitInputError naming the first bad field."""
+  def bad(field, expected, value):
+    raise FitInputError(f"sequence config {field}: expected {expected}, got {value!r}")
+  if sorted(dict(config.loss_weights)) != sorted(LOSS_TERMS):
+    bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
+  if not config.restart_yaws_deg:
+    bad("restart_yaws_deg", "a non-empty tuple", config.restart_yaws_deg)
+  for i, stage in enumerate(config.stages):
+    stage = dict(stage)
+    if not set(stage.get("free", ())) <= set(VARIABLES) or not stage.get("free"):
+      bad(f"stages[{i}].free", f"a non-empty subset of {VARIABLES}", stage.get("free"))
+    if not isinstance(stage.get("steps"), int) or stage["steps"] < 1:
+      bad(f"stages[{i}].steps", "an int >= 1", stage.get("steps"))
+    if stage.get("keypoints") not in ("all", "torso"):
+      bad(f"stages[{i}].keypoints", "'all' or 'torso'", stage.get("keypoints"))
+    if not set(dict(stage.get("loss_weights", {}))) <= set(LOSS_TERMS):
+      bad(f"stages[{i}].loss_weights", f"keys among {LOSS_TERMS}", stage.get("loss_weights"))
+
+
+class SequenceEvidence(NamedTuple):
+  """2D tracks of W windows of T frames (one person each).
+
+  Attributes:
+    keypoints: [W, T, K, 2] pixels (NaN where missing).
+    confidence: [W, T, K] (0 = missing; a frame of zeros has no evidence).
+    focal: [W, 2] pixels (known). principal_point: [W, 2].
+  """
+  keypoints: Any
+  confidence: Any
+  focal: Any
+  principal_point: Any
+
+
+class SequenceResult(NamedTuple):
+  """Fitted windows (numpy, leading [W]).
+
+  Attributes:
+    variables: the optimised variables (module docstring).
+    pose_dofs: [W, T, 50]. rotmats: [W, T, J, 3, 3] local rotations (root = camera frame).
+    joints: [W, T, J, 3] camera-frame joints. keypoints_2d: [W, T, K, 2] projected model keypoints.
+    betas: [W, S]. transl: [W, T, 3]. loss: [W]. terms: name -> [W]. restart: [W].
+  """
+  variables: dict
+  pose_dofs: np.ndarray
+  rotmats: np.ndarray
+  joints: np.ndarray
+  keypoints_2d: np.ndarray
+  betas: np.ndarray
+  transl: np.ndarray
+  loss: np.ndarray
+  terms: dict
+  restart: np.ndarray
+
+
+def _second_difference(x):
+  return x[2:] - 2 * x[1:-1] + x[:-2]
+
+
+def _frames(body: FitBody, space, prior_params, variables):
+  """Decoded DOFs [T, 50], root rotations [T, 3, 3] and posed points of one window."""
+  dofs = jax.vmap(space.decode, (None, 0))(prior_params, variables["pose"])
+  roots = geometry.rot6d_to_matrix(variables["orient"])
+  points = jax.vmap(pose_points, (None, 0, 0, None, 0, None))(
+      body, dofs, roots, variables["betas"], variables["transl"], False)
+  return dofs, roots, points
+
+
+def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dynamics,
+                dynamics_params, sigma: float):
+  """(total, unweighted terms) of one window (unbatched; module docstring)."""
+  _, _, points = _frames(body, space, prior_params, variables)
+  pred = camera.perspective_project(points.keypoints, aux["focal"], aux["principal_point"])
+  target, confidence = aux["keypoints"], aux["confidence"]
+
+  def frame_term(p, t, c, mask):
+    scale = losses.person_scale_from_keypoints(t, c)
+    return losses.keypoint_reprojection_loss(p, t, c * mask, sigma=sigma, scale=scale)
+
+  per_frame = jax.vmap(frame_term, (0, 0, 0, None))(pred, target, confidence,
+                                                     aux["keypoint_mask"])
+  has = aux["frame_valid"]
+  count = jnp.maximum(jnp.sum(has), 1.0)
+  z = variables["pose"]
+  if dynamics is None:
+    dyn = jnp.mean(jnp.sum(jnp.square(_second_difference(z)), -1))
+  else:
+    dyn = -2.0 * jnp.mean(dynamics.log_prob(dynamics_params, z))
+  log_depth = jnp.log(jnp.maximum(variables["transl"][:, 2], camera.MIN_DEPTH))
+  terms = {
+      "keypoints": jnp.sum(per_frame * has) / count,
+      "dynamics": dyn,
+      "pose_prior": jnp.mean(jax.vmap(space.penalty, (None, 0))(prior_params, z)),
+      "shape_prior": losses.shape_prior(variables["betas"]),
+      "transl_smooth": jnp.mean(jnp.sum(jnp.square(_second_difference(variables["transl"])),
+                                        -1)),
+      "orient_smooth": jnp.mean(jnp.sum(jnp.square(_second_difference(variables["orient"])),
+                                        -1)),
+      "depth": jnp.sum(has * jnp.square(log_depth - jnp.log(aux["depth_init"]))) / count,
+  }
+  return losses.weighted_sum(terms, weights)
+
+
+def _batch_loss(variables, aux, weights, free, body, space, prior_params, dynamics,
+                dynamics_params, sigma):
+  variables = {k: v if k in free else jax.lax.stop_gradient(v) for k, v in variables.items()}
+  total, terms = jax.vmap(window_loss, (0, 0, None, None, None, None, None, None, None))(
+      variables, aux, weights, body, space, prior_params, dynamics, dynamics_params, sigma)
+  return jnp.sum(total), (total, terms)
+
+
+@jax.jit(static_argnames=("free", "space", "dynamics", "sigma", "final_lr_fraction"))
+def run_sequence_stage(variables, aux, weights, lr, steps, body, prior_params, dynamics_params,
+                       *, free: tuple, space, dynamics, sigma: float,
+                       final_lr_fraction: float = 0.05):
+  """`steps` Adam steps on a batch of windows; returns (variables, totals [W], terms)."""
+  args = (aux, weights, free, body, space, prior_params, dynamics, dynamics_params, sigma)
+  optimizer = stage_lib.adam_optimizer(
+      variables, free, stage_lib.stage_schedule(lr, steps, final_lr_fraction))
+  grad_fn = jax.grad(_batch_loss, has_aux=True)
+
+  def step(_, carry):
+    params, state = carry
+    grads, _ = grad_fn(params, *args)
+    updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  variables, _ = jax.lax.fori_loop(0, steps, step, (variables, optimizer.init(variables)))
+  _, (total, terms) = _batch_loss(variables, *args)
+  return variables, total, terms
+
+
+def _fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """[T, C] with rows where `valid` is False linearly interpolated (held at the ends)."""
+  if not valid.any():
+    return values
+  t = np.arange(len(values))
+  return np.stack([np.interp(t, t[valid], values[valid, c]) for c in range(values.shape[1])], 1)
+
+
+def _initial(body, prior, evidence, yaw_deg, frame_valid):
+  """Initial variables and aux entries of every window for one yaw."""
+  kp = np.asarray(evidence.keypoints, np.float64)
+  conf = np.asarray(evidence.confidence, np.float64)
+  num, frames = kp.shape[:2]
+  root = facing_camera_rotation(yaw_deg)
+  rest = pose_points(body, prior.space.decode(prior.params, prior.init), jnp.eye(3),
+                     jnp.zeros((body.j_shapedirs.shape[-1],)), jnp.zeros(3),
+                     with_vertices=False)
+  focal = np.repeat(np.asarray(evidence.focal, np.float64), frames, 0)
+  pp = np.repeat(np.asarray(evidence.principal_point, np.float64), frames, 0)
+  transl, _ = initial_translation(kp.reshape(num * frames, -1, 2),
+                                  conf.reshape(num * frames, -1), focal, pp,
+                                  np.asarray(rest.keypoints), np.asarray(rest.joints[0]),
+                                  np.broadcast_to(root, (num * frames, 3, 3)))
+  transl = transl.reshape(num, frames, 3)
+  transl = np.stack([_fill_missing(transl[w], frame_valid[w]) for w in range(num)])
+  variables = {
+      "pose": jnp.broadcast_to(prior.init, (num, frames, prior.space.dim)),
+      "betas": jnp.zeros((num, body.j_shapedirs.shape[-1])),
+      "orient": jnp.broadcast_to(geometry.matrix_to_rot6d(jnp.asarray(root, jnp.float32)),
+                                 (num, frames, 6)),
+      "transl": jnp.asarray(transl),
+  }
+  return (jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables),
+          jnp.asarray(transl[..., 2], jnp.float32))
+
+
+def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePrior,
+                 evidence: SequenceEvidence, dynamics: Optional[dynamics_lib.Dynamics] = None,
+                 dynamics_params: Any = None) -> SequenceResult:
+  """Fits W windows of T frames jointly (see the module docstring).
+
+  Args:
+    config: `default_sequence_config()` fields.
+    body: `reduced_body.make_fit_body(...)`.
+    prior: a `flowpose.prior.registry.PosePrior` (the flow: `registry.load("flow", W)`).
+    evidence: `SequenceEvidence` [W, T, ...].
+    dynamics, dynamics_params: the motion model (`dynamics_io.load_dynamics`); None: constant
+      velocity in the latent space.
+
+  Raises:
+    FitInputError: bad config or shapes, T < 3, or a window without any frame with evidence.
+  """
+  validate_sequence_config(config)
+  kp = np.asarray(evidence.keypoints, np.float32)
+  conf = np.asarray(evidence.confidence, np.float32)
+  if kp.ndim != 4 or kp.shape[-1] != 2 or conf.shape != kp.shape[:3]:
+    raise FitInputError(f"sequence evidence: expected keypoints [W, T, K, 2] and confidence "
+                        f"[W, T, K], got {kp.shape} and {conf.shape}")
+  num, frames, num_kp = kp.shape[:3]
+  if frames < dynamics_lib.ORDER + 1:
+    raise FitInputError(f"sequence evidence: T = {frames} frames, expected >= 3")
+  labelled = (conf > 0) & np.all(np.isfinite(kp), -1)
+  frame_valid = labelled.sum(-1) >= MIN_KEYPOINTS
+  empty = np.flatnonzero(~frame_valid.any(1))
+  if len(empty):
+    raise FitInputError(f"sequence evidence: window(s) {empty.tolist()} have no frame with "
+                        f">= {MIN_KEYPOINTS} labelled keypoints (no person to fit)")
+  yaws = tuple(config.restart_yaws_deg)
+  inits = [_initial(body, prior, evidence, yaw, frame_valid) for yaw in yaws]
+  variables = jax.tree.map(lambda *x: jnp.concatenate(x), *[v for v, _ in inits])
+  reps = lambda x: jnp.concatenate([jnp.asarray(x, jnp.float32)] * len(yaws))
+  aux = {"keypoints": reps(np.where(labelled[..., None], kp, 0.0)),
+         "confidence": reps(np.where(labelled, conf, 0.0)),
+         "focal": reps(evidence.focal), "principal_point": reps(evidence.principal_point),
+         "frame_valid": reps(frame_valid), "depth_init": jnp.concatenate([d for _, d in inits])}
+  torso = np.zeros(num_kp, np.float32)
+  torso[list(TORSO_KEYPOINTS)] = 1.0
+  total = terms = None
+  for stage in (dict(s) for s in config.stages):
+    mask = torso if stage["keypoints"] == "torso" else np.ones(num_kp, np.float32)
+    aux["keypoint_mask"] = jnp.broadcast_to(jnp.asarray(mask), (len(yaws) * num, num_kp))
+    weights = {k: jnp.float32(v) for k, v in
+               {**dict(config.loss_weights), **dict(stage["loss_weights"])}.items()}
+    variables, total, terms = run_sequence_stage(
+        variables, aux, weights, jnp.float32(stage["lr"]), jnp.int32(stage["steps"]), body,
+        prior.params, dynamics_params, free=tuple(k for k in VARIABLES if k in stage["free"]),
+        space=prior.space, dynamics=dynamics, sigma=float(config.keypoint_sigma),
+        final_lr_fraction=float(config.final_lr_fraction))
+  per_restart = np.asarray(total).reshape(len(yaws), num)
+  kept = np.argmin(np.where(np.isfinite(per_restart), per_restart, np.inf), 0)
+  index = kept * num + np.arange(num)
+  variables = jax.tree.map(lambda x: x[index], variables)
+  aux = jax.tree.map(lambda x: x[index], aux)
+  decode = jax.vmap(lambda v: _frames(body, prior.space, prior.params, v))
+  dofs, roots, points = decode(variables)
+  rotmats = jax.vmap(jax.vmap(body.pose_to_rotmats))(dofs, roots)
+  kp2d = camera.perspective_project(points.keypoints, aux["focal"][:, None],
+                                    aux["principal_point"][:, None])
+  variables = jax.tree.map(np.asarray, variables)
+  return SequenceResult(variables, np.asarray(dofs), np.asarray(rotmats),
+                        np.asarray(points.joints), np.asarray(kp2d), variables["betas"],
+                        variables["transl"], np.asarray(total)[index],
+                        {k: np.asarray(v)[index] for k, v in terms.items()}, kept)

@@ -1,0 +1,94 @@
+"""Temporal fitting (`flowpose.fitting.sequence`): missing frames, windows without evidence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowpose import metrics
+from flowpose.body.build import assets
+from flowpose.fitting import photo
+from flowpose.fitting import reduced_body
+from flowpose.fitting import sequence
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
+from flowpose.geometry import camera
+from flowpose.models import dynamics_io
+from flowpose.prior import registry
+from tests import video_fixtures
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+FRAMES = 10
+
+
+@pytest.fixture(scope="module")
+def setup(shared_data, tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("sequence")
+  w = video_fixtures.windows(shared_data, tmp, window=FRAMES, stride=FRAMES)
+  prior_dir = video_fixtures.tiny_prior(tmp / "prior", w.dofs)
+  dyn_dir = video_fixtures.tiny_dynamics(tmp / "dyn", prior_dir, w.dofs)
+  model = assets.load_cc0_model()
+  body = reduced_body.make_fit_body(model, photo.body_rotmats_fn)
+  prior = registry.load("flow", prior_dir)
+  dyn, dyn_params, _ = dynamics_io.load_dynamics(dyn_dir, prior_dir)
+  # Ground truth: two windows of the clip, upright and facing the camera 4 m away.
+  dofs = jnp.asarray(w.dofs[:2])
+  root = jnp.asarray(reduced_body.facing_camera_rotation(0.0), jnp.float32)
+  transl = jnp.stack([jnp.linspace(-0.3, 0.3, FRAMES), jnp.zeros(FRAMES),
+                      jnp.full(FRAMES, 4.0)], 1)
+  points = jax.vmap(jax.vmap(lambda d, t: reduced_body.pose_points(
+      body, d, root, jnp.zeros(body.j_shapedirs.shape[-1]), t, False), (0, 0)), (0, None))(
+          dofs, transl)
+  focal = np.full((2, 2), 500.0, np.float32)
+  centre = np.full((2, 2), 250.0, np.float32)
+  kp = np.asarray(camera.perspective_project(points.keypoints, focal[:, None],
+                                             centre[:, None]))
+  return dict(body=body, prior=prior, dyn=dyn, dyn_params=dyn_params, kp=kp,
+              joints=np.asarray(points.joints), focal=focal, centre=centre)
+
+
+def _config(steps=60):
+  config = sequence.default_sequence_config()
+  config.restart_yaws_deg = (0.0,)
+  config.stages[0]["steps"], config.stages[1]["steps"] = 20, steps
+  return config
+
+
+def test_missing_frame_is_carried_by_its_neighbours(setup):
+  kp = setup["kp"].copy()
+  conf = np.ones(kp.shape[:3], np.float32)
+  # Frame 4 missing as a detector reports it: confidence 0 over stale keypoints far away
+  # (25 px: inside the robust loss's quadratic zone, so a fit that read them would follow);
+  # frame 7: NaN keypoints.
+  kp[:, 4] += 25.0
+  conf[:, 4] = 0.0
+  kp[:, 7] = np.nan
+  evidence = sequence.SequenceEvidence(kp, conf, setup["focal"], setup["centre"])
+  result = sequence.fit_sequence(_config(), setup["body"], setup["prior"], evidence,
+                                 setup["dyn"], setup["dyn_params"])
+  assert result.joints.shape == setup["joints"].shape
+  assert all(np.all(np.isfinite(x)) for x in (result.joints, result.loss, result.betas))
+  # The missing frame's body sits between its neighbours (not at the init, not at NaN).
+  root = result.joints[:, :, 0]
+  np.testing.assert_allclose(root[:, 4], (root[:, 3] + root[:, 5]) / 2, atol=0.05)
+  error = np.asarray(metrics.mpjpe(result.joints[:, [4, 7]], setup["joints"][:, [4, 7]], None))
+  assert np.all(error < 150.0), error  # mm, camera frame (depth from 2D included).
+  # The model's keypoints at the missing frames land near the truth they never saw.
+  fitted = result.keypoints_2d[:, [3, 4, 5, 7]]
+  per_frame = np.median(np.linalg.norm(fitted - setup["kp"][:, [3, 4, 5, 7]], axis=-1), -1)
+  assert np.all(per_frame < 8.0), per_frame  # px, [window, frame] medians.
+
+
+def test_a_window_without_evidence_is_refused(setup):
+  kp = setup["kp"].copy()
+  conf = np.ones(kp.shape[:3], np.float32)
+  conf[1] = 0.0
+  evidence = sequence.SequenceEvidence(kp, conf, setup["focal"], setup["centre"])
+  with pytest.raises(FitInputError, match=r"window\(s\) \[1\] have no frame"):
+    sequence.fit_sequence(_config(), setup["body"], setup["prior"], evidence)
+  with pytest.raises(FitInputError, match="T = 2 frames"):
+    sequence.fit_sequence(_config(), setup["body"], setup["prior"],
+                          evidence._replace(keypoints=kp[:, :2], confidence=conf[:, :2]))
+  bad = _config()
+  bad.loss_weights = dict(keypoints=1.0)
+  with pytest.raises(FitInputError, match="loss_weights"):
+    sequence.fit_sequence(bad, setup["body"], setup["prior"], evidence)
