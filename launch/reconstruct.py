@@ -12,7 +12,11 @@ image, no person found, bad annotations, unusable --out_dir or workdirs) stops w
 the file or flag, exit status 2, nothing written. Progress is logged per stage (--alsologtostderr
 shows it when absl logs to files).
 
-Video: --video=clip.mp4 [--frames=a:b] hands over to `flowpose.fitting.video_job`.
+Video in, sequence out (`flowpose.fitting.video_job`):
+  python -m launch.reconstruct --video=clip.mp4 | --frames=DIR [--fps=30] --prior_workdir=P \
+      [--dynamics_workdir=W2] [--keypoints_json=track.json] --out_dir=D
+writes D/motion.bvh (the video's frame rate), D/overlay.mp4 (a PNG strip without an encoder),
+D/frames.json, D/summary.json.
 """
 
 import os
@@ -46,8 +50,16 @@ _REGRESSOR_WORKDIR = flags.DEFINE_string(
     "regressor_workdir", None, "Optional trained reconstruction network (issue 12): its "
     "prediction starts the fit (an extra restart).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Output folder (replaced as a whole).")
-_VIDEO = flags.DEFINE_string("video", None, "A video instead of --image (video support).")
-_FRAMES = flags.DEFINE_string("frames", None, "Frames of --video, e.g. 0:300 (video support).")
+_VIDEO = flags.DEFINE_string("video", None, "A video instead of --image (anything ffmpeg reads).")
+_FRAMES = flags.DEFINE_string("frames", None, "A folder of frames (PNG/JPEG, sorted by name) "
+                              "instead of --image or --video.")
+_FPS = flags.DEFINE_float("fps", 30.0, "Frame rate of --frames (a video's own rate is used).")
+_DYNAMICS_WORKDIR = flags.DEFINE_string(
+    "dynamics_workdir", None, "Trained dynamics model for --video/--frames (default: constant "
+    "velocity in the prior's latent space).")
+_KEYPOINTS_JSON = flags.DEFINE_string(
+    "keypoints_json", None, "COCO-style keypoint track JSON for --video/--frames instead of the "
+    "detector.")
 
 
 def main(argv):
@@ -56,8 +68,10 @@ def main(argv):
   config = flags.FLAGS.config
   try:
     if _VIDEO.value or _FRAMES.value:
-      paths = reconstruct.video(config, _VIDEO.value, _FRAMES.value, _PRIOR_WORKDIR.value,
-                                _OUT_DIR.value, _REGRESSOR_WORKDIR.value)
+      paths = reconstruct.video(_VIDEO.value, _FRAMES.value, _PRIOR_WORKDIR.value, _OUT_DIR.value,
+                                dynamics_workdir=_DYNAMICS_WORKDIR.value,
+                                keypoints_json=_KEYPOINTS_JSON.value, fps=_FPS.value,
+                                regressor_workdir=_REGRESSOR_WORKDIR.value)
     else:
       paths = reconstruct.run(config, _IMAGE.value, _PRIOR_WORKDIR.value, _OUT_DIR.value,
                               annotations=_ANNOTATIONS.value,

@@ -358,11 +358,17 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def test_video_flags_hand_over_or_say_not_installed(monkeypatch):
-  with pytest.raises(fitting.FitInputError, match="--frames: needs --video"):
-    reconstruct.video(None, None, "0:10", None, "/tmp/o", None)
+  with pytest.raises(fitting.FitInputError, match="give exactly one"):
+    reconstruct.video("v.mp4", "frames/", "P", "/tmp/o")
+  with pytest.raises(fitting.FitInputError, match="--regressor_workdir"):
+    reconstruct.video("v.mp4", None, "P", "/tmp/o", regressor_workdir="W")
+  # The video job's own errors come back as one FitInputError naming the file.
+  with pytest.raises(fitting.FitInputError, match="nope.mp4"):
+    reconstruct.video("/nonexistent/nope.mp4", None, "P", "/tmp/o")
   monkeypatch.setitem(sys.modules, "flowpose.fitting.video_job", None)  # Not installed.
+  monkeypatch.delattr(sys.modules["flowpose.fitting"], "video_job", raising=False)
   with pytest.raises(fitting.FitInputError, match="video support not installed"):
-    reconstruct.video(None, "v.mp4", None, None, "/tmp/o", None)
+    reconstruct.video("v.mp4", None, None, "/tmp/o")
 
 
 def test_a_previous_output_folder_may_be_replaced(tmp_path):

@@ -44,6 +44,7 @@ from flowpose.fitting import initial as initial_lib
 from flowpose.fitting import photo
 from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.geometry import camera
+from flowpose.prior import registry
 from flowpose.viz import images as viz
 from flowpose.data import bvh
 
@@ -300,16 +301,33 @@ def run(config: ml_collections.ConfigDict, image: Optional[str], prior_workdir: 
   return paths
 
 
-def video(config, video_path, frames, prior_workdir, out_dir, regressor_workdir) -> list:
-  """`--video`/`--frames` of launch/reconstruct: `flowpose.fitting.video_job` (imported lazily;
-  the lead wires the exact signature at merge), or one error saying it is not installed."""
-  if not video_path:
-    raise FitInputError("--frames: needs --video")
+def video(video_path: Optional[str], frames_dir: Optional[str], prior_workdir: str, out_dir: str,
+          *, dynamics_workdir: Optional[str] = None, keypoints_json: Optional[str] = None,
+          fps: float = 30.0, regressor_workdir: Optional[str] = None) -> list:
+  """`--video` / `--frames` of launch/reconstruct: `flowpose.fitting.video_job.reconstruct_video`
+  (detector per frame or a keypoint track -> one person followed by box overlap -> sequence fit
+  with the dynamics prior -> motion.bvh, overlay.mp4, frames.json, summary.json in out_dir).
+
+  Returns [out_dir]. Its errors come back as one `FitInputError` naming the flag or file.
+  """
+  if bool(video_path) == bool(frames_dir):
+    raise FitInputError("--video / --frames: give exactly one (a video file or a folder of frames)")
+  if regressor_workdir:
+    raise FitInputError("--regressor_workdir: not used for video (the sequence fit starts from "
+                        "per-frame initialisation); leave it out")
   try:
-    from flowpose.fitting import video_job  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from flowpose.evidence import video_io
+    from flowpose.fitting import video_job
+    from flowpose.models import dynamics_io
+    # pylint: enable=g-import-not-at-top
   except ImportError as e:
-    raise FitInputError(f"--video: video support not installed "
-                        f"(flowpose.fitting.video_job: {e})") from e
-  return video_job.reconstruct_video(
-      config=config, video=video_path, frames=frames, prior_workdir=prior_workdir,
-      out_dir=out_dir, regressor_workdir=regressor_workdir)
+    raise FitInputError(f"--video: video support not installed ({e})") from e
+  try:
+    video_job.reconstruct_video(
+        out_dir=out_dir, prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
+        video=video_path, frames_dir=frames_dir, keypoints_json=keypoints_json, fps=fps)
+  except (video_job.VideoJobError, video_io.VideoInputError, dynamics_io.DynamicsLoadError,
+          registry.PriorRegistryError) as e:
+    raise FitInputError(str(e)) from e
+  return [out_dir]
