@@ -116,6 +116,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     sizes = tuple(model[field])
     if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
       config_lib.fail(f"model.{field}", "a non-empty tuple of positive ints", sizes)
+  from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
+  if hasattr(evidence, "validate"):  # The data section is the evidence pipeline's.
+    evidence.validate(config.data)
   resolution = config_lib.positive_int(config.data, "resolution", "data.", minimum=8)
   if resolution % (2 ** len(model.widths)):
     config_lib.fail("data.resolution", f"a multiple of 2^{len(model.widths)} (one halving per "
@@ -185,10 +188,14 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   mean = lambda x: jnp.sum(weight * x) / jnp.maximum(jnp.sum(weight), 1.0)
   # 3D terms: labelled (and real) examples only.
   labelled = jnp.asarray(batch["has_3d"], bool) & (weight > 0)
-  true_rotmats = jax.vmap(ctx.body.pose_to_rotmats)(batch["pose_dofs"], batch["root_rotmat"])
+  # Labels of unlabelled examples are replaced before any arithmetic: whatever they hold
+  # (NaN, garbage) must not reach the gradient through the masked rows.
+  label = lambda key: jnp.where(labelled.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
+                                jnp.asarray(batch[key], jnp.float32), 0.0)
+  true_rotmats = jax.vmap(ctx.body.pose_to_rotmats)(label("pose_dofs"), label("root_rotmat"))
   joint_error = jnp.sqrt(jnp.sum(jnp.square(
       regressor_body.hip_centred(out["keypoints3d"]) -
-      regressor_body.hip_centred(jnp.asarray(batch["joints3d"], jnp.float32))), -1) + 1e-10)
+      regressor_body.hip_centred(label("joints3d"))), -1) + 1e-10)
   return {
       "keypoints": mean(keypoint_loss),
       "parts": mean(parts),
@@ -197,7 +204,7 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
       "joints3d": _masked_mean(jnp.mean(joint_error, -1), labelled),
       "dofs": _masked_mean(jnp.mean(jnp.sum(jnp.square(out["rotmats"] - true_rotmats),
                                             (-1, -2)), -1), labelled),
-      "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - batch["betas"]), -1), labelled),
+      "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
   }
 
 
