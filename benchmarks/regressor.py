@@ -1,7 +1,7 @@
 r"""The reconstruction network's regimes against fitting alone, on synthetic evidence of any clips.
 
   python -m benchmarks.regressor --workdir_root=DIR --mocap_dir=FOLDER --num_frames=N \
-      --out=F.json [--fit_config=experiments/fit_mocap2d.py] [--refine_steps=50]
+      --out=F.json [--split=all|train|validation|test] [--refine_steps=50] [--batch_size=64]
 
 `DIR` holds one trained run per regime (`bash launch/train_regressors.sh DIR`: DIR/fully,
 DIR/semi, DIR/weak, DIR/weak_no_parts, DIR/weak_no_flow); a missing regime is reported as null.
@@ -48,8 +48,10 @@ class BenchmarkInputError(ValueError):
   """A bad flag (the message names it)."""
 
 
-def load_frames(data_config, mocap_dir: str, num_frames: int, batch_size: int) -> dict:
-  """`{field: [n, ...]}` numpy: the first `num_frames` evidence examples of `mocap_dir`."""
+def load_frames(data_config, mocap_dir: str, num_frames: int, batch_size: int,
+                split: str = "all") -> dict:
+  """`{field: [n, ...]}` numpy: the first `num_frames` evidence examples of `mocap_dir` (its
+  `split`, or every split in the order train, validation, test)."""
   from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   data_config = ml_collections.ConfigDict(data_config)
@@ -57,11 +59,11 @@ def load_frames(data_config, mocap_dir: str, num_frames: int, batch_size: int) -
     if field in data_config:
       data_config[field] = mocap_dir if field == "manual_dir" else (mocap_dir,)
   chunks, count = [], 0
-  for split in SPLITS:
+  for name in SPLITS if split == "all" else (split,):
     try:
-      dataset = evidence.eval_dataset(data_config, split, batch_size)
+      dataset = evidence.eval_dataset(data_config, name, batch_size)
     except ValueError as e:  # A folder without clips of this split.
-      logging.info("%s: no %s frames (%s)", mocap_dir, split, e)
+      logging.info("%s: no %s frames (%s)", mocap_dir, name, e)
       continue
     for batch in task.select_fields(dataset).as_numpy_iterator():
       keep = batch["weight"] > 0
@@ -155,11 +157,13 @@ def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int
 
 
 def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size: int = 64,
-        refine_steps: int = 50) -> dict:
+        refine_steps: int = 50, split: str = "all") -> dict:
   """Runs the benchmark (module docstring) and writes `out` atomically; returns the report."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   if not isinstance(num_frames, int) or num_frames < 1:
     raise BenchmarkInputError(f"--num_frames: expected an int >= 1, got {num_frames!r}")
+  if split not in SPLITS + ("all",):
+    raise BenchmarkInputError(f"--split: expected one of {SPLITS + ('all',)}, got {split!r}")
   if not os.path.isdir(mocap_dir):
     raise BenchmarkInputError(f"--mocap_dir: {mocap_dir} is not a folder")
   present = [r for r in REGIMES if os.path.isfile(
@@ -170,8 +174,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
                               "bash launch/train_regressors.sh DIR)")
   reference = os.path.join(workdir_root, "weak" if "weak" in present else present[0])
   config, context, _ = predictor.load_params(reference)
-  frames = load_frames(config.data, mocap_dir, num_frames, batch_size)
-  report = {"workdir_root": workdir_root, "mocap_dir": mocap_dir,
+  frames = load_frames(config.data, mocap_dir, num_frames, batch_size, split)
+  report = {"workdir_root": workdir_root, "mocap_dir": mocap_dir, "split": split,
             "num_frames": len(frames["weight"]), "device": jax.devices()[0].device_kind,
             "notes": [], **{k: {} for k in METRICS}}
 
@@ -234,12 +238,15 @@ _NUM = flags.DEFINE_integer("num_frames", 256, "Frames to evaluate.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Network batch size.")
 _REFINE = flags.DEFINE_integer("refine_steps", 50, "Fitter steps of weak_refined.")
+_SPLIT = flags.DEFINE_string("split", "all", "CMU split of --mocap_dir's clips to use, or all "
+                             "(the folder as given).")
 
 
 def main(argv):
   del argv
   try:
-    run(_ROOT.value, _MOCAP.value, _NUM.value, _OUT.value, _BATCH.value, _REFINE.value)
+    run(_ROOT.value, _MOCAP.value, _NUM.value, _OUT.value, _BATCH.value, _REFINE.value,
+        _SPLIT.value)
   except (BenchmarkInputError, io_utils.OutputPathError, predictor.RegressorLoadError) as e:
     print(f"benchmarks.regressor: {e}")
     return 1

@@ -257,7 +257,9 @@ def test_damaged_export_is_named(trained, tmp_path):
 def test_bad_model_config_names_the_field(prior_dir, tmp_path):
   for field, value, match in (("model.pose_head", "vae", "model.pose_head"),
                               ("model.inputs", ("keypoints", "rgb"), "model.inputs"),
-                              ("model.map_dropout", 1.0, "model.map_dropout")):
+                              ("model.map_dropout", 1.0, "model.map_dropout"),
+                              ("model.prior_workdir", str(tmp_path / "nothing"),
+                               "model.prior_workdir")):
     config = runlocal_config(prior_dir)
     config[field.split(".")[0]][field.split(".")[1]] = value
     with pytest.raises(ValueError, match=match.replace(".", r"\.")):
@@ -279,7 +281,7 @@ config = t.runlocal_config({prior!r}, "semi")
 batch = t._batch(config)
 batch["has_3d"] = jnp.asarray(np.arange(8) % 3 == 0)
 params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
-mesh = jax.make_mesh((jax.device_count(),), ("data",))
+mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 batch = jax.device_put(batch, jax.NamedSharding(mesh, jax.P("data")))
 total, terms = jax.jit(lambda p, b: task.loss(p, b, jax.random.key(3), config))(params, batch)
 print("RESULT", json.dumps({{"devices": jax.device_count(), "total": float(total),
@@ -318,3 +320,26 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
   before, after = result.initial_eval_metrics, result.eval_metrics
   assert after["keypoint_px"] < 0.7 * before["keypoint_px"], (before, after)
   assert after["pa_mpjpe_mm"] < before["pa_mpjpe_mm"], (before, after)
+
+
+@pytest.mark.slow
+def test_benchmark_scores_every_method_it_has(trained, tmp_path):
+  """benchmarks.regressor on the stand-in frames: the weak run, fitting alone, nulls for the
+  missing regimes, speeds; a bad flag fails before any work."""
+  from benchmarks import regressor as bench  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = trained
+  shutil.copytree(workdir, tmp_path / "runs" / "weak")
+  with pytest.raises(bench.BenchmarkInputError, match="--num_frames"):
+    bench.run(str(tmp_path / "runs"), str(tmp_path), 0, str(tmp_path / "x.json"))
+  with pytest.raises(bench.BenchmarkInputError, match="--workdir_root"):
+    bench.run(str(tmp_path), str(tmp_path), 4, str(tmp_path / "x.json"))
+  report = bench.run(str(tmp_path / "runs"), str(tmp_path), 8, str(tmp_path / "b.json"),
+                     batch_size=8, refine_steps=5, split="validation")
+  assert json.loads((tmp_path / "b.json").read_text()) == report
+  for key in ("pa_mpjpe_mm", "mpjpe_mm", "pve_mm"):
+    assert set(bench.REGIMES) | {"fit", "weak_refined"} <= set(report[key])
+    assert report[key]["fully"] is None
+    assert report[key]["weak"] > 0 and report[key]["fit"] > 0
+  assert report["network_frames_per_s"] > 0 and report["fit_frames_per_s"] > 0
+  assert report["num_frames"] == 8

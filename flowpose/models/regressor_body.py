@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from flowpose import geometry
+from flowpose.data import retarget
 from flowpose.body import lbs
 from flowpose.evidence import shading
 from flowpose.fitting import photo
@@ -73,6 +74,9 @@ def make_context(model_config: ml_collections.ConfigDict, resolution: int,
     model = assets.load_cc0_model()
   body = reduced_body.make_fit_body(model, photo.body_rotmats_fn,
                                     model_config.vertices_per_part)
+  # The DOF -> rotation decoder caches the model's rest alignment on first use; make that use
+  # happen here, on the host, not inside the first jitted step or evaluation that decodes.
+  retarget.default_alignment()
   try:
     flow, flow_params, _ = prior_io.load_trained_prior(prior_workdir)
   except (OSError, ValueError, KeyError, TypeError) as e:

@@ -53,6 +53,7 @@ from flowpose.geometry import camera
 from flowpose.models import predictor
 from flowpose.models import regressor as net_lib
 from flowpose.models import regressor_body
+from flowpose.prior import registry
 from flowpose.train import config_lib
 
 LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "dofs", "betas")
@@ -79,7 +80,10 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 @functools.lru_cache(maxsize=8)
 def _context_for(model: ml_collections.FrozenConfigDict, resolution: int):
-  return regressor_body.make_context(model, resolution, model.prior_workdir)
+  # The first call may come from inside a trace (the trainer's jitted init): the body model
+  # and the prior are host data, built eagerly, never traced.
+  with jax.ensure_compile_time_eval():
+    return regressor_body.make_context(model, resolution, model.prior_workdir)
 
 
 def context(config: ml_collections.ConfigDict) -> regressor_body.RegressorContext:
@@ -123,6 +127,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if resolution % (2 ** len(model.widths)):
     config_lib.fail("data.resolution", f"a multiple of 2^{len(model.widths)} (one halving per "
                     "model.widths entry)", resolution)
+  try:  # Loads the body and the prior now: a bad prior is named before any work.
+    context(config)
+  except registry.PriorRegistryError as e:
+    raise config_lib.ConfigError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------
