@@ -1,0 +1,258 @@
+r"""The reconstruction network's regimes against fitting alone, on synthetic evidence of any clips.
+
+  python -m benchmarks.regressor --workdir_root=DIR --mocap_dir=FOLDER --num_frames=N \
+      --out=F.json [--split=all|train|validation|test] [--refine_steps=50] [--batch_size=64]
+
+`DIR` holds one trained run per regime (`bash launch/train_regressors.sh DIR`: DIR/fully,
+DIR/semi, DIR/weak, DIR/weak_no_parts, DIR/weak_no_flow); a missing regime is reported as null.
+Frames: every clip of `FOLDER` (all CMU splits merged: the folder is evaluated as given) made into
+`cmu_evidence` examples by `flowpose.data.evidence` with the data config of the runs (the same
+renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used.
+
+Methods, all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
+hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
+  <regime>       the network of DIR/<regime>
+  fit            the fitter alone (`flowpose.fitting.fit.fit`, the `fit` config: keypoints + part
+                 pixels, 2 yaw restarts, 60 + 140 Adam steps) with the same flow prior
+  weak_refined   the weak network's output refined by `--refine_steps` fitter steps
+                 (`fit(..., initial=...)`; null, with a note, while the fitter lacks `initial=`)
+Speeds: network_frames_per_s (weak network, after compilation, batches of `--batch_size`),
+fit_frames_per_s (the fitter alone on the same frames, after compilation).
+"""
+
+import inspect
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowpose import io_utils
+from flowpose.fitting import config as fit_config
+from flowpose.fitting import fit as fitting
+from flowpose.models import predictor
+from flowpose.models import regressor_body
+
+REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow")
+METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "keypoint_px")
+SPLITS = ("train", "validation", "test")
+
+
+class BenchmarkInputError(ValueError):
+  """A bad flag (the message names it)."""
+
+
+def load_frames(data_config, mocap_dir: str, num_frames: int, batch_size: int,
+                split: str = "all") -> dict:
+  """`{field: [n, ...]}` numpy: the first `num_frames` evidence examples of `mocap_dir` (its
+  `split`, or every split in the order train, validation, test)."""
+  from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  data_config = ml_collections.ConfigDict(data_config)
+  for field in ("manual_dir", "manual_dirs"):
+    if field in data_config:
+      data_config[field] = mocap_dir if field == "manual_dir" else (mocap_dir,)
+  chunks, count = [], 0
+  for name in SPLITS if split == "all" else (split,):
+    try:
+      dataset = evidence.eval_dataset(data_config, name, batch_size)
+    except ValueError as e:  # A folder without clips of this split.
+      logging.info("%s: no %s frames (%s)", mocap_dir, name, e)
+      continue
+    for batch in task.select_fields(dataset).as_numpy_iterator():
+      keep = batch["weight"] > 0
+      chunks.append({k: v[keep] for k, v in batch.items()})
+      count += int(keep.sum())
+      if count >= num_frames:
+        break
+    if count >= num_frames:
+      break
+  if not count:
+    raise BenchmarkInputError(f"--mocap_dir: {mocap_dir} gave no evidence frames")
+  frames = {k: np.concatenate([c[k] for c in chunks])[:num_frames] for k in chunks[0]}
+  logging.info("%d frames from %s", len(frames["weight"]), mocap_dir)
+  return frames
+
+
+def _batches(frames: dict, batch_size: int):
+  """Fixed-size batches (the last padded with weight 0)."""
+  num = len(frames["weight"])
+  for start in range(0, num, batch_size):
+    batch = {k: v[start:start + batch_size] for k, v in frames.items()}
+    pad = batch_size - len(batch["weight"])
+    if pad:
+      batch = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in batch.items()}
+      batch["weight"][-pad:] = 0.0
+    yield batch
+
+
+def _mean_errors(per_batch: list, weights: list) -> dict:
+  w = np.concatenate(weights)
+  return {k: float(np.sum(np.concatenate([e[k] for e in per_batch]) * w) / np.sum(w))
+          for k in METRICS}
+
+
+def run_network(workdir: str, frames: dict, batch_size: int):
+  """(errors, frames/s after compilation, raw outputs) of one regime's network."""
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  config, context, params = predictor.load_params(workdir)
+  config.model.prior_workdir = os.path.join(workdir, predictor.PRIOR_DIR)
+  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
+  errors = jax.jit(lambda out, b: task.batch_errors(out, b, context.model))
+  per_batch, weights, outputs, seconds = [], [], [], 0.0
+  for i, batch in enumerate(_batches(frames, batch_size)):
+    if i == 0:
+      jax.block_until_ready(predict(params, batch))  # Compile outside the timing.
+    start = time.time()
+    out = jax.block_until_ready(predict(params, batch))
+    seconds += time.time() - start
+    per_batch.append(jax.device_get(errors(out, batch)))
+    weights.append(batch["weight"])
+    outputs.append(jax.device_get({k: out[k] for k in ("pose", "betas", "orient", "transl")}))
+  outputs = {k: np.concatenate([o[k] for o in outputs])[:len(frames["weight"])]
+             for k in outputs[0]}
+  return _mean_errors(per_batch, weights), len(frames["weight"]) / seconds, outputs, context
+
+
+def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
+  num = len(frames["weight"])
+  focal = np.stack([frames["focal"]] * 2, -1)
+  return fitting.Evidence(frames["keypoints"], frames["confidence"], focal,
+                          np.full((num, 2), resolution / 2.0, np.float32),
+                          frames["part_pixels"], frames["part_labels"], frames["part_valid"])
+
+
+def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int) -> dict:
+  """`batch_errors` of a fit (its DOFs, orientation, shape and translation)."""
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  from flowpose.geometry import camera  # pylint: disable=g-import-not-at-top
+  num, r = len(frames["weight"]), context.resolution
+  fitted = {"dofs": result.pose_dofs, "rotmats": result.rotmats, "betas": result.betas,
+            "transl": result.transl, "root_rotmat": result.rotmats[:, 0]}
+
+  @jax.jit
+  def errors(out, batch):
+    points = regressor_body.posed(context, out["dofs"], out["root_rotmat"], out["betas"],
+                                  out["transl"])
+    focal = jnp.stack([batch["focal"]] * 2, -1)
+    out = {**out, "keypoints3d": points["keypoints"], "keypoints2d": camera.perspective_project(
+        points["keypoints"], focal, jnp.full(focal.shape, r / 2.0))}
+    return task.batch_errors(out, batch, context.model)
+
+  per_batch, weights = [], []
+  for start, batch in zip(range(0, num, batch_size), _batches(frames, batch_size)):
+    out = {k: v[start:start + batch_size] for k, v in fitted.items()}
+    pad = batch_size - len(out["dofs"])
+    out = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) if pad else v
+           for k, v in out.items()}
+    per_batch.append(jax.device_get(errors(out, batch)))
+    weights.append(batch["weight"])
+  return _mean_errors(per_batch, weights)
+
+
+def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size: int = 64,
+        refine_steps: int = 50, split: str = "all") -> dict:
+  """Runs the benchmark (module docstring) and writes `out` atomically; returns the report."""
+  out_path = io_utils.require_output_path(out, "--out", is_dir=False)
+  if not isinstance(num_frames, int) or num_frames < 1:
+    raise BenchmarkInputError(f"--num_frames: expected an int >= 1, got {num_frames!r}")
+  if split not in SPLITS + ("all",):
+    raise BenchmarkInputError(f"--split: expected one of {SPLITS + ('all',)}, got {split!r}")
+  if not os.path.isdir(mocap_dir):
+    raise BenchmarkInputError(f"--mocap_dir: {mocap_dir} is not a folder")
+  present = [r for r in REGIMES if os.path.isfile(
+      os.path.join(workdir_root, r, predictor.PARAMS_FILE))]
+  if not present:
+    raise BenchmarkInputError(f"--workdir_root: no trained regime under {workdir_root} "
+                              f"(expected {'/'.join(REGIMES)}/{predictor.PARAMS_FILE}; "
+                              "bash launch/train_regressors.sh DIR)")
+  reference = os.path.join(workdir_root, "weak" if "weak" in present else present[0])
+  config, context, _ = predictor.load_params(reference)
+  frames = load_frames(config.data, mocap_dir, num_frames, batch_size, split)
+  report = {"workdir_root": workdir_root, "mocap_dir": mocap_dir, "split": split,
+            "num_frames": len(frames["weight"]), "device": jax.devices()[0].device_kind,
+            "notes": [], **{k: {} for k in METRICS}}
+
+  def record(name, errors):
+    for key in METRICS:
+      report[key][name] = None if errors is None else errors[key]
+    if errors is not None:
+      logging.info("%s: PA-MPJPE %.1f mm, MPJPE %.1f mm, PVE %.1f mm", name,
+                   errors["pa_mpjpe_mm"], errors["mpjpe_mm"], errors["pve_mm"])
+
+  weak_out = None
+  for regime in REGIMES:
+    if regime not in present:
+      record(regime, None)
+      continue
+    errors, speed, outputs, _ = run_network(os.path.join(workdir_root, regime), frames,
+                                            batch_size)
+    record(regime, errors)
+    if regime == "weak" or (weak_out is None and regime == present[-1]):
+      weak_out, report["network_frames_per_s"] = outputs, speed
+      report["network_regime"] = regime
+
+  # Fitting alone, with the runs' flow prior, on the same evidence (crop frame).
+  evidence = _evidence(frames, context.resolution)
+  image_size = (context.resolution, context.resolution)
+  config_fit = fit_config.default_fit_config()
+  fitting.fit(config_fit, context.model, context.body, context.prior,
+              jax.tree.map(lambda x: x[:batch_size], evidence), image_size)  # Compile.
+  start = time.time()
+  result = fitting.fit(config_fit, context.model, context.body, context.prior, evidence,
+                       image_size)
+  report["fit_frames_per_s"] = len(frames["weight"]) / (time.time() - start)
+  record("fit", fit_errors(context, result, frames, batch_size))
+
+  # Network + refinement.
+  if "initial" in inspect.signature(fitting.fit).parameters and weak_out is not None:
+    refine = fit_config.default_fit_config()
+    refine.restart_yaws_deg = (0.0,)
+    refine.stages = [dict(name="refine", steps=refine_steps, lr=0.02,
+                          free=("pose", "betas", "orient", "transl"), keypoints="all",
+                          loss_weights={}, optimizer="adam")]
+    initial = {**weak_out, "log_focal": np.log(frames["focal"]).astype(np.float32)}
+    refined = fitting.fit(refine, context.model, context.body, context.prior, evidence,
+                          image_size, initial=initial)  # pylint: disable=unexpected-keyword-arg
+    record("weak_refined", fit_errors(context, refined, frames, batch_size))
+  else:
+    record("weak_refined", None)
+    report["notes"].append("weak_refined: flowpose.fitting.fit.fit has no `initial=` yet")
+  if report.get("network_frames_per_s") and report["fit_frames_per_s"]:
+    report["network_over_fit_speed"] = (report["network_frames_per_s"] /
+                                        report["fit_frames_per_s"])
+  io_utils.atomic_write(out_path, json.dumps(report, indent=2).encode())
+  logging.info("Wrote %s", out_path)
+  return report
+
+
+_ROOT = flags.DEFINE_string("workdir_root", None, "Folder with one trained run per regime.")
+_MOCAP = flags.DEFINE_string("mocap_dir", None, "Folder of mocap clips (ASF/AMC) to evaluate.")
+_NUM = flags.DEFINE_integer("num_frames", 256, "Frames to evaluate.")
+_OUT = flags.DEFINE_string("out", None, "Output JSON.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Network batch size.")
+_REFINE = flags.DEFINE_integer("refine_steps", 50, "Fitter steps of weak_refined.")
+_SPLIT = flags.DEFINE_string("split", "all", "CMU split of --mocap_dir's clips to use, or all "
+                             "(the folder as given).")
+
+
+def main(argv):
+  del argv
+  try:
+    run(_ROOT.value, _MOCAP.value, _NUM.value, _OUT.value, _BATCH.value, _REFINE.value,
+        _SPLIT.value)
+  except (BenchmarkInputError, io_utils.OutputPathError, predictor.RegressorLoadError) as e:
+    print(f"benchmarks.regressor: {e}")
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir_root", "mocap_dir", "out"])
+  app.run(main)

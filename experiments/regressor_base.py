@@ -1,0 +1,100 @@
+"""The reconstruction network (task "regressor", issue 12): the default every regime derives from.
+
+  python -m launch.main --config=experiments/regressor_weak.py --workdir=DIR \
+      [--config.model.prior_workdir=PRIOR] [--config.num_train_steps=N]
+  --config=experiments/regressor_weak.py:runlocal    # tiny network, a few steps (tests)
+
+Regimes (`REGIMES`, one file each, `regime_config(name, arg)` here):
+  fully           every example has 3D labels (data.labelled_fraction = 1)
+  semi            5% of the examples have 3D labels (a fixed subset)
+  weak            no 3D labels: keypoints + semantic part alignment + priors
+  weak_no_parts   weak without the part-alignment term (loss_weights.parts = 0)
+  weak_no_flow    weak with the pose regressed as DOFs (model.pose_head = "dofs"); the flow prior
+                  is then only a penalty (-2 log p)
+The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/prior_default`
+(train one with `python -m launch.main --config=experiments/prior_cmu.py --workdir=W`);
+`bash launch/train_regressors.sh DIR` trains every regime with one prior.
+"""
+
+import os
+import pathlib
+
+import ml_collections
+
+REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow")
+_MODES = ("runlocal",)
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  """The shared default (3D labels on every example, as `fully`); `arg`: "" or "runlocal"."""
+  from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor  # pylint: disable=g-import-not-at-top
+  modes = [m for m in (arg or "").split(",") if m]
+  unknown = [m for m in modes if m not in _MODES]
+  if unknown:
+    raise ValueError(f"regressor config: unknown modes {unknown}; known: {list(_MODES)}")
+  config = ml_collections.ConfigDict()
+  config.task = "regressor"
+  config.seed = 0
+
+  # Data: flowpose.data.evidence's defaults (the cmu_evidence contract; fields documented there).
+  config.data = evidence.default_config()
+  config.data.labelled_fraction = 1.0
+
+  # The network and its loss settings: flowpose.tasks.regressor's defaults.
+  config.model = regressor.default_model_config()
+  config.model.prior_workdir = os.environ.get(
+      "FLOWPOSE_PRIOR_WORKDIR", str(_REPO_ROOT / "runs" / "prior_default"))
+
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_train_steps = 4000
+  config.init_examples = 8
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.05, grad_clip_norm=10.0))
+  # The 2D and prior weights keep the fitter's ratios (flowpose.fitting.config: 1e4 / 1e3 /
+  # 0.05 / 0.05), scaled by 1/100; the 3D terms are in metres / rotation-matrix units.
+  config.loss_weights = ml_collections.ConfigDict(dict(
+      keypoints=100.0,     # Geman-McClure, person-box units (~4e-4 at 1 px on a 50 px person).
+      parts=10.0,          # Part alignment, the same units.
+      pose_prior=5e-4,     # ||z||^2 (flow head) or -2 log p (dofs head).
+      shape_prior=5e-4,    # ||betas||^2.
+      joints3d=10.0,       # Mean hip-centred 3D keypoint error, metres (labelled only).
+      dofs=1.0,            # Squared Frobenius distance of joint rotations (labelled only).
+      betas=0.1))          # Squared beta error (labelled only).
+
+  config.log_every = 50
+  config.eval_every = 500
+  config.checkpoint_every = 500
+  config.keep_checkpoints = 2
+
+  if "runlocal" in modes:
+    config.data.resolution = 32
+    config.model.widths = (8, 16)
+    config.model.features = 64
+    config.model.head_hidden = (64,)
+    config.model.num_iterations = 2
+    config.model.vertices_per_part = 4
+    config.batch_size = 8
+    config.eval_batch_size = 16
+    config.num_train_steps = 6
+    config.init_examples = 8
+    config.optimizer.warmup_steps = 1
+    config.log_every = 3
+    config.eval_every = 6
+    config.checkpoint_every = 3
+  return config
+
+
+def regime_config(regime: str, arg=None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` set up as `regime` (module docstring)."""
+  if regime not in REGIMES:
+    raise ValueError(f"regressor regime {regime!r}: expected one of {REGIMES}")
+  config = get_config(arg)
+  config.data.labelled_fraction = {"fully": 1.0, "semi": 0.05}.get(regime, 0.0)
+  if regime == "weak_no_parts":
+    config.loss_weights.parts = 0.0
+  if regime == "weak_no_flow":
+    config.model.pose_head = "dofs"
+  return config

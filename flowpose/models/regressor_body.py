@@ -1,0 +1,186 @@
+"""What the reconstruction network's output means on the body, and the frozen pieces it needs.
+
+`RegressorContext` holds everything frozen that the network's loss, evaluation and inference
+share: the full CC0 body model (PVE), the fitter's reduced body (`fitting.reduced_body.FitBody`:
+keypoints + a per-part vertex subset, exact and cheap), the trained flow prior (frozen; its
+bijector turns the latent into the pose), the network module and the start of its iterations.
+`make_context(model_config, resolution, prior_workdir)` builds it (memoised by callers).
+
+`decode(context, theta, focal)` turns the head's output into the fitter's variables
+(`flowpose.fitting.config.VARIABLES`: pose = the flow latent, betas, orient 6D, transl) plus the
+DOFs and joint rotations; `posed(context, decoded)` gives camera-frame keypoints, joints, subset
+vertices and their soft visibility (vertex normals skinned with the joint rotations; a
+sigmoid of the normal's cosine to the camera ray; self-occlusion ignored, gradient stopped).
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowpose import geometry
+from flowpose.data import retarget
+from flowpose.body import lbs
+from flowpose.evidence import shading
+from flowpose.fitting import photo
+from flowpose.fitting import reduced_body
+from flowpose.models import regressor as net_lib
+from flowpose.prior import io as prior_io
+from flowpose.prior import registry
+
+# COCO-17 hips: their midpoint is the root of the keypoint-based 3D errors.
+LEFT_HIP, RIGHT_HIP = 11, 12
+
+
+class RegressorContext(NamedTuple):
+  """Frozen pieces of the network's forward model (see the module docstring).
+
+  Attributes:
+    model: the full `BodyModel`. body: the `FitBody` (decoder `photo.body_rotmats_fn`).
+    prior: the flow `PosePrior` (`registry.make_flow`). flow: its `FlowPrior`.
+    net: the `Regressor` module. layout: its `ThetaLayout`. theta_init: `[T]`.
+    rest_normals: `[Vs, 3]` unit outward normals of the subset vertices at rest.
+    model_config: the `config.model` section (frozen). resolution: crop size R.
+  """
+  model: Any
+  body: Any
+  prior: Any
+  flow: Any
+  net: Any
+  layout: Any
+  theta_init: Any
+  rest_normals: Any
+  model_config: Any
+  resolution: int
+
+
+def make_context(model_config: ml_collections.ConfigDict, resolution: int,
+                 prior_workdir: str, model: Any = None) -> RegressorContext:
+  """Builds the context (loads the body model and the trained flow prior).
+
+  Args:
+    model_config: `config.model` (see `flowpose.tasks.regressor`).
+    resolution: R, the evidence crop size.
+    prior_workdir: a trained flow prior (`prior_params.msgpack` + `config.json`).
+    model: the body model; None = the CC0 model (`assets.load_cc0_model`).
+
+  Raises:
+    flowpose.prior.registry.PriorRegistryError: the prior cannot be loaded (names the file).
+  """
+  if model is None:
+    from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
+    model = assets.load_cc0_model()
+  body = reduced_body.make_fit_body(model, photo.body_rotmats_fn,
+                                    model_config.vertices_per_part)
+  # The DOF -> rotation decoder caches the model's rest alignment on first use; make that use
+  # happen here, on the host, not inside the first jitted step or evaluation that decodes.
+  retarget.default_alignment()
+  try:
+    flow, flow_params, _ = prior_io.load_trained_prior(prior_workdir)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise registry.PriorRegistryError(
+        f"config model.prior_workdir: cannot load the flow prior from {prior_workdir} ({e})"
+    ) from e
+  if flow.chart != "euler_dofs":
+    raise registry.PriorRegistryError(
+        f"config model.prior_workdir: {prior_workdir} has a flow in the {flow.chart!r} chart; "
+        "the regressor needs the euler_dofs chart (the fitter's DOFs)")
+  prior = registry.make_flow(flow=flow, flow_params=flow_params)
+  layout = net_lib.ThetaLayout(prior.space.dim, int(body.j_shapedirs.shape[-1]))
+  if model_config.pose_head == "flow":
+    pose_init = np.zeros(layout.pose_dim, np.float32)
+  else:  # The DOFs of the flow's z = 0: its typical pose.
+    pose_init = np.asarray(prior.space.decode(prior.params, prior.init))
+  net = net_lib.Regressor(
+      widths=tuple(model_config.widths), features=model_config.features,
+      head_hidden=tuple(model_config.head_hidden),
+      num_iterations=model_config.num_iterations, theta_dim=layout.dim)
+  rest = np.asarray(model.v_template, np.float64)
+  normals = shading.vertex_normals(rest, np.asarray(model.faces))[np.asarray(body.sub_index)]
+  return RegressorContext(model, body, prior, flow, net, layout,
+                          jnp.asarray(net_lib.initial_theta(layout, pose_init), jnp.float32),
+                          jnp.asarray(normals, jnp.float32),
+                          ml_collections.FrozenConfigDict(model_config), int(resolution))
+
+
+def input_maps(context: RegressorContext, batch: dict) -> jax.Array:
+  """`[B, R, R, C]` encoder input of a batch (`net_lib.evidence_maps`)."""
+  config = context.model_config
+  return net_lib.evidence_maps(batch, resolution=context.resolution,
+                               num_parts=context.body.num_parts, inputs=tuple(config.inputs),
+                               heatmap_sigma=config.heatmap_sigma)
+
+
+def rest_root(context: RegressorContext, betas: jax.Array) -> jax.Array:
+  """`[..., 3]` the root joint at rest for `betas [..., S]` (the body rotates about it)."""
+  body = context.body
+  return body.j_template[0] + betas @ body.j_shapedirs[0].T
+
+
+def decode(context: RegressorContext, theta: jax.Array, focal: jax.Array) -> dict:
+  """The head's `theta [B, T]` -> variables and pose (jnp).
+
+  Args:
+    context: the `RegressorContext`.
+    theta: `[B, T]` the network's output.
+    focal: `[B]` the crop's focal length (pixels).
+
+  Returns:
+    `{pose [B, D] (flow latent, or DOFs for the "dofs" head), dofs [B, D], betas [B, S],
+    orient [B, 6], root_rotmat [B, 3, 3], rotmats [B, J, 3, 3] (local), transl [B, 3],
+    root [B, 3] (root joint, camera frame)}`.
+  """
+  parts = context.layout.split(theta)
+  if context.model_config.pose_head == "flow":
+    dofs = jax.vmap(context.prior.space.decode, (None, 0))(context.prior.params, parts["pose"])
+  else:
+    dofs = parts["pose"]
+  root_rotmat = geometry.rot6d_to_matrix(parts["orient"])
+  root = net_lib.camera_to_root(parts["camera"], focal, context.resolution)
+  return {
+      "pose": parts["pose"], "dofs": dofs, "betas": parts["betas"], "orient": parts["orient"],
+      "root_rotmat": root_rotmat,
+      "rotmats": jax.vmap(context.body.pose_to_rotmats)(dofs, root_rotmat),
+      "transl": root - rest_root(context, parts["betas"]), "root": root,
+  }
+
+
+def _posed_one(body, rest_normals, sharpness, dofs, root_rotmat, betas, transl):
+  points = reduced_body.pose_points(body, dofs, root_rotmat, betas, transl)
+  rotmats = body.pose_to_rotmats(dofs, root_rotmat)
+  rest_joints = body.j_template + body.j_shapedirs @ betas
+  global_rot, _ = lbs.forward_kinematics(body.parents, rotmats, rest_joints)
+  # Normals follow the rotation part of linear blend skinning (no shape/scale change).
+  normals = jnp.einsum("vk,vkab,vb->va", body.sub_skin_weights,
+                       global_rot[body.sub_skin_indices], rest_normals)
+  to_camera = -points.vertices
+  cos = jnp.sum(normals * to_camera, -1) * jax.lax.rsqrt(
+      jnp.sum(jnp.square(normals), -1) * jnp.sum(jnp.square(to_camera), -1) + 1e-12)
+  visibility = jax.lax.stop_gradient(jax.nn.sigmoid(sharpness * cos))
+  return points.keypoints, points.joints, points.vertices, visibility
+
+
+def posed(context: RegressorContext, dofs, root_rotmat, betas, transl) -> dict:
+  """Camera-frame points of B bodies.
+
+  Args:
+    dofs: `[B, D]`; root_rotmat: `[B, 3, 3]`; betas: `[B, S]`; transl: `[B, 3]`.
+
+  Returns:
+    `{keypoints [B, K, 3], joints [B, J, 3], vertices [B, Vs, 3] (the part subset),
+    visibility [B, Vs] (soft, from normals, gradient stopped)}`.
+  """
+  fn = jax.vmap(_posed_one, (None, None, None, 0, 0, 0, 0))
+  keypoints, joints, vertices, visibility = fn(
+      context.body, context.rest_normals, float(context.model_config.normals_sharpness),
+      dofs, root_rotmat, betas, transl)
+  return {"keypoints": keypoints, "joints": joints, "vertices": vertices,
+          "visibility": visibility}
+
+
+def hip_centred(keypoints: jax.Array) -> jax.Array:
+  """`[..., 17, 3]` COCO-17 points minus their hips' midpoint."""
+  centre = 0.5 * (keypoints[..., LEFT_HIP, :] + keypoints[..., RIGHT_HIP, :])
+  return keypoints - centre[..., None, :]

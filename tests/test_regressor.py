@@ -1,0 +1,351 @@
+"""The reconstruction network (task "regressor"): maps, camera, has_3d masking, the trainer
+(train, resume, evaluate, export -> load_predictor), devices, and that training helps.
+
+Data: `tests/regressor_standin.py` (the `cmu_evidence` contract, in memory) until
+`flowpose.data.evidence` lands; the prior is a tiny untrained flow exported into a tmp folder.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import regressor_standin as standin
+
+from flowpose import geometry
+from flowpose.data import poses
+from flowpose.fitting import config as fit_config
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import reduced_body
+from flowpose.geometry import camera
+from flowpose.models import predictor
+from flowpose.models import regressor as net_lib
+from flowpose.prior import flow as prior_lib
+from flowpose.prior import io as prior_io
+from flowpose.train import trainer
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def make_tiny_prior(workdir) -> str:
+  """An untrained 2-layer flow (data-initialised on synthetic poses), exported to `workdir`."""
+  flow = prior_lib.default_flow_config()
+  flow.num_layers, flow.hidden_sizes = 2, (16,)
+  prior = prior_lib.make_prior(flow)
+  params = prior.init(jax.random.key(0), poses.synthetic_poses(512, 50, 0, "train"))
+  os.makedirs(workdir, exist_ok=True)
+  prior_io.export_prior(str(workdir), params, ml_collections.ConfigDict(
+      {"task": "prior", "flow": flow}))
+  return str(workdir)
+
+
+def runlocal_config(prior_dir: str, regime: str = "weak", **overrides):
+  standin.install()
+  from experiments import regressor_base  # pylint: disable=g-import-not-at-top
+  config = regressor_base.regime_config(regime, "runlocal")
+  config.model.prior_workdir = prior_dir
+  config.data.prior_workdir = prior_dir
+  config.data.num_train, config.data.num_eval = 64, 32
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def prior_dir(tmp_path_factory):
+  return make_tiny_prior(tmp_path_factory.mktemp("prior"))
+
+
+@pytest.fixture(scope="module")
+def trained(prior_dir, tmp_path_factory):
+  """A runlocal `weak` run (6 steps) and its result."""
+  workdir = str(tmp_path_factory.mktemp("weak") / "run")
+  config = runlocal_config(prior_dir)
+  return workdir, config, trainer.train_and_evaluate(config, workdir)
+
+
+def _batch(config, split="train", num=8):
+  data = standin.examples(ml_collections.FrozenConfigDict(config.data), split)
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  return {k: jnp.asarray(data[k][:num]) for k in task.BATCH_FIELDS}
+
+
+# --- Pure pieces. ---------------------------------------------------------------------------
+
+
+def test_evidence_maps_follow_the_fields():
+  r, parts = 16, 3
+  kp = np.zeros((1, 17, 2), np.float32)
+  kp[0, 0] = (5.5, 9.5)  # Centre of pixel row 9, column 5.
+  conf = np.zeros((1, 17), np.float32)
+  conf[0, 0] = 0.5
+  part_map = np.zeros((1, r, r), np.uint8)
+  part_map[0, 2, 3] = 2  # Part index 1.
+  mask = (part_map > 0).astype(np.uint8)
+  maps = np.asarray(net_lib.evidence_maps(
+      {"keypoints": kp, "confidence": conf, "part_map": part_map, "mask": mask},
+      resolution=r, num_parts=parts, inputs=net_lib.INPUTS, heatmap_sigma=1.0))
+  assert maps.shape == (1, r, r, net_lib.num_channels(net_lib.INPUTS, 17, parts)) == (
+      1, r, r, 21)
+  assert np.unravel_index(np.argmax(maps[0, :, :, 0]), (r, r)) == (9, 5)
+  assert maps[0, 9, 5, 0] == pytest.approx(0.5)  # Peak = confidence.
+  assert np.all(maps[0, :, :, 1:17] == 0)        # Confidence 0: no heatmap.
+  assert maps[0, 2, 3, 17 + 1] == 1 and maps[..., 17:20].sum() == 1  # One-hot, bg = zeros.
+  assert maps[0, 2, 3, 20] == 1 and maps[..., 20].sum() == 1
+  only_mask = net_lib.evidence_maps({"mask": mask}, resolution=r, num_parts=parts,
+                                    inputs=("mask",), heatmap_sigma=1.0)
+  assert only_mask.shape == (1, r, r, 1)
+
+
+def test_weak_perspective_camera_and_its_translation_agree():
+  r = 64
+  cam = jnp.asarray([[np.log(0.8), 0.1, -0.2]])
+  focal = jnp.asarray([150.0])
+  root = net_lib.camera_to_root(cam, focal, r)
+  np.testing.assert_allclose(net_lib.root_to_camera(root, focal, r), cam, atol=1e-6)
+  # A point near the root projects where the weak camera puts it: R/2 + R/2 s (X + t).
+  offset = jnp.asarray([[[0.01, -0.02, 0.0]]])
+  pixel = camera.perspective_project(root[:, None] + offset, jnp.stack([focal] * 2, -1),
+                                     jnp.asarray([[r / 2] * 2]))
+  weak = r / 2 + r / 2 * 0.8 * (offset[..., :2] + cam[:, None, 1:])
+  np.testing.assert_allclose(pixel, weak, atol=1e-3)
+
+
+def test_photo_crop_maps_back_to_the_image():
+  """A root predicted in the crop lands on the same photo pixel at the same depth; a box
+  centred on the principal point leaves the orientation unchanged."""
+  r = 32
+  kp = np.random.default_rng(0).uniform(300, 500, (2, 17, 2)).astype(np.float32)
+  kp[1] += 400  # Person 1 far off the optical axis.
+  evidence = fitting.Evidence(kp, np.ones((2, 17), np.float32), np.full((2, 2), 1000.0),
+                              np.full((2, 2), 400.0))
+  crop = predictor.crop_evidence(evidence, r)
+  np.testing.assert_allclose(crop["focal"], 1000.0 * r / crop["box"][:, 2], rtol=1e-6)
+  root = np.asarray([[0.1, -0.05, 4.0], [0.0, 0.2, 6.0]])
+  rot = np.stack([reduced_body.facing_camera_rotation(30.0)] * 2)
+  decoded = {"root": root, "root_rotmat": rot, "pose": np.zeros((2, 50)),
+             "betas": np.zeros((2, 16))}
+  out = predictor.to_image_frame(decoded, crop, evidence, r, np.zeros(3))
+  assert set(out) == set(fit_config.VARIABLES)
+  in_crop = crop["focal"][:, None] * root[:, :2] / root[:, 2:] + r / 2
+  in_image = np.asarray(camera.apply_affine_2d(
+      in_crop[:, None], camera.invert_affine_2d(crop["affine"])))[:, 0]
+  projected = 1000.0 * out["transl"][:, :2] / out["transl"][:, 2:] + 400.0
+  np.testing.assert_allclose(projected, in_image, atol=1e-2)
+  np.testing.assert_allclose(out["transl"][:, 2], root[:, 2], rtol=1e-6)
+  # Off the axis the orientation turns with the ray to the box; on the axis it does not.
+  assert not np.allclose(out["orient"][1], np.asarray(geometry.matrix_to_rot6d(rot[1])),
+                         atol=1e-2)
+  centred = kp - 0.5 * (kp.max(1, keepdims=True) + kp.min(1, keepdims=True)) + 400.0
+  evidence = evidence._replace(keypoints=centred)
+  out = predictor.to_image_frame(decoded, predictor.crop_evidence(evidence, r), evidence, r,
+                                 np.zeros(3))
+  np.testing.assert_allclose(out["orient"], np.asarray(geometry.matrix_to_rot6d(rot)),
+                             atol=1e-5)
+
+
+# --- The task. ------------------------------------------------------------------------------
+
+
+def test_shapes_and_3d_losses_only_where_has_3d(prior_dir):
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  config = runlocal_config(prior_dir, "fully")
+  batch = _batch(config)
+  params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
+  out = jax.eval_shape(lambda p, b: task.predict_batch(p, b, config), params, batch)
+  b = 8
+  assert out["pose"].shape == (b, 50) and out["dofs"].shape == (b, 50)
+  assert out["betas"].shape == (b, 16) and out["orient"].shape == (b, 6)
+  assert out["transl"].shape == (b, 3) and out["keypoints2d"].shape == (b, 17, 2)
+  assert out["rotmats"].shape == (b, 31, 3, 3)
+  assert out["vertices"].shape[0] == b and out["visibility"].shape == out["vertices"].shape[:2]
+  three_d = ("joints3d", "dofs", "betas")
+
+  def loss_3d(params, batch):
+    terms = task.loss_terms(params, batch, config)
+    return sum(terms[k] for k in three_d)
+
+  has_3d = np.zeros(b, bool)
+  has_3d[:3] = True
+  batch = {**batch, "has_3d": jnp.asarray(has_3d)}
+  grad_fn = jax.jit(jax.value_and_grad(loss_3d))
+  value, grads = grad_fn(params, batch)
+  assert float(value) > 0 and float(optax_norm(grads)) > 0
+  # Garbage labels on the unlabelled examples change nothing, value or gradient.
+  spoiled = dict(batch)
+  for key in ("joints3d", "pose_dofs", "betas"):
+    spoiled[key] = batch[key].at[3:].set(jnp.nan)
+  value2, grads2 = grad_fn(params, spoiled)
+  assert float(value2) == pytest.approx(float(value), rel=1e-6)
+  for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-9)
+  # No labelled example: the 3D gradient is exactly zero.
+  value3, grads3 = grad_fn(params, {**spoiled, "has_3d": jnp.zeros(b, bool)})
+  assert float(value3) == 0.0 and float(optax_norm(grads3)) == 0.0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_runlocal_trains_resumes_evaluates_and_exports(trained, prior_dir, tmp_path, monkeypatch):
+  workdir, config, result = trained
+  assert result.step == config.num_train_steps and not result.preempted
+  for key in ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "keypoint_px"):
+    assert np.isfinite(result.eval_metrics[key]) and result.eval_metrics[key] > 0
+  assert {"train/keypoints", "train/parts", "train/joints3d"} <= set(result.train_metrics)
+  # kill -9 after step 4 (checkpoint at 3), then resume: the same parameters.
+  original = trainer._train_batches  # pylint: disable=protected-access
+
+  def dying(task, config, start_step):
+    for step, batch in enumerate(original(task, config, start_step), start_step):
+      if step == 4:
+        raise KeyboardInterrupt
+      yield batch
+
+  with monkeypatch.context() as patch:
+    patch.setattr(trainer, "_train_batches", dying)
+    with pytest.raises(KeyboardInterrupt):
+      trainer.train_and_evaluate(config, str(tmp_path / "b"))
+  resumed = trainer.train_and_evaluate(config, str(tmp_path / "b"))
+  for x, y in zip(jax.tree.leaves(result.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(x, y)
+  # The export is what load_predictor reads (the prior copied beside it).
+  assert (pathlib.Path(workdir) / predictor.PARAMS_FILE).is_file()
+  assert (pathlib.Path(workdir) / predictor.PRIOR_DIR / prior_io.PARAMS_FILE).is_file()
+  predict = predictor.load_predictor(workdir)
+  batch = _batch(config, "validation", 4)
+  r = config.data.resolution
+  evidence = fitting.Evidence(np.asarray(batch["keypoints"]), np.asarray(batch["confidence"]),
+                              np.stack([np.asarray(batch["focal"])] * 2, -1),
+                              np.full((4, 2), r / 2, np.float32))
+  initial = predict(evidence, (r, r))
+  assert set(initial) == set(fit_config.VARIABLES)
+  assert initial["pose"].shape == (4, 50) and initial["orient"].shape == (4, 6)
+  assert initial["transl"].shape == (4, 3) and initial["log_focal"].shape == (4,)
+  assert np.all(np.isfinite(initial["transl"])) and np.all(initial["transl"][:, 2] > 0)
+  with pytest.raises(fit_config.FitInputError, match="person 1"):
+    bad = np.asarray(batch["confidence"]).copy()
+    bad[1] = 0
+    predict(evidence._replace(confidence=bad), (r, r))
+
+
+def test_damaged_export_is_named(trained, tmp_path):
+  workdir, _, _ = trained
+  import shutil  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  data = (copy / predictor.PARAMS_FILE).read_bytes()
+  (copy / predictor.PARAMS_FILE).write_bytes(data[:-8] + b"garbage!")
+  with pytest.raises(predictor.RegressorLoadError, match="regressor_params.msgpack"):
+    predictor.load_predictor(str(copy))
+  with pytest.raises(predictor.RegressorLoadError, match="config.json"):
+    predictor.load_predictor(str(tmp_path / "nothing"))
+
+
+def test_bad_model_config_names_the_field(prior_dir, tmp_path):
+  for field, value, match in (("model.pose_head", "vae", "model.pose_head"),
+                              ("model.inputs", ("keypoints", "rgb"), "model.inputs"),
+                              ("model.map_dropout", 1.0, "model.map_dropout"),
+                              ("model.prior_workdir", str(tmp_path / "nothing"),
+                               "model.prior_workdir")):
+    config = runlocal_config(prior_dir)
+    config[field.split(".")[0]][field.split(".")[1]] = value
+    with pytest.raises(ValueError, match=match.replace(".", r"\.")):
+      trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+# --- Slow: devices and learning. ------------------------------------------------------------
+
+_DEVICE_SCRIPT = """
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count={n}"
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {repo!r})
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_disable_most_optimizations", True)
+import test_regressor as t
+from flowpose.tasks import regressor as task
+config = t.runlocal_config({prior!r}, "semi")
+batch = t._batch(config)
+batch["has_3d"] = jnp.asarray(np.arange(8) % 3 == 0)
+params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
+mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+batch = jax.device_put(batch, jax.NamedSharding(mesh, jax.P("data")))
+total, terms = jax.jit(lambda p, b: task.loss(p, b, jax.random.key(3), config))(params, batch)
+print("RESULT", json.dumps({{"devices": jax.device_count(), "total": float(total),
+                            **{{k: float(v) for k, v in terms.items()}}}}))
+"""
+
+
+@pytest.mark.slow
+def test_same_loss_on_1_and_8_cpu_devices(prior_dir):
+  results = []
+  for n in (1, 8):
+    script = _DEVICE_SCRIPT.format(n=n, tests=str(REPO / "tests"), repo=str(REPO),
+                                   prior=prior_dir)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    results.append(json.loads(line[len("RESULT "):]))
+  one, eight = results
+  assert (one["devices"], eight["devices"]) == (1, 8)
+  assert one["joints3d"] > 0 and one["parts"] > 0
+  for key in one:
+    if key != "devices":
+      assert eight[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.slow
+def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
+  """Held-out frames (the stand-in's validation split): keypoint, MPJPE and PVE errors drop.
+
+  Measured (2026-12-06, this config): keypoint_px 4.72 -> 2.15, MPJPE 345 -> 212 mm, PVE
+  439 -> 272 mm; PA-MPJPE 124.1 -> 125.0 mm is not improved yet by 300 steps of the tiny
+  runlocal network (the weak regime: 66.6 -> 95.8 mm), so it is not asserted.
+  """
+  config = runlocal_config(prior_dir, "fully", **{
+      "num_train_steps": 300, "eval_every": 300, "checkpoint_every": 300, "log_every": 100,
+      "batch_size": 16, "data.num_train": 256, "data.latent_std": 1.0,
+      "optimizer.learning_rate": 2e-3, "optimizer.warmup_steps": 20})
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  before, after = result.initial_eval_metrics, result.eval_metrics
+  assert after["keypoint_px"] < 0.7 * before["keypoint_px"], (before, after)
+  assert after["mpjpe_mm"] < 0.8 * before["mpjpe_mm"], (before, after)
+  assert after["pve_mm"] < 0.8 * before["pve_mm"], (before, after)
+
+
+@pytest.mark.slow
+def test_benchmark_scores_every_method_it_has(trained, tmp_path):
+  """benchmarks.regressor on the stand-in frames: the weak run, fitting alone, nulls for the
+  missing regimes, speeds; a bad flag fails before any work."""
+  from benchmarks import regressor as bench  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, _, _ = trained
+  shutil.copytree(workdir, tmp_path / "runs" / "weak")
+  with pytest.raises(bench.BenchmarkInputError, match="--num_frames"):
+    bench.run(str(tmp_path / "runs"), str(tmp_path), 0, str(tmp_path / "x.json"))
+  with pytest.raises(bench.BenchmarkInputError, match="--workdir_root"):
+    bench.run(str(tmp_path), str(tmp_path), 4, str(tmp_path / "x.json"))
+  report = bench.run(str(tmp_path / "runs"), str(tmp_path), 8, str(tmp_path / "b.json"),
+                     batch_size=8, refine_steps=5, split="validation")
+  assert json.loads((tmp_path / "b.json").read_text()) == report
+  for key in ("pa_mpjpe_mm", "mpjpe_mm", "pve_mm"):
+    assert set(bench.REGIMES) | {"fit", "weak_refined"} <= set(report[key])
+    assert report[key]["fully"] is None
+    assert report[key]["weak"] > 0 and report[key]["fit"] > 0
+  assert report["network_frames_per_s"] > 0 and report["fit_frames_per_s"] > 0
+  assert report["num_frames"] == 8
