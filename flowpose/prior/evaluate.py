@@ -43,8 +43,7 @@ from flowpose.prior import io as prior_io
 from flowpose.prior import baseline_cache
 from flowpose.prior import charts
 from flowpose.prior import registry
-from flowpose.data import asf_amc
-from flowpose.data import bvh
+from flowpose.data import clips
 from flowpose.data import motion as motion_lib
 from flowpose.data import poses as pose_data
 from flowpose.data import retarget
@@ -238,21 +237,21 @@ def clip_paths(folder: os.PathLike) -> List[Tuple[pathlib.Path, Optional[float]]
   `folder/index.csv` (else 120 fps); BVH files (`.bvh[.gz]`, any name) carry their own rate.
   """
   folder = pathlib.Path(folder)
-  found = [(clip.amc_path, clip.fps) for clip in splits_lib.list_clips(folder)]
-  bvh_files = {}
-  for path in sorted(folder.rglob("*")):
-    name = path.name.lower()
-    if not (path.is_file() and name.endswith((".bvh", ".bvh.gz"))):
+  found = [(c.amc_path, None if c.is_bvh else c.fps) for c in splits_lib.list_clips(folder)]
+  key = lambda p: p.parent / p.name.lower().removesuffix(".gz")
+  listed, bvh_files = {key(path) for path, _ in found}, {}
+  for path in sorted(folder.rglob("*")):  # BVH files of any name (SS_CC ones are listed).
+    if not (path.is_file() and clips.is_bvh(path)) or key(path) in listed:
       continue
-    key = path.parent / name.removesuffix(".gz")
-    if key not in bvh_files or not name.endswith(".gz"):  # The plain file wins over its .gz twin.
-      bvh_files[key] = path
+    if key(path) not in bvh_files or not path.name.lower().endswith(".gz"):
+      bvh_files[key(path)] = path  # The plain file wins over its .gz twin.
   found += [(path, None) for path in bvh_files.values()]
   return sorted(found, key=lambda item: str(item[0]))
 
 
 def read_clip_dofs(path: os.PathLike, fps: Optional[float] = None) -> np.ndarray:
-  """`[T, D]` chart DOFs of one ASF/AMC (SS.asf beside it) or CMU-skeleton BVH clip at 30 fps.
+  """`[T, D]` chart DOFs of one ASF/AMC (SS.asf beside it) or CMU-skeleton BVH clip at 30 fps
+  (`flowpose.data.clips.read_clip`).
 
   Frames are the nearest source frames of the 30 fps times, as the `cmu_mocap` builder picks
   them (120 fps: every 4th frame).
@@ -261,11 +260,7 @@ def read_clip_dofs(path: os.PathLike, fps: Optional[float] = None) -> np.ndarray
     path: the `.amc[.gz]` or `.bvh[.gz]` file.
     fps: capture rate of an AMC clip (AMC files do not store it; default 120, CMU's rate).
   """
-  path = pathlib.Path(path)
-  if ".bvh" in path.name.lower():
-    motion = bvh.read_bvh(path)
-  else:
-    motion = asf_amc.load_asf_amc(path, fps=fps or 120.0)
+  motion = clips.read_clip(path, fps)  # BVH: CMU's rest, converter T-pose frame dropped.
   motion = motion_lib.resample(motion, _TARGET_FPS, translation="nearest")
   return retarget.motion_to_pose_dofs(motion).astype(np.float32)
 
