@@ -117,6 +117,12 @@ POSE_DOFS: Tuple[Tuple[str, str], ...] = tuple(
 POSE_DOF_NAMES: Tuple[str, ...] = tuple(f"{b}.{d}" for b, d in POSE_DOFS)
 NUM_POSE_DOFS: int = len(POSE_DOFS)  # 50
 
+# Pose DOFs that CMU never moves: the clavicles' ry, rz are 0 in every AMC clip (checked on all 13
+# subjects of ../shared/data/cmu and cmu_more: |value| < 1e-14). A density on them is a delta
+# (actnorm divides by their zero spread); the prior's "euler_free" chart drops them.
+FIXED_POSE_DOFS: Tuple[str, ...] = ("rclavicle.ry", "rclavicle.rz", "lclavicle.ry",
+                                    "lclavicle.rz")
+
 
 def pose_dof_indices(dof_names) -> np.ndarray:
   """Indices of `POSE_DOFS` inside a motion's list of `(bone, dof)` names.

@@ -7,30 +7,22 @@ through `examples` below, so the benchmark measures what training consumes.
     # element i of ds = the `[512, 50]` float32 DOF batch of training step s + i (infinite).
 
 Determinism (bit-exact resume after kill -9). The batch of step `s` is a pure function of
-`(seed, process_index, s)`: epoch `e` reads this process's shard of the split in file order
-(`shuffle_files=False`), shuffles it with a seed derived from `(seed, process_index, e)`
-(`reshuffle_each_iteration=False`, so the order does not depend on how often the pipeline was
-iterated before) and batches with `drop_remainder` (every epoch has the same number of steps).
-A run resumed at step `s` builds the stream from epoch `s // steps_per_epoch` and `skip`s the
-first `s % steps_per_epoch` batches of it, so it replays exactly the batches of an
-uninterrupted run without checkpointing any iterator state: the step counter in the checkpoint
-is the iterator position. (tf.data iterator checkpointing would also work but ties every
-checkpoint to the pipeline's graph; the skip costs at most one epoch of reading.) The shuffle
-buffer is `min(examples per epoch, data.shuffle_buffer)`: a full shuffle for CMU at 30 fps,
-a windowed one for bigger splits.
+`(seed, process_index, s)`: epoch `e` reads this process's shard in file order, shuffles it with
+a seed derived from `(seed, process_index, e)` (`reshuffle_each_iteration=False`) and batches
+with `drop_remainder`. A run resumed at step `s` builds the stream from epoch
+`s // steps_per_epoch` and `skip`s `s % steps_per_epoch` batches: it replays the batches of an
+uninterrupted run without checkpointing iterator state (the skip costs at most one epoch of
+reading). The shuffle buffer is `min(examples per epoch, data.shuffle_buffer)`.
 
 Sources (`config.data.source`):
 * "tfds": the `cmu_mocap` builder (feature `dofs [50]`), prepared on first use from
-  `data.manual_dir`. Prepared data are keyed by their source: the builder writes into
-  `<data_dir>/sources/<fingerprint>/` where the fingerprint hashes the builder name, version,
-  `skip_bad_files` and every file under `manual_dir` (relative path, size, mtime), so another
-  or a changed folder is prepared anew instead of silently reusing old examples.
-  The training split is sharded over processes (`tfds.even_splits`, drop_remainder).
+  `data.manual_dir` (one folder or several joined by ",") into `<data_dir>/sources/<fingerprint>/`
+  (hash of builder name, version, `skip_bad_files` and every file's path, size and mtime: a
+  changed folder is prepared anew). Training shards over processes (`tfds.even_splits`).
 * "synthetic": a fixed, correlated, non-Gaussian distribution (`synthetic_poses`).
 
-Augmentation in tf.data: `data.augment_mirror` puts the left-right mirror image of every
-training pose right after it (an epoch is then 2N poses). Chart conversion and input noise are
-done on device by the task (`flowpose.tasks.prior`).
+Augmentation in tf.data: `data.augment_mirror` puts the left-right mirror image of every training
+pose right after it (2N poses per epoch); chart and jitter are the task's, on device.
 """
 
 import contextlib
@@ -300,6 +292,14 @@ def epoch_batches(ds, num_examples: int, batch_size: int, seed: int, start_step:
 
   stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(_plain(tf, one_epoch))
   return stream.skip(offset).prefetch(tf.data.AUTOTUNE)
+
+
+def with_steps(stream, start_step: int, rows: int):
+  """`{"poses": batch, "step": [rows] int32}`: each batch of `stream` (element i = step
+  `start_step + i`) with its step in every row (shards with the batch), for step-dependent losses."""
+  tf, _ = _tf()
+  tag = _plain(tf, lambda x, s: {"poses": x, "step": tf.fill([rows], tf.cast(s, tf.int32))})
+  return tf.data.Dataset.zip((stream, tf.data.Dataset.range(start_step, 2**62))).map(tag)
 
 
 def process_seed(seed: int, process_index: int) -> int:

@@ -30,6 +30,7 @@ resampled to 30 fps by the nearest-frame rule of the `cmu_mocap` builder, so a f
 split's clips reproduces that split's numbers.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,7 @@ from flowpose.prior import io as prior_io
 from flowpose.prior import baseline_cache
 from flowpose.prior import charts
 from flowpose.prior import registry
+from flowpose.prior import vae_entry
 from flowpose.data import clips
 from flowpose.data import motion as motion_lib
 from flowpose.data import poses as pose_data
@@ -77,8 +79,11 @@ def table_rows() -> Tuple[Tuple[str, str], ...]:
   return tuple((ROW_LABELS.get(name, name), name) for name in ordered)
 
 
-# The row labels (`flow`, `gaussian_diag`, `gaussian_full`, `gmm8`, ...), for readers of the table.
-MODELS = tuple(label for label, _ in table_rows())
+# Rows only some tables have: `vae` (and its bound `vae_elbo`) when a VAE was trained beside
+# the flow (`registry.vae_entry.vae_workdir`).
+OPTIONAL_ROWS = ("vae", "vae_elbo")
+# The row labels every table has (`flow`, `gaussian_diag`, `gaussian_full`, `gmm8`, ...).
+MODELS = tuple(label for label, _ in table_rows() if label not in OPTIONAL_ROWS)
 
 
 def load_split_dofs(config, split: str) -> np.ndarray:
@@ -118,27 +123,51 @@ def _baselines(workdir: str, prior, params, config,
 
 def table_priors(workdir: str, prior, params,
                  fitted: FittedBaselines) -> Dict[str, registry.PosePrior]:
-  """`{row label: PosePrior}` of every row, built by `registry.make` from the params in memory."""
+  """`{row label: PosePrior}` of every row, built by `registry.make` from the params in memory
+  (an entry whose `eval_kwargs` returns None for this workdir, e.g. no VAE trained, has none)."""
   context = registry.EvalContext(workdir, prior, params, fitted)
-  return {label: registry.make(name, **registry.get(name).eval_kwargs(context))
-          for label, name in table_rows()}
+  rows = {}
+  for label, name in table_rows():
+    kwargs = registry.get(name).eval_kwargs(context)
+    if kwargs is not None:
+      rows[label] = registry.make(name, **kwargs)
+  return rows
 
 
-def _split_stats(priors: Dict[str, registry.PosePrior], dim: int, dofs: np.ndarray) -> dict:
+def _bound_rows(priors: Dict[str, registry.PosePrior], workdir: str,
+                dofs: np.ndarray) -> Dict[str, float]:
+  """Extra rows: `vae_elbo` = mean -ELBO with the `vae` row's K = 1000 draws (so
+  `vae_elbo >= vae`, pose by pose) when the table has a VAE row."""
+  if "vae" not in priors:
+    return {}
+  from flowpose.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
+  vae, params, _ = prior_io.load_trained_vae(vae_entry.vae_workdir(workdir))
+  elbo = vae_lib.evaluate_np(vae, params, charts.from_dofs_np(vae.chart, dofs), "elbo")
+  return {"vae_elbo": float(-np.mean(elbo))}
+
+
+def _split_stats(priors: Dict[str, registry.PosePrior], dim: int, dofs: np.ndarray,
+                 workdir: Optional[str] = None) -> dict:
   """`{num_poses, nats_per_pose {row: float}, bits_per_dof {row: float}}` of DOFs `[N, 50]`.
 
   `dim`: D of the chart the densities live in (bits per chart coordinate).
   """
   nats = {label: float(-np.mean(p.log_prob(dofs))) for label, p in priors.items()}
+  nats.update(_bound_rows(priors, workdir, dofs) if workdir else {})
   return {"num_poses": int(dofs.shape[0]), "nats_per_pose": nats,
           "bits_per_dof": {k: v / (dim * math.log(2.0)) for k, v in nats.items()}}
 
 
 def _provenance(workdir: str, prior, fitted: FittedBaselines) -> dict:
   """What the numbers depend on: the trained params, the baselines, the chart."""
-  return {"prior_params_sha256": prior_io.params_sha256(workdir),
-          "baselines_fingerprint": fitted.fingerprint, "chart": prior.chart,
-          "event_dim": prior.event_dim}
+  out = {"prior_params_sha256": prior_io.params_sha256(workdir),
+         "baselines_fingerprint": fitted.fingerprint, "chart": prior.chart,
+         "event_dim": prior.event_dim}
+  vae_dir = vae_entry.vae_workdir(workdir)
+  if vae_dir:  # A retrained VAE is another set of numbers.
+    with open(os.path.join(vae_dir, prior_io.VAE_PARAMS_FILE), "rb") as f:
+      out["vae_params_sha256"] = hashlib.sha256(f.read()).hexdigest()
+  return out
 
 
 def _table(headline: str, splits: Dict[str, dict], provenance: dict, **extra) -> dict:
@@ -216,10 +245,11 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
   details, dofs = {}, None
   for split in splits:
     dofs = load_split_dofs(config, split)
-    details[split] = _split_stats(priors, prior.event_dim, dofs)
+    details[split] = _split_stats(priors, prior.event_dim, dofs, workdir)
     logging.info("%s NLL (nats/pose): %s", split, details[split]["nats_per_pose"])
   path = os.path.join(workdir, TABLE_STEM + ".json")
-  merged = {**_previous_splits(path, provenance, splits, list(priors)), **details}
+  rows = list(details[splits[-1]]["nats_per_pose"])  # Registry rows + bound rows.
+  merged = {**_previous_splits(path, provenance, splits, rows), **details}
   headline = HEADLINE_SPLIT if HEADLINE_SPLIT in merged else splits[-1]
   table = _table(headline, merged, provenance, train_poses=num_train,
                  data_source=config.data.source)
@@ -290,13 +320,13 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
   clips, all_dofs = {}, []
   for path, fps in paths:
     dofs = read_clip_dofs(path, fps)
-    stats = _split_stats(priors, prior.event_dim, dofs)
+    stats = _split_stats(priors, prior.event_dim, dofs, workdir)
     clips[str(path.relative_to(folder))] = {
         "num_poses": stats["num_poses"], "nats_per_pose": stats["nats_per_pose"]}
     all_dofs.append(dofs)
   name = folder.resolve().name or "root"
   label = f"folder {name}"
-  details = {label: _split_stats(priors, prior.event_dim, np.concatenate(all_dofs))}
+  details = {label: _split_stats(priors, prior.event_dim, np.concatenate(all_dofs), workdir)}
   table = _table(label, details, _provenance(workdir, prior, fitted),
                  folder=str(folder.resolve()), selection="all clips", num_clips=len(clips),
                  clips=clips)
