@@ -28,10 +28,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.data = base.data             # Same folders, splits, mirroring.
   config.input_noise = base.input_noise
   # KL weight 0 -> 1 over the first quarter of training (VPoser-style warm-up).
-  config.kl_anneal_steps = 1000
+  config.kl_anneal_steps = 750
   config.batch_size = base.batch_size
   config.eval_batch_size = base.eval_batch_size
-  config.num_train_steps = 4000
+  config.num_train_steps = 3000
   config.init_examples = base.init_examples
   config.optimizer = base.optimizer
   config.loss_weights = ml_collections.ConfigDict({
@@ -39,8 +39,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       "kl": 1.0,   # Mean KL(q(z | x) || N(0, I)) x the annealed weight, nats per pose.
   })
   config.log_every = 200
-  config.eval_every = 1000
-  config.checkpoint_every = 1000
+  config.eval_every = 750
+  config.checkpoint_every = 750
   config.keep_checkpoints = 2
   if "runlocal" in (arg or ""):
     config.vae.hidden_sizes = (64, 64)

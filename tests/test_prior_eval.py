@@ -367,3 +367,22 @@ def test_launcher_reports_damage_and_exits_nonzero(workdir_copy, capsys):
   finally:
     flags.FLAGS.unparse_flags()
   assert os.path.join(workdir_copy, prior_io.CONFIG_FILE) in capsys.readouterr().err
+
+
+def test_vae_rows_when_a_vae_is_trained_beside_the_flow(workdir, tmp_path):
+  """A VAE in W/vae adds the rows `vae` (IS NLL, K = 1000) and `vae_elbo` (-ELBO, >= it)."""
+  from experiments import prior_vae  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "prior"
+  shutil.copytree(workdir, work, ignore=shutil.ignore_patterns("checkpoints", "nll_table*"))
+  config = prior_vae.get_config("runlocal,synthetic")
+  config.update_from_flattened_dict({
+      "num_train_steps": 20, "kl_anneal_steps": 10, "batch_size": 32, "eval_batch_size": 64,
+      "init_examples": 128, "data.num_train": 512, "data.num_eval": 96, "log_every": 10,
+      "eval_every": 20, "checkpoint_every": 20, "optimizer.warmup_steps": 1})
+  trainer.train_and_evaluate(config, str(work / "vae"))
+  table = prior_eval.evaluate_nll(str(work), splits=("validation",))
+  nats = table["splits"]["validation"]["nats_per_pose"]
+  assert list(nats)[:4] == list(prior_eval.MODELS) and list(nats)[4:] == ["vae", "vae_elbo"]
+  assert math.isfinite(nats["vae"]) and nats["vae_elbo"] >= nats["vae"]
+  assert table["vae_params_sha256"]
+  assert registry.load("vae", str(work)).name == "vae"  # The benchmark's path.
