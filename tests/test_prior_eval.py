@@ -278,26 +278,26 @@ def test_validation_run_keeps_the_headline_test_numbers(workdir, table, tmp_path
 
 
 def test_a_registered_prior_is_a_row(workdir_copy, table, monkeypatch):
-  """One registry for fitting and evaluation: a prior registered with `eval_kwargs` (a `vae`
-  later; here a wider diagonal Gaussian) is a row of the table, scored by its `log_prob`; the
+  """One registry for fitting and evaluation: a prior registered with `eval_kwargs` (here a
+  wider diagonal Gaussian) is a row of the table, scored by its `log_prob`; the
   other rows keep their numbers, and earlier splits without that row are dropped, not mixed."""
   # pylint: disable-next=protected-access
   monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
   fitted = prior_eval.load_baselines(workdir_copy)
   wide = fitted.models["gaussian_diag"].replace(std=3 * fitted.models["gaussian_diag"].std)
   kwargs = {"gaussian": wide, "center": fitted.center}
-  registry.register("vae", make=registry.make_gaussian_diag, load=lambda workdir: None,
+  registry.register("wide", make=registry.make_gaussian_diag, load=lambda workdir: None,
                     description="stand-in", eval_kwargs=lambda context: kwargs)
   after = prior_eval.evaluate_nll(workdir_copy, splits=("test",))
   assert set(after["splits"]) == {"test"}  # The validation entry lacks the row: dropped.
   _, _, config = prior_io.load_trained_prior(workdir_copy)
   dofs = pose_data.read_split(config.data, "test", 50)
-  want = -np.mean(registry.make("vae", **kwargs).log_prob(dofs))
-  assert after["vae"] == after["splits"]["test"]["nats_per_pose"]["vae"] == want
+  want = -np.mean(registry.make("wide", **kwargs).log_prob(dofs))
+  assert after["wide"] == after["splits"]["test"]["nats_per_pose"]["wide"] == want
   assert want > table["gaussian_diag"]  # A 3x wider Gaussian: a worse fit of the same data.
   for model in prior_eval.MODELS:
     assert after[model] == table[model]
-  assert "| vae |" in open(os.path.join(workdir_copy, "nll_table.md")).read()
+  assert "| wide |" in open(os.path.join(workdir_copy, "nll_table.md")).read()
 
 
 # --- Damaged workdir files (issue 10.4): refitted, or one error naming the file. ---

@@ -138,7 +138,7 @@ def _bound_rows(priors: Dict[str, registry.PosePrior], workdir: str,
                 dofs: np.ndarray) -> Dict[str, float]:
   """Extra rows: `vae_elbo` = mean -ELBO with the `vae` row's K = 1000 draws (so
   `vae_elbo >= vae`, pose by pose) when the table has a VAE row."""
-  if "vae" not in priors:
+  if "vae" not in priors or vae_entry.vae_workdir(workdir) is None:
     return {}
   from flowpose.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
   vae, params, _ = prior_io.load_trained_vae(vae_entry.vae_workdir(workdir))
