@@ -51,7 +51,8 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def _summary(table: dict) -> str:
-  return ", ".join(f"{name} {table[name]:.2f}" for name in prior_eval.MODELS)
+  rows = table["splits"][table["headline_split"]]["nats_per_pose"]
+  return ", ".join(f"{name} {value:.2f}" for name, value in rows.items())
 
 
 def run(workdir: str, splits, mocap_dir, pictures: bool) -> None:

@@ -147,3 +147,68 @@ def test_bvh_truncated_hierarchy(tmp_path):
   path.write_text(SYNTHETIC_BVH[:SYNTHETIC_BVH.index("  JOINT Leg")])
   with pytest.raises(MocapFormatError, match="cut.bvh:"):
     bvh.read_bvh(path)
+
+
+# --- CMU-skeleton BVH clips (flowpose.data.clips): the converter T-pose frame ---
+
+def _head_of_bvh(path, num_frames: int) -> str:
+  """The text of a BVH file cut to its first `num_frames` frames."""
+  lines = motion_lib.read_text(path).splitlines()
+  start = next(n for n, line in enumerate(lines) if line.strip().lower().startswith("frame time"))
+  frames = next(n for n, line in enumerate(lines) if line.strip().lower().startswith("frames:"))
+  lines[frames] = f"Frames: {num_frames}"
+  return "\n".join(lines[:start + 1 + num_frames]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def cmu_more(shared_data):
+  return shared_data / "cmu_more"
+
+
+def test_converter_tpose_frame_is_dropped(cmu_more, tmp_path):
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "01_03.bvh"
+  path.write_text(_head_of_bvh(cmu_more / "bvh" / "01" / "01_03.bvh.gz", 60))
+  raw = bvh.read_bvh(path, clips.BVH_METRES_PER_UNIT)
+  assert clips.is_converter_tpose(raw)
+  motion = clips.read_clip(path)
+  assert motion.num_frames == 59
+  np.testing.assert_array_equal(motion.local_rotations, raw.local_rotations[1:])
+  assert 0.9 < motion.root_translation[0, 1] < 1.1  # Root height in metres (ASF units).
+  # Without the T-pose frame nothing more is dropped (a capture starts anywhere).
+  lines = path.read_text().splitlines()
+  first = next(n for n, line in enumerate(lines) if line.lower().startswith("frame time")) + 1
+  del lines[first]
+  path.write_text("\n".join(lines).replace("Frames: 60", "Frames: 59") + "\n")
+  assert clips.read_clip(path).num_frames == 59
+  np.testing.assert_array_equal(clips.read_clip(path).local_rotations, motion.local_rotations)
+
+
+def test_captured_first_frames_are_kept(cmu_dir, cmu_more, tmp_path):
+  """A capture's first frame stays, even one that starts near the rest pose: the rule needs
+  exact zeros AND a root jump."""
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  raw = bvh.read_bvh(cmu_more / "other_rig_bvh_3dsmax" / "131" / "131_01.bvh.gz",
+                     clips.BVH_METRES_PER_UNIT)
+  assert not clips.is_converter_tpose(raw)
+  motion = motion_lib.select_frames(asf_amc.load_asf_amc(cmu_dir / "02_01.amc.gz"), slice(0, 40))
+  path = tmp_path / "02_01.bvh"
+  bvh.write_bvh(motion, path)
+  assert clips.read_clip(path).num_frames == 40
+  # The rule on hand-made frame 0s of that skeleton (root channels: Z, Y, X rotation).
+  base = bvh.read_bvh(path)
+  rotation = np.flatnonzero([motion_lib.dof_kind(n)[0] == "r" for _, n in base.dof_names])
+  root_yaw = [i for i, (j, n) in enumerate(base.dof_names)
+              if j == base.skeleton.joint_names[0] and n.lower() == "yrotation"][0]
+
+  def detected(zero_frame0: bool, jump: bool) -> bool:
+    values = base.dof_values.copy()
+    values[:, rotation[:3]] = 0.0  # Root rotation channels come first.
+    if jump:
+      values[1:, root_yaw] = np.pi / 2
+    if zero_frame0:
+      values[0, rotation] = 0.0
+    return clips.is_converter_tpose(motion_lib.motion_from_dofs(base.skeleton, values, 120.0))
+  assert detected(zero_frame0=True, jump=True)
+  assert not detected(zero_frame0=True, jump=False)   # Zeros alone: a still start.
+  assert not detected(zero_frame0=False, jump=True)   # A jump alone: a captured pose.

@@ -166,7 +166,7 @@ def test_bad_files_fail_the_build_listing_all(cmu_dir, tmp_path):
   assert "2 bad file(s)" in message and "02_02.amc.gz" in message and "16_02.amc.gz" in message
   assert "without its ASF" in message
   # Nothing prepared: no version folder, no dataset_info.json anywhere.
-  assert not (data_dir / "cmu_mocap" / "fps30" / "1.0.0").exists()
+  assert not (data_dir / "cmu_mocap" / "fps30" / str(builder_lib.Builder.VERSION)).exists()
   assert not list(data_dir.rglob("dataset_info.json"))
   assert not list(data_dir.rglob("*.tfrecord*"))
 
@@ -191,3 +191,68 @@ def test_skip_bad_files(cmu_dir, tmp_path):
                                                                   "16_02.amc.gz"]
   clips = {e["clip"] for e in _examples(builder, "train")}
   assert clips == {b"02_01"}
+
+
+# --- More subjects: several folders, CRLF/commented ASF/AMC, CMU-skeleton BVH ---
+
+def _more_dir(shared_data, root: pathlib.Path) -> pathlib.Path:
+  """Subject 35 (GPmat ASF/AMC, CRLF) and the first 41 frames of the
+  BVH clip 01_03 (frame 0 = the converter T-pose) in one folder."""
+  more = shared_data / "cmu_more"
+  (root / "bvh").mkdir(parents=True, exist_ok=True)
+  for name in ("35.asf.gz", "35_01.amc.gz"):
+    os.symlink(more / "asfamc" / name, root / name)
+  lines = gzip.decompress((more / "bvh" / "01" / "01_03.bvh.gz").read_bytes()).decode()
+  lines = lines.splitlines()
+  start = next(n for n, l in enumerate(lines) if l.lower().startswith("frame time")) + 1
+  head = [("Frames: 41" if l.lower().startswith("frames:") else l) for l in lines[:start]]
+  (root / "bvh" / "01_03.bvh").write_text("\n".join(head + lines[start:start + 41]) + "\n")
+  return root
+
+
+def test_crlf_and_comment_asf_amc(shared_data):
+  from flowpose.data import asf_amc  # pylint: disable=g-import-not-at-top
+  more = shared_data / "cmu_more" / "asfamc"
+  raw = gzip.decompress((more / "11.asf.gz").read_bytes())
+  assert b"\r\n" in raw and b"# Copyright" in raw  # What the reader must cope with.
+  motion = asf_amc.load_asf_amc(more / "11_01.amc.gz")
+  assert motion.num_frames == 597
+  dofs = retarget.motion_to_pose_dofs(motion)
+  assert dofs.shape == (597, 50) and np.isfinite(dofs).all() and dofs.std(0).max() > 0.1
+
+
+def test_several_manual_folders(manual_dir, shared_data, tmp_path):
+  more = _more_dir(shared_data, tmp_path / "more")
+  joined = f"{manual_dir},{more}"
+  config = _data_config(joined, tmp_path / "data")
+  builder = poses.prepared_builder(config)
+  train = _examples(builder, "train")
+  by_clip = {}
+  for e in train:
+    by_clip.setdefault(e["clip"].decode(), []).append(int(e["frame"]))
+  assert sorted(by_clip) == ["01_03", "02_01", "35_01"]
+  assert {int(e["subject"]) for e in train} == {1, 2, 35}  # New subjects: train (rule).
+  # 01_03: 40 captured frames at 120 fps (T-pose dropped) -> frames 0, 4, ..., 36 at 30 fps.
+  assert sorted(by_clip["01_03"]) == list(range(0, 40, 4))
+  assert len(by_clip["35_01"]) == 90  # 358 frames at 120 fps.
+  # Validation/test are the first folder's, unchanged.
+  assert len(_examples(builder, "validation")) == 88
+  # The BVH clip's DOFs are those of clips.read_clip + retargeting (frame 4 = captured frame 5).
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  motion = clips.read_clip(more / "bvh" / "01_03.bvh")
+  ex = next(e for e in train if e["clip"] == b"01_03" and int(e["frame"]) == 4)
+  np.testing.assert_allclose(ex["dofs"], retarget.motion_to_pose_dofs(motion)[4], atol=1e-6)
+  # Keyed by every folder: the joined source is not the first folder's cache.
+  single = poses.source_fingerprint(str(manual_dir), "x")["fingerprint"]
+  both = poses.source_fingerprint([str(manual_dir), str(more)], "x")["fingerprint"]
+  assert single != both
+  with pytest.raises(ValueError, match="not found"):
+    poses.prepared_builder(_data_config(f"{manual_dir},{tmp_path / 'nope'}", tmp_path / "d2"))
+
+
+def test_a_clip_in_two_folders_is_taken_once(manual_dir, tmp_path):
+  second = _subset(pathlib.Path(os.path.realpath(manual_dir / "02_01.amc.gz")).parent,
+                   tmp_path / "copy")
+  clips = splits.list_clips_in([manual_dir, second])
+  assert [c.name for c in clips] == sorted(CLIPS, key=lambda n: (int(n.split("_")[0]), n))
+  assert all(c.amc_path.parent == manual_dir for c in clips)

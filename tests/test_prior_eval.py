@@ -278,26 +278,26 @@ def test_validation_run_keeps_the_headline_test_numbers(workdir, table, tmp_path
 
 
 def test_a_registered_prior_is_a_row(workdir_copy, table, monkeypatch):
-  """One registry for fitting and evaluation: a prior registered with `eval_kwargs` (a `vae`
-  later; here a wider diagonal Gaussian) is a row of the table, scored by its `log_prob`; the
+  """One registry for fitting and evaluation: a prior registered with `eval_kwargs` (here a
+  wider diagonal Gaussian) is a row of the table, scored by its `log_prob`; the
   other rows keep their numbers, and earlier splits without that row are dropped, not mixed."""
   # pylint: disable-next=protected-access
   monkeypatch.setattr(registry, "_ENTRIES", dict(registry._ENTRIES))
   fitted = prior_eval.load_baselines(workdir_copy)
   wide = fitted.models["gaussian_diag"].replace(std=3 * fitted.models["gaussian_diag"].std)
   kwargs = {"gaussian": wide, "center": fitted.center}
-  registry.register("vae", make=registry.make_gaussian_diag, load=lambda workdir: None,
+  registry.register("wide", make=registry.make_gaussian_diag, load=lambda workdir: None,
                     description="stand-in", eval_kwargs=lambda context: kwargs)
   after = prior_eval.evaluate_nll(workdir_copy, splits=("test",))
   assert set(after["splits"]) == {"test"}  # The validation entry lacks the row: dropped.
   _, _, config = prior_io.load_trained_prior(workdir_copy)
   dofs = pose_data.read_split(config.data, "test", 50)
-  want = -np.mean(registry.make("vae", **kwargs).log_prob(dofs))
-  assert after["vae"] == after["splits"]["test"]["nats_per_pose"]["vae"] == want
+  want = -np.mean(registry.make("wide", **kwargs).log_prob(dofs))
+  assert after["wide"] == after["splits"]["test"]["nats_per_pose"]["wide"] == want
   assert want > table["gaussian_diag"]  # A 3x wider Gaussian: a worse fit of the same data.
   for model in prior_eval.MODELS:
     assert after[model] == table[model]
-  assert "| vae |" in open(os.path.join(workdir_copy, "nll_table.md")).read()
+  assert "| wide |" in open(os.path.join(workdir_copy, "nll_table.md")).read()
 
 
 # --- Damaged workdir files (issue 10.4): refitted, or one error naming the file. ---
@@ -367,3 +367,22 @@ def test_launcher_reports_damage_and_exits_nonzero(workdir_copy, capsys):
   finally:
     flags.FLAGS.unparse_flags()
   assert os.path.join(workdir_copy, prior_io.CONFIG_FILE) in capsys.readouterr().err
+
+
+def test_vae_rows_when_a_vae_is_trained_beside_the_flow(workdir, tmp_path):
+  """A VAE in W/vae adds the rows `vae` (IS NLL, K = 1000) and `vae_elbo` (-ELBO, >= it)."""
+  from experiments import prior_vae  # pylint: disable=g-import-not-at-top
+  work = tmp_path / "prior"
+  shutil.copytree(workdir, work, ignore=shutil.ignore_patterns("checkpoints", "nll_table*"))
+  config = prior_vae.get_config("runlocal,synthetic")
+  config.update_from_flattened_dict({
+      "num_train_steps": 20, "kl_anneal_steps": 10, "batch_size": 32, "eval_batch_size": 64,
+      "init_examples": 128, "data.num_train": 512, "data.num_eval": 96, "log_every": 10,
+      "eval_every": 20, "checkpoint_every": 20, "optimizer.warmup_steps": 1})
+  trainer.train_and_evaluate(config, str(work / "vae"))
+  table = prior_eval.evaluate_nll(str(work), splits=("validation",))
+  nats = table["splits"]["validation"]["nats_per_pose"]
+  assert list(nats)[:4] == list(prior_eval.MODELS) and list(nats)[4:] == ["vae", "vae_elbo"]
+  assert math.isfinite(nats["vae"]) and nats["vae_elbo"] >= nats["vae"]
+  assert table["vae_params_sha256"]
+  assert registry.load("vae", str(work)).name == "vae"  # The benchmark's path.

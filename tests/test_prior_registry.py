@@ -33,11 +33,11 @@ def workdir(tmp_path_factory):
 
 def test_names_and_unknown_name():
   assert registry.names()[:4] == ("none", "gaussian", "gmm8", "flow")
-  assert set(registry.names()) == {"none", "gaussian", "gmm8", "flow", "gaussian_diag"}
+  assert set(registry.names()) == {"none", "gaussian", "gmm8", "flow", "gaussian_diag", "vae"}
   # Every prior with a density is a row of the NLL table; `none` has none.
   assert set(registry.evaluated_names()) == set(registry.names()) - {"none"}
-  with pytest.raises(registry.PriorRegistryError, match="vae.*none, gaussian, gmm8, flow"):
-    registry.get("vae")
+  with pytest.raises(registry.PriorRegistryError, match="vpose.*none, gaussian, gmm8, flow"):
+    registry.get("vpose")
 
 
 @pytest.mark.parametrize("name", ["gaussian", "gaussian_diag", "gmm8", "flow"])

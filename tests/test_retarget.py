@@ -158,3 +158,80 @@ def test_non_canonical_axes_reexpressed(motions):
   others = [i for i, (b, _) in enumerate(cmu_skeleton.POSE_DOFS) if b != "lhumerus"]
   original = retarget.motion_to_pose_dofs(motion)
   np.testing.assert_allclose(dofs[:, others], original[:, others], atol=1e-9)
+
+
+# --- BVH rigs of the CMU skeleton: MotionBuilder names, 3ds Max names, another rest pose ---
+
+MAX3DS_NAMES = (  # 131_01.bvh of ../shared/data/cmu_more/other_rig_bvh_3dsmax, in file order.
+    "Hips LHipJoint LeftHip LeftKnee LeftAnkle LeftToe RHipJoint RightHip RightKnee RightAnkle "
+    "RightToe lowerback Chest Chest2 lowerneck Neck Head LeftCollar LeftShoulder LeftElbow "
+    "LeftWrist lhand LFingers LThumb RightCollar RightShoulder RightElbow RightWrist rhand "
+    "RFingers RThumb").split()
+
+
+def test_3dsmax_name_map():
+  mb = cmu_skeleton.mb_joint_names(MAX3DS_NAMES)
+  assert mb == tuple(cmu_skeleton.ASF_TO_MB.values())  # Same joints, same order as CMU's.
+  # The clashing names mean other bones in the two rigs.
+  assert dict(zip(MAX3DS_NAMES, mb))["LeftShoulder"] == "LeftArm"
+  assert dict(zip(MAX3DS_NAMES, mb))["Neck"] == "Neck1"
+  assert cmu_skeleton.mb_joint_names(["Hips", "LeftShoulder", "Neck"]) == (
+      "Hips", "LeftShoulder", "Neck")  # An MB file is not renamed.
+  assert cmu_skeleton.mb_joint_names(["LFingers"]) == ("LeftHandFinger1",)
+  fake = type("S", (), {"joint_names": tuple(MAX3DS_NAMES)})
+  index = retarget.cmu_bone_index(fake)
+  assert index.tolist() == list(range(31))
+  assert MAX3DS_NAMES[index[retarget.BONES.index("lhumerus")]] == "LeftShoulder"
+  assert MAX3DS_NAMES[index[retarget.BONES.index("lclavicle")]] == "LeftCollar"
+
+
+def _arms_down(motion):
+  """`motion` re-expressed on a rest pose with the arms hanging down (3ds Max-friendly files),
+  its joints renamed to 3ds Max names: the inverse of `clips.align_rest_to_cmu`."""
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  skel = motion.skeleton
+  rest = np.broadcast_to(np.eye(3), (skel.num_joints, 3, 3)).copy()
+  index = retarget.cmu_bone_index(skel)
+  for bone in ("lhumerus", "lradius", "lwrist", "lhand", "lfingers", "rhumerus", "rradius",
+               "rwrist", "rhand", "rfingers"):
+    d_cmu = np.asarray(retarget.CANONICAL_REST_DIRECTIONS[bone])
+    rest[index[retarget.BONES.index(bone)]] = clips._swing(d_cmu, np.array([0.0, -1.0, 0.0]))
+  parent_rest = rest[np.maximum(skel.parents, 0)]
+  parent_rest[np.asarray(skel.parents) < 0] = np.eye(3)
+  local = parent_rest @ motion.local_rotations @ np.swapaxes(rest, -1, -2)
+  offsets = np.einsum("jik,jk->ji", parent_rest, skel.offsets)
+  end_sites = {j: rest[j] @ np.asarray(v) for j, v in skel.end_sites.items()}
+  to_max = {mb: m for m, mb in zip(MAX3DS_NAMES, cmu_skeleton.ASF_TO_MB.values())}
+  names = tuple(to_max[cmu_skeleton.mb_joint_names([n])[0]] for n in skel.joint_names)
+  skeleton = dataclasses.replace(skel, offsets=offsets, end_sites=end_sites, joint_names=names)
+  return motion_lib.Motion(skeleton, motion.fps, motion.root_translation, local)
+
+
+def test_3dsmax_rig_with_arms_down_gives_the_same_dofs(shared_data):
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  cmu_bvh = shared_data / "cmu_more" / "bvh" / "01" / "01_03.bvh.gz"
+  motion = motion_lib.select_frames(clips.read_clip(cmu_bvh), slice(0, 400, 8))
+  other = _arms_down(motion)
+  _, positions = motion_lib.forward_kinematics(motion)
+  np.testing.assert_allclose(motion_lib.forward_kinematics(other)[1], positions, atol=1e-9)
+  assert not np.allclose(retarget.motion_to_pose_dofs(other), retarget.motion_to_pose_dofs(
+      motion), atol=0.1)  # Read naively, the arms are 90 degrees off.
+  aligned = clips.align_rest_to_cmu(other)
+  np.testing.assert_allclose(motion_lib.forward_kinematics(aligned)[1], positions, atol=1e-9)
+  np.testing.assert_allclose(retarget.motion_to_pose_dofs(aligned),
+                             retarget.motion_to_pose_dofs(motion), atol=1e-6)
+  assert clips.align_rest_to_cmu(motion) is motion  # CMU's own rest: untouched.
+
+
+def test_3dsmax_file_reads_through_the_map(shared_data):
+  """The shared 3ds Max clip: elbows bend about CMU's elbow axis once the rest is aligned."""
+  from flowpose.data import clips  # pylint: disable=g-import-not-at-top
+  motion = motion_lib.select_frames(clips.read_clip(
+      shared_data / "cmu_more" / "other_rig_bvh_3dsmax" / "131" / "131_01.bvh.gz"),
+      slice(0, 994, 10))
+  local = retarget.cmu_local_rotations(motion)
+  frames = retarget.canonical_axis_frames()
+  for bone in ("lradius", "rradius", "ltibia", "rtibia"):
+    j = retarget.BONES.index(bone)
+    rot = frames[j].T @ local[:, j] @ frames[j]  # A pure rx rotation in the ASF axis frame.
+    assert np.abs(rot[:, 0, 1:]).max() < 1e-3 and np.abs(rot[:, 1:, 0]).max() < 1e-3, bone

@@ -32,6 +32,42 @@ ASF_TO_MB: Dict[str, str] = {
 }
 MB_TO_ASF: Dict[str, str] = {v: k for k, v in ASF_TO_MB.items()}
 
+# Other spellings of MotionBuilder-style names in CMU-skeleton BVH conversions (cgspeed: the
+# finger end joint is LFingers/RFingers in some files, LeftHandIndex1/RightHandIndex1 in others).
+MB_ALIASES: Dict[str, str] = {"LFingers": "LeftHandFinger1", "LeftHandIndex1": "LeftHandFinger1",
+                              "RFingers": "RightHandFinger1", "RightHandIndex1": "RightHandFinger1"}
+
+# cgspeed's "3dsMax-friendly" BVH names of the same 31-joint CMU skeleton -> MotionBuilder names
+# (../shared/data/cmu_more/README.md). Several names exist in both rigs with another meaning
+# (3ds Max `LeftShoulder` is the humerus = MB `LeftArm`; 3ds Max `Neck` = MB `Neck1`), so a file
+# is renamed all at once, never name by name against the MB table.
+MAX3DS_TO_MB: Dict[str, str] = {
+    "Hips": "Hips", "LHipJoint": "LHipJoint", "RHipJoint": "RHipJoint",
+    "lowerback": "LowerBack", "Chest": "Spine", "Chest2": "Spine1", "lowerneck": "Neck",
+    "Neck": "Neck1", "Head": "Head",
+    **{f"{side}{m}": f"{side}{b}" for side in ("Left", "Right") for m, b in (
+        ("Hip", "UpLeg"), ("Knee", "Leg"), ("Ankle", "Foot"), ("Toe", "ToeBase"),
+        ("Collar", "Shoulder"), ("Shoulder", "Arm"), ("Elbow", "ForeArm"), ("Wrist", "Hand"))},
+    "lhand": "LeftFingerBase", "LFingers": "LeftHandFinger1", "LThumb": "LThumb",
+    "rhand": "RightFingerBase", "RFingers": "RightHandFinger1", "RThumb": "RThumb",
+}
+# Joint names only the 3ds Max rig has: a skeleton with any of them is renamed by MAX3DS_TO_MB.
+# (ASF spellings such as `lowerback`, `lhand` are not markers: they also name ASF bones.)
+MAX3DS_MARKERS = (frozenset(MAX3DS_TO_MB) - frozenset(ASF_TO_MB.values()) - frozenset(MB_ALIASES)
+                  - {"lowerback", "lowerneck", "lhand", "rhand"})
+
+
+def mb_joint_names(names) -> Tuple[str, ...]:
+  """MotionBuilder-style names (`ASF_TO_MB` values) of a CMU-skeleton BVH's joints.
+
+  A 3ds Max-named rig (any of `MAX3DS_MARKERS`) is renamed with `MAX3DS_TO_MB` as a whole;
+  otherwise `MB_ALIASES` are resolved. Names neither table knows are kept.
+  """
+  names = tuple(names)
+  if MAX3DS_MARKERS.intersection(names):
+    return tuple(MAX3DS_TO_MB.get(n, n) for n in names)
+  return tuple(MB_ALIASES.get(n, n) for n in names)
+
 # Rotational DOFs of each bone, in AMC value order (root excluded: TX TY TZ RX RY RZ).
 BONE_DOFS: Dict[str, Tuple[str, ...]] = {
     "lhipjoint": (), "rhipjoint": (),
@@ -80,6 +116,12 @@ POSE_DOFS: Tuple[Tuple[str, str], ...] = tuple(
     for dof in BONE_DOFS[bone])
 POSE_DOF_NAMES: Tuple[str, ...] = tuple(f"{b}.{d}" for b, d in POSE_DOFS)
 NUM_POSE_DOFS: int = len(POSE_DOFS)  # 50
+
+# Pose DOFs that CMU never moves: the clavicles' ry, rz are 0 in every AMC clip (checked on all 13
+# subjects of ../shared/data/cmu and cmu_more: |value| < 1e-14). A density on them is a delta
+# (actnorm divides by their zero spread); the prior's "euler_free" chart drops them.
+FIXED_POSE_DOFS: Tuple[str, ...] = ("rclavicle.ry", "rclavicle.rz", "lclavicle.ry",
+                                    "lclavicle.rz")
 
 
 def pose_dof_indices(dof_names) -> np.ndarray:

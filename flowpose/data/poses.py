@@ -7,30 +7,22 @@ through `examples` below, so the benchmark measures what training consumes.
     # element i of ds = the `[512, 50]` float32 DOF batch of training step s + i (infinite).
 
 Determinism (bit-exact resume after kill -9). The batch of step `s` is a pure function of
-`(seed, process_index, s)`: epoch `e` reads this process's shard of the split in file order
-(`shuffle_files=False`), shuffles it with a seed derived from `(seed, process_index, e)`
-(`reshuffle_each_iteration=False`, so the order does not depend on how often the pipeline was
-iterated before) and batches with `drop_remainder` (every epoch has the same number of steps).
-A run resumed at step `s` builds the stream from epoch `s // steps_per_epoch` and `skip`s the
-first `s % steps_per_epoch` batches of it, so it replays exactly the batches of an
-uninterrupted run without checkpointing any iterator state: the step counter in the checkpoint
-is the iterator position. (tf.data iterator checkpointing would also work but ties every
-checkpoint to the pipeline's graph; the skip costs at most one epoch of reading.) The shuffle
-buffer is `min(examples per epoch, data.shuffle_buffer)`: a full shuffle for CMU at 30 fps,
-a windowed one for bigger splits.
+`(seed, process_index, s)`: epoch `e` reads this process's shard in file order, shuffles it with
+a seed derived from `(seed, process_index, e)` (`reshuffle_each_iteration=False`) and batches
+with `drop_remainder`. A run resumed at step `s` builds the stream from epoch
+`s // steps_per_epoch` and `skip`s `s % steps_per_epoch` batches: it replays the batches of an
+uninterrupted run without checkpointing iterator state (the skip costs at most one epoch of
+reading). The shuffle buffer is `min(examples per epoch, data.shuffle_buffer)`.
 
 Sources (`config.data.source`):
 * "tfds": the `cmu_mocap` builder (feature `dofs [50]`), prepared on first use from
-  `data.manual_dir`. Prepared data are keyed by their source: the builder writes into
-  `<data_dir>/sources/<fingerprint>/` where the fingerprint hashes the builder name, version,
-  `skip_bad_files` and every file under `manual_dir` (relative path, size, mtime), so another
-  or a changed folder is prepared anew instead of silently reusing old examples.
-  The training split is sharded over processes (`tfds.even_splits`, drop_remainder).
+  `data.manual_dir` (one folder or several joined by ",") into `<data_dir>/sources/<fingerprint>/`
+  (hash of builder name, version, `skip_bad_files` and every file's path, size and mtime: a
+  changed folder is prepared anew). Training shards over processes (`tfds.even_splits`).
 * "synthetic": a fixed, correlated, non-Gaussian distribution (`synthetic_poses`).
 
-Augmentation in tf.data: `data.augment_mirror` puts the left-right mirror image of every
-training pose right after it (an epoch is then 2N poses). Chart conversion and input noise are
-done on device by the task (`flowpose.tasks.prior`).
+Augmentation in tf.data: `data.augment_mirror` puts the left-right mirror image of every training
+pose right after it (2N poses per epoch); chart and jitter are the task's, on device.
 """
 
 import contextlib
@@ -64,7 +56,8 @@ def default_config() -> ml_collections.ConfigDict:
   Fields: `source` "tfds" | "synthetic"; `tfds_name`, `tfds_config` ("" = the per-frame config at
   `fps`), `fps`, `data_dir` ("" = $FLOWPOSE_CACHE/tfds), `manual_dir` (the clip folder: prepared
   data are keyed by its contents), `train_split`, `eval_split`; `synthetic_seed`, `num_train`,
-  `num_eval` (synthetic source only); `augment_mirror` (each training pose followed by its
+  `num_eval` (synthetic source only); `manual_dir` may join several folders with ","
+  (`"../cmu,../cmu_more/asfamc"`: clips of all of them, a clip name in two taken from the first); `augment_mirror` (each training pose followed by its
   left-right mirror, CMU chart only); `skip_bad_files` (skip unreadable clips, listed in
   bad_files.json, instead of failing the build); `shuffle_buffer` (poses).
   """
@@ -102,23 +95,27 @@ def source_fingerprint(manual_dir, builder_id: str) -> dict:
 
   Args:
     manual_dir: the source folder; every regular file under it (hidden ones excepted) enters
-      with its relative path, size and mtime (stat follows symlinks).
+      with its relative path, size and mtime (stat follows symlinks). A list of folders: the
+      hash of their fingerprints in order.
     builder_id: builder name, version and build options, e.g. "cmu_mocap/fps30/1.0.0/skip=0".
   """
+  if isinstance(manual_dir, (list, tuple)):  # Several folders, in order: one fingerprint.
+    parts = [source_fingerprint(d, builder_id) for d in manual_dir]
+    digest = hashlib.sha256(json.dumps([p["fingerprint"] for p in parts]).encode()).hexdigest()
+    return {"fingerprint": digest[:20], "builder": builder_id,
+            **{k: [p[k] for p in parts] for k in ("manual_dir", "num_files", "total_bytes")}}
   root = pathlib.Path(manual_dir).expanduser().absolute()
   files = []
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
     dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-    for name in sorted(filenames):
-      if name.startswith("."):
-        continue
-      path = pathlib.Path(dirpath, name)
-      stat = path.stat()
-      files.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    stats = [(n, pathlib.Path(dirpath, n).stat()) for n in filenames if not n.startswith(".")]
+    files += [(str(pathlib.Path(dirpath, n).relative_to(root)), st.st_size, st.st_mtime_ns)
+              for n, st in stats]
   files.sort()
   digest = hashlib.sha256(json.dumps([builder_id, files]).encode()).hexdigest()
   return {"fingerprint": digest[:20], "builder": builder_id, "manual_dir": str(root),
           "num_files": len(files), "total_bytes": sum(f[1] for f in files)}
+
 
 
 def _builder_name(data_config) -> str:
@@ -173,15 +170,17 @@ def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int 
   wait for it.
   """
   _, tfds = _tf()
-  manual_dir = data_config.manual_dir
-  if not manual_dir or not os.path.isdir(manual_dir):
-    raise ValueError(f"config data.manual_dir: source folder {manual_dir!r} not found "
-                     "(set $FLOWPOSE_CMU_DIR or --config.data.manual_dir)")
+  from flowpose.data.tfds.cmu_mocap import splits  # pylint: disable=g-import-not-at-top
+  folders = splits.manual_dirs(data_config.manual_dir)
+  manual_dir = str(folders[0])
   name = _builder_name(data_config)
   skip = bool(data_config.get("skip_bad_files", False))
   kwargs = {"skip_bad_files": True} if skip else {}
+  if len(folders) > 1:
+    kwargs["manual_dirs"] = [str(f) for f in folders]
   version = tfds.builder_cls(data_config.tfds_name).VERSION
-  source = source_fingerprint(manual_dir, f"{name}/{version}/skip_bad_files={int(skip)}")
+  source = source_fingerprint(folders if len(folders) > 1 else manual_dir,
+                              f"{name}/{version}/skip_bad_files={int(skip)}")
   data_dir = os.path.join(data_config.get("data_dir", "") or default_tfds_data_dir(),
                           "sources", source["fingerprint"])
   if process_index == 0:
@@ -189,8 +188,7 @@ def prepared_builder(data_config: ml_collections.ConfigDict, process_index: int 
       _remove_incomplete(data_dir)
       builder = tfds.builder(name, data_dir=data_dir, **kwargs)
       if not builder.is_prepared():
-        logging.info("Preparing %s from %s (%d files) into %s.", name, source["manual_dir"],
-                     source["num_files"], data_dir)
+        logging.info("Preparing %s from %s into %s.", name, source["manual_dir"], data_dir)
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, try_download_gcs=False))
       record = os.path.join(data_dir, FINGERPRINT_FILE)
@@ -293,8 +291,15 @@ def epoch_batches(ds, num_examples: int, batch_size: int, seed: int, start_step:
         batch_size, drop_remainder=True)
 
   stream = tf.data.Dataset.range(first_epoch, 2**62).flat_map(_plain(tf, one_epoch))
-  stream = stream.skip(offset)
-  return stream.prefetch(tf.data.AUTOTUNE)
+  return stream.skip(offset).prefetch(tf.data.AUTOTUNE)
+
+
+def with_steps(stream, start_step: int, rows: int):
+  """`{"poses": batch, "step": [rows] int32}`: each batch of `stream` (element i = step
+  `start_step + i`) with its step in every row (shards with the batch), for step-dependent losses."""
+  tf, _ = _tf()
+  tag = _plain(tf, lambda x, s: {"poses": x, "step": tf.fill([rows], tf.cast(s, tf.int32))})
+  return tf.data.Dataset.zip((stream, tf.data.Dataset.range(start_step, 2**62))).map(tag)
 
 
 def process_seed(seed: int, process_index: int) -> int:
@@ -305,10 +310,8 @@ def process_seed(seed: int, process_index: int) -> int:
 def train_batches(data_config: ml_collections.ConfigDict, dim: int, batch_size: int,
                   seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1):
-  """Training batches `[batch_size, dim]` float32 DOFs (this process's), mirrored if asked.
-
-  Element `i` is the batch of step `start_step + i` (see `epoch_batches`).
-  """
+  """Training batches `[batch_size, dim]` float32 DOFs (this process's), mirrored if asked;
+  element `i` is the batch of step `start_step + i` (see `epoch_batches`)."""
   tf, _ = _tf()
   ds, num = examples(data_config, data_config.train_split, dim, process_index, process_count)
   if data_config.get("augment_mirror", False):
@@ -344,9 +347,7 @@ def eval_dataset(data_config: ml_collections.ConfigDict, split: str, dim: int,
 
 def read_split(data_config: ml_collections.ConfigDict, split: str, dim: int) -> np.ndarray:
   """`[N, dim]` float32 DOFs of the whole `split` (the training reader, not augmented)."""
-  _, tfds = _tf()
-  ds, _ = examples(data_config, split, dim)
-  chunks = list(tfds.as_numpy(ds.batch(65536)))
+  chunks = list(_tf()[1].as_numpy(examples(data_config, split, dim)[0].batch(65536)))
   if not chunks:
     raise ValueError(f"{data_config.source} split {split!r} is empty")
   return np.concatenate(chunks).astype(np.float32)

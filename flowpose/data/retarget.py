@@ -71,8 +71,6 @@ CANONICAL_REST_DIRECTIONS = {
 }
 ALIGNED_BONES = tuple(b for b in BONES if b in CANONICAL_REST_DIRECTIONS)
 
-_BVH_ALIASES = {"LFingers": "lfingers", "LeftHandIndex1": "lfingers", "RFingers": "rfingers",
-                "RightHandIndex1": "rfingers"}
 
 
 class RestAlignment(NamedTuple):
@@ -178,12 +176,12 @@ del _col, _bone, _dof
 def cmu_bone_index(skeleton) -> np.ndarray:
   """[31] index of each CMU bone (`BONES` order) in `skeleton.joint_names`, -1 if absent.
 
-  Accepts ASF names, MotionBuilder-friendly BVH names and their finger aliases.
+  Accepts ASF names, MotionBuilder-friendly BVH names (with their finger aliases) and 3ds
+  Max-friendly BVH names (`cmu_skeleton.mb_joint_names`).
   """
   lookup = {}
-  for i, name in enumerate(skeleton.joint_names):
-    bone = cmu_skeleton.MB_TO_ASF.get(name, _BVH_ALIASES.get(name, name))
-    lookup[bone] = i
+  for i, name in enumerate(cmu_skeleton.mb_joint_names(skeleton.joint_names)):
+    lookup[cmu_skeleton.MB_TO_ASF.get(name, name)] = i
   return np.array([lookup.get(b, -1) for b in BONES])
 
 

@@ -5,6 +5,11 @@ A chart is the vector space the prior's density lives on (`config.flow.chart`):
 * `"euler_dofs"` (default, D = 50): the per-joint DOF angles of
   `cmu_skeleton.POSE_DOF_NAMES` (radians), like GHUM's Euler-angle pose vector. Angles are
   periodic; the prior cuts each one opposite its data (`prior.wrap_angle`).
+* `"euler_free"` (D = 46): the Euler DOFs without `cmu_skeleton.FIXED_POSE_DOFS`, the four
+  clavicle angles CMU never moves (0 in every clip). They are modelled as fixed at 0: the density
+  is that of the 46 free angles times a point mass, `to_dofs` puts 0 there, and `from_dofs`
+  ignores them. No input jitter is then needed to keep actnorm finite (`tasks/prior.py` checks
+  that the training data really hold them at 0).
 * `"axis_angle"` (D = 3 x 24 = 72): the axis-angle vector of each bone that has DOFs
   (`CHART_BONES`, in `POSE_DOFS` order), of the bone's local rotation in its ASF axis frame
   `M = Rx(rx) Ry(ry) Rz(rz)` applied extrinsically (the rotation `retarget` poses the body with;
@@ -29,7 +34,12 @@ import numpy as np
 from flowpose import geometry
 from flowpose.data import cmu_skeleton
 
-CHARTS = ("euler_dofs", "axis_angle")
+CHARTS = ("euler_dofs", "euler_free", "axis_angle")
+# [46] columns of the free DOFs in the 50-DOF vector; [4] the fixed ones (held at 0).
+FREE_COLUMNS = np.asarray([i for i, n in enumerate(cmu_skeleton.POSE_DOF_NAMES)
+                           if n not in cmu_skeleton.FIXED_POSE_DOFS], np.int32)
+FIXED_COLUMNS = np.asarray([cmu_skeleton.POSE_DOF_NAMES.index(n)
+                            for n in cmu_skeleton.FIXED_POSE_DOFS], np.int32)
 
 # Bones with at least one pose DOF, in POSE_DOFS order (24 bones).
 CHART_BONES: Tuple[str, ...] = tuple(dict.fromkeys(b for b, _ in cmu_skeleton.POSE_DOFS))
@@ -52,19 +62,22 @@ def _check_chart(chart: str) -> None:
 def chart_dim(chart: str) -> int:
   """D of the chart on the CMU skeleton."""
   _check_chart(chart)
-  return cmu_skeleton.NUM_POSE_DOFS if chart == "euler_dofs" else 3 * len(CHART_BONES)
+  return {"euler_dofs": cmu_skeleton.NUM_POSE_DOFS, "euler_free": len(FREE_COLUMNS)}.get(
+      chart, 3 * len(CHART_BONES))
 
 
 def is_periodic(chart: str) -> bool:
   """Whether the coordinates are angles the prior must wrap (Euler DOFs) or not."""
   _check_chart(chart)
-  return chart == "euler_dofs"
+  return chart in ("euler_dofs", "euler_free")
 
 
 def dim_bones(chart: str) -> Tuple[str, ...]:
   """`[D]` the ASF bone each chart coordinate belongs to (kinematic masks use it)."""
   if chart == "euler_dofs":
     return tuple(b for b, _ in cmu_skeleton.POSE_DOFS)
+  if chart == "euler_free":
+    return tuple(cmu_skeleton.POSE_DOFS[i][0] for i in FREE_COLUMNS)
   _check_chart(chart)
   return tuple(b for b in CHART_BONES for _ in range(3))
 
@@ -104,6 +117,8 @@ def from_dofs(chart: str, dofs) -> jax.Array:
   """`[..., 50]` DOF angles -> `[..., D]` chart coordinates."""
   if chart == "euler_dofs":
     return _check_width(dofs, cmu_skeleton.NUM_POSE_DOFS, "from_dofs")
+  if chart == "euler_free":
+    return _check_width(dofs, cmu_skeleton.NUM_POSE_DOFS, "from_dofs")[..., FREE_COLUMNS]
   _check_chart(chart)
   aa = geometry.matrix_to_axis_angle(dofs_to_bone_rotmats(dofs))
   return aa.reshape(aa.shape[:-2] + (-1,))
@@ -114,6 +129,9 @@ def to_dofs(chart: str, x) -> jax.Array:
   x = _check_width(x, chart_dim(chart), f"to_dofs({chart!r})")
   if chart == "euler_dofs":
     return x
+  if chart == "euler_free":  # The fixed DOFs at 0.
+    out = jnp.zeros(x.shape[:-1] + (cmu_skeleton.NUM_POSE_DOFS,), x.dtype)
+    return out.at[..., FREE_COLUMNS].set(x)
   aa = x.reshape(x.shape[:-1] + (len(CHART_BONES), 3))
   return bone_rotmats_to_dofs(geometry.axis_angle_to_matrix(aa))
 
@@ -128,6 +146,8 @@ def from_dofs_np(chart: str, dofs: np.ndarray, batch: int = 65536) -> np.ndarray
   dofs = np.asarray(dofs, np.float32)
   if chart == "euler_dofs":
     return dofs
+  if chart == "euler_free":
+    return np.ascontiguousarray(dofs[..., FREE_COLUMNS])
   fn = _jitted_from_dofs(chart)
   return np.concatenate([np.asarray(fn(dofs[i:i + batch]))
                          for i in range(0, max(len(dofs), 1), batch)]).astype(np.float32)

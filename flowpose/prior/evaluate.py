@@ -30,6 +30,7 @@ resampled to 30 fps by the nearest-frame rule of the `cmu_mocap` builder, so a f
 split's clips reproduces that split's numbers.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -43,8 +44,8 @@ from flowpose.prior import io as prior_io
 from flowpose.prior import baseline_cache
 from flowpose.prior import charts
 from flowpose.prior import registry
-from flowpose.data import asf_amc
-from flowpose.data import bvh
+from flowpose.prior import vae_entry
+from flowpose.data import clips
 from flowpose.data import motion as motion_lib
 from flowpose.data import poses as pose_data
 from flowpose.data import retarget
@@ -78,8 +79,11 @@ def table_rows() -> Tuple[Tuple[str, str], ...]:
   return tuple((ROW_LABELS.get(name, name), name) for name in ordered)
 
 
-# The row labels (`flow`, `gaussian_diag`, `gaussian_full`, `gmm8`, ...), for readers of the table.
-MODELS = tuple(label for label, _ in table_rows())
+# Rows only some tables have: `vae` (and its bound `vae_elbo`) when a VAE was trained beside
+# the flow (`registry.vae_entry.vae_workdir`).
+OPTIONAL_ROWS = ("vae", "vae_elbo")
+# The row labels every table has (`flow`, `gaussian_diag`, `gaussian_full`, `gmm8`, ...).
+MODELS = tuple(label for label, _ in table_rows() if label not in OPTIONAL_ROWS)
 
 
 def load_split_dofs(config, split: str) -> np.ndarray:
@@ -119,27 +123,51 @@ def _baselines(workdir: str, prior, params, config,
 
 def table_priors(workdir: str, prior, params,
                  fitted: FittedBaselines) -> Dict[str, registry.PosePrior]:
-  """`{row label: PosePrior}` of every row, built by `registry.make` from the params in memory."""
+  """`{row label: PosePrior}` of every row, built by `registry.make` from the params in memory
+  (an entry whose `eval_kwargs` returns None for this workdir, e.g. no VAE trained, has none)."""
   context = registry.EvalContext(workdir, prior, params, fitted)
-  return {label: registry.make(name, **registry.get(name).eval_kwargs(context))
-          for label, name in table_rows()}
+  rows = {}
+  for label, name in table_rows():
+    kwargs = registry.get(name).eval_kwargs(context)
+    if kwargs is not None:
+      rows[label] = registry.make(name, **kwargs)
+  return rows
 
 
-def _split_stats(priors: Dict[str, registry.PosePrior], dim: int, dofs: np.ndarray) -> dict:
+def _bound_rows(priors: Dict[str, registry.PosePrior], workdir: str,
+                dofs: np.ndarray) -> Dict[str, float]:
+  """Extra rows: `vae_elbo` = mean -ELBO with the `vae` row's K = 1000 draws (so
+  `vae_elbo >= vae`, pose by pose) when the table has a VAE row."""
+  if "vae" not in priors or vae_entry.vae_workdir(workdir) is None:
+    return {}
+  from flowpose.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
+  vae, params, _ = prior_io.load_trained_vae(vae_entry.vae_workdir(workdir))
+  elbo = vae_lib.evaluate_np(vae, params, charts.from_dofs_np(vae.chart, dofs), "elbo")
+  return {"vae_elbo": float(-np.mean(elbo))}
+
+
+def _split_stats(priors: Dict[str, registry.PosePrior], dim: int, dofs: np.ndarray,
+                 workdir: Optional[str] = None) -> dict:
   """`{num_poses, nats_per_pose {row: float}, bits_per_dof {row: float}}` of DOFs `[N, 50]`.
 
   `dim`: D of the chart the densities live in (bits per chart coordinate).
   """
   nats = {label: float(-np.mean(p.log_prob(dofs))) for label, p in priors.items()}
+  nats.update(_bound_rows(priors, workdir, dofs) if workdir else {})
   return {"num_poses": int(dofs.shape[0]), "nats_per_pose": nats,
           "bits_per_dof": {k: v / (dim * math.log(2.0)) for k, v in nats.items()}}
 
 
 def _provenance(workdir: str, prior, fitted: FittedBaselines) -> dict:
   """What the numbers depend on: the trained params, the baselines, the chart."""
-  return {"prior_params_sha256": prior_io.params_sha256(workdir),
-          "baselines_fingerprint": fitted.fingerprint, "chart": prior.chart,
-          "event_dim": prior.event_dim}
+  out = {"prior_params_sha256": prior_io.params_sha256(workdir),
+         "baselines_fingerprint": fitted.fingerprint, "chart": prior.chart,
+         "event_dim": prior.event_dim}
+  vae_dir = vae_entry.vae_workdir(workdir)
+  if vae_dir:  # A retrained VAE is another set of numbers.
+    with open(os.path.join(vae_dir, prior_io.VAE_PARAMS_FILE), "rb") as f:
+      out["vae_params_sha256"] = hashlib.sha256(f.read()).hexdigest()
+  return out
 
 
 def _table(headline: str, splits: Dict[str, dict], provenance: dict, **extra) -> dict:
@@ -217,10 +245,11 @@ def evaluate_nll(workdir: str, splits: Sequence[str] = ("validation", "test"),
   details, dofs = {}, None
   for split in splits:
     dofs = load_split_dofs(config, split)
-    details[split] = _split_stats(priors, prior.event_dim, dofs)
+    details[split] = _split_stats(priors, prior.event_dim, dofs, workdir)
     logging.info("%s NLL (nats/pose): %s", split, details[split]["nats_per_pose"])
   path = os.path.join(workdir, TABLE_STEM + ".json")
-  merged = {**_previous_splits(path, provenance, splits, list(priors)), **details}
+  rows = list(details[splits[-1]]["nats_per_pose"])  # Registry rows + bound rows.
+  merged = {**_previous_splits(path, provenance, splits, rows), **details}
   headline = HEADLINE_SPLIT if HEADLINE_SPLIT in merged else splits[-1]
   table = _table(headline, merged, provenance, train_poses=num_train,
                  data_source=config.data.source)
@@ -238,21 +267,21 @@ def clip_paths(folder: os.PathLike) -> List[Tuple[pathlib.Path, Optional[float]]
   `folder/index.csv` (else 120 fps); BVH files (`.bvh[.gz]`, any name) carry their own rate.
   """
   folder = pathlib.Path(folder)
-  found = [(clip.amc_path, clip.fps) for clip in splits_lib.list_clips(folder)]
-  bvh_files = {}
-  for path in sorted(folder.rglob("*")):
-    name = path.name.lower()
-    if not (path.is_file() and name.endswith((".bvh", ".bvh.gz"))):
+  found = [(c.amc_path, None if c.is_bvh else c.fps) for c in splits_lib.list_clips(folder)]
+  key = lambda p: p.parent / p.name.lower().removesuffix(".gz")
+  listed, bvh_files = {key(path) for path, _ in found}, {}
+  for path in sorted(folder.rglob("*")):  # BVH files of any name (SS_CC ones are listed).
+    if not (path.is_file() and clips.is_bvh(path)) or key(path) in listed:
       continue
-    key = path.parent / name.removesuffix(".gz")
-    if key not in bvh_files or not name.endswith(".gz"):  # The plain file wins over its .gz twin.
-      bvh_files[key] = path
+    if key(path) not in bvh_files or not path.name.lower().endswith(".gz"):
+      bvh_files[key(path)] = path  # The plain file wins over its .gz twin.
   found += [(path, None) for path in bvh_files.values()]
   return sorted(found, key=lambda item: str(item[0]))
 
 
 def read_clip_dofs(path: os.PathLike, fps: Optional[float] = None) -> np.ndarray:
-  """`[T, D]` chart DOFs of one ASF/AMC (SS.asf beside it) or CMU-skeleton BVH clip at 30 fps.
+  """`[T, D]` chart DOFs of one ASF/AMC (SS.asf beside it) or CMU-skeleton BVH clip at 30 fps
+  (`flowpose.data.clips.read_clip`).
 
   Frames are the nearest source frames of the 30 fps times, as the `cmu_mocap` builder picks
   them (120 fps: every 4th frame).
@@ -261,11 +290,7 @@ def read_clip_dofs(path: os.PathLike, fps: Optional[float] = None) -> np.ndarray
     path: the `.amc[.gz]` or `.bvh[.gz]` file.
     fps: capture rate of an AMC clip (AMC files do not store it; default 120, CMU's rate).
   """
-  path = pathlib.Path(path)
-  if ".bvh" in path.name.lower():
-    motion = bvh.read_bvh(path)
-  else:
-    motion = asf_amc.load_asf_amc(path, fps=fps or 120.0)
+  motion = clips.read_clip(path, fps)  # BVH: CMU's rest, converter T-pose frame dropped.
   motion = motion_lib.resample(motion, _TARGET_FPS, translation="nearest")
   return retarget.motion_to_pose_dofs(motion).astype(np.float32)
 
@@ -295,13 +320,13 @@ def evaluate_folder(workdir: str, folder: os.PathLike) -> dict:
   clips, all_dofs = {}, []
   for path, fps in paths:
     dofs = read_clip_dofs(path, fps)
-    stats = _split_stats(priors, prior.event_dim, dofs)
+    stats = _split_stats(priors, prior.event_dim, dofs, workdir)
     clips[str(path.relative_to(folder))] = {
         "num_poses": stats["num_poses"], "nats_per_pose": stats["nats_per_pose"]}
     all_dofs.append(dofs)
   name = folder.resolve().name or "root"
   label = f"folder {name}"
-  details = {label: _split_stats(priors, prior.event_dim, np.concatenate(all_dofs))}
+  details = {label: _split_stats(priors, prior.event_dim, np.concatenate(all_dofs), workdir)}
   table = _table(label, details, _provenance(workdir, prior, fitted),
                  folder=str(folder.resolve()), selection="all clips", num_clips=len(clips),
                  clips=clips)

@@ -26,6 +26,8 @@ from flowpose.prior import flow as prior_lib
 PARAMS_FILE = "prior_params.msgpack"
 CONFIG_FILE = "config.json"
 CHECKSUM_FILE = "prior_params.sha256"
+VAE_PARAMS_FILE = "vae_params.msgpack"  # A VAE workdir (tasks/vae.py): these + config.json.
+VAE_CHECKSUM_FILE = "vae_params.sha256"
 atomic_write = io_utils.atomic_write
 
 
@@ -44,17 +46,22 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
                config.to_json_best_effort(indent=2).encode())
 
 
-def export_prior(workdir: str, params: Any,
-                 config: ml_collections.ConfigDict) -> str:
+def export_prior(workdir: str, params: Any, config: ml_collections.ConfigDict,
+                 params_file: str = PARAMS_FILE, checksum_file: str = CHECKSUM_FILE) -> str:
   """Writes `prior_params.msgpack`, its `prior_params.sha256` and `config.json`; returns the
   params path."""
   write_config(workdir, config)
-  path = os.path.join(workdir, PARAMS_FILE)
+  path = os.path.join(workdir, params_file)
   data = flax.serialization.to_bytes(jax.device_get(params))
   atomic_write(path, data)
-  atomic_write(os.path.join(workdir, CHECKSUM_FILE),
-               f"{hashlib.sha256(data).hexdigest()}  {PARAMS_FILE}\n".encode())
+  atomic_write(os.path.join(workdir, checksum_file),
+               f"{hashlib.sha256(data).hexdigest()}  {params_file}\n".encode())
   return path
+
+
+def export_vae(workdir: str, params: Any, config: ml_collections.ConfigDict) -> str:
+  """Writes `vae_params.msgpack`, `vae_params.sha256` and `config.json` (section `vae`)."""
+  return export_prior(workdir, params, config, VAE_PARAMS_FILE, VAE_CHECKSUM_FILE)
 
 
 def params_sha256(workdir: str) -> str:
@@ -83,7 +90,7 @@ def _read_bytes(workdir: str, name: str) -> bytes:
   return data
 
 
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
+def _read_config(workdir: str, section: str = "flow") -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   data = _read_bytes(workdir, CONFIG_FILE)
   try:
@@ -91,12 +98,12 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise PriorLoadError(f"{path} is not valid JSON ({e}; truncated or garbled?): "
                          f"{_remedy(workdir)}") from None
-  if not isinstance(fields, dict) or not isinstance(fields.get("flow"), dict):
-    raise PriorLoadError(f"{path} has no `flow` section; expected the experiment config the "
-                         f"trainer writes: {_remedy(workdir)}")
+  if not isinstance(fields, dict) or not isinstance(fields.get(section), dict):
+    raise PriorLoadError(f"{path} has no `{section}` section; expected the experiment config "
+                         f"the trainer writes: {_remedy(workdir)}")
   config = ml_collections.ConfigDict(fields)
-  if "hidden_sizes" in config.flow:
-    config.flow.hidden_sizes = tuple(config.flow.hidden_sizes)  # JSON turns tuples into lists.
+  if "hidden_sizes" in config[section]:  # JSON turns tuples into lists.
+    config[section].hidden_sizes = tuple(config[section].hidden_sizes)
   return config
 
 
@@ -118,10 +125,11 @@ def _check_params(path: str, workdir: str, target: Any, params: Any) -> None:
       raise PriorLoadError(f"{path}: parameter {name} holds NaN or inf: {_remedy(workdir)}")
 
 
-def _read_params(workdir: str, prior) -> Any:
-  path = os.path.join(workdir, PARAMS_FILE)
-  data = _read_bytes(workdir, PARAMS_FILE)
-  checksum_path = os.path.join(workdir, CHECKSUM_FILE)
+def _read_params(workdir: str, prior, params_file: str = PARAMS_FILE,
+                 checksum_file: str = CHECKSUM_FILE) -> Any:
+  path = os.path.join(workdir, params_file)
+  data = _read_bytes(workdir, params_file)
+  checksum_path = os.path.join(workdir, checksum_file)
   if os.path.isfile(checksum_path):
     with open(checksum_path, "rb") as f:
       expected = f.read().decode("utf-8", errors="replace").split(maxsplit=1)[:1]
@@ -166,3 +174,22 @@ def load_exported_prior(workdir: str):
 
 # The one loader, under the name the evaluation and fitting code use.
 load_trained_prior = load_exported_prior
+
+
+def load_trained_vae(workdir: str):
+  """Reads and verifies an exported VAE prior (`tasks/vae.py`).
+
+  Returns:
+    `(vae, params, config)`: the `flowpose.prior.vae.VaePrior` of the saved `config.vae`, its
+    params and the experiment config. Raises PriorLoadError as `load_exported_prior`.
+  """
+  from flowpose.prior import vae as vae_lib  # pylint: disable=g-import-not-at-top
+  for name in (VAE_PARAMS_FILE, CONFIG_FILE):
+    _existing(workdir, name)
+  config = _read_config(workdir, "vae")
+  try:
+    vae = vae_lib.make_vae(config.vae)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise PriorLoadError(f"{os.path.join(workdir, CONFIG_FILE)}: its `vae` section does not "
+                         f"build a VAE ({type(e).__name__}: {e}): {_remedy(workdir)}") from None
+  return vae, _read_params(workdir, vae, VAE_PARAMS_FILE, VAE_CHECKSUM_FILE), config

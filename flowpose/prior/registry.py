@@ -1,4 +1,4 @@
-"""Pose priors by name (`none | gaussian | gaussian_diag | gmm8 | flow`), the way big_vision picks
+"""Pose priors by name (`none | gaussian | gaussian_diag | gmm8 | flow | vae`), the way big_vision picks
 models. One registry serves pose fitting and the prior evaluation's NLL table.
 
     prior = registry.load("gmm8", workdir)             # from a trained prior workdir
@@ -20,6 +20,7 @@ The pose variable the fitter optimises, per entry:
   gaussian_diag  x = mean + std * var,               penalty ||var||^2
   gmm8           x = var,                            penalty -2 log p_GMM(x)
   flow           x = flow.latent_to_pose(var),       penalty ||var||^2
+  vae            x = decoder mean(var) (var: [L]),   penalty ||var||^2
 
 where x are the coordinates of the prior's chart (`flowpose.prior.charts`; the baselines are fitted
 in the flow's chart) and `decode` returns the 50 DOFs either way. The GMM's `-2 log p` (not
@@ -47,65 +48,20 @@ from flowpose.prior import baseline_cache
 from flowpose.prior import baselines
 from flowpose.prior import charts
 from flowpose.prior import io as prior_io
-
-
-class PriorRegistryError(ValueError):
-  """Unknown prior name, or a prior that cannot be built/loaded (the message says why)."""
-
-
-class PoseSpace(NamedTuple):
-  """Static description of the pose variable (hashable: a jit key).
-
-  Attributes:
-    kind: the registry name.
-    dim: D, the pose variable's size.
-    decode: `(params, var [D]) -> dofs [50]`.
-    penalty: `(params, var [D]) -> scalar`.
-    density: `(params, dofs [N, 50]) -> [N]` log-density in nats (jnp), or None (no density).
-  """
-  kind: str
-  dim: int
-  decode: Callable[[Any, jax.Array], jax.Array]
-  penalty: Callable[[Any, jax.Array], jax.Array]
-  density: Optional[Callable[[Any, jax.Array], jax.Array]] = None
-
-
-class PosePrior(NamedTuple):
-  """A `PoseSpace`, its params pytree, the initial pose variable `init [D]` and `log_prob_np`:
-  numpy `dofs [N, 50]` -> float64 `[N]` (closes over the float64 fit; `params` are float32)."""
-  space: PoseSpace
-  params: Any
-  init: jax.Array
-  log_prob_np: Optional[Callable[[np.ndarray], np.ndarray]] = None
-
-  @property
-  def name(self) -> str:
-    return self.space.kind
-
-  def log_prob(self, dofs):
-    """`[N]` log-density (nats) of `dofs [N, 50]`: numpy in, float64 numpy out; jax in, jnp out."""
-    if self.space.density is None:
-      raise PriorRegistryError(f"prior {self.space.kind!r} has no density (flat prior)")
-    if not isinstance(dofs, jax.Array) and self.log_prob_np is not None:
-      return self.log_prob_np(np.asarray(dofs, np.float32))
-    return self.space.density(self.params, jnp.asarray(dofs, jnp.float32))
-
-
-class EvalContext(NamedTuple):
-  """What the prior evaluation holds in memory: the trained prior `workdir` (for an entry that
-  reads its own files), its `flow` (`FlowPrior`; `flow.chart` is the table's chart) and
-  `flow_params`, and the `baselines` (`FittedBaselines`) fitted in the flow's chart."""
-  workdir: str
-  flow: Any
-  flow_params: Any
-  baselines: baseline_cache.FittedBaselines
+from flowpose.prior import vae_entry
+from flowpose.prior.spaces import EvalContext, PosePrior, PoseSpace, PriorRegistryError
+from flowpose.prior.spaces import f32_tree as _f32_tree
+from flowpose.prior.spaces import identity as _identity
+from flowpose.prior.spaces import in_dofs as _in_dofs
+from flowpose.prior.spaces import latent_norm as _latent_norm
+from flowpose.prior.spaces import zero_penalty as _zero_penalty
 
 
 class PriorEntry(NamedTuple):
   """A registry entry: `make(**params) -> PosePrior` from params in memory, `load(workdir or
   None) -> PosePrior` from a trained prior workdir, a one-line `description`, and
   `eval_kwargs(EvalContext) -> dict` of `make`'s keywords from the evaluation's params in memory
-  (None: not a row of the NLL table, no density)."""
+  (None: not a row of the NLL table, no density; returning None: no row for this workdir)."""
   name: str
   make: Callable[..., PosePrior]
   load: Callable[[Optional[str]], PosePrior]
@@ -171,31 +127,6 @@ def flow_log_prob(flow, params, x: np.ndarray, batch_size: int = 4096) -> np.nda
 
 
 # --- Shared pieces ---
-
-def _identity(params, var):
-  del params
-  return var
-
-
-def _zero_penalty(params, var):
-  del params
-  return jnp.zeros((), var.dtype)
-
-
-def _latent_norm(params, var):
-  del params
-  return jnp.sum(jnp.square(var))
-
-
-def _f32_tree(tree):
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
-
-def _in_dofs(chart: str, decode):
-  """`decode` followed by the chart -> 50 DOFs map (the identity for Euler DOFs)."""
-  if chart == "euler_dofs":
-    return decode
-  return lambda params, var: charts.to_dofs(chart, decode(params, var))
-
 
 def _chart_coords(chart: str, dofs, center):
   """`[N, 50]` DOFs -> the chart's coordinates (jnp); periodic charts wrapped around `center`."""
@@ -394,3 +325,6 @@ register("flow", make=make_flow, load=load_flow,
          eval_kwargs=lambda context: {"flow": context.flow, "flow_params": context.flow_params})
 _register_baseline("gaussian_diag", "gaussian_diag", "gaussian", make_gaussian_diag,
                    "diagonal Gaussian (baselines.npz)")
+register("vae", make=vae_entry.make_vae, load=vae_entry.load_vae,
+         eval_kwargs=vae_entry.eval_kwargs,
+         description="VAE (VPoser-style), fitted in its latent (vae_params.msgpack in W or W/vae)")

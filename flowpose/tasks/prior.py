@@ -3,7 +3,8 @@
 Data: `flowpose.data.poses` streams this process's DOF batches (`[B, D]` float32: D =
 `flow.event_dim` in the Euler chart, the 50 CMU DOFs otherwise; mirrored in tf.data when
 `data.augment_mirror`). On device the batch goes to the prior's chart
-(`flowpose.prior.charts.from_dofs`) and gets Gaussian jitter `config.input_noise` (radians),
+(`flowpose.prior.charts.from_dofs`) and gets Gaussian jitter `config.input_noise` (radians; 0
+in the default `euler_free` chart, which drops the DOFs CMU holds constant),
 then the loss is `weighted_sum({"nll": mean -log p (nats/pose), "weight_l2": 0.5 * sum of
 squared flow params}, config.loss_weights)`. The standardisation stats (`params["stats"]`)
 are data, not parameters: frozen by `optimizer_labels`. At the end the trainer exports the
@@ -20,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from flowpose import losses
 from flowpose.data import cmu_skeleton
@@ -69,13 +71,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   noise = config.get("input_noise")
   if not config_lib.number(noise) or noise < 0:
     config_lib.fail("input_noise", "a float >= 0 (radians)", noise)
-  _validate_data(config.data, config.batch_size)
+  validate_data(config.data, config.batch_size)
   if config.data.augment_mirror and dofs_dim(config) != cmu_skeleton.NUM_POSE_DOFS:
     config_lib.fail("data.augment_mirror", f"False unless flow.event_dim is the "
                     f"{cmu_skeleton.NUM_POSE_DOFS}-DOF CMU chart", config.data.augment_mirror)
 
 
-def _validate_data(data: ml_collections.ConfigDict, batch_size: int) -> None:
+def validate_data(data: ml_collections.ConfigDict, batch_size: int) -> None:
+  """Raises ConfigError naming the first bad `data.*` field (shared with tasks/vae.py)."""
   config_lib.check_keys(data, "data", poses.DATA_DEFAULTS)
   if data.get("source") not in poses.SOURCES:
     config_lib.fail("data.source", f"one of {poses.SOURCES}", data.get("source"))
@@ -99,8 +102,26 @@ def _validate_data(data: ml_collections.ConfigDict, batch_size: int) -> None:
     config_lib.positive_int(data, "fps", "data.")
 
 
+def check_fixed_dofs(chart: str, dofs) -> None:
+  """Raises ValueError if a chart that holds DOFs fixed at 0 (`euler_free`) gets data where they
+  move: its density would silently ignore them."""
+  if chart != "euler_free":
+    return
+  if isinstance(dofs, jax.core.Tracer):  # Under the trainer's jit: checked when it runs.
+    jax.debug.callback(functools.partial(check_fixed_dofs, chart), dofs)
+    return
+  fixed = np.abs(np.asarray(dofs, np.float64)[..., charts.FIXED_COLUMNS])
+  if fixed.size and fixed.max() > 1e-6:
+    moving = [cmu_skeleton.FIXED_POSE_DOFS[i] for i in np.flatnonzero(
+        fixed.reshape(-1, fixed.shape[-1]).max(0) > 1e-6)]
+    raise ValueError(f"chart 'euler_free' holds {list(cmu_skeleton.FIXED_POSE_DOFS)} at 0, but "
+                     f"the training poses move {moving} (max |angle| {fixed.max():.3g} rad); "
+                     "use --config.flow.chart=euler_dofs with input_noise > 0 for such data")
+
+
 def init(config: ml_collections.ConfigDict, rng: jax.Array, example_batch) -> Any:
   """Data-dependent init (standardisation, actnorm) from `example_batch [N, Dd]` DOFs."""
+  check_fixed_dofs(config.flow.chart, example_batch)
   prior = make_prior(config)
   noise_rng, init_rng = jax.random.split(rng)
   x = to_chart(config.flow.chart, example_batch)

@@ -14,7 +14,11 @@ joints at the mean shape (world, metres), `subject`, `clip` ("02_01"), `descript
 (index.csv, else ""), `frame` (0-based frame index in the source clip at its capture rate).
 Retargeting: `flowpose.data.retarget`. Splits by subject: `flowpose.data.tfds.cmu_mocap.splits`.
 
-Bad input: every AMC/ASF is read and retargeted before anything is written; a build with bad
+Sources: one or several clip folders (`manual_dirs`, see `Builder`): ASF/AMC and CMU-skeleton
+BVH clips named `SS_CC` (`flowpose.data.clips`: MotionBuilder or 3ds Max joint names, converter
+T-pose frame dropped, rest re-expressed in CMU's T-pose).
+
+Bad input: every clip is read and retargeted before anything is written; a build with bad
 files (MocapFormatError from the readers, an AMC without its ASF, a bad index.csv) fails with one
 MocapFormatError listing all of them, or with `skip_bad_files=True` leaves them out, logs them
 and writes them to `bad_files.json` in the dataset folder. TFDS builds in a temporary folder
@@ -30,7 +34,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flowpose.data import asf_amc
+from flowpose.data import clips as clips_lib
 from flowpose.data import motion as motion_lib
 from flowpose.data import retarget
 from flowpose.data.tfds.cmu_mocap import splits as splits_lib
@@ -44,7 +48,7 @@ Download the CMU Graphics Lab Motion Capture Database in ASF/AMC format from
 http://mocap.cs.cmu.edu (page "Get the data": `allasfamc.zip` with all subjects; or single
 subjects/trials from the subject search pages) and unzip it into `manual_dir`. Any layout
 works: every `SS_CC.amc` (or `.amc.gz`) found under manual_dir is used with the subject's
-`SS.asf` (or `.asf.gz`) from the same folder, e.g. `all_asfamc/subjects/02/02_01.amc` +
+`SS.asf` (or `.asf.gz`) from the same folder, and every CMU-skeleton `SS_CC.bvh[.gz]`, e.g. `all_asfamc/subjects/02/02_01.amc` +
 `02.asf`. Optional `manual_dir/index.csv` (`file,subject,clip,frames,fps,description`) gives
 descriptions and frame rates (default 120 fps; some CMU subjects are 60 fps). In this repository
 the tests and benchmarks use `manual_dir=../shared/data/cmu` (8 subjects, see its README).
@@ -71,8 +75,9 @@ class CmuMocapConfig(tfds.core.BuilderConfig):
 class Builder(tfds.core.GeneratorBasedBuilder):
   """CMU mocap frames (or windows) retargeted onto the CC0 body model."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: CMU ASF/AMC -> canonical DOF chart + CC0 body."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: CMU ASF/AMC -> canonical DOF chart + CC0 body.",
+                   "1.1.0": "CMU-skeleton BVH clips (MB or 3ds Max names); several folders."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
   BUILDER_CONFIGS = [
       CmuMocapConfig(name="fps30", description="30 fps, one frame per example.", fps=30.0),
@@ -85,9 +90,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   ]
   DEFAULT_CONFIG_NAME = "fps30"
 
-  def __init__(self, *, skip_bad_files: bool = False, **kwargs):
-    """Args: skip_bad_files: leave bad files out (logged, `bad_files.json`) instead of failing."""
+  def __init__(self, *, skip_bad_files: bool = False, manual_dirs=None, **kwargs):
+    """Args: skip_bad_files: leave bad files out (logged, `bad_files.json`) instead of failing;
+    manual_dirs: several clip folders read together (default: the download config's
+    `manual_dir`); a clip name in two folders is taken from the first."""
     self._skip_bad_files = skip_bad_files
+    self._manual_dirs = [pathlib.Path(d) for d in manual_dirs] if manual_dirs else None
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -114,17 +122,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    manual_dir = pathlib.Path(dl_manager.manual_dir)
+    folders = self._manual_dirs or [pathlib.Path(dl_manager.manual_dir)]
+    manual_dir = ", ".join(str(f) for f in folders)
     errors: List[Tuple[str, str]] = []
-    index = {}
-    if (manual_dir / "index.csv").is_file():
-      try:
-        index = splits_lib.read_index(manual_dir / "index.csv")
-      except MocapFormatError as e:
-        errors.append((str(manual_dir / "index.csv"), str(e)))
-    clips = splits_lib.list_clips(manual_dir, index)
+    clips, seen = [], set()
+    for folder in folders:
+      index = {}
+      if (folder / "index.csv").is_file():
+        try:
+          index = splits_lib.read_index(folder / "index.csv")
+        except MocapFormatError as e:
+          errors.append((str(folder / "index.csv"), str(e)))
+      for clip in splits_lib.list_clips(folder, index):
+        if clip.name in seen:  # The first folder given wins (splits_lib.list_clips_in).
+          logging.warning("cmu_mocap: %s ignored, clip %s came from an earlier folder",
+                          clip.amc_path, clip.name)
+          continue
+        seen.add(clip.name)
+        clips.append(clip)
     if not clips:
-      raise FileNotFoundError(f"no SS_CC.amc[.gz] files under {manual_dir}.\n"
+      raise FileNotFoundError(f"no SS_CC.amc[.gz] / SS_CC.bvh[.gz] files under {manual_dir}.\n"
                               f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
     prepared: Dict[str, List[Tuple[splits_lib.Clip, dict]]] = {s: [] for s in splits_lib.SPLITS}
     for clip in clips:
@@ -164,7 +181,7 @@ def prepare_clip(clip: splits_lib.Clip, fps: float) -> Dict[str, np.ndarray]:
   """Reads, resamples and retargets one clip.
 
   Args:
-    clip: the clip (its ASF is found beside the AMC).
+    clip: the clip (an AMC with its ASF beside it, or a CMU-skeleton BVH).
     fps: output rate; frames are the nearest source frames.
 
   Returns:
@@ -174,9 +191,8 @@ def prepare_clip(clip: splits_lib.Clip, fps: float) -> Dict[str, np.ndarray]:
   Raises:
     MocapFormatError: bad file content, or no ASF for the AMC.
   """
-  motion = asf_amc.read_amc(clip.amc_path, asf_amc.read_asf(asf_amc.find_asf(clip.amc_path)),
-                            fps=clip.fps)
-  ratio = clip.fps / fps
+  motion = clips_lib.read_clip(clip.amc_path, clip.fps)  # BVH: its own rate, T-pose dropped.
+  ratio = motion.fps / fps
   count = int(np.floor((motion.num_frames - 1) / ratio + 1e-9)) + 1 if motion.num_frames else 0
   frames = np.minimum(np.floor(np.arange(count) * ratio + 0.5).astype(np.int64),
                       motion.num_frames - 1)

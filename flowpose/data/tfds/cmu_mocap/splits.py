@@ -11,7 +11,9 @@ split, so no performer is seen in training and evaluation. On the 8 subjects in
   test        9, 49               run, navigate walk (fwd/back/sideways); modern dance,
                                   gymnastics, hops, leaps, balance
 
-(86% / 4.5% / 9.2% of the 173,810 frames.)
+(86% / 4.5% / 9.2% of the 173,810 frames.) The extra subjects of `../shared/data/cmu_more`
+(1, 11, 35, 131, 135) all fall in `train` by the same rule, so validation and test stay
+subjects 13 and 9, 49 and their numbers stay comparable.
 """
 
 import csv
@@ -27,7 +29,9 @@ VALIDATION_REMAINDER = 3
 TEST_REMAINDER = 9
 DEFAULT_FPS = 120.0  # CMU's capture rate for most subjects; index.csv may say otherwise.
 
-_AMC_NAME = re.compile(r"^(\d+)_(\d+)\.amc(\.gz)?$", re.IGNORECASE)
+_CLIP_NAME = re.compile(r"^(\d+)_(\d+)\.(amc|bvh)(\.gz)?$", re.IGNORECASE)
+# Separates the folders of one `data.manual_dir` string ("../cmu,../cmu_more/asfamc").
+MANUAL_DIR_SEPARATOR = ","
 
 
 def split_of_subject(subject: int) -> str:
@@ -47,8 +51,8 @@ class Clip:
     name: clip id `SS_CC` as CMU writes it (e.g. "02_01", "105_38").
     subject: CMU subject number.
     trial: trial number within the subject.
-    amc_path: the `.amc` / `.amc.gz` file.
-    fps: capture rate (index.csv, else `DEFAULT_FPS`).
+    amc_path: the clip file: `.amc[.gz]`, or `.bvh[.gz]` (CMU-skeleton BVH, `flowpose.data.clips`).
+    fps: capture rate of an AMC clip (index.csv, else `DEFAULT_FPS`); BVH files carry their own.
     description: the motion description from index.csv, or "".
   """
   name: str
@@ -61,6 +65,10 @@ class Clip:
   @property
   def split(self) -> str:
     return split_of_subject(self.subject)
+
+  @property
+  def is_bvh(self) -> bool:
+    return self.amc_path.name.lower().endswith((".bvh", ".bvh.gz"))
 
 
 def read_index(path: PathLike) -> Dict[str, Tuple[float, str]]:
@@ -94,11 +102,12 @@ def read_index(path: PathLike) -> Dict[str, Tuple[float, str]]:
 
 def list_clips(cmu_dir: PathLike, index: Optional[Dict[str, Tuple[float, str]]] = None
                ) -> List[Clip]:
-  """Finds every `SS_CC.amc[.gz]` under `cmu_dir` (recursively), sorted by (subject, trial).
+  """Finds every `SS_CC.amc[.gz]` and `SS_CC.bvh[.gz]` under `cmu_dir` (recursively), sorted by
+  (subject, trial).
 
   Works for this repository's flat `../shared/data/cmu` and for CMU's `allasfamc.zip` layout
   (`all_asfamc/subjects/SS/SS_CC.amc`). A clip present both gzipped and plain is listed once
-  (the plain file wins).
+  (the plain file wins); a clip present as AMC and BVH is the AMC (CMU's own format).
 
   Args:
     cmu_dir: root folder.
@@ -108,16 +117,47 @@ def list_clips(cmu_dir: PathLike, index: Optional[Dict[str, Tuple[float, str]]] 
   if index is None:
     index = read_index(cmu_dir / "index.csv") if (cmu_dir / "index.csv").is_file() else {}
   found: Dict[str, Clip] = {}
+  rank = lambda p: (p.name.lower().split(".")[1] == "bvh", p.name.lower().endswith(".gz"))
   for path in sorted(cmu_dir.rglob("*")):
-    match = _AMC_NAME.match(path.name)
+    match = _CLIP_NAME.match(path.name)
     if not match or not path.is_file():
       continue
-    subject, trial = int(match[1]), int(match[2])
     name = f"{match[1]}_{match[2]}"
-    if name in found and not match[3]:
-      pass  # Replace a .gz twin by the plain file.
-    elif name in found:
-      continue
+    if name in found and rank(found[name].amc_path) <= rank(path):
+      continue  # Keep the AMC over a BVH, the plain file over its .gz twin.
     fps, description = index.get(name, (DEFAULT_FPS, ""))
-    found[name] = Clip(name, subject, trial, path, fps, description)
+    found[name] = Clip(name, int(match[1]), int(match[2]), path, fps, description)
+  return sorted(found.values(), key=lambda c: (c.subject, c.trial, c.name))
+
+
+def manual_dirs(spec: str) -> List[pathlib.Path]:
+  """The folders of a `data.manual_dir` string: one path, or several joined by ",".
+
+  Raises:
+    ValueError: empty, or a folder that does not exist (named).
+  """
+  parts = [p.strip() for p in str(spec or "").split(MANUAL_DIR_SEPARATOR)]
+  if not any(parts):
+    raise ValueError("config data.manual_dir: empty; expected a clip folder or several "
+                     "joined by ','")
+  folders = [pathlib.Path(p).expanduser() for p in parts if p]
+  missing = [str(f) for f in folders if not f.is_dir()]
+  if missing:
+    raise ValueError(f"config data.manual_dir: source folder(s) {missing} not found (set "
+                     "$FLOWPOSE_CMU_DIR or --config.data.manual_dir=DIR[,DIR...])")
+  return folders
+
+
+def list_clips_in(folders, warn=None) -> List[Clip]:
+  """`list_clips` of several folders (each with its own index.csv); a clip name found in more
+  than one folder is taken from the first (`warn(message)` is told, if given)."""
+  found: Dict[str, Clip] = {}
+  for folder in folders:
+    for clip in list_clips(folder):
+      if clip.name in found:
+        if warn:
+          warn(f"clip {clip.name}: {clip.amc_path} ignored, {found[clip.name].amc_path} "
+               "(an earlier folder) is used")
+        continue
+      found[clip.name] = clip
   return sorted(found.values(), key=lambda c: (c.subject, c.trial, c.name))
