@@ -29,7 +29,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.num_frames = 256
   config.parts_frames = 64       # Frames fitted with part evidence too.
   config.speedup_frames = 8      # Frames for the batched-vs-single timing.
-  config.priors = ("none", "gaussian", "gmm8", "flow")
+  config.priors = ("none", "gaussian", "gmm8", "flow", "vae")  # vae: W/vae (experiments/prior_vae.py)
 
   config.scene = ml_collections.ConfigDict()
   config.scene.image_size = 1000
