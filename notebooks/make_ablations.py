@@ -20,10 +20,16 @@ import nbformat
 
 from flowpose import io_utils
 
-_OUT = flags.DEFINE_string(
-    "out", str(pathlib.Path(__file__).resolve().parent / "flow_layer_ablations.ipynb"),
-    "Notebook to write.")
-_EXECUTE = flags.DEFINE_bool("execute", False, "Execute it (its own SETTING) before writing.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program: importing the module (tests build the
+  notebook through `build()`) must not add flags another module's `--out` would clash with."""
+  flags.DEFINE_string(
+      "out", str(pathlib.Path(__file__).resolve().parent / "flow_layer_ablations.ipynb"),
+      "Notebook to write.")
+  flags.DEFINE_bool("execute", False, "Execute it (its own SETTING) before writing.")
 
 INTRO = """\
 # Flow-layer ablations of the flowpose pose prior
@@ -343,7 +349,7 @@ def drop_start_up_notices(notebook: nbformat.NotebookNode) -> nbformat.NotebookN
 def main(argv):
   del argv
   notebook = build()
-  if _EXECUTE.value:
+  if FLAGS.execute:
     import nbclient  # pylint: disable=g-import-not-at-top
     # The kernel starts in this checkout's notebooks/ (the notebook finds the repo from there).
     folder = str(pathlib.Path(__file__).resolve().parent)
@@ -351,9 +357,10 @@ def main(argv):
                             resources={"metadata": {"path": folder}}).execute()
     drop_start_up_notices(notebook)
   text = nbformat.writes(notebook)
-  io_utils.atomic_write(_OUT.value, text.encode())
-  print(f"wrote {_OUT.value}")
+  io_utils.atomic_write(FLAGS.out, text.encode())
+  print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

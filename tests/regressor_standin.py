@@ -28,8 +28,15 @@ from flowpose.prior import registry
 
 
 def install() -> None:
-  """`flowpose.data.evidence` -> this module (the regressor task imports it lazily)."""
+  """`flowpose.data.evidence` -> this module (the regressor task imports it lazily).
+
+  Both the module table and the package attribute: once the real module was imported (another
+  test file in the same run), `from flowpose.data import evidence` reads the attribute.
+  `tests/test_regressor.py` puts the real module back after its tests.
+  """
+  import flowpose.data  # pylint: disable=g-import-not-at-top
   sys.modules["flowpose.data.evidence"] = sys.modules[__name__]
+  flowpose.data.evidence = sys.modules[__name__]
 
 
 def default_config() -> ml_collections.ConfigDict:

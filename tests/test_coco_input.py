@@ -156,7 +156,7 @@ def test_missing_prior_workdir_raises_and_writes_nothing(tmp_path, coco_files, p
 def test_unknown_prior_lists_the_valid_names(coco_files):
   json_path, image = coco_files
   config = fit_coco_config.get_config("runlocal")
-  config.fit.prior = "vae"
+  config.fit.prior = "vposer"  # Not a registry name ("vae" is one now).
   with pytest.raises(fitting.FitInputError, match="fit.prior.*gmm8"):
     photo.run(config, str(image), str(json_path), None, "/tmp/unused")
 

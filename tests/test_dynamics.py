@@ -10,6 +10,7 @@ import pytest
 from flowpose import metrics
 from flowpose.models import dynamics as dynamics_lib
 from flowpose.models import dynamics_io
+from flowpose.prior import charts
 from flowpose.prior import io as prior_io
 from tests import video_fixtures
 
@@ -103,12 +104,13 @@ def test_export_load_round_trip_and_prior_mismatch(shared_data, tmp_path):
   prior_dir = video_fixtures.tiny_prior(tmp_path / "prior", w.dofs)
   dyn_dir = video_fixtures.tiny_dynamics(tmp_path / "dyn", prior_dir, w.dofs)
   model, params, config = dynamics_io.load_dynamics(dyn_dir, prior_dir)
-  assert model.dim == 50 and config.prior_sha256 == prior_io.params_sha256(prior_dir)
   prior, prior_params, _ = prior_io.load_trained_prior(prior_dir)
-  z = prior.pose_to_latent(prior_params, w.dofs)
+  assert model.dim == prior.event_dim and config.prior_sha256 == prior_io.params_sha256(prior_dir)
+  x = charts.from_dofs(prior.chart, w.dofs)
+  z = prior.pose_to_latent(prior_params, x)
   assert np.all(np.isfinite(model.log_prob(params, z)))
   # Pose-chart nats = latent nats + the flow's log-Jacobian (change of variables).
-  static = prior.log_prob(prior_params, w.dofs)
+  static = prior.log_prob(prior_params, x)
   pose = dynamics_lib.pose_log_prob(model.log_prob(params, z), static, z)
   logdet = static - jnp.sum(-0.5 * (z ** 2 + np.log(2 * np.pi)), -1)
   np.testing.assert_allclose(pose - model.log_prob(params, z), logdet[:, 2:], rtol=1e-4,
@@ -148,4 +150,5 @@ def test_dynamics_task_trains_resumes_and_exports(shared_data, tmp_path):
   second = trainer.train_and_evaluate(config, workdir, override=True)
   assert second.step == 9
   model, params, _ = dynamics_io.load_dynamics(workdir, prior_dir)
-  assert model.dim == 50 and np.all(np.isfinite(params["gain"]))
+  assert model.dim == prior_io.load_trained_prior(prior_dir)[0].event_dim
+  assert np.all(np.isfinite(params["gain"]))

@@ -223,8 +223,11 @@ def test_experiment_flow_is_the_default_plus_named_overrides():
   default = prior_lib.default_flow_config()
   experiment = prior_cmu.get_config()
   assert experiment.task == "prior"
-  assert _changed_fields(experiment.flow, default) == set()
-  assert _changed_fields(prior_cmu.get_config("runlocal").flow, default) == {"num_layers"}
+  # The experiment models the 46 DOFs CMU moves (chart euler_free; event_dim follows the chart).
+  assert _changed_fields(experiment.flow, default) == {"chart", "event_dim"}
+  assert experiment.flow.chart == "euler_free" and experiment.flow.event_dim == 46
+  assert (_changed_fields(prior_cmu.get_config("runlocal").flow, default)
+          == {"chart", "event_dim", "num_layers"})
   # The experiment took the derived event_dim, not a copy of its value.
   experiment.flow.chart = "axis_angle"
   assert experiment.flow.event_dim == 72
@@ -246,9 +249,10 @@ def test_chart_override_alone_sets_event_dim():
   assert config.flow.chart == "axis_angle" and config.flow.event_dim == 72
   prior = prior_lib.make_prior(config.flow)
   assert prior.event_dim == 72 and prior.coupling_masks.shape == (8, 72)
-  assert _parse_experiment().flow.event_dim == 50
+  assert _parse_experiment().flow.event_dim == 46  # euler_free
+  assert _parse_experiment("--config.flow.chart=euler_dofs").flow.event_dim == 50
   # An explicit event_dim pins it (e.g. a small synthetic flow) ...
-  config = _parse_experiment("--config.flow.event_dim=12")
+  config = _parse_experiment("--config.flow.chart=euler_dofs", "--config.flow.event_dim=12")
   assert config.flow.event_dim == 12
   assert prior_lib.make_prior(config.flow).event_dim == 12
   # ... and one that contradicts the chart is rejected, naming the field.

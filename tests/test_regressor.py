@@ -36,6 +36,22 @@ from flowpose.prior import io as prior_io
 from flowpose.train import trainer
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _real_evidence_module_back_afterwards():
+  """The stand-in replaces `flowpose.data.evidence` for this module's tests only."""
+  import flowpose.data  # pylint: disable=g-import-not-at-top
+  missing = object()
+  saved_module = sys.modules.get("flowpose.data.evidence", missing)
+  saved_attr = getattr(flowpose.data, "evidence", missing)
+  yield
+  for table, key, saved in ((sys.modules, "flowpose.data.evidence", saved_module),
+                            (vars(flowpose.data), "evidence", saved_attr)):
+    if saved is missing:
+      table.pop(key, None)
+    else:
+      table[key] = saved
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -310,6 +326,7 @@ def test_same_loss_on_1_and_8_cpu_devices(prior_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
   """Held-out frames (the stand-in's validation split): keypoint, MPJPE and PVE errors drop.
 
@@ -329,6 +346,7 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_benchmark_scores_every_method_it_has(trained, tmp_path):
   """benchmarks.regressor on the stand-in frames: the weak run, fitting alone, nulls for the
   missing regimes, speeds; a bad flag fails before any work."""

@@ -24,7 +24,7 @@ def test_workdir_is_locked_and_a_resume_must_keep_the_config(tmp_path):
       trainer.train_and_evaluate(tiny(), workdir)
   assert not (tmp_path / "run" / checkpointing.CHECKPOINT_DIR).exists()
   trainer.train_and_evaluate(tiny(), workdir)
-  with pytest.raises(workdir_lib.ConfigMismatchError, match="input_noise: stored 0.05, new 0.1"):
+  with pytest.raises(workdir_lib.ConfigMismatchError, match="input_noise: stored 0.0, new 0.1"):
     trainer.train_and_evaluate(tiny(input_noise=0.1), workdir)
   # Extending a run and changing only logging are allowed; --override allows the rest.
   assert trainer.train_and_evaluate(tiny(num_train_steps=40, log_every=10), workdir).step == 40

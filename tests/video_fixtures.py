@@ -16,6 +16,7 @@ from experiments import prior_cmu
 from flowpose.data import mocap_windows
 from flowpose.models import dynamics as dynamics_lib
 from flowpose.models import dynamics_io
+from flowpose.prior import charts
 from flowpose.prior import flow as flow_lib
 from flowpose.prior import io as prior_io
 
@@ -43,7 +44,9 @@ def tiny_prior(workdir: pathlib.Path, dofs: np.ndarray) -> str:
   config.flow.num_layers = 2
   config.flow.hidden_sizes = (16,)
   prior = flow_lib.make_prior(config.flow)
-  params = prior.init(jax.random.key(0), dofs.reshape(-1, dofs.shape[-1]))
+  # The prior lives in its chart (the default euler_free drops the fixed clavicle DOFs).
+  x = charts.from_dofs_np(config.flow.chart, dofs.reshape(-1, dofs.shape[-1]))
+  params = prior.init(jax.random.key(0), x)
   workdir.mkdir(parents=True, exist_ok=True)
   prior_io.export_prior(str(workdir), params, config)
   return str(workdir)
@@ -57,7 +60,7 @@ def tiny_dynamics(workdir: pathlib.Path, prior_workdir: str, window_dofs: np.nda
   config.dynamics.hidden_sizes = (16,)
   config.latent_dim = prior.event_dim
   model = dynamics_lib.make_dynamics(config.dynamics, prior.event_dim)
-  z = prior.pose_to_latent(prior_params, window_dofs)
+  z = prior.pose_to_latent(prior_params, charts.from_dofs(prior.chart, window_dofs))
   params = {"dynamics": model.init(jax.random.key(1), z)}
   workdir.mkdir(parents=True, exist_ok=True)
   dynamics_io.export_dynamics(str(workdir), params, ml_collections.ConfigDict(config))
