@@ -135,10 +135,15 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray) -> str:
   return "\n".join(lines) + "\n"
 
 
-def fitted_motion(model, fitted: FittedPerson) -> motion_lib.Motion:
-  """One-frame Motion on the CC0 skeleton (Y-up world, offsets = fitted rest joints)."""
-  betas = fitted.result.betas[0]
-  rest = np.asarray(body_lib.regress_joints(model, betas), np.float64)
+def camera_fit_motion(model, betas, rotmats, root_joints, fps: float = 30.0) -> motion_lib.Motion:
+  """A Motion on the CC0 skeleton (Y-up world, offsets = the fitted rest joints) from
+  camera-frame fits: one photo (T = 1) or a sequence (`fitting.video_job`).
+
+  Args:
+    betas: [S]. rotmats: [T, J, 3, 3] local rotations, root in the camera frame.
+    root_joints: [T, 3] camera-frame root positions. fps: frame rate.
+  """
+  rest = np.asarray(body_lib.regress_joints(model, np.asarray(betas, np.float32)), np.float64)
   parents = np.asarray(model.parents)
   offsets = rest - np.where(parents[:, None] >= 0, rest[np.maximum(parents, 0)], 0.0)
   offsets[0] = rest[0]
@@ -149,11 +154,17 @@ def fitted_motion(model, fitted: FittedPerson) -> motion_lib.Motion:
                       for j in range(num)),
       axis_frames=np.broadcast_to(np.eye(3), (num, 3, 3)),
       rotation_orders=("ZYX",) * num, name="flowpose_cc0")
-  local = np.asarray(fitted.result.rotmats[0], np.float64).copy()
-  local[0] = CAMERA_TO_WORLD @ local[0]
-  root = CAMERA_TO_WORLD @ fitted.joints[0]
-  return motion_lib.Motion(skeleton=skeleton, fps=30.0, root_translation=root[None],
-                           local_rotations=local[None])
+  local = np.asarray(rotmats, np.float64).copy()
+  local[:, 0] = CAMERA_TO_WORLD @ local[:, 0]
+  root = np.asarray(root_joints, np.float64) @ CAMERA_TO_WORLD.T
+  return motion_lib.Motion(skeleton=skeleton, fps=float(fps), root_translation=root,
+                           local_rotations=local)
+
+
+def fitted_motion(model, fitted: FittedPerson) -> motion_lib.Motion:
+  """One-frame Motion of a fitted photo person (`camera_fit_motion` with T = 1)."""
+  return camera_fit_motion(model, fitted.result.betas[0], fitted.result.rotmats[:1],
+                           fitted.joints[None, 0])
 
 
 def params_dict(fitted: FittedPerson, person: coco.CocoPerson, config) -> dict:

@@ -42,7 +42,6 @@ from flowpose import io_utils
 from flowpose.body import model as body_lib
 from flowpose.body.build import assets
 from flowpose.data import bvh
-from flowpose.data import motion as motion_lib
 from flowpose.evidence import raster
 from flowpose.evidence import video_io
 from flowpose.fitting import photo
@@ -52,7 +51,6 @@ from flowpose.models import dynamics_io
 from flowpose.prior import registry
 from flowpose.viz import images as viz
 
-CAMERA_TO_WORLD = photo.CAMERA_TO_WORLD
 NUM_KEYPOINTS = 17
 
 
@@ -148,31 +146,6 @@ def track_person(candidates: list, min_iou: float = 0.1):
   return keypoints, tracked
 
 
-def sequence_motion(model, betas, rotmats, root_joints, fps: float) -> motion_lib.Motion:
-  """A Motion on the CC0 skeleton (Y-up world) from camera-frame fits.
-
-  Args:
-    betas: [S]. rotmats: [T, J, 3, 3] local rotations, root in the camera frame.
-    root_joints: [T, 3] camera-frame root positions. fps: frame rate.
-  """
-  rest = np.asarray(body_lib.regress_joints(model, jnp.asarray(betas)), np.float64)
-  parents = np.asarray(model.parents)
-  offsets = rest - np.where(parents[:, None] >= 0, rest[np.maximum(parents, 0)], 0.0)
-  offsets[0] = rest[0]
-  num = model.num_joints
-  skeleton = motion_lib.Skeleton(
-      joint_names=model.joint_names, parents=parents, offsets=offsets,
-      dof_names=tuple(("tx", "ty", "tz", "rz", "ry", "rx") if j == 0 else ("rz", "ry", "rx")
-                      for j in range(num)),
-      axis_frames=np.broadcast_to(np.eye(3), (num, 3, 3)),
-      rotation_orders=("ZYX",) * num, name="flowpose_cc0")
-  local = np.asarray(rotmats, np.float64).copy()
-  local[:, 0] = CAMERA_TO_WORLD @ local[:, 0]
-  root = np.asarray(root_joints, np.float64) @ CAMERA_TO_WORLD.T
-  return motion_lib.Motion(skeleton=skeleton, fps=float(fps), root_translation=root,
-                           local_rotations=local)
-
-
 def overlay_frames(model, frames, vertices, focal, centre, detected, model_kp, tracked):
   """[N, H, W, 3] uint8: the fitted mesh, detected (skeleton) and model (red) keypoints."""
   palette = viz.part_palette(len(model.part_names))
@@ -259,7 +232,7 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   overlay = overlay_frames(model, frames, vertices, focal, centre, detected, model_kp, tracked)
   with io_utils.atomic_dir(out_path) as staging:
     staging = pathlib.Path(staging)
-    bvh.write_bvh(sequence_motion(model, betas, rotmats, joints[:, 0], clip.fps),
+    bvh.write_bvh(photo.camera_fit_motion(model, betas, rotmats, joints[:, 0], clip.fps),
                   str(staging / "motion.bvh"))
     summary["overlay"] = pathlib.Path(video_io.write_video(
         str(staging / "overlay.mp4"), overlay, clip.fps)).name
