@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Sets up (if needed) and runs the test suite, slow tests included (< 15 min on 2 cores): CI runs
-# this, so the real kill -9/SIGTERM resume, 2-process training and the byte-deterministic build
-# are checked on every landing. Tests marked `heavy` (minutes each: network learning, the
-# regressor benchmark, the notebook's tiny run, more 2-process cases) run with the benchmarks:
-# `bash benchmarks/heavy_tests.sh`. A bare `.venv/bin/python -m pytest` skips slow and heavy.
+# Sets up (if needed) and runs the default test suite (~13 min on 2 cores; CI runs this through
+# .ci/run). Tests marked `slow` (a minute or more each: kill -9/SIGTERM resume of the launcher,
+# 2-process training and its SIGTERM agreement, byte-identical rebuilds, the network learning,
+# end-to-end video, the notebook's tiny run) run with the benchmarks: `bash benchmarks/slow_tests.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
 set +e
-.venv/bin/python -m pytest -q -m "not heavy" "$@"
+.venv/bin/python -m pytest -q -m "not slow" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

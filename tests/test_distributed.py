@@ -187,7 +187,6 @@ def test_two_processes_train_as_one_and_their_checkpoint_resumes_in_one(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_a_locked_workdir_stops_every_process(tmp_path):
   """Process 0 cannot lock the workdir: both processes exit at once (none waits in a collective)."""
   from flowpose.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
@@ -201,7 +200,6 @@ def test_a_locked_workdir_stops_every_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_sigterm_to_one_process_stops_both_at_one_checkpoint(tmp_path):
   """Preemption reaching one process: both stop at the same agreed step, checkpoint, exit 143."""
   from flowpose.train import trainer  # pylint: disable=g-import-not-at-top

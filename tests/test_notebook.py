@@ -41,7 +41,6 @@ def test_committed_notebook_holds_the_full_settings_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_notebook_runs_end_to_end_on_the_tiny_setting(tmp_path):
   import nbclient  # pylint: disable=g-import-not-at-top
   notebook = _generated()

@@ -326,7 +326,6 @@ def test_same_loss_on_1_and_8_cpu_devices(prior_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
   """Held-out frames (the stand-in's validation split): keypoint, MPJPE and PVE errors drop.
 
@@ -346,7 +345,6 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.heavy
 def test_benchmark_scores_every_method_it_has(trained, tmp_path):
   """benchmarks.regressor on the stand-in frames: the weak run, fitting alone, nulls for the
   missing regimes, speeds; a bad flag fails before any work."""
