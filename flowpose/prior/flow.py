@@ -160,6 +160,8 @@ def validate_flow_config(flow: ml_collections.ConfigDict) -> None:
   if flow.mask == "kinematic" and flow.mixing in ("lu", "permutation"):
     bad("mixing", "'group_lu' or 'none' with kinematic masks (a global "
         "mixing would scramble the kinematic groups)", flow.mixing)
+  if not isinstance(flow.get("actnorm", True), bool):
+    bad("actnorm", "True or False", flow.get("actnorm"))
   if not isinstance(flow.num_layers, int) or flow.num_layers < 1:
     bad("num_layers", "an int >= 1", flow.num_layers)
   sizes = tuple(flow.hidden_sizes)
@@ -273,7 +275,8 @@ def build_flow(flow: ml_collections.ConfigDict) -> bijectors.Bijector:
   for i, mask in enumerate(coupling_masks(flow)):
     # chain() applies its list front-to-back in the inverse (x -> z)
     # direction, so list order = normalizing order: actnorm, coupling, mixing.
-    layers.append(bijectors.actnorm(flow_event_dim(flow)))
+    if flow.get("actnorm", True):  # Priors saved before the switch existed had it on.
+      layers.append(bijectors.actnorm(flow_event_dim(flow)))
     layers.append(_coupling(flow, mask))
     mixing = _mixing(flow, i)
     if mixing is not None:
@@ -293,7 +296,7 @@ def make_prior(flow_config: ml_collections.ConfigDict) -> FlowPrior:
     flow_config: `config.flow` as from `default_flow_config()`: `chart`,
       `event_dim` (derived from the chart unless set), `num_layers`,
       `hidden_sizes`, `coupling`, `mask`, `mixing`, `num_bins`,
-      `spline_range`, `scale_bound`.
+      `spline_range`, `scale_bound`, `actnorm`.
 
   Returns:
     A `FlowPrior`. Raises ValueError naming a bad `flow.*` field.
@@ -391,4 +394,5 @@ def default_flow_config() -> ml_collections.ConfigDict:
   flow.num_bins = 8             # Spline bins.
   flow.spline_range = 5.0       # Spline interval [-r, r] (standardised units).
   flow.scale_bound = 3.0        # Affine log-scale soft clamp (None: off).
+  flow.actnorm = True           # An actnorm before every coupling (off: the ablation).
   return flow
