@@ -158,14 +158,23 @@ def _eval_fn(flow: ml_collections.FrozenConfigDict):
   return nll_sum
 
 
+def mean_over_eval_batches(sum_fn, params: Any, dataset) -> float:
+  """The weighted mean of a per-pose value over padded `{"poses", "weight"}` eval batches.
+
+  `sum_fn(params, poses [b, Dd], weight [b]) -> (sum of the value over weight > 0 rows, sum of
+  weight)`, jitted by the caller (padding rows have weight 0 and must not count).
+  """
+  total, count = 0.0, 0.0
+  for batch in dataset:
+    value_sum, n = jax.device_get(sum_fn(params, batch["poses"], batch["weight"]))
+    total, count = total + float(value_sum), count + float(n)
+  return total / count
+
+
 def evaluate(params: Any, dataset, config: ml_collections.ConfigDict) -> dict:
   """`{"nll": mean -log p}` (nats/pose) over `{"poses", "weight"}` batches."""
   fn = _eval_fn(ml_collections.FrozenConfigDict(config.flow))
-  total, count = 0.0, 0.0
-  for batch in dataset:
-    nll_sum, n = jax.device_get(fn(params, batch["poses"], batch["weight"]))
-    total, count = total + float(nll_sum), count + float(n)
-  return {"nll": total / count}
+  return {"nll": mean_over_eval_batches(fn, params, dataset)}
 
 
 def input_pipeline(config: ml_collections.ConfigDict, split: str, process_index: int,

@@ -117,11 +117,7 @@ def _eval_fn(vae_config: ml_collections.FrozenConfigDict):
 def evaluate(params: Any, dataset, config: ml_collections.ConfigDict) -> dict:
   """`{"nll_upper_bound": mean -ELBO}` (nats/pose, one fixed-key sample per pose)."""
   fn = _eval_fn(ml_collections.FrozenConfigDict(config.vae))
-  total, count = 0.0, 0.0
-  for batch in dataset:
-    value, n = jax.device_get(fn(params, batch["poses"], batch["weight"]))
-    total, count = total + float(value), count + float(n)
-  return {"nll_upper_bound": total / count}
+  return {"nll_upper_bound": prior_task.mean_over_eval_batches(fn, params, dataset)}
 
 
 def input_pipeline(config: ml_collections.ConfigDict, split: str, process_index: int,
