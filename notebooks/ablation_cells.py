@@ -279,10 +279,12 @@ best, worst = ranked[0], ranked[-1]
 print(f"best: {best} ({results[best]['nll']['validation']['flow']:.2f}), "
       f"worst: {worst} ({results[worst]['nll']['validation']['flow']:.2f}) nats/pose (validation)")
 
+from flowpose.prior import charts
 from flowpose.prior import io as prior_io
 from flowpose.prior import pictures
 prior, params, config = prior_io.load_trained_prior(str(RUNS / best))
-val = prior_eval.load_split_dofs(config, "validation")
+# The split's DOF angles [N, 50] in the prior's chart (euler_free: [N, 46]).
+val = charts.from_dofs_np(prior.chart, prior_eval.load_split_dofs(config, "validation"))
 samples_png, _ = pictures.render_pictures(str(RUNS / best), prior, params, val,
                                           num_samples=8 if TINY else 16,
                                           num_steps=4 if TINY else 8, size=96 if TINY else 160)

@@ -5,8 +5,8 @@ r"""Writes `notebooks/flow_layer_ablations.ipynb` (unexecuted) from its cells: t
 
   nice -n 10 python -m notebooks.make_ablations --execute   # and run it (the committed copy)
 
-`--execute` runs it with nbclient (full setting: 12 trainings of 300 steps, about an hour of a
-2-core machine shared with other jobs) and writes the executed notebook only if every cell
+`--execute` runs it with nbclient (full setting: 12 trainings of 300 steps; ~45 min on a 2-core
+machine shared with other jobs, load 12-14) and writes the executed notebook only if every cell
 succeeded; its cells also write `notebooks/flow_layer_ablations_results.json`.
 
 The notebook's parameter cell (tag `parameters`, papermill style) holds `SETTING = "full"`;
