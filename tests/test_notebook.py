@@ -14,6 +14,7 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO_ROOT / "notebooks" / "flow_layer_ablations.ipynb"
+RESULTS_JSON = REPO_ROOT / "notebooks" / "flow_layer_ablations_results.json"
 
 
 def _generated():
@@ -38,6 +39,10 @@ def test_committed_notebook_holds_the_full_settings_outputs():
   assert not errors, errors[0]
   text = json.dumps([c.outputs for c in code])
   assert "setting 'full'" in text and "image/png" in text
+  # Its record: the same setting, every variant of the notebook, and the two fits.
+  record = json.loads(RESULTS_JSON.read_text())
+  assert record["setting"] == "full" and len(record["variants"]) == 10
+  assert record["best"] in record["fits"] and record["worst"] in record["fits"]
 
 
 @pytest.mark.slow
@@ -58,8 +63,23 @@ def test_notebook_runs_end_to_end_on_the_tiny_setting(tmp_path):
   assert "setting 'tiny'" in outputs
   assert outputs.count("image/png") >= 2  # The per-factor plots and the samples.
   results = json.loads((runs / "results.json").read_text())
-  assert len(results) == 9 and all(
+  # 10 variants (7 factors) + the 2 axis-angle jitter levels that are not a variant.
+  assert len(results) == 12 and all(
       set(r["nll"]) == {"validation", "test"} for r in results.values())
+  configs = {n: r["config"] for n, r in results.items()}
+  # The actnorm factor really switches actnorm off, around the base's chart and jitter.
+  assert configs["actnorm=False"]["flow"]["actnorm"] is False
+  assert configs["base"]["flow"]["actnorm"] is True
+  assert configs["actnorm=False"]["flow"]["chart"] == configs["base"]["flow"]["chart"]
+  # The axis-angle ladder: its own chart and jitter, recorded with every result.
+  ladder = {r["input_noise"] for r in results.values() if r["chart"] == "axis_angle"}
+  assert ladder == {0.0, 0.001, 0.01}
+  assert all(r["input_noise"] == r["config"]["input_noise"] for r in results.values())
   fits = json.loads((runs / "fits.json").read_text())
   assert fits and all(v["pa_mpjpe_mm"] > 0 for v in fits.values())
+  summary = json.loads((runs / "summary.json").read_text())
+  assert summary["setting"] == "tiny" and set(summary["fits"]) == set(fits)
+  # The tiny run must not overwrite the committed record of the full setting.
+  committed = json.loads(RESULTS_JSON.read_text())
+  assert committed["setting"] == "full"
   nbformat.write(notebook, tmp_path / "executed.ipynb")
