@@ -14,6 +14,7 @@ same frames; part maps are built before the clock starts.
 """
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -30,6 +31,7 @@ from flowpose import io_utils
 from flowpose.body.build import assets
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import reduced_body
+from flowpose.fitting import xla_options
 
 _OUT = flags.DEFINE_string("out", None, "Output JSON.", required=True)
 _PRIOR_WORKDIR = flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.",
@@ -44,6 +46,7 @@ _PARTS = flags.DEFINE_bool("parts", False, "Add part evidence and z-buffer visib
 
 def run(prior_workdir, num_frames, restarts, repeats, parts=False, prior_name="flow"):
   """Times the fits; returns the report dict."""
+  load_before = list(os.getloadavg())
   config = experiment.get_config()
   config.fit.restart_yaws_deg = tuple(config.fit.restart_yaws_deg)[:restarts]
   rng = np.random.default_rng(config.seed)
@@ -79,8 +82,10 @@ def run(prior_workdir, num_frames, restarts, repeats, parts=False, prior_name="f
       "first_fit_s": times[0], "compile_s": times[0] - fit_s, "fit_s": fit_s,
       "fit_s_all": times[1:], "steps_per_s": steps / fit_s,
       "person_steps_per_s": steps * rows / fit_s, "pa_mpjpe_mm": pa,
-      "device": jax.devices()[0].device_kind, "load_average_after": list(
-          __import__("os").getloadavg()),
+      "device": jax.devices()[0].device_kind, "load_average_before": load_before,
+      "load_average_after": list(os.getloadavg()),
+      # The stage's compiler options (fitting.xla_options: YNNPACK fusions off on CPU).
+      "xla_compiler_options": xla_options.cpu_small_op_options(),
       "target": "256 frames x 200 steps <= 5 s after compile (keypoints + flow prior)",
   }
   print(f"{rows} fits x {steps} steps: {fit_s:.2f} s after compile ({steps / fit_s:.1f} "

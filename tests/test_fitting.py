@@ -19,6 +19,7 @@ from flowpose import geometry
 from flowpose import io_utils
 from flowpose import losses
 from flowpose import metrics as eval_lib
+from flowpose.body import lbs
 from flowpose.body import model as body_lib
 from flowpose.body.build import assets
 from flowpose.evidence import raster
@@ -26,6 +27,7 @@ from flowpose.fitting import checks
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import reduced_body as fitting_body
 from flowpose.fitting import stage
+from flowpose.fitting import xla_options
 from flowpose.geometry import camera
 from flowpose.prior import baselines
 from flowpose.prior import registry
@@ -263,6 +265,63 @@ def test_fitted_part_term_is_the_part_alignment_loss(setup):
       num_parts=body.num_parts, sigma=config.part_sigma, scale=scale[b])[0] for b in range(2)]
   np.testing.assert_allclose(result.terms["parts"], want, rtol=1e-5)
   assert np.all(np.asarray(want) > 0)
+
+
+def _keypoints_by_transforms(body, dofs, root, betas, transl):
+  """The keypoint basis contracted with the assembled `[J, 3, 4]` transforms (the form
+  `reduced_body.pose_points` used before issue 15; the reference for its faster form)."""
+  rotmats = body.pose_to_rotmats(dofs, root)
+  rest = body.j_template + body.j_shapedirs @ betas
+  rot, pos = lbs.forward_kinematics(body.parents, rotmats, rest)
+  transforms = lbs.skinning_transforms(rot, pos, rest).at[:, :, 3].add(transl)
+  kp_rest = body.kp_rest + body.kp_shapedirs @ betas
+  return (jnp.einsum("jab,kjb->ka", transforms[:, :, :3], kp_rest) +
+          body.kp_weights @ transforms[:, :, 3])
+
+
+def test_keypoints_equal_the_full_model_and_the_transform_form_with_gradients(setup):
+  model, body = setup["model"], setup["body"]
+  rng = np.random.default_rng(3)
+  dofs = jnp.asarray(rng.uniform(-0.6, 0.6, (3, len(_DOFS))), jnp.float32)
+  roots = jnp.asarray(np.stack([fitting_body.facing_camera_rotation(y) for y in (20, 100, 200)]),
+                      jnp.float32)
+  betas = jnp.asarray(rng.normal(0, 1, (3, model.num_betas)), jnp.float32)
+  transl = jnp.asarray([[0.3, -0.1, 4.0], [0.0, 0.2, 3.0], [-0.4, 0.0, 6.0]], jnp.float32)
+  fast = jax.vmap(lambda *a: fitting_body.pose_points(body, *a, with_vertices=False).keypoints)
+  slow = jax.vmap(lambda *a: _keypoints_by_transforms(body, *a))
+  weights = jnp.asarray(rng.normal(size=(3, 17, 3)), jnp.float32)
+
+  def keypoints_and_grads(fn):  # One compiled program per form: values and gradients.
+    loss = lambda *a: (jnp.sum(weights * fn(*a)), fn(*a))
+    (_, keypoints), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3), has_aux=True))(
+        dofs, roots, betas, transl)
+    return keypoints, grads
+
+  (kp_fast, grads_fast), (kp_slow, grads_slow) = map(keypoints_and_grads, (fast, slow))
+  full = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
+      model, jax.jit(jax.vmap(setup["decoder"]))(dofs, roots), betas, transl).keypoints
+  np.testing.assert_allclose(kp_fast, full, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(kp_fast, kp_slow, rtol=1e-5, atol=1e-5)
+  for got, want in zip(grads_fast, grads_slow):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_fit_programs_compile_without_ynn_fusions_on_cpu():
+  # The fitter's stage runs without XLA:CPU's YNNPACK fusions (xla_options); same values.
+  assert xla_options.cpu_small_op_options() == {xla_options.YNN_OPTION: ""}
+
+  def fn(a, w):  # A 3x3 product (as FK does) and a small dense layer, with gradients.
+    return jnp.sum(lbs.matmul33(a, a) ** 2) + jnp.sum(jnp.tanh(a.reshape(-1, 9) @ w))
+
+  grad = jax.grad(fn, (0, 1))
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.normal(size=(256, 3, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(9, 64)), jnp.float32)
+  fusions = lambda **kw: jax.jit(grad, **kw).lower(a, w).compile().as_text().count("__ynn_fusion")
+  assert fusions() > 0  # XLA's default here: the option has something to turn off.
+  assert fusions(compiler_options=xla_options.cpu_small_op_options()) == 0
+  for got, want in zip(xla_options.jit(grad)(a, w), jax.jit(grad)(a, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import optax
 
 from flowpose import geometry
 from flowpose import losses
+from flowpose.fitting import xla_options
 from flowpose.fitting.reduced_body import FitBody, pose_points
 from flowpose.geometry import camera
 from flowpose.losses import part_groups
@@ -35,7 +36,8 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
   """
   kp_sigma, part_sigma = sigmas[:2]
   has_mask = "mask_pixels" in aux
-  dofs = space.decode(prior_params, variables["pose"])
+  # A stage with the pose frozen decodes it once (`run_stage`), not once per step.
+  dofs = aux["pose_dofs"] if "pose_dofs" in aux else space.decode(prior_params, variables["pose"])
   root = geometry.rot6d_to_matrix(variables["orient"])
   points = pose_points(body, dofs, root, variables["betas"], variables["transl"],
                        with_vertices=has_parts or has_mask)
@@ -164,8 +166,6 @@ def _lbfgs_loop(variables, args, steps, max_steps):
   return variables, history
 
 
-@jax.jit(static_argnames=("space", "has_parts", "max_steps", "sigmas", "free",
-                          "final_lr_fraction", "warmup_fraction", "optimizer"))
 def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: tuple, space,
               has_parts: bool, max_steps: int, sigmas: tuple, final_lr_fraction: float = 0.05,
               warmup_fraction: float = 0.0, optimizer: str = "adam") -> tuple:
@@ -194,6 +194,9 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
     (variables, final per-person loss [B], final terms {name: [B]}, loss history
     [max_steps, B] with rows past `steps` zero).
   """
+  if "pose" not in free:  # Loop-invariant: the flow's forward pass runs once per stage.
+    aux = {**aux, "pose_dofs": jax.vmap(space.decode, (None, 0))(prior_params,
+                                                                 variables["pose"])}
   args = (aux, weights, free, body, space, prior_params, has_parts, sigmas)
   if optimizer == "adam":
     schedule = stage_schedule(lr, steps, final_lr_fraction, warmup_fraction)
@@ -203,3 +206,9 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
     variables, history = _lbfgs_loop(variables, args, steps, max_steps)
   _, (final, terms) = batch_loss(variables, *args)
   return variables, final, terms, history
+
+
+# Small batched ops: compiled without XLA:CPU's YNNPACK fusions (`xla_options`).
+run_stage = xla_options.jit(run_stage, static_argnames=(
+    "space", "has_parts", "max_steps", "sigmas", "free", "final_lr_fraction", "warmup_fraction",
+    "optimizer"))
