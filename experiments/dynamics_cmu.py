@@ -34,7 +34,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   # Windows of 32 frames (1.07 s) every 16 frames: the builder's windows config.
   config.data = poses.default_config()
-  config.data.manual_dir = prior_cmu._default_cmu_dir()  # pylint: disable=protected-access
+  # The prior's training folders (cmu + cmu_more): the motion model sees the same subjects, and
+  # validation (13) / test (9, 49) stay outside both.
+  config.data.manual_dir = prior_cmu.default_manual_dirs()
   config.data.tfds_config = "fps30_win32"
   # Mirrored windows (in the jitted loss): as for the prior, the 5 training subjects cover each
   # motion on one side only.
