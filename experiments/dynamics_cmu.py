@@ -38,7 +38,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # validation (13) / test (9, 49) stay outside both.
   config.data.manual_dir = prior_cmu.default_manual_dirs()
   config.data.tfds_config = "fps30_win32"
-  # Mirrored windows (in the jitted loss): as for the prior, the 5 training subjects cover each
+  # Mirrored windows (in the jitted loss): as for the prior, the 10 training subjects cover each
   # motion on one side only.
   config.data.augment_mirror = True
 
