@@ -44,7 +44,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_train_steps = 2000
+  # Validation NLL still falls at 1000 steps (-14.4 latent nats; a resumed run to 2000: -16.0),
+  # but the sequence fit was tuned and benchmarked with the 1000-step model (WORKSPACE.md).
+  config.num_train_steps = 1000
   config.init_examples = 256  # Windows for the data-dependent residual scale.
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3
