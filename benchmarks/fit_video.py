@@ -1,27 +1,32 @@
 r"""Temporal fitting benchmark: synthetic 2D tracks of mocap windows fitted three ways.
 
   python -m benchmarks.fit_video --prior_workdir=W --dynamics_workdir=W2 \
-      --mocap_dir=FOLDER --num_windows=N --out=F.json [--window=32] [--runlocal]
+      --mocap_dir=FOLDER --num_windows=N --out=F.json [--split=test] [--window=32] [--runlocal]
 
 Scene (per window; `experiments/fit_mocap2d.py`'s scene): T = `--window` consecutive frames at
-30 fps of a clip of FOLDER (`flowpose.data.mocap_windows`, every ASF/AMC clip as given), the
-clip's own root motion turned by a random yaw, a random body shape (betas ~ N(0, 0.5^2)), one
-random static pinhole camera at 3-6 m looking at the window's mean pelvis (focal 1000 px +-10%,
-1000 x 1000), 3 px Gaussian keypoint noise, 20% of keypoints dropped, and one full occlusion of
-0.5 s (15 frames: no keypoint at all) at a random place in the window.
+30 fps of a clip of FOLDER (`flowpose.data.mocap_windows`, every ASF/AMC clip as given, or the
+clips of one CMU subject split: tune on `validation`, report on `test`), the clip's own root
+motion turned by a random yaw, a random body shape (betas ~ N(0, 0.5^2)), one random static
+pinhole camera at 3-6 m looking at the window's mean pelvis (focal 1000 px +-10%, 1000 x 1000),
+3 px Gaussian keypoint noise, 20% of keypoints dropped, and one full occlusion of 0.5 s
+(15 frames: no keypoint at all) at a random place in the window.
 
 Fitted three ways:
   per_frame  `flowpose.fitting.fit` frame by frame (flow prior, the per-frame benchmark's stages
              and 4 yaw restarts); occluded frames have no evidence, so their joints are linearly
              interpolated from the nearest fitted frames (what a per-frame system can do)
   smoothed   per_frame's joints filtered along time (Savitzky-Golay, 9 frames, order 2)
-  dynamics   `flowpose.fitting.sequence.fit_sequence` with the trained dynamics prior
+  dynamics   the two-stage fit: per_frame's fits -> orientation-consistent warm starts
+             (`fitting.sequence_init.hypotheses`) -> `fitting.sequence.fit_sequence` with the
+             trained dynamics prior (occluded frames start interpolated, carried by the prior)
 
 Reported (camera-frame joints, 31 joints, mm): `mpjpe_mm` (root-aligned), `pa_mpjpe_mm`,
 `accel_error_mm` (`metrics.accel_error`, mm/frame^2), each a dict `{per_frame, smoothed,
 dynamics}`, the same restricted to occluded frames (`occluded_mpjpe_mm`,
-`occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, second run, after compilation)
-and `ratios` against the issue's targets. Bad flags stop the run before any fitting.
+`occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, second run, after compilation:
+`per_frame`, `sequence_stage`, and `dynamics_two_stage` = both stages, what the dynamics result
+costs) and `ratios` against the issue's targets; `F.png` shows window 0 (truth, then each
+method over the truth). Bad flags stop the run before any fitting.
 """
 
 import json
@@ -45,9 +50,9 @@ from flowpose.body import model as body_lib
 from flowpose.body.build import assets
 from flowpose.data import mocap_windows
 from flowpose.data import retarget
-from flowpose.fitting import fit as fitting
 from flowpose.fitting import reduced_body
 from flowpose.fitting import sequence
+from flowpose.fitting import sequence_init
 from flowpose.geometry import camera
 from flowpose.models import dynamics_io
 from flowpose.prior import registry
@@ -106,32 +111,25 @@ def make_windows(model, windows, scene, rng):
               confidence=conf, occluded=occluded, focal=focal2, centre=centre)
 
 
-def per_frame_joints(config, model, body, prior, gt):
-  """Per-frame fits of every frame with evidence; others interpolated. [W, T, J, 3], seconds."""
-  num, frames = gt["confidence"].shape[:2]
-  valid = (gt["confidence"] > 0).sum(-1) >= sequence.MIN_KEYPOINTS
-  flat = np.flatnonzero(valid.reshape(-1))
-  rep = lambda x: np.repeat(x, frames, 0)[flat]
-  evidence = fitting.Evidence(gt["keypoints"].reshape(num * frames, -1, 2)[flat],
-                              gt["confidence"].reshape(num * frames, -1)[flat],
-                              rep(gt["focal"]), rep(gt["centre"]))
-  start = time.time()
-  result = fitting.fit(config, model, body, prior, evidence)
-  seconds = time.time() - start
-  joints = jax.vmap(reduced_body.pose_points, (None, 0, 0, 0, 0, None))(
+def frame_joints(body, frames: sequence_init.FrameFits) -> np.ndarray:
+  """Joints [W, T, J, 3] of the stage-1 fits; frames without a fit linearly interpolated."""
+  num, length = frames.valid.shape
+  flat = np.flatnonzero(frames.valid.reshape(-1))
+  result = frames.result
+  joints = np.asarray(jax.vmap(reduced_body.pose_points, (None, 0, 0, 0, 0, None))(
       body, jnp.asarray(result.pose_dofs), jnp.asarray(result.rotmats[:, 0]),
-      jnp.asarray(result.betas), jnp.asarray(result.transl), False).joints
-  out = np.full((num * frames,) + joints.shape[1:], np.nan, np.float32)
-  out[flat] = np.asarray(joints)
-  out = out.reshape((num, frames) + joints.shape[1:])
-  t = np.arange(frames)
+      jnp.asarray(result.betas), jnp.asarray(result.transl), False).joints)
+  out = np.full((num * length,) + joints.shape[1:], np.nan, np.float32)
+  out[flat] = joints
+  out = out.reshape((num, length) + joints.shape[1:])
+  t = np.arange(length)
   for w in range(num):  # Frames without evidence: linear interpolation (held at the ends).
-    have = valid[w]
-    flat_w = out[w].reshape(frames, -1)
+    have = frames.valid[w]
+    flat_w = out[w].reshape(length, -1)
     for c in range(flat_w.shape[1]):
       flat_w[:, c] = np.interp(t, t[have], flat_w[have, c])
     out[w] = flat_w.reshape(out[w].shape)
-  return out, seconds
+  return out
 
 
 def scores(pred, gt_joints, occluded) -> dict:
@@ -144,22 +142,17 @@ def scores(pred, gt_joints, occluded) -> dict:
           "occluded_pa_mpjpe_mm": float(pa[occluded].mean())}
 
 
-def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
-        runlocal=False):
-  """Runs the benchmark and writes `out` (JSON, atomically); returns the report."""
-  out_path = io_utils.require_output_path(out, "--out", is_dir=False)
+def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
+            split="all", runlocal=False):
+  """Loads everything and builds the synthetic windows; returns a dict of what `evaluate` needs."""
   if num_windows < 1 or window < 8:
     raise fit_mocap2d.BenchmarkInputError(
         f"--num_windows >= 1 and --window >= 8 expected, got {num_windows}, {window}")
   base = fit_mocap2d_config.get_config("runlocal" if runlocal else "")
-  seq_config = sequence.default_sequence_config()
-  seq_config.restart_yaws_deg = tuple(base.fit.restart_yaws_deg)
-  if runlocal:
-    seq_config.stages[0]["steps"], seq_config.stages[1]["steps"] = 20, 40
   try:
     prior = registry.load("flow", prior_workdir)
     dyn_model, dyn_params, _ = dynamics_io.load_dynamics(dynamics_workdir, prior_workdir)
-    windows = mocap_windows.folder_windows(mocap_dir, window, window)
+    windows = mocap_windows.folder_windows(mocap_dir, window, window, split=split)
   except (registry.PriorRegistryError, dynamics_io.DynamicsLoadError, ValueError) as e:
     raise fit_mocap2d.BenchmarkInputError(str(e)) from e
   rng = np.random.default_rng(seed)
@@ -171,32 +164,67 @@ def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=
   model = assets.load_cc0_model()
   body = reduced_body.make_fit_body(model, fit_mocap2d.body_rotmats_fn)
   gt = make_windows(model, windows, base.scene, rng)
-  num, frames = windows.dofs.shape[:2]
-  logging.info("%d windows of %d frames from %s", num, frames, mocap_dir)
+  logging.info("%d windows of %d frames from %s (%s)", len(pick), window, mocap_dir, split)
+  return dict(base=base, prior=prior, dynamics=(dyn_model, dyn_params), windows=windows,
+              model=model, body=body, gt=gt, split=split, mocap_dir=str(mocap_dir),
+              prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir)
 
-  pred, seconds = {}, {}
-  pred["per_frame"], _ = per_frame_joints(base.fit, model, body, prior, gt)
-  pred["per_frame"], seconds["per_frame"] = per_frame_joints(base.fit, model, body, prior, gt)
-  pred["smoothed"] = signal.savgol_filter(pred["per_frame"], *SAVGOL, axis=1)
+
+def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
+  """Fits the windows three ways and scores them (module docstring).
+
+  Args:
+    setup: `prepare(...)`.
+    seq_config: `sequence.default_sequence_config()` fields.
+    frames: stage-1 fits to reuse (`sequence_init.FrameFits`; None: fitted here).
+    timed: run each fit twice and time the second (compiled) run.
+    time_per_frame: with `timed`, stage 1 too (else it runs once: its time, compile included,
+      is reported as `per_frame_with_compile`).
+
+  Returns:
+    (report dict, predictions {method: [W, T, J, 3]}, FrameFits).
+  """
+  base, body, prior, gt = setup["base"], setup["body"], setup["prior"], setup["gt"]
+  dyn_model, dyn_params = setup["dynamics"]
   evidence = sequence.SequenceEvidence(gt["keypoints"], gt["confidence"], gt["focal"],
                                        gt["centre"])
-  for _ in range(2):  # The second run is timed (compiled).
+  seconds = {}
+  if frames is None:
+    runs = 2 if timed and time_per_frame else 1
+    for _ in range(runs):  # The second run is timed (compiled).
+      start = time.time()
+      frames = sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence)
+      seconds["per_frame" if runs == 2 else "per_frame_with_compile"] = time.time() - start
+  pred = {"per_frame": frame_joints(body, frames)}
+  pred["smoothed"] = signal.savgol_filter(pred["per_frame"], *SAVGOL, axis=1)
+  for _ in range(2 if timed else 1):  # The second run is timed (compiled).
     start = time.time()
-    result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn_model, dyn_params)
-    seconds["dynamics"] = time.time() - start
+    starts = sequence_init.hypotheses(frames, float(seq_config.max_turn_deg))
+    result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn_model, dyn_params,
+                                   initial=starts)
+    seconds["sequence_stage"] = time.time() - start
   pred["dynamics"] = result.joints
-  report = {"num_windows": num, "window": frames, "mocap_dir": str(mocap_dir),
-            "prior_workdir": prior_workdir, "dynamics_workdir": dynamics_workdir,
-            "clips": sorted(set(windows.clips)), "occlusion_frames": OCCLUSION_FRAMES,
+  num, length = gt["occluded"].shape
+  report = {"num_windows": num, "window": length, "mocap_dir": setup["mocap_dir"],
+            "split": setup["split"], "prior_workdir": setup["prior_workdir"],
+            "dynamics_workdir": setup["dynamics_workdir"],
+            "clips": sorted(set(setup["windows"].clips)), "occlusion_frames": OCCLUSION_FRAMES,
             "noise_px": base.scene.noise_px, "dropped": base.scene.occlusion_prob,
-            "restarts": list(seq_config.restart_yaws_deg),
-            "sequence_steps": [s["steps"] for s in seq_config.stages],
+            "per_frame_restarts": list(base.fit.restart_yaws_deg),
             "per_frame_steps": [s["steps"] for s in base.fit.stages],
+            "sequence_hypotheses": len(starts),
+            "sequence_steps": [s["steps"] for s in seq_config.warm_stages],
+            "sequence_loss_weights": dict(seq_config.loss_weights),
             "device": jax.devices()[0].device_kind}
   for name in METHODS:
     for key, value in scores(pred[name], gt["joints"], gt["occluded"]).items():
       report.setdefault(key, {})[name] = value
-  report["frames_per_s"] = {k: num * frames / v for k, v in seconds.items()}
+  if timed:
+    frames_count = num * length
+    report["frames_per_s"] = {k: frames_count / v for k, v in seconds.items()}
+    if "per_frame" in seconds:  # The dynamics result needs both stages.
+      report["frames_per_s"]["dynamics_two_stage"] = frames_count / (
+          seconds["per_frame"] + seconds["sequence_stage"])
   acc, pa = report["accel_error_mm"], report["pa_mpjpe_mm"]
   report["ratios"] = {
       "accel_dynamics_vs_per_frame": acc["dynamics"] / acc["per_frame"],
@@ -206,8 +234,33 @@ def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=
                                            report["occluded_pa_mpjpe_mm"]["smoothed"]),
       "target": "accel <= 0.3x per_frame and <= smoothed; PA <= 0.9x per_frame; occluded PA "
                 "< smoothed; >= 100 frames/s after compile"}
+  return report, pred, frames
+
+
+def picture(path, pred, gt, parents, window=0, every=3):
+  """PNG of one window: truth, then per-frame / smoothed / dynamics over the truth (grey)."""
+  from flowpose.viz import images as viz  # pylint: disable=g-import-not-at-top
+  from flowpose.viz import sequence_plot  # pylint: disable=g-import-not-at-top
+  rows = {"truth": gt["joints"][window]}
+  rows.update({name: pred[name][window] for name in METHODS})
+  viz.save_png(path, sequence_plot.joint_strip(rows, parents, gt["occluded"][window], every))
+
+
+def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
+        split="all", runlocal=False, time_per_frame=True):
+  """Runs the benchmark and writes `out` (JSON, atomically) and `out`.png; returns the report."""
+  out_path = io_utils.require_output_path(out, "--out", is_dir=False)
+  setup = prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
+                  mocap_dir=mocap_dir, num_windows=num_windows, window=window, seed=seed,
+                  split=split, runlocal=runlocal)
+  seq_config = sequence.default_sequence_config()
+  if runlocal:
+    seq_config.warm_stages[0]["steps"] = 30
+  report, pred, _ = evaluate(setup, seq_config, time_per_frame=time_per_frame)
   text = json.dumps(report, indent=2)
   print(text)
+  png = str(out_path)[:-5] + ".png" if str(out_path).endswith(".json") else f"{out_path}.png"
+  picture(png, pred, setup["gt"], setup["model"].parents)
   io_utils.atomic_write(out_path, text.encode())
   return report
 
@@ -219,7 +272,11 @@ def define_flags():
   flags.DEFINE_integer("num_windows", 16, "Windows to fit (>= 1).")
   flags.DEFINE_integer("window", 32, "Frames per window (>= 8).")
   flags.DEFINE_integer("seed", 0, "Scene seed.")
+  flags.DEFINE_enum("split", "all", ["all", "train", "validation", "test"],
+                    "CMU subject split of FOLDER's clips (tune on validation, report on test).")
   flags.DEFINE_bool("runlocal", False, "Few steps and restarts (smoke run).")
+  flags.DEFINE_bool("time_per_frame", True, "Run the per-frame stage twice to time it after "
+                    "compilation (else once: `per_frame_with_compile`).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
 
 
@@ -230,7 +287,7 @@ def main(argv):
   try:
     run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdir=f.dynamics_workdir,
         mocap_dir=f.mocap_dir, num_windows=f.num_windows, window=f.window, seed=f.seed,
-        runlocal=f.runlocal)
+        split=f.split, runlocal=f.runlocal, time_per_frame=f.time_per_frame)
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"fit_video: {e}", file=sys.stderr)
     return 2

@@ -34,15 +34,19 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 
   # Windows of 32 frames (1.07 s) every 16 frames: the builder's windows config.
   config.data = poses.default_config()
-  config.data.manual_dir = prior_cmu._default_cmu_dir()  # pylint: disable=protected-access
+  # The prior's training folders (cmu + cmu_more): the motion model sees the same subjects, and
+  # validation (13) / test (9, 49) stay outside both.
+  config.data.manual_dir = prior_cmu.default_manual_dirs()
   config.data.tfds_config = "fps30_win32"
-  # Mirrored windows (in the jitted loss): as for the prior, the 5 training subjects cover each
+  # Mirrored windows (in the jitted loss): as for the prior, the 10 training subjects cover each
   # motion on one side only.
   config.data.augment_mirror = True
 
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_train_steps = 2000
+  # Validation NLL still falls at 1000 steps (-14.4 latent nats; a resumed run to 2000: -16.0),
+  # but the sequence fit was tuned and benchmarked with the 1000-step model (WORKSPACE.md).
+  config.num_train_steps = 1000
   config.init_examples = 256  # Windows for the data-dependent residual scale.
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 1e-3

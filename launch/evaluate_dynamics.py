@@ -7,8 +7,11 @@ NLL (nats per frame of the prior's pose chart, frames 2..T-1 of every window of 
 frames, stride `--window` / 2, of every ASF/AMC clip under FOLDER as given), in one run:
   dynamics        -log p(x_t | x_{t-1}, x_{t-2}) of the model (latent nats + the flow's Jacobian)
   static          -log p(x_t): the pose prior alone per frame
-  const_velocity  x_t = x_{t-1} + (x_{t-1} - x_{t-2}) + e, e ~ full-covariance Gaussian fitted
-                  on the wrapped residuals of the dynamics model's own training windows
+  const_velocity  x_t = x_{t-1} + (x_{t-1} - x_{t-2}) + e in the prior's chart (the DOFs the
+                  prior models: the same unit as the other rows), e ~ full-covariance Gaussian
+                  fitted on the wrapped residuals of the dynamics model's own training windows.
+                  (In the 50-DOF chart the 4 clavicle DOFs CMU never moves have zero residual,
+                  and their 1e-8 variance handed the baseline ~33 spurious nats per frame.)
 Rollouts: from the first two frames of `--num_rollouts` windows the model samples
 `--rollout_s` seconds (temperature 1, each step's Gaussian times the static prior N(0, I):
 `Dynamics.rollout(prior_product=True)`); plausibility is judged by the pose prior's NLL along the
@@ -99,8 +102,9 @@ def evaluate(prior_workdir, dynamics_workdir, mocap_dir, out_dir, window=32, rol
 
   dyn, static = (np.concatenate(x) for x in zip(*[
       jax.device_get(nll(data.dofs[i:i + 256])) for i in range(0, len(data.dofs), 256)]))
-  mean, cov = const_velocity_fit(training_windows(config))
-  const = const_velocity_nll(data.dofs, mean, cov)
+  in_chart = lambda d: np.asarray(charts.from_dofs(prior.chart, np.asarray(d, np.float32)))
+  mean, cov = const_velocity_fit(in_chart(training_windows(config)))
+  const = const_velocity_nll(in_chart(data.dofs), mean, cov)
   report = {"mocap_dir": str(mocap_dir), "prior_workdir": prior_workdir,
             "dynamics_workdir": dynamics_workdir, "window": window,
             "num_windows": len(data.clips), "clips": sorted(set(data.clips)),

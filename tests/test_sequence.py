@@ -92,3 +92,10 @@ def test_a_window_without_evidence_is_refused(setup):
   bad.loss_weights = dict(keypoints=1.0)
   with pytest.raises(FitInputError, match="loss_weights"):
     sequence.fit_sequence(bad, setup["body"], setup["prior"], evidence)
+  conf[1] = 1.0
+  dim = setup["prior"].space.dim
+  start = {"pose": np.zeros((2, FRAMES, dim)), "betas": np.zeros((2, 3)),
+           "orient": np.zeros((2, FRAMES, 6)), "transl": np.zeros((2, FRAMES, 3))}
+  with pytest.raises(FitInputError, match=r"initial\[0\].betas: expected finite"):
+    sequence.fit_sequence(_config(), setup["body"], setup["prior"], evidence, initial=[start])
+

@@ -11,6 +11,7 @@ from flowpose.body.build import assets
 from flowpose.data import bvh
 from flowpose.evidence import video_io
 from flowpose.fitting import sequence
+from flowpose.fitting import sequence_init
 from flowpose.fitting import video_job
 from flowpose.viz import images as viz
 from flowpose.viz import render_clip
@@ -39,6 +40,13 @@ def _few_steps():
   config = sequence.default_sequence_config()
   config.restart_yaws_deg = (0.0,)
   config.stages[0]["steps"], config.stages[1]["steps"] = 10, 20
+  config.warm_stages[0]["steps"] = 20
+  return config
+
+
+def _few_frame_steps():
+  config = sequence_init.per_frame_config((0.0, 180.0))
+  config.stages[0]["steps"], config.stages[1]["steps"] = 10, 20
   return config
 
 
@@ -61,7 +69,7 @@ def test_end_to_end_rendered_clip_writes_bvh_json_overlay(clip, tmp_path):
   out = tmp_path / "out"
   summary = video_job.reconstruct_video(out_dir=str(out), prior_workdir=clip["prior"],
                                         dynamics_workdir=clip["dyn"], frames_dir=clip["frames"],
-                                        config=_few_steps())
+                                        config=_few_steps(), frame_config=_few_frame_steps())
   assert sorted(p.name for p in out.iterdir()) == ["frames.json", "motion.bvh", "overlay.mp4",
                                                     "summary.json"]
   assert summary["tracked_frames"] == FRAMES  # The detector follows the shaded render.

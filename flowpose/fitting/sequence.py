@@ -19,6 +19,10 @@ The focal length is known (fixed). Loss (`config.loss_weights`, one dict, all te
   pose_prior     mean_t ||z_t||^2 (the static prior per frame, as the per-frame fitter)
   shape_prior    ||betas||^2
   transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
+  joint_smooth   mean_t,j ||second difference of the camera-frame joints||^2 (metres^2): the
+                 acceleration the benchmark scores; through an occlusion it bends the path
+                 towards the least-acceleration one in 3D (the latent dynamics alone measures
+                 motion in the flow's latent, where a straight path is not one in 3D)
   orient_smooth  mean_t ||second difference of orient (6D)||^2
   depth          mean over frames with evidence of (log z_t - log z_init_t)^2
 
@@ -26,6 +30,11 @@ Schedule: `config.stages` as in `flowpose.fitting.fit` (`stage.adam_optimizer` +
 `stage.stage_schedule`, frozen variables through `set_to_zero`), restarts over
 `config.restart_yaws_deg`, the best restart per window kept after the last stage. The body and
 the initial translation come from `fitting.reduced_body` (`pose_points`, `initial_translation`).
+
+Warm start (`initial=`, what `fitting.sequence_init.fit_two_stage` passes): a list of start
+hypotheses built from per-frame fits, each a dict of every variable with a leading [W]; they
+replace the yaw restarts, `config.warm_stages` replaces `config.stages`, and the depth term
+pulls towards each start's own depths.
 """
 
 from typing import Any, NamedTuple, Optional
@@ -48,7 +57,7 @@ from flowpose.models import dynamics as dynamics_lib
 
 VARIABLES = ("pose", "betas", "orient", "transl")
 LOSS_TERMS = ("keypoints", "dynamics", "pose_prior", "shape_prior", "transl_smooth",
-              "orient_smooth", "depth")
+              "orient_smooth", "joint_smooth", "depth")
 MIN_KEYPOINTS = 2  # A frame with fewer labelled keypoints has no evidence.
 
 
@@ -58,13 +67,21 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   c.restart_yaws_deg = (0.0, 180.0)
   c.keypoint_sigma = 0.3  # Person-box units, as the per-frame fitter.
   c.final_lr_fraction = 0.05
-  c.loss_weights = dict(keypoints=1e4, dynamics=0.05, pose_prior=0.05, shape_prior=0.05,
-                        transl_smooth=1e4, orient_smooth=1e2, depth=1.0)
+  # Tuned on validation windows (subject 13, benchmarks/tune_video.py, WORKSPACE.md): dynamics
+  # 0.2 (0.02 / 0.05 / 0.5 worse); joint_smooth 1e4-1e6 costs 10-31 mm PA-MPJPE, so it is off.
+  c.loss_weights = dict(keypoints=1e4, dynamics=0.2, pose_prior=0.05, shape_prior=0.05,
+                        transl_smooth=1e4, orient_smooth=1e2, joint_smooth=0.0, depth=1.0)
   c.stages = [
       dict(name="camera", steps=40, lr=0.02, free=("orient", "transl"), keypoints="torso",
            loss_weights={}),
       dict(name="body", steps=200, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
   ]
+  # From per-frame fits (`initial=`): one joint stage (validation: lr 0.05 beat 0.02; 300 steps
+  # were worse than 150).
+  c.warm_stages = [
+      dict(name="joint", steps=150, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
+  ]
+  c.max_turn_deg = 45.0  # sequence_init: largest orientation change between chained frames.
   return c
 
 
@@ -76,16 +93,18 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
     bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
   if not config.restart_yaws_deg:
     bad("restart_yaws_deg", "a non-empty tuple", config.restart_yaws_deg)
-  for i, stage in enumerate(config.stages):
+  stages = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
+  stages += [(f"warm_stages[{i}]", s) for i, s in enumerate(config.get("warm_stages", []))]
+  for i, stage in stages:
     stage = dict(stage)
     if not set(stage.get("free", ())) <= set(VARIABLES) or not stage.get("free"):
-      bad(f"stages[{i}].free", f"a non-empty subset of {VARIABLES}", stage.get("free"))
+      bad(f"{i}.free", f"a non-empty subset of {VARIABLES}", stage.get("free"))
     if not isinstance(stage.get("steps"), int) or stage["steps"] < 1:
-      bad(f"stages[{i}].steps", "an int >= 1", stage.get("steps"))
+      bad(f"{i}.steps", "an int >= 1", stage.get("steps"))
     if stage.get("keypoints") not in ("all", "torso"):
-      bad(f"stages[{i}].keypoints", "'all' or 'torso'", stage.get("keypoints"))
+      bad(f"{i}.keypoints", "'all' or 'torso'", stage.get("keypoints"))
     if not set(dict(stage.get("loss_weights", {}))) <= set(LOSS_TERMS):
-      bad(f"stages[{i}].loss_weights", f"keys among {LOSS_TERMS}", stage.get("loss_weights"))
+      bad(f"{i}.loss_weights", f"keys among {LOSS_TERMS}", stage.get("loss_weights"))
 
 
 class SequenceEvidence(NamedTuple):
@@ -166,6 +185,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
                                         -1)),
       "orient_smooth": jnp.mean(jnp.sum(jnp.square(_second_difference(variables["orient"])),
                                         -1)),
+      "joint_smooth": jnp.mean(jnp.sum(jnp.square(_second_difference(points.joints)), -1)),
       "depth": jnp.sum(has * jnp.square(log_depth - jnp.log(aux["depth_init"]))) / count,
   }
   return losses.weighted_sum(terms, weights)
@@ -236,9 +256,27 @@ def _initial(body, prior, evidence, yaw_deg, frame_valid):
           jnp.asarray(transl[..., 2], jnp.float32))
 
 
+def _warm(initial: list, num: int, frames: int, body: FitBody, prior: PosePrior):
+  """Checked warm-start hypotheses -> [(variables, depth_init)] (module docstring)."""
+  shapes = {"pose": (num, frames, prior.space.dim), "betas": (num, body.j_shapedirs.shape[-1]),
+            "orient": (num, frames, 6), "transl": (num, frames, 3)}
+  out = []
+  for h, start in enumerate(initial):
+    variables = {}
+    for key, shape in shapes.items():
+      value = np.asarray(start.get(key) if isinstance(start, dict) else None, np.float32)
+      if value.shape != shape or not np.all(np.isfinite(value)):
+        raise FitInputError(f"sequence initial[{h}].{key}: expected finite {list(shape)}, got "
+                            f"{value.shape}")
+      variables[key] = jnp.asarray(value)
+    depth = np.maximum(np.asarray(start["transl"])[..., 2], camera.MIN_DEPTH)
+    out.append((variables, jnp.asarray(depth, jnp.float32)))
+  return out
+
+
 def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePrior,
                  evidence: SequenceEvidence, dynamics: Optional[dynamics_lib.Dynamics] = None,
-                 dynamics_params: Any = None) -> SequenceResult:
+                 dynamics_params: Any = None, initial: Optional[list] = None) -> SequenceResult:
   """Fits W windows of T frames jointly (see the module docstring).
 
   Args:
@@ -248,6 +286,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
     evidence: `SequenceEvidence` [W, T, ...].
     dynamics, dynamics_params: the motion model (`dynamics_io.load_dynamics`); None: constant
       velocity in the latent space.
+    initial: optional warm-start hypotheses (module docstring; `sequence_init.hypotheses`).
 
   Raises:
     FitInputError: bad config or shapes, T < 3, or a window without any frame with evidence.
@@ -267,8 +306,13 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
   if len(empty):
     raise FitInputError(f"sequence evidence: window(s) {empty.tolist()} have no frame with "
                         f">= {MIN_KEYPOINTS} labelled keypoints (no person to fit)")
-  yaws = tuple(config.restart_yaws_deg)
-  inits = [_initial(body, prior, evidence, yaw, frame_valid) for yaw in yaws]
+  if initial:
+    inits, stages = _warm(initial, num, frames, body, prior), config.warm_stages
+  else:
+    inits = [_initial(body, prior, evidence, yaw, frame_valid)
+             for yaw in config.restart_yaws_deg]
+    stages = config.stages
+  yaws = range(len(inits))  # Restarts.
   variables = jax.tree.map(lambda *x: jnp.concatenate(x), *[v for v, _ in inits])
   reps = lambda x: jnp.concatenate([jnp.asarray(x, jnp.float32)] * len(yaws))
   aux = {"keypoints": reps(np.where(labelled[..., None], kp, 0.0)),
@@ -278,7 +322,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0
   total = terms = None
-  for stage in (dict(s) for s in config.stages):
+  for stage in (dict(s) for s in stages):
     mask = torso if stage["keypoints"] == "torso" else np.ones(num_kp, np.float32)
     aux["keypoint_mask"] = jnp.broadcast_to(jnp.asarray(mask), (len(yaws) * num, num_kp))
     weights = {k: jnp.float32(v) for k, v in

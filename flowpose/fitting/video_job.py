@@ -14,9 +14,13 @@
    such candidate (the person left the frame, was occluded or missed) is a missing frame: it
    has no evidence and the dynamics prior carries the fit through it (`fitting.sequence`).
    Keypoints below `min_confidence` count as missing.
-4. Fit: the whole track as one window (`fitting.sequence.fit_sequence`: z per frame, one shape,
-   orientation/translation per frame, dynamics prior), camera at the image centre with focal
-   `focal_factor * max(H, W)` (as the photo fitter's initial focal).
+4. Fit: the whole track as one window, in two stages (`fitting.sequence_init.fit_two_stage`):
+   every tracked frame alone (`fitting.fit`, 4 yaw restarts), then the sequence fit
+   (`fitting.sequence.fit_sequence`: z per frame, one shape, orientation/translation per frame,
+   dynamics prior) warm-started from orientation-consistent readings of those fits, missing
+   frames interpolated and carried by the dynamics prior; camera at the image centre with focal
+   `focal_factor * max(H, W)` (as the photo fitter's initial focal). `two_stage=False`: the
+   sequence fit alone from upright yaw restarts.
 5. Outputs, one atomic folder swap (`io_utils.atomic_dir`; an error leaves `out_dir` as it was):
    `motion.bvh` (the whole sequence on the CC0 skeleton at the video's frame rate, Y-up world
    `diag(1, -1, -1) x_cam` as `fitting.photo`), `overlay.mp4` (mesh + keypoints over the frames;
@@ -47,6 +51,7 @@ from flowpose.evidence import video_io
 from flowpose.fitting import photo
 from flowpose.fitting import reduced_body
 from flowpose.fitting import sequence
+from flowpose.fitting import sequence_init
 from flowpose.models import dynamics_io
 from flowpose.prior import registry
 from flowpose.viz import images as viz
@@ -165,7 +170,8 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
                       video: Optional[str] = None, frames_dir: Optional[str] = None,
                       keypoints_json: Optional[str] = None, fps: float = 30.0,
                       config=None, min_confidence: float = 0.2, min_iou: float = 0.1,
-                      focal_factor: float = 1.2, max_side: int = 1280) -> dict:
+                      focal_factor: float = 1.2, max_side: int = 1280,
+                      frame_config=None, two_stage: bool = True) -> dict:
   """Runs the video job (module docstring); returns the summary dict.
 
   Args:
@@ -175,6 +181,8 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
     video / frames_dir: exactly one input. keypoints_json: optional 2D track (skips the detector).
     fps: frame rate of `frames_dir` (a video's own rate is used for a video).
     config: `sequence.default_sequence_config()` fields (default: that).
+    frame_config: the per-frame stage's `fitting.config` (default:
+      `sequence_init.per_frame_config()`). two_stage: module docstring, step 4.
 
   Raises:
     VideoJobError, video_io.VideoInputError, io_utils.OutputPathError, registry.PriorRegistryError,
@@ -205,10 +213,14 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   body = reduced_body.make_fit_body(model, photo.body_rotmats_fn)
   config = config or sequence.default_sequence_config()
   keypoints = np.where(confidence[..., None] > 0, detected[..., :2], np.nan)
-  result = sequence.fit_sequence(
-      config, body, prior, sequence.SequenceEvidence(
-          keypoints[None], confidence[None].astype(np.float32), focal[None], centre[None]),
-      dynamics[0], dynamics[1])
+  evidence = sequence.SequenceEvidence(keypoints[None], confidence[None].astype(np.float32),
+                                       focal[None], centre[None])
+  if two_stage:
+    result, _ = sequence_init.fit_two_stage(
+        frame_config or sequence_init.per_frame_config(), config, model, body, prior, evidence,
+        dynamics[0], dynamics[1])
+  else:
+    result = sequence.fit_sequence(config, body, prior, evidence, dynamics[0], dynamics[1])
   betas, rotmats, transl = result.betas[0], result.rotmats[0], result.transl[0]
   fwd = jax.jit(jax.vmap(body_lib.forward, (None, 0, None, 0)))
   vertices = np.asarray(fwd(model, jnp.asarray(rotmats), jnp.asarray(betas),

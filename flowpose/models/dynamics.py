@@ -7,12 +7,16 @@ model is a diagonal Gaussian around a constant-velocity guess corrected by a sma
     v = z_{t-1} - z_{t-2}
     mean      = z_{t-1} + gain * v + MLP_mean([z_{t-1}, v])
     log_scale = base_log_scale + bound * tanh(MLP_scale([z_{t-1}, v]) / bound)
+    u = W (z_t - mean),  u ~ N(0, diag(exp(2 log_scale)))
 
-`gain [D]` starts at 1 (constant velocity), `base_log_scale [D]` at the log standard deviation
-of the constant-velocity residuals of the example windows (data-dependent init, as the flow's
-actnorm), and the MLP's last layer at zero, so a new model is exactly "constant velocity +
-fitted diagonal Gaussian residual" and training only has to learn the corrections. The soft
-clamp `bound` keeps a scale from collapsing onto a training window.
+`W [D, D]` is unit lower-triangular (determinant 1): with `residual = "full"` it decorrelates
+the residual (joints move together: a diagonal Gaussian pays for every coupled DOF separately,
+and loses to a full-covariance constant-velocity baseline by that much); with "diagonal" W = I.
+`gain [D]` starts at 1 (constant velocity), `W` and `base_log_scale [D]` at the Cholesky factor
+of the constant-velocity residuals of the example windows (`C = L L^T`, `L = W^-1 diag(s)`:
+a data-dependent init, as the flow's actnorm), and the MLP's last layer at zero, so a new model
+is exactly "constant velocity + fitted Gaussian residual" and training only has to learn the
+corrections. The soft clamp `bound` keeps a scale from collapsing onto a training window.
 
 Pure functions over an explicit params pytree (the flow's `FlowPrior` shape):
 
@@ -30,6 +34,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from flowpose.bijectors import conditioners
 
@@ -46,6 +51,9 @@ def default_dynamics_config() -> ml_collections.ConfigDict:
   # narrow the Gaussian by e^2 at most.
   c.scale_bound = 2.0
   c.min_log_scale = -7.0  # Floor of the base log-scale at init (a constant latent dimension).
+  # "full": a learned unit lower-triangular decorrelation of the residual; "diagonal": none
+  # (models exported before the field existed).
+  c.residual = "full"
   return c
 
 
@@ -64,6 +72,8 @@ def validate_dynamics_config(dynamics: ml_collections.ConfigDict) -> None:
     bad("scale_bound", "a float > 0", dynamics.scale_bound)
   if not isinstance(dynamics.min_log_scale, (int, float)):
     bad("min_log_scale", "a float", dynamics.min_log_scale)
+  if dynamics.get("residual", "diagonal") not in ("full", "diagonal"):
+    bad("residual", "'full' or 'diagonal'", dynamics.residual)
 
 
 class Dynamics(NamedTuple):
@@ -100,16 +110,41 @@ def make_dynamics(config: ml_collections.ConfigDict, dim: int) -> Dynamics:
                        f"({frames}D = {dim}), got {z.shape}")
     return z
 
+  full = config.get("residual", "diagonal") == "full"
+  # NumPy constants: a model first built under a trace (the task's jitted loss) must not keep
+  # a tracer.
+  strict_lower = np.tril(np.ones((dim, dim), np.float32), -1)
+  eye = np.eye(dim, dtype=np.float32)
+
+  def whitener(params):
+    """`[D, D]` unit lower-triangular W (the identity for a diagonal residual)."""
+    if not full:
+      return jnp.asarray(eye)
+    return eye + params["whiten"] * strict_lower
+
   def init(key, example_latents):
     z = _check("init", example_latents, ORDER + 1).reshape(
         (-1,) + tuple(example_latents.shape[-2:]))
-    residual = z[:, 2:] - 2 * z[:, 1:-1] + z[:, :-2]
-    std = jnp.sqrt(jnp.mean(jnp.square(residual.reshape(-1, dim)), 0))
-    return {
+    residual = (z[:, 2:] - 2 * z[:, 1:-1] + z[:, :-2]).reshape(-1, dim)
+    params = {
         "net": mlp.init(key, jnp.zeros((1, 2 * dim), jnp.float32))["params"],
         "gain": jnp.ones((dim,), jnp.float32),
-        "base_log_scale": jnp.maximum(jnp.log(std + 1e-12), float(config.min_log_scale)),
     }
+    floor = float(config.min_log_scale)
+    if not full:
+      std = jnp.sqrt(jnp.mean(jnp.square(residual), 0))
+      params["base_log_scale"] = jnp.maximum(jnp.log(std + 1e-12), floor)
+      return params
+    # C = L L^T with L = W^-1 diag(s): W = (L diag(1/s))^-1. The ridge (relative: 1e-6 of the
+    # mean variance) keeps a constant latent dimension from making C singular.
+    cov = residual.T @ residual / residual.shape[0]
+    cov = cov + 1e-6 * jnp.trace(cov) / dim * jnp.eye(dim)
+    chol = jnp.linalg.cholesky(cov.astype(jnp.float32))
+    diag = jnp.diagonal(chol)
+    whiten = jax.scipy.linalg.solve_triangular(chol / diag, jnp.eye(dim), lower=True)
+    params["whiten"] = whiten * strict_lower
+    params["base_log_scale"] = jnp.maximum(jnp.log(diag), floor)
+    return params
 
   def mean_and_log_scale(params, z_prev2, z_prev1):
     z_prev2, z_prev1 = _check("mean_and_log_scale", z_prev2), _check("mean_and_log_scale",
@@ -124,23 +159,39 @@ def make_dynamics(config: ml_collections.ConfigDict, dim: int) -> Dynamics:
   def log_prob(params, z):
     z = _check("log_prob", z, ORDER + 1)
     mean, log_scale = mean_and_log_scale(params, z[..., :-2, :], z[..., 1:-1, :])
-    standard = (z[..., 2:, :] - mean) * jnp.exp(-log_scale)
+    decorrelated = (z[..., 2:, :] - mean) @ whitener(params).T  # det W = 1.
+    standard = decorrelated * jnp.exp(-log_scale)
     return -0.5 * jnp.sum(jnp.square(standard) + _LOG_2PI + 2 * log_scale, -1)
 
   def rollout(params, key, z0, z1, steps: int, temperature: float = 1.0,
               prior_product: bool = True):
     z0, z1 = _check("rollout", z0), _check("rollout", z1)
 
+    w = whitener(params)
+
     def step(carry, key):
       prev2, prev1 = carry
       mean, log_scale = mean_and_log_scale(params, prev2, prev1)
-      var = jnp.exp(2 * log_scale)
-      if prior_product:
-        # p(z_t | z_{t-1}, z_{t-2}) N(z_t; 0, I), renormalised: the sequence fitter's objective
-        # (dynamics + static prior). Without it the one-step model's noise integrates twice
-        # and samples leave the prior's typical set within a second (measured: WORKSPACE.md).
-        mean, var = mean / (1 + var), var / (1 + var)
-      new = mean + temperature * jnp.sqrt(var) * jax.random.normal(key, mean.shape)
+      noise = jax.random.normal(key, mean.shape)
+      if not prior_product:
+        # z = mean + W^-1 (s * eps).
+        scaled = jnp.exp(log_scale) * noise
+        new = mean + temperature * jnp.linalg.solve(
+            jnp.broadcast_to(w, scaled.shape + (dim,)), scaled[..., None])[..., 0]
+        return (prev1, new), new
+      # p(z_t | z_{t-1}, z_{t-2}) N(z_t; 0, I), renormalised: the sequence fitter's objective
+      # (dynamics + static prior). Without it the one-step model's noise integrates twice
+      # and samples leave the prior's typical set within a second (measured: WORKSPACE.md).
+      # Precision P = W^T diag(s^-2) W; the product has precision P + I, mean (P + I)^-1 P m.
+      scaled_w = w * jnp.exp(-log_scale)[..., :, None]             # [..., D, D] diag(1/s) W
+      precision = jnp.swapaxes(scaled_w, -1, -2) @ scaled_w + jnp.eye(dim)
+      chol = jnp.linalg.cholesky(precision)
+      rhs = (precision - jnp.eye(dim)) @ mean[..., None]
+      mean = jax.scipy.linalg.cho_solve((chol, True), rhs)[..., 0]
+      # x = mean + L^-T eps has covariance (L L^T)^-1.
+      draw = jax.scipy.linalg.solve_triangular(jnp.swapaxes(chol, -1, -2), noise[..., None],
+                                               lower=False)[..., 0]
+      new = mean + temperature * draw
       return (prev1, new), new
 
     _, out = jax.lax.scan(step, (z0, z1), jax.random.split(key, steps))

@@ -1,0 +1,133 @@
+r"""Tunes the sequence fit's weights on validation windows (`benchmarks.fit_video`'s scene).
+
+  python -m benchmarks.tune_video --prior_workdir=P --dynamics_workdirs=W2[,W3] \
+      --mocap_dir=FOLDER --split=validation --num_windows=8 --out=F.json
+
+The per-frame fits (stage 1) are computed once and reused; then every dynamics model of
+`--dynamics_workdirs` and every variant of `VARIANTS` (overrides of
+`sequence.default_sequence_config()`: loss weights and the warm stage's steps/lr, all traced,
+so one compile per model) runs the sequence stage and is scored like `fit_video` (PA-MPJPE,
+accel error, occluded PA-MPJPE). Choose on validation; report on test with `fit_video`.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from benchmarks import fit_mocap2d
+from benchmarks import fit_video
+from flowpose import io_utils
+from flowpose.fitting import sequence
+from flowpose.models import dynamics_io
+
+# name -> (loss weight overrides, warm stage overrides).
+VARIANTS = {
+    "default": ({}, {}),
+    "dyn0.02": ({"dynamics": 0.02}, {}),
+    "dyn0.2": ({"dynamics": 0.2}, {}),
+    "dyn0.5": ({"dynamics": 0.5}, {}),
+    "dyn0.2_prior0": ({"dynamics": 0.2, "pose_prior": 0.0}, {}),
+    "dyn0.2_steps300": ({"dynamics": 0.2}, {"steps": 300}),
+    "dyn0.2_lr0.05": ({"dynamics": 0.2}, {"lr": 0.05}),
+    "dyn0.2_smooth_low": ({"dynamics": 0.2, "transl_smooth": 1e3, "orient_smooth": 10.0}, {}),
+    "dyn0.2_lr0.05_joint1e4": ({"dynamics": 0.2, "joint_smooth": 1e4}, {"lr": 0.05}),
+    "dyn0.2_lr0.05_joint1e5": ({"dynamics": 0.2, "joint_smooth": 1e5}, {"lr": 0.05}),
+    "dyn0.2_lr0.05_joint1e6": ({"dynamics": 0.2, "joint_smooth": 1e6}, {"lr": 0.05}),
+    "dyn0.5_lr0.05_joint1e5": ({"dynamics": 0.5, "joint_smooth": 1e5}, {"lr": 0.05}),
+    "dyn0.2_lr0.05_joint1e5_steps80": ({"dynamics": 0.2, "joint_smooth": 1e5},
+                                       {"lr": 0.05, "steps": 80}),
+}
+
+
+def variant_config(weights: dict, stage: dict):
+  config = sequence.default_sequence_config()
+  config.loss_weights = {**dict(config.loss_weights), **weights}
+  config.warm_stages[0].update(stage)
+  return config
+
+
+def _cached_frames(path, setup):
+  """Stage-1 fits from `path` (a pickle of this scene's `FrameFits`), else fitted and saved."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pickle  # pylint: disable=g-import-not-at-top
+  from flowpose.fitting import sequence_init  # pylint: disable=g-import-not-at-top
+  if path and os.path.isfile(path):
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  gt = setup["gt"]
+  evidence = sequence.SequenceEvidence(gt["keypoints"], gt["confidence"], gt["focal"],
+                                       gt["centre"])
+  frames = sequence_init.fit_frames(setup["base"].fit, setup["model"], setup["body"],
+                                    setup["prior"], evidence)
+  frames = frames._replace(result=frames.result._replace(history=[]))
+  if path:
+    io_utils.atomic_write(path, pickle.dumps(frames))
+  return frames
+
+
+def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows, seed=0,
+        variants=None, frames_cache=""):
+  out_path = io_utils.require_output_path(out, "--out", is_dir=False)
+  names = list(variants or VARIANTS)
+  setup = fit_video.prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdirs[0],
+                            mocap_dir=mocap_dir, num_windows=num_windows, seed=seed, split=split)
+  frames, rows = _cached_frames(frames_cache, setup), []
+  for workdir in dynamics_workdirs:
+    try:
+      model, params, _ = dynamics_io.load_dynamics(workdir, prior_workdir)
+    except dynamics_io.DynamicsLoadError as e:
+      raise fit_mocap2d.BenchmarkInputError(str(e)) from e
+    setup.update(dynamics=(model, params), dynamics_workdir=workdir)
+    for name in names:
+      report, _, frames = fit_video.evaluate(setup, variant_config(*VARIANTS[name]), frames,
+                                             timed=False)
+      row = {"dynamics_workdir": workdir, "variant": name,
+             **{k: report[k] for k in ("pa_mpjpe_mm", "mpjpe_mm", "accel_error_mm",
+                                       "occluded_pa_mpjpe_mm")}}
+      rows.append(row)
+      logging.info("%s %s: PA %.1f (per-frame %.1f), accel %.1f (smoothed %.1f), occl PA %.1f "
+                   "(smoothed %.1f)", workdir, name, row["pa_mpjpe_mm"]["dynamics"],
+                   row["pa_mpjpe_mm"]["per_frame"], row["accel_error_mm"]["dynamics"],
+                   row["accel_error_mm"]["smoothed"], row["occluded_pa_mpjpe_mm"]["dynamics"],
+                   row["occluded_pa_mpjpe_mm"]["smoothed"])
+  text = json.dumps({"split": split, "mocap_dir": str(mocap_dir), "num_windows": num_windows,
+                     "variants": {n: VARIANTS[n] for n in names}, "rows": rows}, indent=1)
+  io_utils.atomic_write(out_path, text.encode())
+  print(text)
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  unknown = [v for v in f.variants if v not in VARIANTS]
+  if unknown:
+    print(f"tune_video: --variants {unknown} unknown; known: {list(VARIANTS)}", file=sys.stderr)
+    return 2
+  try:
+    run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdirs=f.dynamics_workdirs,
+        mocap_dir=f.mocap_dir, split=f.split, num_windows=f.num_windows, seed=f.seed,
+        variants=f.variants, frames_cache=f.frames_cache)
+  except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
+    print(f"tune_video: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.", required=True)
+  flags.DEFINE_list("dynamics_workdirs", None, "Dynamics workdirs to compare.", required=True)
+  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC clips.", required=True)
+  flags.DEFINE_enum("split", "validation", ["all", "train", "validation", "test"],
+                    "CMU subject split of the folder's clips.")
+  flags.DEFINE_integer("num_windows", 8, "Windows (>= 1).")
+  flags.DEFINE_integer("seed", 0, "Scene seed.")
+  flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.")
+  flags.DEFINE_string("frames_cache", "", "Pickle of the stage-1 fits (reused if present; "
+                      "same scene flags only).")
+  flags.DEFINE_string("out", None, "Output JSON.", required=True)
+  app.run(main)

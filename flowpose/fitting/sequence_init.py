@@ -1,0 +1,193 @@
+"""Two-stage temporal fit: per-frame fits, then the sequence fit warm-started from them.
+
+    frames = fit_frames(fit_config, model, body, prior, evidence)          # stage 1
+    starts = hypotheses(frames)                                             # 1-2 per window
+    result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn, dyn_params,
+                                   initial=starts)                         # stage 2
+    # or both at once:
+    result, frames = fit_two_stage(fit_config, seq_config, model, body, prior, evidence,
+                                   dyn, dyn_params)
+
+Stage 1 (`fitting.fit`, its yaw restarts) fits every frame with evidence on its own. Its
+orientation is unreliable frame to frame (a front/back or left/right flip fits the 2D
+keypoints almost as well), so the frames of a window are grouped by orientation: starting from
+an anchor frame, a frame joins the chain when its root rotation is within `max_turn_deg` of the
+chain's last frame (a person may turn over a window; a flip jumps). The anchor with the longest
+chain gives hypothesis 0; the longest chain among the frames left out gives hypothesis 1 (the
+other reading of the ambiguous frames), when some window has one. In a hypothesis the chain's
+frames keep their per-frame latent, orientation and translation; every other frame (missing,
+occluded, or off-chain) is linearly interpolated from its nearest chain frames (held at the
+ends), and the window's shape is the median of the chain's betas. `fit_sequence` runs each
+hypothesis and keeps the one with the lower loss per window.
+"""
+
+from typing import Any, NamedTuple, Optional
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowpose import geometry
+from flowpose.fitting import checks
+from flowpose.fitting import config as fit_config_lib
+from flowpose.fitting import fit as fitting
+from flowpose.fitting import sequence
+
+
+class FrameFits(NamedTuple):
+  """Stage-1 fits of W windows of T frames (numpy; rows of frames without a fit are NaN).
+
+  Attributes:
+    pose: [W, T, D] latents. betas: [W, T, S]. orient: [W, T, 6]. transl: [W, T, 3].
+    valid: [W, T] bool, frames that were fitted.
+    result: the `fitting.FitResult` of the fitted frames (flattened, valid frames only).
+  """
+  pose: np.ndarray
+  betas: np.ndarray
+  orient: np.ndarray
+  transl: np.ndarray
+  valid: np.ndarray
+  result: Any
+
+
+def fittable_frames(evidence: sequence.SequenceEvidence) -> np.ndarray:
+  """[W, T] bool: frames whose keypoints can determine a body (`checks.evidence_errors`)."""
+  kp = np.asarray(evidence.keypoints, np.float64)
+  conf = np.asarray(evidence.confidence, np.float64)
+  num, frames = kp.shape[:2]
+  labelled = (conf > 0) & np.all(np.isfinite(kp), -1)
+  ok = labelled.sum(-1) >= sequence.MIN_KEYPOINTS
+  flat = np.where(labelled[..., None], kp, 0.0).reshape(num * frames, -1, 2)
+  errors = checks.evidence_errors(flat, np.where(labelled, conf, 0.0).reshape(num * frames, -1),
+                                  None)
+  return ok & np.asarray([not e for e in errors]).reshape(num, frames)
+
+
+def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
+               evidence: sequence.SequenceEvidence) -> FrameFits:
+  """Stage 1: `fitting.fit` on every fittable frame of every window (one batch)."""
+  kp = np.asarray(evidence.keypoints, np.float32)
+  conf = np.asarray(evidence.confidence, np.float32)
+  num, frames = kp.shape[:2]
+  valid = fittable_frames(evidence)
+  flat = np.flatnonzero(valid.reshape(-1))
+  rep = lambda x: np.repeat(np.asarray(x, np.float32), frames, 0)[flat]
+  labelled = (conf > 0) & np.all(np.isfinite(kp), -1)
+  frame_evidence = fitting.Evidence(
+      np.where(labelled[..., None], kp, np.nan).reshape(num * frames, -1, 2)[flat],
+      np.where(labelled, conf, 0.0).reshape(num * frames, -1)[flat],
+      rep(evidence.focal), rep(evidence.principal_point))
+  result = fitting.fit(fit_config, model, body, prior, frame_evidence)
+
+  def scatter(x):
+    x = np.asarray(x, np.float32)
+    out = np.full((num * frames,) + x.shape[1:], np.nan, np.float32)
+    out[flat] = x
+    return out.reshape((num, frames) + x.shape[1:])
+  v = result.variables
+  return FrameFits(scatter(v["pose"]), scatter(v["betas"]), scatter(v["orient"]),
+                   scatter(v["transl"]), valid, result)
+
+
+def _angles(rot: np.ndarray) -> np.ndarray:
+  """[T, T] geodesic angles (degrees) between rotations [T, 3, 3]."""
+  trace = np.einsum("sij,tij->st", rot, rot)
+  return np.degrees(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0)))
+
+
+def _chain(angles: np.ndarray, allowed: np.ndarray, anchor: int, max_turn: float) -> np.ndarray:
+  """[T] bool: frames reachable from `anchor` in time order by turns <= `max_turn`."""
+  member = np.zeros(len(allowed), bool)
+  member[anchor] = True
+  for direction in (1, -1):
+    last = anchor
+    for t in range(anchor + direction, len(allowed) if direction > 0 else -1, direction):
+      if allowed[t] and angles[last, t] <= max_turn:
+        member[t], last = True, t
+  return member
+
+
+def orientation_chains(orient: np.ndarray, valid: np.ndarray, max_turn_deg: float = 45.0,
+                       max_anchors: int = 32):
+  """The two longest orientation-consistent chains of one window (module docstring).
+
+  Args:
+    orient: [T, 6] per-frame orientations (6D). valid: [T] bool.
+
+  Returns:
+    (chain0 [T] bool, chain1 [T] bool or None when every valid frame is on chain 0).
+  """
+  index = np.flatnonzero(valid)
+  rot = np.eye(3, dtype=np.float32)[None].repeat(len(valid), 0)
+  rot[index] = np.asarray(geometry.rot6d_to_matrix(jnp.asarray(orient[index])))
+  angles = _angles(rot)
+
+  def longest(allowed):
+    candidates = np.flatnonzero(allowed)
+    if len(candidates) > max_anchors:  # Long tracks: evenly spaced anchors.
+      candidates = candidates[np.linspace(0, len(candidates) - 1, max_anchors).astype(int)]
+    chains = [_chain(angles, allowed, a, max_turn_deg) for a in candidates]
+    return max(chains, key=lambda c: c.sum()) if chains else None
+  first = longest(valid)
+  rest = valid & ~first
+  return first, (longest(rest) if rest.any() else None)
+
+
+def _fill(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+  """[T, ...] with rows outside `keep` linearly interpolated from `keep` rows (ends held)."""
+  t = np.arange(len(values))
+  flat = values.reshape(len(values), -1)
+  out = np.stack([np.interp(t, t[keep], flat[keep, c]) for c in range(flat.shape[1])], 1)
+  return out.reshape(values.shape).astype(np.float32)
+
+
+def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
+  """Warm starts for `sequence.fit_sequence(initial=)` (module docstring).
+
+  Returns:
+    1 or 2 dicts of "pose" [W, T, D], "betas" [W, S], "orient" [W, T, 6], "transl" [W, T, 3].
+  """
+  num = frames.valid.shape[0]
+  chains = [orientation_chains(frames.orient[w], frames.valid[w], max_turn_deg)
+            for w in range(num)]
+  count = 2 if any(c1 is not None for _, c1 in chains) else 1
+  out = []
+  for h in range(count):
+    start = {k: [] for k in ("pose", "betas", "orient", "transl")}
+    for w, (c0, c1) in enumerate(chains):
+      keep = c1 if h == 1 and c1 is not None else c0
+      for key in ("pose", "orient", "transl"):
+        start[key].append(_fill(getattr(frames, key)[w], keep))
+      start["betas"].append(np.median(frames.betas[w][keep], 0).astype(np.float32))
+    out.append({k: np.stack(v) for k, v in start.items()})
+  return out
+
+
+def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collections.ConfigDict,
+                  model, body, prior, evidence: sequence.SequenceEvidence,
+                  dynamics=None, dynamics_params: Optional[Any] = None):
+  """Stage 1 + hypotheses + stage 2; returns `(sequence.SequenceResult, FrameFits)`.
+
+  Raises:
+    FitInputError: bad configs or evidence, or a window without a fittable frame.
+  """
+  valid = fittable_frames(evidence)
+  empty = np.flatnonzero(~valid.any(1))
+  if len(empty):
+    raise fit_config_lib.FitInputError(
+        f"sequence evidence: window(s) {empty.tolist()} have no frame whose keypoints can "
+        "determine a body (no person to fit)")
+  frames = fit_frames(fit_config, model, body, prior, evidence)
+  starts = hypotheses(frames, float(seq_config.max_turn_deg))
+  result = sequence.fit_sequence(seq_config, body, prior, evidence, dynamics, dynamics_params,
+                                 initial=starts)
+  return result, frames
+
+
+def per_frame_config(restart_yaws_deg=(0.0, 90.0, 180.0, 270.0)) -> ml_collections.ConfigDict:
+  """Stage 1's config: the per-frame fitter's defaults, known focal, 4 yaw restarts."""
+  config = fit_config_lib.default_fit_config()
+  config.restart_yaws_deg = tuple(restart_yaws_deg)
+  config.select_restart_after = -1
+  return config
+

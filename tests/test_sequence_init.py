@@ -1,0 +1,84 @@
+"""Warm starts of the sequence fit from per-frame fits (`flowpose.fitting.sequence_init`)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flowpose import geometry
+from flowpose.fitting import sequence_init
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
+
+FRAMES = 12
+
+
+def _orient(yaw_deg):
+  """[T, 6] 6D orientations turning about the vertical by `yaw_deg` [T]."""
+  rot = np.stack([np.asarray(geometry.rotation_about_axis(np.deg2rad(a), "Y")) for a in yaw_deg])
+  return np.asarray(geometry.matrix_to_rot6d(jnp.asarray(rot, jnp.float32)))
+
+
+def _frames(yaw_deg, valid):
+  num = len(yaw_deg)
+  t = np.arange(num, dtype=np.float32)
+  pose = np.stack([t, -t], 1)[None]  # [1, T, 2]: a latent moving linearly.
+  betas = np.zeros((1, num, 3), np.float32)
+  betas[0, :, 0] = np.where(np.arange(num) % 2, 1.0, 2.0)
+  transl = np.stack([t * 0.1, 0 * t, 4 + 0 * t], 1)[None]
+  orient = np.array(_orient(yaw_deg)[None])
+  nan = ~np.asarray(valid)[None]
+  for x in (pose, betas, orient, transl):
+    x[nan] = np.nan
+  return sequence_init.FrameFits(pose, betas, orient, transl, np.asarray(valid)[None], None)
+
+
+def test_a_turning_person_is_one_chain_and_flipped_frames_are_the_other():
+  # Turning 5 deg per frame (55 deg over the window: one chain), frames 3 and 8 read backwards.
+  yaw = 5.0 * np.arange(FRAMES)
+  yaw[[3, 8]] += 180.0
+  valid = np.ones(FRAMES, bool)
+  valid[5] = False  # No fit (occluded): on no chain.
+  chain0, chain1 = sequence_init.orientation_chains(_orient(yaw), valid)
+  expected = valid.copy()
+  expected[[3, 8]] = False
+  np.testing.assert_array_equal(chain0, expected)
+  np.testing.assert_array_equal(chain1, np.isin(np.arange(FRAMES), [3, 8]))
+  # Consistent frames only: no second hypothesis.
+  assert sequence_init.orientation_chains(_orient(5.0 * np.arange(FRAMES)), valid)[1] is None
+
+
+def test_hypotheses_interpolate_gaps_and_off_chain_frames():
+  yaw = np.zeros(FRAMES)
+  yaw[[3, 4]] = 180.0
+  valid = np.ones(FRAMES, bool)
+  valid[[7, 8]] = False
+  frames = _frames(yaw, valid)
+  starts = sequence_init.hypotheses(frames)
+  assert len(starts) == 2
+  first, second = starts
+  # Hypothesis 0: the flipped frames 3-4 and the gap 7-8 interpolated (the latent is linear).
+  t = np.arange(FRAMES, dtype=np.float32)
+  np.testing.assert_allclose(first["pose"][0], np.stack([t, -t], 1), atol=1e-5)
+  np.testing.assert_allclose(first["orient"][0], np.repeat(_orient([0.0]), FRAMES, 0),
+                             atol=1e-5)
+  assert first["betas"].shape == (1, 3) and np.isfinite(first["betas"]).all()
+  # Hypothesis 1: the flipped reading everywhere.
+  np.testing.assert_allclose(second["orient"][0], np.repeat(_orient([180.0]), FRAMES, 0),
+                             atol=1e-5)
+  assert all(np.all(np.isfinite(v)) for h in starts for v in h.values())
+
+
+def test_frames_that_cannot_determine_a_body_are_not_fitted():
+  kp = np.tile(np.array([[100.0, 100.0], [200.0, 300.0], [150.0, 250.0]], np.float32),
+               (1, 4, 1, 1))
+  conf = np.ones(kp.shape[:3], np.float32)
+  conf[0, 1, 1:] = 0.0                     # One keypoint.
+  kp[0, 2] = kp[0, 2, :1] + 0.5            # All within 2 px.
+  conf[0, 3, 0] = 0.0
+  kp[0, 3, 0] = np.nan                     # NaN where not labelled: fine.
+  evidence = sequence_init.sequence.SequenceEvidence(kp, conf, np.full((1, 2), 500.0),
+                                                     np.full((1, 2), 250.0))
+  np.testing.assert_array_equal(sequence_init.fittable_frames(evidence),
+                                [[True, False, False, True]])
+  with pytest.raises(FitInputError, match=r"window\(s\) \[0\]"):
+    sequence_init.fit_two_stage(None, None, None, None, None,
+                                evidence._replace(confidence=0 * conf))
