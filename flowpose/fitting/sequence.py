@@ -48,6 +48,7 @@ import optax
 from flowpose import geometry
 from flowpose import losses
 from flowpose.fitting import stage as stage_lib
+from flowpose.fitting import xla_options
 from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.fitting.reduced_body import (TORSO_KEYPOINTS, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            facing_camera_rotation, initial_translation,
@@ -199,7 +200,6 @@ def _batch_loss(variables, aux, weights, free, body, space, prior_params, dynami
   return jnp.sum(total), (total, terms)
 
 
-@jax.jit(static_argnames=("free", "space", "dynamics", "sigma", "final_lr_fraction"))
 def run_sequence_stage(variables, aux, weights, lr, steps, body, prior_params, dynamics_params,
                        *, free: tuple, space, dynamics, sigma: float,
                        final_lr_fraction: float = 0.05):
@@ -218,6 +218,12 @@ def run_sequence_stage(variables, aux, weights, lr, steps, body, prior_params, d
   variables, _ = jax.lax.fori_loop(0, steps, step, (variables, optimizer.init(variables)))
   _, (total, terms) = _batch_loss(variables, *args)
   return variables, total, terms
+
+
+# XLA:CPU YNNPACK fusions off: the step is hundreds of small ops (fitting/xla_options.py).
+run_sequence_stage = xla_options.jit(
+    run_sequence_stage,
+    static_argnames=("free", "space", "dynamics", "sigma", "final_lr_fraction"))
 
 
 def _fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
