@@ -11,9 +11,10 @@ Regimes (`REGIMES`, one file each, `regime_config(name, arg)` here):
   weak_no_parts   weak without the part-alignment term (loss_weights.parts = 0)
   weak_no_flow    weak with the pose regressed as DOFs (model.pose_head = "dofs"); the flow prior
                   is then only a penalty (-2 log p)
-The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/prior_default`
-(train one with `python -m launch.main --config=experiments/prior_cmu.py --workdir=W`);
-`bash launch/train_regressors.sh DIR` trains every regime with one prior.
+The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/main/prior`, the
+prior the README's main job trains (`bash launch/run.sh` = `python -m launch.main
+--config=experiments/prior_cmu.py --workdir=runs/main/prior`); any chart works (default
+`euler_free`, D = 46). `bash launch/train_regressors.sh DIR` trains every regime with one prior.
 """
 
 import os
@@ -45,7 +46,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # The network and its loss settings: flowpose.tasks.regressor's defaults.
   config.model = regressor.default_model_config()
   config.model.prior_workdir = os.environ.get(
-      "FLOWPOSE_PRIOR_WORKDIR", str(_REPO_ROOT / "runs" / "prior_default"))
+      "FLOWPOSE_PRIOR_WORKDIR", str(_REPO_ROOT / "runs" / "main" / "prior"))
 
   config.batch_size = 64
   config.eval_batch_size = 128
