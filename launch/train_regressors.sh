@@ -28,7 +28,8 @@ if [[ ! -f "$PRIOR/prior_params.msgpack" ]]; then
     --workdir="$PRIOR"
 fi
 
-REGIMES=$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")
+# $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime.
+REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 for regime in $REGIMES; do
   echo "[regressors] $regime -> $DIR/$regime ($(date +%T))"
   start=$(date +%s)

@@ -228,7 +228,7 @@ def test_shapes_and_3d_losses_only_where_has_3d(prior_dir):
   assert decoded["pose"].shape == (2, 46) and decoded["dofs"].shape == (2, 50)
   np.testing.assert_array_equal(np.asarray(decoded["dofs"])[:, charts.FIXED_COLUMNS], 0.0)
   assert np.all(np.asarray(decoded["dofs"])[:, charts.FREE_COLUMNS] != 0.0)
-  three_d = ("joints3d", "dofs", "betas")
+  three_d = ("joints3d", "joints3d_body", "dofs", "betas")
 
   def loss_3d(params, batch):
     terms = task.loss_terms(params, batch, config)

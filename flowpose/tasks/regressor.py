@@ -17,6 +17,7 @@ Loss: `losses.weighted_sum` of (per example, then the batch mean):
   pose_prior   ||z||^2 (flow head), -2 log p_flow(DOFs) (dofs head): one scale, as the fitter's
   shape_prior  ||betas||^2
   joints3d     mean hip-centred 3D keypoint distance (metres)       } only where `has_3d`:
+  joints3d_body  the same in each body's root frame (orientation removed) }
   dofs         mean squared Frobenius distance of the joint rotations } mean over the labelled
   betas        mean squared beta error                              } examples of the batch
 Evaluation: mpjpe_mm (hip-centred COCO-17 keypoints), pa_mpjpe_mm, pve_mm (full CC0 mesh, root
@@ -58,7 +59,8 @@ from flowpose.models import regressor_body
 from flowpose.prior import registry
 from flowpose.train import config_lib
 
-LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "dofs", "betas")
+LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "joints3d_body",
+              "dofs", "betas")
 CONFIG_FIELDS = ("model",)
 MODEL_FIELDS = ("prior_workdir", "pose_head", "inputs", "heatmap_sigma", "map_dropout", "widths",
                 "stem_patch", "features", "head_hidden", "num_iterations", "keypoint_sigma",
@@ -225,15 +227,22 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   label = lambda key: jnp.where(labelled.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
                                 jnp.asarray(batch[key], jnp.float32), 0.0)
   true_rotmats = jax.vmap(ctx.body.pose_to_rotmats)(label("pose_dofs"), label("root_rotmat"))
-  joint_error = jnp.sqrt(jnp.sum(jnp.square(
-      regressor_body.hip_centred(out["keypoints3d"]) -
-      regressor_body.hip_centred(label("joints3d"))), -1) + 1e-10)
+  pred_centred = regressor_body.hip_centred(out["keypoints3d"])
+  true_centred = regressor_body.hip_centred(label("joints3d"))
+  distance = lambda a, b: jnp.sqrt(jnp.sum(jnp.square(a - b), -1) + 1e-10)
+  joint_error = distance(pred_centred, true_centred)
+  # The same in each body's own root frame (R_root^T x): the articulated pose's error apart
+  # from the global orientation's (a 180-degree yaw doubt from 2D must not blur the pose).
+  in_body = lambda x, rot: jnp.einsum("bij,bki->bkj", rot, x)
+  body_error = distance(in_body(pred_centred, out["root_rotmat"]),
+                        in_body(true_centred, label("root_rotmat")))
   return {
       "keypoints": mean(keypoint_loss),
       "parts": mean(parts),
       "pose_prior": mean(pose_prior),
       "shape_prior": mean(losses.shape_prior(out["betas"])),
       "joints3d": _masked_mean(jnp.mean(joint_error, -1), labelled),
+      "joints3d_body": _masked_mean(jnp.mean(body_error, -1), labelled),
       "dofs": _masked_mean(jnp.mean(jnp.sum(jnp.square(out["rotmats"] - true_rotmats),
                                             (-1, -2)), -1), labelled),
       "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
