@@ -9,7 +9,7 @@ Frames: every clip of `FOLDER` (all CMU splits merged: the folder is evaluated a
 `cmu_evidence` examples by `flowpose.data.evidence` with the data config of the runs (the same
 renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used.
 
-Methods, all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
+Methods (plus `untrained`: the network at initialisation, the mean body), all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
   <regime>       the network of DIR/<regime>
   fit            the fitter alone (`flowpose.fitting.fit.fit`, the `fit` config: keypoints + part
@@ -121,6 +121,24 @@ def run_network(workdir: str, frames: dict, batch_size: int):
   outputs = {k: np.concatenate([o[k] for o in outputs])[:len(frames["weight"])]
              for k in outputs[0]}
   return _mean_errors(per_batch, weights), len(frames["weight"]) / seconds, outputs, context
+
+
+def run_untrained(workdir: str, frames: dict, batch_size: int) -> dict:
+  """Errors of the network of `workdir`'s config at its initialisation (seed 0): the mean
+  body at z = 0, facing the camera, at the start scale -- the floor a trained network must
+  beat."""
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  config, context, _ = predictor.load_params(workdir)
+  config.model.prior_workdir = os.path.join(workdir, predictor.PRIOR_DIR)
+  first = next(_batches(frames, batch_size))
+  params = task.init(config, jax.random.key(0), first)
+  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
+  errors = jax.jit(lambda out, b: task.batch_errors(out, b, context.model))
+  per_batch, weights = [], []
+  for batch in _batches(frames, batch_size):
+    per_batch.append(jax.device_get(errors(predict(params, batch), batch)))
+    weights.append(batch["weight"])
+  return _mean_errors(per_batch, weights)
 
 
 def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
@@ -238,6 +256,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
     if regime == "weak" or (weak_out is None and regime == present[-1]):
       weak_out, report["network_frames_per_s"] = outputs, speed
       report["network_regime"] = regime
+
+  record("untrained", run_untrained(reference, frames, batch_size))
 
   # Fitting alone, with the runs' flow prior, on the same evidence (crop frame).
   evidence = _evidence(frames, context.resolution)
