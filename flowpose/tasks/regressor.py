@@ -27,7 +27,7 @@ Export: `regressor_params.msgpack` (+ sha256) and a copy of the prior under `pri
 
 Config (`experiments/regressor_*.py`): the trainer's fields, `data` (`flowpose.data.evidence.
 default_config()`), and `model`:
-  prior_workdir   a trained flow prior workdir (euler_dofs chart)
+  prior_workdir   a trained flow prior workdir (any chart; default euler_free, D = 46)
   pose_head       "flow" | "dofs"
   inputs          evidence channels, among ("keypoints", "parts", "mask")
   heatmap_sigma   keypoint heatmap std (pixels of the crop)
