@@ -9,13 +9,15 @@ Frames: every clip of `FOLDER` (all CMU splits merged: the folder is evaluated a
 `cmu_evidence` examples by `flowpose.data.evidence` with the data config of the runs (the same
 renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used.
 
-Methods, all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
+Methods (plus `untrained`: the network at initialisation, the mean body), all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
   <regime>       the network of DIR/<regime>
   fit            the fitter alone (`flowpose.fitting.fit.fit`, the `fit` config: keypoints + part
                  pixels, 2 yaw restarts, 60 + 140 Adam steps) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`fit(..., initial=...)`; null, with a note, while the fitter lacks `initial=`)
+Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
+fit and weak_refined as hip-centred 3D keypoints seen from the camera and from the side.
 Speeds: network_frames_per_s (weak network, after compilation, batches of `--batch_size`),
 fit_frames_per_s (the fitter alone on the same frames, after compilation).
 """
@@ -114,10 +116,29 @@ def run_network(workdir: str, frames: dict, batch_size: int):
     seconds += time.time() - start
     per_batch.append(jax.device_get(errors(out, batch)))
     weights.append(batch["weight"])
-    outputs.append(jax.device_get({k: out[k] for k in ("pose", "betas", "orient", "transl")}))
+    outputs.append(jax.device_get({k: out[k] for k in ("pose", "betas", "orient", "transl",
+                                                        "keypoints3d")}))
   outputs = {k: np.concatenate([o[k] for o in outputs])[:len(frames["weight"])]
              for k in outputs[0]}
   return _mean_errors(per_batch, weights), len(frames["weight"]) / seconds, outputs, context
+
+
+def run_untrained(workdir: str, frames: dict, batch_size: int) -> dict:
+  """Errors of the network of `workdir`'s config at its initialisation (seed 0): the mean
+  body at z = 0, facing the camera, at the start scale -- the floor a trained network must
+  beat."""
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  config, context, _ = predictor.load_params(workdir)
+  config.model.prior_workdir = os.path.join(workdir, predictor.PRIOR_DIR)
+  first = next(_batches(frames, batch_size))
+  params = task.init(config, jax.random.key(0), first)
+  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
+  errors = jax.jit(lambda out, b: task.batch_errors(out, b, context.model))
+  per_batch, weights = [], []
+  for batch in _batches(frames, batch_size):
+    per_batch.append(jax.device_get(errors(predict(params, batch), batch)))
+    weights.append(batch["weight"])
+  return _mean_errors(per_batch, weights)
 
 
 def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
@@ -128,8 +149,10 @@ def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
                           frames["part_pixels"], frames["part_labels"], frames["part_valid"])
 
 
-def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int) -> dict:
-  """`batch_errors` of a fit (its DOFs, orientation, shape and translation)."""
+def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int,
+               return_keypoints: bool = False):
+  """`batch_errors` of a fit (its DOFs, orientation, shape and translation); with
+  `return_keypoints`, also its camera-frame 3D keypoints `[n, 17, 3]`."""
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   from flowpose.geometry import camera  # pylint: disable=g-import-not-at-top
   num, r = len(frames["weight"]), context.resolution
@@ -143,17 +166,53 @@ def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int
     focal = jnp.stack([batch["focal"]] * 2, -1)
     out = {**out, "keypoints3d": points["keypoints"], "keypoints2d": camera.perspective_project(
         points["keypoints"], focal, jnp.full(focal.shape, r / 2.0))}
-    return task.batch_errors(out, batch, context.model)
+    return task.batch_errors(out, batch, context.model), out["keypoints3d"]
 
-  per_batch, weights = [], []
+  per_batch, weights, keypoints3d = [], [], []
   for start, batch in zip(range(0, num, batch_size), _batches(frames, batch_size)):
     out = {k: v[start:start + batch_size] for k, v in fitted.items()}
     pad = batch_size - len(out["dofs"])
     out = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) if pad else v
            for k, v in out.items()}
-    per_batch.append(jax.device_get(errors(out, batch)))
+    errs, points = jax.device_get(errors(out, batch))
+    per_batch.append(errs)
+    keypoints3d.append(points)
     weights.append(batch["weight"])
+  if return_keypoints:
+    return _mean_errors(per_batch, weights), np.concatenate(keypoints3d)[:num]
   return _mean_errors(per_batch, weights)
+
+
+def picture(path: str, frames: dict, methods: dict, num: int = 6) -> None:
+  """PNG: for `num` frames, the evidence crop and, per method (`{name: keypoints3d [n, 17, 3]}`,
+  truth first), the hip-centred 3D keypoints seen from the camera (left) and from the side
+  (right, orthographic), with that frame's PA-MPJPE in the caption."""
+  from flowpose import metrics  # pylint: disable=g-import-not-at-top
+  from flowpose.viz import images  # pylint: disable=g-import-not-at-top
+  r = frames["part_map"].shape[-1]
+  palette = images.part_palette(int(frames["part_map"].max()) + 1)
+  palette[0] = 255
+  tiles, captions = [], []
+  truth = frames["joints3d"]
+  for i in np.linspace(0, len(truth) - 1, num).astype(int):
+    crop = palette[frames["part_map"][i]].astype(np.uint8)
+    crop = images.draw_keypoints(crop, frames["keypoints"][i],
+                                 visible=frames["confidence"][i] > 0, radius=1.0, width=1)
+    tiles.append(np.asarray(images.to_uint8_rgb(crop)).repeat(2, 0).repeat(2, 1))
+    captions.append(f"frame {i} evidence")
+    for name, points in (("truth", truth), *methods.items()):
+      centred = np.asarray(regressor_body.hip_centred(jnp.asarray(points[i])))
+      canvas = np.full((2 * r, 4 * r, 3), 255, np.uint8)
+      scale = 0.8 * r / max(np.abs(centred[:, :2]).max(), np.abs(centred[:, 1:]).max(), 1e-3)
+      front = centred[:, :2] * scale + [r, r]
+      side = centred[:, [2, 1]] * scale + [3 * r, r]
+      canvas = images.draw_keypoints(canvas, front, radius=2.0)
+      canvas = images.draw_keypoints(canvas, side, radius=2.0)
+      error = "" if name == "truth" else (
+          f" {float(metrics.pa_mpjpe(points[i][None], truth[i][None])[0]):.0f} mm")
+      tiles.append(canvas)
+      captions.append(f"{name}{error}")
+  images.save_png(path, images.image_grid(tiles, captions, num_cols=2 + len(methods)))
 
 
 def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size: int = 64,
@@ -198,6 +257,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
       weak_out, report["network_frames_per_s"] = outputs, speed
       report["network_regime"] = regime
 
+  record("untrained", run_untrained(reference, frames, batch_size))
+
   # Fitting alone, with the runs' flow prior, on the same evidence (crop frame).
   evidence = _evidence(frames, context.resolution)
   image_size = (context.resolution, context.resolution)
@@ -208,7 +269,12 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   result = fitting.fit(config_fit, context.model, context.body, context.prior, evidence,
                        image_size)
   report["fit_frames_per_s"] = len(frames["weight"]) / (time.time() - start)
-  record("fit", fit_errors(context, result, frames, batch_size))
+  fit_result, fit_points = fit_errors(context, result, frames, batch_size, True)
+  record("fit", fit_result)
+  shown = {}
+  if weak_out is not None:
+    shown[report["network_regime"]] = weak_out["keypoints3d"]
+  shown["fit"] = fit_points
 
   # Network + refinement.
   if "initial" in inspect.signature(fitting.fit).parameters and weak_out is not None:
@@ -217,16 +283,22 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
     refine.stages = [dict(name="refine", steps=refine_steps, lr=0.02,
                           free=("pose", "betas", "orient", "transl"), keypoints="all",
                           loss_weights={}, optimizer="adam")]
-    initial = {**weak_out, "log_focal": np.log(frames["focal"]).astype(np.float32)}
+    initial = {**{k: v for k, v in weak_out.items() if k != "keypoints3d"},
+               "log_focal": np.log(frames["focal"]).astype(np.float32)}
     refined = fitting.fit(refine, context.model, context.body, context.prior, evidence,
                           image_size, initial=initial)  # pylint: disable=unexpected-keyword-arg
-    record("weak_refined", fit_errors(context, refined, frames, batch_size))
+    refined_errors, shown["weak_refined"] = fit_errors(context, refined, frames, batch_size,
+                                                       True)
+    record("weak_refined", refined_errors)
   else:
     record("weak_refined", None)
     report["notes"].append("weak_refined: flowpose.fitting.fit.fit has no `initial=` yet")
   if report.get("network_frames_per_s") and report["fit_frames_per_s"]:
     report["network_over_fit_speed"] = (report["network_frames_per_s"] /
                                         report["fit_frames_per_s"])
+  picture_path = os.path.splitext(str(out_path))[0] + ".png"
+  picture(picture_path, frames, shown)
+  report["picture"] = picture_path
   io_utils.atomic_write(out_path, json.dumps(report, indent=2).encode())
   logging.info("Wrote %s", out_path)
   return report

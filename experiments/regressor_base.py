@@ -11,9 +11,10 @@ Regimes (`REGIMES`, one file each, `regime_config(name, arg)` here):
   weak_no_parts   weak without the part-alignment term (loss_weights.parts = 0)
   weak_no_flow    weak with the pose regressed as DOFs (model.pose_head = "dofs"); the flow prior
                   is then only a penalty (-2 log p)
-The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/prior_default`
-(train one with `python -m launch.main --config=experiments/prior_cmu.py --workdir=W`);
-`bash launch/train_regressors.sh DIR` trains every regime with one prior.
+The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/main/prior`, the
+prior the README's main job trains (`bash launch/run.sh` = `python -m launch.main
+--config=experiments/prior_cmu.py --workdir=runs/main/prior`); any chart works (default
+`euler_free`, D = 46). `bash launch/train_regressors.sh DIR` trains every regime with one prior.
 """
 
 import os
@@ -45,11 +46,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # The network and its loss settings: flowpose.tasks.regressor's defaults.
   config.model = regressor.default_model_config()
   config.model.prior_workdir = os.environ.get(
-      "FLOWPOSE_PRIOR_WORKDIR", str(_REPO_ROOT / "runs" / "prior_default"))
+      "FLOWPOSE_PRIOR_WORKDIR", str(_REPO_ROOT / "runs" / "main" / "prior"))
 
   config.batch_size = 64
   config.eval_batch_size = 128
-  config.num_train_steps = 4000
+  # ~10 min on 2 shared CPU cores (~1 step/s at load ~12; a quiet machine is ~3x faster).
+  config.num_train_steps = 600
   config.init_examples = 8
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.05, grad_clip_norm=10.0))
@@ -61,12 +63,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       pose_prior=5e-4,     # ||z||^2 (flow head) or -2 log p (dofs head).
       shape_prior=5e-4,    # ||betas||^2.
       joints3d=10.0,       # Mean hip-centred 3D keypoint error, metres (labelled only).
+      joints3d_body=10.0,  # The same in the body's root frame: the pose apart from orientation.
       dofs=1.0,            # Squared Frobenius distance of joint rotations (labelled only).
       betas=0.1))          # Squared beta error (labelled only).
 
   config.log_every = 50
-  config.eval_every = 500
-  config.checkpoint_every = 500
+  config.eval_every = 300
+  config.checkpoint_every = 300
   config.keep_checkpoints = 2
 
   if "runlocal" in modes:

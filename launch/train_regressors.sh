@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trains every regime of the reconstruction network (issue 12) with one flow prior.
 # Usage: bash launch/train_regressors.sh DIR [extra launch.main flags, e.g. --config.num_train_steps=500]
-#   DIR/prior            the flow prior (trained here unless $FLOWPOSE_PRIOR_WORKDIR names one)
+#   the flow prior       $FLOWPOSE_PRIOR_WORKDIR, else runs/main/prior (what `bash launch/run.sh`
+#                        trains); trained there first, as run.sh does, when it holds none
 #   DIR/<regime>         one run per regime of experiments/regressor_base.py (REGIMES), each with
 #                        its default config from experiments/regressor_<regime>.py
 # Rerunning resumes every unfinished run (launch.main resumes from the newest checkpoint);
@@ -20,19 +21,20 @@ CMU_DIR="${FLOWPOSE_CMU_DIR:-$(cd .. && pwd)/shared/data/cmu}"
 mkdir -p "$DIR"
 export OPENBLAS_NUM_THREADS=1
 
-PRIOR="${FLOWPOSE_PRIOR_WORKDIR:-$DIR/prior}"
+PRIOR="${FLOWPOSE_PRIOR_WORKDIR:-runs/main/prior}"
 if [[ ! -f "$PRIOR/prior_params.msgpack" ]]; then
-  echo "[regressors] training the flow prior -> $PRIOR"
-  $PY -m launch.main --config=experiments/prior_cmu.py --workdir="$PRIOR" \
-    --config.data.manual_dir="$CMU_DIR"
+  echo "[regressors] training the flow prior (experiments/prior_cmu.py, as launch/run.sh) -> $PRIOR"
+  FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config=experiments/prior_cmu.py \
+    --workdir="$PRIOR"
 fi
 
-REGIMES=$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")
+# $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime.
+REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 for regime in $REGIMES; do
   echo "[regressors] $regime -> $DIR/$regime ($(date +%T))"
   start=$(date +%s)
-  $PY -m launch.main --config="experiments/regressor_${regime}.py" --workdir="$DIR/$regime" \
-    --config.model.prior_workdir="$PRIOR" "$@"
+  FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config="experiments/regressor_${regime}.py" \
+    --workdir="$DIR/$regime" --config.model.prior_workdir="$PRIOR" "$@"
   echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
 done
 echo "[regressors] done: $DIR/{$(echo $REGIMES | tr ' ' ',')}"

@@ -31,6 +31,8 @@ from flowpose.fitting import reduced_body
 from flowpose.geometry import camera
 from flowpose.models import predictor
 from flowpose.models import regressor as net_lib
+from flowpose.models import regressor_body
+from flowpose.prior import charts
 from flowpose.prior import flow as prior_lib
 from flowpose.prior import io as prior_io
 from flowpose.train import trainer
@@ -56,11 +58,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def make_tiny_prior(workdir) -> str:
-  """An untrained 2-layer flow (data-initialised on synthetic poses), exported to `workdir`."""
+  """An untrained 2-layer flow in the default prior's chart (`euler_free`, D = 46: the four
+  clavicle DOFs fixed at 0), data-initialised on synthetic poses, exported to `workdir`."""
   flow = prior_lib.default_flow_config()
+  flow.chart = "euler_free"
   flow.num_layers, flow.hidden_sizes = 2, (16,)
   prior = prior_lib.make_prior(flow)
-  params = prior.init(jax.random.key(0), poses.synthetic_poses(512, 50, 0, "train"))
+  params = prior.init(jax.random.key(0), charts.from_dofs(
+      "euler_free", poses.synthetic_poses(512, 50, 0, "train")))
   os.makedirs(workdir, exist_ok=True)
   prior_io.export_prior(str(workdir), params, ml_collections.ConfigDict(
       {"task": "prior", "flow": flow}))
@@ -171,6 +176,34 @@ def test_photo_crop_maps_back_to_the_image():
                              atol=1e-5)
 
 
+def test_part_pixels_grouped_in_the_graph_give_the_dense_loss():
+  """`group_pixels` + the grouped loss = `losses.part_alignment_loss` on the same points
+  while no part overflows its slots; overflowing pixels are left out, never misassigned."""
+  from flowpose import losses  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  parts, n, v = 5, 40, 30
+  labels = rng.integers(0, parts - 1, n)  # Part 4 has no pixel.
+  valid = rng.uniform(size=n) > 0.2
+  pixels = rng.uniform(0, 50, (n, 2)).astype(np.float32)
+  verts = rng.uniform(0, 50, (v, 2)).astype(np.float32)
+  vlabels = np.arange(v) % parts
+  vis = rng.uniform(size=v).astype(np.float32)
+  vgroups = losses.group_by_label(vlabels, None, parts)
+  dense = losses.part_alignment_loss(verts, vlabels, vis, pixels, labels, valid,
+                                     num_parts=parts, sigma=3.0)[0]
+  index, ok = regressor_body.group_pixels(jnp.asarray(labels), jnp.asarray(valid), parts, n)
+  grouped = losses.grouped_part_alignment_loss(verts, vgroups.index, vgroups.valid, vis,
+                                               pixels, index, ok, sigma=3.0)[0]
+  np.testing.assert_allclose(grouped, dense, rtol=1e-5)
+  index, ok = np.asarray(index), np.asarray(ok)
+  assert np.all(labels[index[ok]] == np.nonzero(ok)[0]) and np.all(valid[index[ok]])
+  assert ok.sum() == valid.sum()
+  small_index, small_ok = (np.asarray(x) for x in regressor_body.group_pixels(
+      jnp.asarray(labels), jnp.asarray(valid), parts, 3))
+  np.testing.assert_array_equal(small_index, index[:, :3])
+  np.testing.assert_array_equal(small_ok, ok[:, :3])
+
+
 # --- The task. ------------------------------------------------------------------------------
 
 
@@ -181,12 +214,21 @@ def test_shapes_and_3d_losses_only_where_has_3d(prior_dir):
   params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
   out = jax.eval_shape(lambda p, b: task.predict_batch(p, b, config), params, batch)
   b = 8
-  assert out["pose"].shape == (b, 50) and out["dofs"].shape == (b, 50)
+  # The latent has the chart's 46 dimensions; the DOFs all 50, the fixed clavicles at 0.
+  assert out["pose"].shape == (b, 46) and out["dofs"].shape == (b, 50)
   assert out["betas"].shape == (b, 16) and out["orient"].shape == (b, 6)
   assert out["transl"].shape == (b, 3) and out["keypoints2d"].shape == (b, 17, 2)
   assert out["rotmats"].shape == (b, 31, 3, 3)
   assert out["vertices"].shape[0] == b and out["visibility"].shape == out["vertices"].shape[:2]
-  three_d = ("joints3d", "dofs", "betas")
+  # The DOF head (weak_no_flow) regresses the chart's 46 coordinates; the 4 fixed clavicle
+  # DOFs decode to exactly 0.
+  dofs_ctx = task.context(runlocal_config(prior_dir, "weak_no_flow"))
+  decoded = regressor_body.decode(dofs_ctx, jnp.ones((2, dofs_ctx.layout.dim)),
+                                  jnp.full((2,), 50.0))
+  assert decoded["pose"].shape == (2, 46) and decoded["dofs"].shape == (2, 50)
+  np.testing.assert_array_equal(np.asarray(decoded["dofs"])[:, charts.FIXED_COLUMNS], 0.0)
+  assert np.all(np.asarray(decoded["dofs"])[:, charts.FREE_COLUMNS] != 0.0)
+  three_d = ("joints3d", "joints3d_body", "dofs", "betas")
 
   def loss_3d(params, batch):
     terms = task.loss_terms(params, batch, config)
@@ -248,7 +290,7 @@ def test_runlocal_trains_resumes_evaluates_and_exports(trained, prior_dir, tmp_p
                               np.full((4, 2), r / 2, np.float32))
   initial = predict(evidence, (r, r))
   assert set(initial) == set(fit_config.VARIABLES)
-  assert initial["pose"].shape == (4, 50) and initial["orient"].shape == (4, 6)
+  assert initial["pose"].shape == (4, 46) and initial["orient"].shape == (4, 6)
   assert initial["transl"].shape == (4, 3) and initial["log_focal"].shape == (4,)
   assert np.all(np.isfinite(initial["transl"])) and np.all(initial["transl"][:, 2] > 0)
   with pytest.raises(fit_config.FitInputError, match="person 1"):

@@ -231,7 +231,7 @@ def load_predictor(workdir: str) -> Callable[..., dict]:
     theta = context.net.apply({"params": params["net"]}, maps, context.theta_init)[-1]
     decoded = regressor_body.decode(context, theta, batch["focal"])
     if context.model_config.pose_head == "dofs":  # The fitter's variable is the latent.
-      decoded["pose"] = context.flow.pose_to_latent(context.prior.params, decoded["dofs"])
+      decoded["pose"] = context.flow.pose_to_latent(context.prior.params, decoded["pose"])
     decoded["rest_root"] = regressor_body.rest_root(context, decoded["betas"])
     return decoded
 

@@ -136,20 +136,34 @@ def root_to_camera(root: jax.Array, focal: jax.Array, resolution: int) -> jax.Ar
   return jnp.concatenate([log_scale[..., None], root[..., :2]], axis=-1)
 
 
-class Encoder(nn.Module):
-  """Strided 3x3 convolutions + GroupNorm + ReLU, then the flattened map -> `features`.
+def downsampling(widths: Tuple[int, ...], stem_patch: int) -> int:
+  """How many times smaller than R the encoder's last map is (R must be a multiple)."""
+  return (stem_patch or 2) * 2 ** (len(widths) - 1)
 
-  The map is flattened (not pooled) so the features keep where the person is in the crop,
-  which the camera translation needs.
+
+class Encoder(nn.Module):
+  """A stem, strided 3x3 convolutions + GroupNorm + ReLU, then the flattened map -> `features`.
+
+  Stem (`stem_patch`): 0 = a 3x3 stride-2 convolution like the others; p >= 2 = a p x p patch
+  embedding (the map cut into p x p patches, each a Dense layer: one matmul, several times
+  cheaper than a convolution's backward pass on CPU). The map is flattened (not pooled) so the
+  features keep where the person is in the crop, which the camera translation needs.
   """
   widths: Tuple[int, ...]
   features: int
+  stem_patch: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """`x [B, R, R, C]` -> `[B, features]`."""
-    for width in self.widths:
-      x = nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME")(x)
+    for i, width in enumerate(self.widths):
+      if i == 0 and self.stem_patch:
+        p = self.stem_patch
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+        x = nn.Dense(width)(x.reshape(b, h // p, w // p, p * p * c))
+      else:
+        x = nn.Conv(width, (3, 3), strides=(2, 2), padding="SAME")(x)
       x = nn.GroupNorm(num_groups=min(8, width))(x)
       x = nn.relu(x)
     x = x.reshape((x.shape[0], -1))
@@ -171,11 +185,12 @@ class Regressor(nn.Module):
   head_hidden: Tuple[int, ...]
   num_iterations: int
   theta_dim: int
+  stem_patch: int = 0
 
   @nn.compact
   def __call__(self, maps: jax.Array, theta_init: jax.Array) -> jax.Array:
     """`maps [B, R, R, C]`, `theta_init [T]` -> `[num_iterations, B, T]` (last = output)."""
-    feats = Encoder(tuple(self.widths), self.features)(maps)
+    feats = Encoder(tuple(self.widths), self.features, self.stem_patch)(maps)
     theta = jnp.broadcast_to(theta_init, (maps.shape[0], self.theta_dim))
     layers = [nn.Dense(h, name=f"head_{i}") for i, h in enumerate(self.head_hidden)]
     # Small last layer: the first iterations stay near the start (the mean body).

@@ -13,7 +13,7 @@ vertices and their soft visibility (vertex normals skinned with the joint rotati
 sigmoid of the normal's cosine to the camera ray; self-occlusion ignored, gradient stopped).
 """
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from flowpose.evidence import shading
 from flowpose.fitting import photo
 from flowpose.fitting import reduced_body
 from flowpose.models import regressor as net_lib
+from flowpose.prior import charts
 from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
@@ -83,20 +84,19 @@ def make_context(model_config: ml_collections.ConfigDict, resolution: int,
     raise registry.PriorRegistryError(
         f"config model.prior_workdir: cannot load the flow prior from {prior_workdir} ({e})"
     ) from e
-  if flow.chart != "euler_dofs":
-    raise registry.PriorRegistryError(
-        f"config model.prior_workdir: {prior_workdir} has a flow in the {flow.chart!r} chart; "
-        "the regressor needs the euler_dofs chart (the fitter's DOFs)")
   prior = registry.make_flow(flow=flow, flow_params=flow_params)
+  # Both heads predict D = the prior's chart dimension (46 for the default `euler_free`: the
+  # four clavicle DOFs CMU never moves stay at 0 through `charts.to_dofs`).
   layout = net_lib.ThetaLayout(prior.space.dim, int(body.j_shapedirs.shape[-1]))
   if model_config.pose_head == "flow":
     pose_init = np.zeros(layout.pose_dim, np.float32)
-  else:  # The DOFs of the flow's z = 0: its typical pose.
-    pose_init = np.asarray(prior.space.decode(prior.params, prior.init))
+  else:  # The chart coordinates of the flow's z = 0: its typical pose.
+    pose_init = np.asarray(flow.latent_to_pose(flow_params, prior.init))
   net = net_lib.Regressor(
       widths=tuple(model_config.widths), features=model_config.features,
       head_hidden=tuple(model_config.head_hidden),
-      num_iterations=model_config.num_iterations, theta_dim=layout.dim)
+      num_iterations=model_config.num_iterations, theta_dim=layout.dim,
+      stem_patch=int(model_config.get("stem_patch", 0)))
   rest = np.asarray(model.v_template, np.float64)
   normals = shading.vertex_normals(rest, np.asarray(model.faces))[np.asarray(body.sub_index)]
   return RegressorContext(model, body, prior, flow, net, layout,
@@ -128,15 +128,15 @@ def decode(context: RegressorContext, theta: jax.Array, focal: jax.Array) -> dic
     focal: `[B]` the crop's focal length (pixels).
 
   Returns:
-    `{pose [B, D] (flow latent, or DOFs for the "dofs" head), dofs [B, D], betas [B, S],
+    `{pose [B, D] (flow latent, or chart coordinates for the "dofs" head), dofs [B, 50], betas [B, S],
     orient [B, 6], root_rotmat [B, 3, 3], rotmats [B, J, 3, 3] (local), transl [B, 3],
     root [B, 3] (root joint, camera frame)}`.
   """
   parts = context.layout.split(theta)
   if context.model_config.pose_head == "flow":
     dofs = jax.vmap(context.prior.space.decode, (None, 0))(context.prior.params, parts["pose"])
-  else:
-    dofs = parts["pose"]
+  else:  # Chart coordinates -> the 50 DOFs (fixed DOFs of `euler_free` at 0).
+    dofs = charts.to_dofs(context.flow.chart, parts["pose"])
   root_rotmat = geometry.rot6d_to_matrix(parts["orient"])
   root = net_lib.camera_to_root(parts["camera"], focal, context.resolution)
   return {
@@ -178,6 +178,33 @@ def posed(context: RegressorContext, dofs, root_rotmat, betas, transl) -> dict:
       dofs, root_rotmat, betas, transl)
   return {"keypoints": keypoints, "joints": joints, "vertices": vertices,
           "visibility": visibility}
+
+
+def group_pixels(labels: jax.Array, valid: jax.Array, num_parts: int,
+                 size: int) -> Tuple[jax.Array, jax.Array]:
+  """Sampled part pixels grouped by part, in the graph (`part_groups.group_by_label`'s layout).
+
+  The first `size` valid pixels of each part (in sample order) fill its slots; a part's
+  further pixels are left out (the sampler draws ~N / parts per part, evenly, so a `size` of
+  about 2 N / P keeps nearly all).
+
+  Args:
+    labels: `[N]` int part labels (0..P-1). valid: `[N]` bool.
+    num_parts: P. size: slots per part M.
+
+  Returns:
+    `(index [P, M] int32 into the N pixels, ok [P, M] bool)`.
+  """
+  num = labels.shape[-1]
+  member = (labels[None, :] == jnp.arange(num_parts)[:, None]) & valid[None, :]  # [P, N]
+  rank = jnp.cumsum(member, axis=1) - 1
+  kept = member & (rank < size)
+  slot = jnp.where(kept, rank, size)  # Overflow and non-members go to a dropped slot.
+  rows = jnp.broadcast_to(jnp.arange(num_parts)[:, None], slot.shape)
+  index = jnp.zeros((num_parts, size + 1), jnp.int32).at[rows, slot].max(
+      jnp.where(kept, jnp.arange(num, dtype=jnp.int32)[None, :], 0))
+  ok = jnp.zeros((num_parts, size + 1), bool).at[rows, slot].max(kept)
+  return index[:, :size], ok[:, :size]
 
 
 def hip_centred(keypoints: jax.Array) -> jax.Array:

@@ -17,6 +17,7 @@ Loss: `losses.weighted_sum` of (per example, then the batch mean):
   pose_prior   ||z||^2 (flow head), -2 log p_flow(DOFs) (dofs head): one scale, as the fitter's
   shape_prior  ||betas||^2
   joints3d     mean hip-centred 3D keypoint distance (metres)       } only where `has_3d`:
+  joints3d_body  the same in each body's root frame (orientation removed) }
   dofs         mean squared Frobenius distance of the joint rotations } mean over the labelled
   betas        mean squared beta error                              } examples of the batch
 Evaluation: mpjpe_mm (hip-centred COCO-17 keypoints), pa_mpjpe_mm, pve_mm (full CC0 mesh, root
@@ -26,15 +27,17 @@ Export: `regressor_params.msgpack` (+ sha256) and a copy of the prior under `pri
 
 Config (`experiments/regressor_*.py`): the trainer's fields, `data` (`flowpose.data.evidence.
 default_config()`), and `model`:
-  prior_workdir   a trained flow prior workdir (euler_dofs chart)
+  prior_workdir   a trained flow prior workdir (any chart; default euler_free, D = 46)
   pose_head       "flow" | "dofs"
   inputs          evidence channels, among ("keypoints", "parts", "mask")
   heatmap_sigma   keypoint heatmap std (pixels of the crop)
   map_dropout     per-example probability that the part and mask channels are zeroed in
                   training (so keypoint-only evidence at test time is in the training data)
-  widths, features, head_hidden, num_iterations   the network
+  widths, stem_patch, features, head_hidden, num_iterations   the network
+                  (`models.regressor.Regressor`; stem_patch 0 = a conv stem, p = p x p patches)
   keypoint_sigma, part_sigma   Geman-McClure scales (person-box units)
-  vertices_per_part, normals_sharpness            part term
+  vertices_per_part, pixels_per_part, normals_sharpness   part term (grouped by part:
+                  `losses.grouped_part_alignment_loss`, Mv vertices and Mp pixels per part)
 """
 
 import functools
@@ -56,11 +59,12 @@ from flowpose.models import regressor_body
 from flowpose.prior import registry
 from flowpose.train import config_lib
 
-LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "dofs", "betas")
+LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "joints3d_body",
+              "dofs", "betas")
 CONFIG_FIELDS = ("model",)
 MODEL_FIELDS = ("prior_workdir", "pose_head", "inputs", "heatmap_sigma", "map_dropout", "widths",
-                "features", "head_hidden", "num_iterations", "keypoint_sigma", "part_sigma",
-                "vertices_per_part", "normals_sharpness")
+                "stem_patch", "features", "head_hidden", "num_iterations", "keypoint_sigma",
+                "part_sigma", "vertices_per_part", "pixels_per_part", "normals_sharpness")
 # What the network reads from a batch (strings such as subject/clip stay on the host).
 BATCH_FIELDS = ("keypoints", "confidence", "part_map", "mask", "part_pixels", "part_labels",
                 "part_valid", "focal", "has_3d", "weight", "pose_dofs", "root_rotmat", "betas",
@@ -73,9 +77,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   """The `model` section's defaults (experiments derive from these)."""
   return ml_collections.ConfigDict(dict(
       prior_workdir="", pose_head="flow", inputs=("keypoints", "parts", "mask"),
-      heatmap_sigma=1.5, map_dropout=0.1, widths=(32, 64, 128, 128), features=512,
+      heatmap_sigma=1.5, map_dropout=0.1, widths=(32, 64, 128), stem_patch=4, features=512,
       head_hidden=(512, 512), num_iterations=3, keypoint_sigma=0.3, part_sigma=0.3,
-      vertices_per_part=16, normals_sharpness=10.0))
+      vertices_per_part=16, pixels_per_part=32, normals_sharpness=10.0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -114,8 +118,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       config_lib.fail(f"model.{field}", "a positive float", model[field])
   if not config_lib.number(model.map_dropout) or not 0 <= model.map_dropout < 1:
     config_lib.fail("model.map_dropout", "a probability in [0, 1)", model.map_dropout)
-  for field in ("features", "num_iterations", "vertices_per_part"):
+  for field in ("features", "num_iterations", "vertices_per_part", "pixels_per_part"):
     config_lib.positive_int(model, field, "model.")
+  if (not isinstance(model.stem_patch, int) or isinstance(model.stem_patch, bool)
+      or model.stem_patch < 0 or model.stem_patch == 1):
+    config_lib.fail("model.stem_patch", "0 (3x3 stride-2 conv stem) or a patch size >= 2",
+                    model.stem_patch)
   for field in ("widths", "head_hidden"):
     sizes = tuple(model[field])
     if not sizes or not all(isinstance(s, int) and s > 0 for s in sizes):
@@ -124,9 +132,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if hasattr(evidence, "validate"):  # The data section is the evidence pipeline's.
     evidence.validate(config.data)
   resolution = config_lib.positive_int(config.data, "resolution", "data.", minimum=8)
-  if resolution % (2 ** len(model.widths)):
-    config_lib.fail("data.resolution", f"a multiple of 2^{len(model.widths)} (one halving per "
-                    "model.widths entry)", resolution)
+  factor = net_lib.downsampling(tuple(model.widths), model.stem_patch)
+  if resolution % factor:
+    config_lib.fail("data.resolution", f"a multiple of {factor} (model.stem_patch, or 2, times "
+                    "one halving per further model.widths entry)", resolution)
   try:  # Loads the body and the prior now: a bad prior is named before any work.
     context(config)
   except registry.PriorRegistryError as e:
@@ -165,6 +174,28 @@ def predict_batch(params: Any, batch: dict, config: ml_collections.ConfigDict,
   return out
 
 
+def part_term(ctx: regressor_body.RegressorContext, vertices2d: jax.Array,
+              visibility: jax.Array, batch: dict, scale: jax.Array) -> jax.Array:
+  """`[B]` part alignment of the subset vertices `vertices2d [B, Vs, 2]` (soft `visibility
+  [B, Vs]`) against the batch's sampled part pixels, in units of `scale [B]`.
+
+  Grouped by part (`losses.grouped_part_alignment_loss`: one `[P, Mp, Mv]` distance tensor
+  per example, ~1/P of the dense `[N, Vs]` work of `losses.part_alignment_loss`); pixels
+  beyond `model.pixels_per_part` in a part are left out.
+  """
+  model = ctx.model_config
+
+  def one(v, vis, pix, lab, valid, s):
+    groups, ok = regressor_body.group_pixels(lab, valid, ctx.body.num_parts,
+                                             model.pixels_per_part)
+    return losses.grouped_part_alignment_loss(
+        v, ctx.body.sub_groups, ctx.body.sub_group_valid, vis, pix, groups, ok,
+        sigma=model.part_sigma, scale=s)[0]
+  return jax.vmap(one)(vertices2d, visibility, batch["part_pixels"],
+                       jnp.asarray(batch["part_labels"], jnp.int32),
+                       jnp.asarray(batch["part_valid"], bool), scale)
+
+
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of `values [B]` over `mask [B]`; 0 without any, and no gradient from masked rows."""
   mask = jnp.asarray(mask, bool)
@@ -182,12 +213,7 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   keypoint_loss = jax.vmap(functools.partial(
       losses.keypoint_reprojection_loss, sigma=model.keypoint_sigma))(
           out["keypoints2d"], kp, conf, scale=scale)
-  part_fn = functools.partial(losses.part_alignment_loss, num_parts=ctx.body.num_parts,
-                              sigma=model.part_sigma)
-  parts = jax.vmap(lambda v, vis, pix, lab, valid, s: part_fn(
-      v, ctx.body.sub_labels, vis, pix, lab, valid, scale=s)[0])(
-          out["vertices2d"], out["visibility"], batch["part_pixels"], batch["part_labels"],
-          batch["part_valid"], scale)
+  parts = part_term(ctx, out["vertices2d"], out["visibility"], batch, scale)
   if model.pose_head == "flow":
     pose_prior = losses.latent_prior(out["pose"])
   else:  # -2 log p: ||z||^2 + const for a Gaussian, the scale of the flow head's term.
@@ -201,15 +227,22 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   label = lambda key: jnp.where(labelled.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
                                 jnp.asarray(batch[key], jnp.float32), 0.0)
   true_rotmats = jax.vmap(ctx.body.pose_to_rotmats)(label("pose_dofs"), label("root_rotmat"))
-  joint_error = jnp.sqrt(jnp.sum(jnp.square(
-      regressor_body.hip_centred(out["keypoints3d"]) -
-      regressor_body.hip_centred(label("joints3d"))), -1) + 1e-10)
+  pred_centred = regressor_body.hip_centred(out["keypoints3d"])
+  true_centred = regressor_body.hip_centred(label("joints3d"))
+  distance = lambda a, b: jnp.sqrt(jnp.sum(jnp.square(a - b), -1) + 1e-10)
+  joint_error = distance(pred_centred, true_centred)
+  # The same in each body's own root frame (R_root^T x): the articulated pose's error apart
+  # from the global orientation's (a 180-degree yaw doubt from 2D must not blur the pose).
+  in_body = lambda x, rot: jnp.einsum("bij,bki->bkj", rot, x)
+  body_error = distance(in_body(pred_centred, out["root_rotmat"]),
+                        in_body(true_centred, label("root_rotmat")))
   return {
       "keypoints": mean(keypoint_loss),
       "parts": mean(parts),
       "pose_prior": mean(pose_prior),
       "shape_prior": mean(losses.shape_prior(out["betas"])),
       "joints3d": _masked_mean(jnp.mean(joint_error, -1), labelled),
+      "joints3d_body": _masked_mean(jnp.mean(body_error, -1), labelled),
       "dofs": _masked_mean(jnp.mean(jnp.sum(jnp.square(out["rotmats"] - true_rotmats),
                                             (-1, -2)), -1), labelled),
       "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
