@@ -304,21 +304,27 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   return report
 
 
-_ROOT = flags.DEFINE_string("workdir_root", None, "Folder with one trained run per regime.")
-_MOCAP = flags.DEFINE_string("mocap_dir", None, "Folder of mocap clips (ASF/AMC) to evaluate.")
-_NUM = flags.DEFINE_integer("num_frames", 256, "Frames to evaluate.")
-_OUT = flags.DEFINE_string("out", None, "Output JSON.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Network batch size.")
-_REFINE = flags.DEFINE_integer("refine_steps", 50, "Fitter steps of weak_refined.")
-_SPLIT = flags.DEFINE_string("split", "all", "CMU split of --mocap_dir's clips to use, or all "
-                             "(the folder as given).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program: tests import `run` beside other CLI
+  modules (launch.detect also defines --out), and absl refuses a flag defined twice."""
+  flags.DEFINE_string("workdir_root", None, "Folder with one trained run per regime.")
+  flags.DEFINE_string("mocap_dir", None, "Folder of mocap clips (ASF/AMC) to evaluate.")
+  flags.DEFINE_integer("num_frames", 256, "Frames to evaluate.")
+  flags.DEFINE_string("out", None, "Output JSON.")
+  flags.DEFINE_integer("batch_size", 64, "Network batch size.")
+  flags.DEFINE_integer("refine_steps", 50, "Fitter steps of weak_refined.")
+  flags.DEFINE_string("split", "all", "CMU split of --mocap_dir's clips to use, or all "
+                      "(the folder as given).")
 
 
 def main(argv):
   del argv
   try:
-    run(_ROOT.value, _MOCAP.value, _NUM.value, _OUT.value, _BATCH.value, _REFINE.value,
-        _SPLIT.value)
+    run(FLAGS.workdir_root, FLAGS.mocap_dir, FLAGS.num_frames, FLAGS.out, FLAGS.batch_size,
+        FLAGS.refine_steps, FLAGS.split)
   except (BenchmarkInputError, io_utils.OutputPathError, predictor.RegressorLoadError) as e:
     print(f"benchmarks.regressor: {e}")
     return 1
@@ -326,5 +332,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["workdir_root", "mocap_dir", "out"])
   app.run(main)
