@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
-exec .venv/bin/python -m pytest -q -m slow "$@"
+exec .venv/bin/python -m pytest -q -m slow -n "${FLOWPOSE_TEST_WORKERS:-2}" --dist loadfile "$@"
