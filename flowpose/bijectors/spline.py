@@ -89,7 +89,14 @@ def _spline_params(raw_widths, raw_heights, raw_derivatives, range_min,
   return x_knots, y_knots, _interior_derivatives(raw_derivatives, min_derivative)
 
 
-def _split_params(params: Array, x: Array, num_bins: int):
+def _split_params(params, x: Array, num_bins: int):
+  if isinstance(params, (tuple, list)):  # Already (widths, heights, derivatives).
+    sizes = (num_bins, num_bins, num_bins - 1)
+    if len(params) != 3 or tuple(p.shape[-1] for p in params) != sizes:
+      raise ValueError(f"spline: expected (widths [..., {num_bins}], heights [..., {num_bins}], "
+                       f"derivatives [..., {num_bins - 1}]), got "
+                       f"{[getattr(p, 'shape', p) for p in params]}")
+    return tuple(jnp.broadcast_to(p, x.shape + p.shape[-1:]) for p in params)
   if params.shape[-1] != num_spline_params(num_bins):
     raise ValueError(f"spline: expected [..., {num_spline_params(num_bins)}] "
                      f"params for {num_bins} bins, got {params.shape}")
@@ -127,7 +134,9 @@ def rational_quadratic_forward(
   Args:
     x: inputs `[...]`.
     params: unconstrained spline parameters `[..., 3K-1]` (widths, heights,
-      interior derivatives, concatenated), broadcastable against `x`.
+      interior derivatives, concatenated), broadcastable against `x`; or the
+      three as a tuple `([..., K], [..., K], [..., K-1])` (no slicing: a coupling
+      whose conditioner emits them apart assembles no `[..., 3K-1]` gradient).
     num_bins: K.
     range_min, range_max: the spline's domain and range; identity outside.
     min_bin_size: smallest bin width/height as a fraction of the range.
