@@ -116,12 +116,15 @@ def _bin_of(search_knots, value, x_knots, y_knots, interior):
   # Number of interior knots at or left of the value (the value is inside the range).
   k = jnp.sum(value[..., None] >= search_knots[..., 1:-1], axis=-1)
   onehot = (k[..., None] == np.arange(num_bins)).astype(value.dtype)  # [..., K]
-  pick = lambda v: jnp.sum(onehot * v, axis=-1)
-  x_k, y_k = pick(x_knots[..., :-1]), pick(y_knots[..., :-1])
-  w, h = pick(x_knots[..., 1:]) - x_k, pick(y_knots[..., 1:]) - y_k
+  pick = lambda hot, v: jnp.sum(hot * v, axis=-1)
+  picked = (pick(onehot, x_knots[..., :-1]), pick(onehot, x_knots[..., 1:]),
+            pick(onehot, y_knots[..., :-1]), pick(onehot, y_knots[..., 1:]),
+            pick(onehot[..., 1:], interior), pick(onehot[..., :-1], interior))
+  x_k, x_k1, y_k, y_k1, d_k, d_k1 = picked
+  w, h = x_k1 - x_k, y_k1 - y_k
   # Boundary derivatives are 1: bin 0's left and bin K-1's right knot.
-  d_k = jnp.where(k == 0, 1.0, jnp.sum(onehot[..., 1:] * interior, -1))
-  d_k1 = jnp.where(k == num_bins - 1, 1.0, jnp.sum(onehot[..., :-1] * interior, -1))
+  d_k = jnp.where(k == 0, 1.0, d_k)
+  d_k1 = jnp.where(k == num_bins - 1, 1.0, d_k1)
   return w, h, x_k, y_k, d_k, d_k1, h / w
 
 
