@@ -23,6 +23,8 @@ e.g. a linear conditioner:
 
 To make a freshly initialised flow the identity, `apply` must return zeros at
 `init` (every coupling transform is the identity at zero raw parameters).
+A conditioner may also give `apply_sections` (the same output cut into per-dimension
+sections, one product each; `Conditioner`); the spline coupling uses it when present.
 The default, `mlp_conditioner`, is a Flax `linen` MLP whose last layer is
 zero-initialised (distrax `examples/flow.py`); its params are the module's
 `params` collection, a plain pytree that `stack` scans and optax trains.
