@@ -9,12 +9,14 @@ checked against distrax in tests/test_bijectors.py; these check the gradients.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flowpose import bijectors as fb
 
 RANGE = 3.0  # Spline interval [-RANGE, RANGE].
 
 
+@pytest.mark.slow  # ~10 s of CPU (distrax + four gradient programs): benchmarks/slow_tests.sh.
 def test_spline_gradients_match_distrax():
   # The one-hot bin selection, the cumsum as a product and the stopped softmax shift
   # (spline.py) change how the gradient is formed, not its value: d(y, log_det)/d(x, params)
@@ -60,9 +62,9 @@ def test_spline_coupling_sections_equal_the_sliced_output():
   x = 1.5 * jax.random.normal(jax.random.key(1), (5, 7))
 
   def run(b):
-    def loss(p, v):
-      y = b.forward(p, v)
-      return jnp.sum(jnp.sin(y)) + jnp.sum(b.inverse_and_log_det(p, v)[1]), y
+    def loss(p, v):  # The forward map (the fitter's direction); log_prob runs the same code.
+      y, log_det = b.forward_and_log_det(p, v)
+      return jnp.sum(jnp.sin(y)) + jnp.sum(log_det), y
     return jax.jit(jax.grad(loss, (0, 1), has_aux=True))(params, x)
 
   (g_sliced, y), (g_gathered, y_gathered) = run(sliced), run(gathered)
