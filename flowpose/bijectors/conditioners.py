@@ -23,6 +23,8 @@ e.g. a linear conditioner:
 
 To make a freshly initialised flow the identity, `apply` must return zeros at
 `init` (every coupling transform is the identity at zero raw parameters).
+A conditioner may also give `apply_sections` (the same output cut into per-dimension
+sections, one product each; `Conditioner`); the spline coupling uses it when present.
 The default, `mlp_conditioner`, is a Flax `linen` MLP whose last layer is
 zero-initialised (distrax `examples/flow.py`); its params are the module's
 `params` collection, a plain pytree that `stack` scans and optax trains.
@@ -49,6 +51,12 @@ class Conditioner(NamedTuple):
   """
   init: Callable[[Array], Params]
   apply: Callable[[Params, Array, Optional[Array]], Array]
+  # Optional `(params, x_pass, context, num_trans, sections) -> tuple` of `[..., num_trans, s]`
+  # per `s` in `sections`: `apply`'s output `[..., num_trans * sum(sections)]`, viewed as
+  # `[..., num_trans, sum(sections)]` and cut along the last axis, computed as one product per
+  # section. A coupling whose transform takes its parameters apart (a spline's widths, heights,
+  # derivatives) then never assembles the gradient of the whole output from slices.
+  apply_sections: Optional[Callable[..., tuple]] = None
 
 
 # (in_dim, context_dim, out_dim) -> Conditioner.
@@ -117,6 +125,24 @@ def mlp_conditioner(hidden_sizes: Sequence[int] = (256, 256),
       h = x_pass if context is None else jnp.concatenate([x_pass, context], -1)
       return module.apply({"params": params}, h)
 
-    return Conditioner(init, apply)
+    def apply_sections(params, x_pass, context, num_trans, sections):
+      # The MLP's own arithmetic (`Dense`: h @ w + b), with the last layer's columns cut.
+      h = x_pass if context is None else jnp.concatenate([x_pass, context], -1)
+      for i in range(len(hidden_sizes)):
+        h = activation(h @ params[f"dense_{i}"]["w"] + params[f"dense_{i}"]["b"])
+      w, b = params["dense_out"]["w"], params["dense_out"]["b"]
+      per_dim = sum(sections)
+      w = w.reshape(w.shape[0], num_trans, per_dim)
+      b = b.reshape(num_trans, per_dim)
+      out, start = [], 0
+      for size in sections:
+        cols = slice(start, start + size)
+        ws = w[:, :, cols].reshape(w.shape[0], num_trans * size)
+        o = h @ ws + b[:, cols].reshape(-1)
+        out.append(o.reshape(o.shape[:-1] + (num_trans, size)))
+        start += size
+      return tuple(out)
+
+    return Conditioner(init, apply, apply_sections)
 
   return make

@@ -44,8 +44,13 @@ SPLITS = ("gather", "slices")
 def _coupling(name: str, mask, context_dim: int, params_per_dim: int,
               transform: ElementwiseFn, inverse_transform: ElementwiseFn,
               conditioner: conditioners.ConditionerFactory,
-              split: str = "gather") -> core.Bijector:
-  """Builds a coupling bijector around an element-wise transform (`split`: see the factories)."""
+              split: str = "gather", sections: Optional[tuple] = None) -> core.Bijector:
+  """Builds a coupling bijector around an element-wise transform (`split`: see the factories).
+
+  With `sections` (ints summing to `params_per_dim`) the transform gets the conditioner output
+  as a tuple `([..., T, s] for s in sections)`, from `Conditioner.apply_sections` when the
+  conditioner has it (else cut from `apply`'s output).
+  """
   mask = np.asarray(mask)
   if mask.ndim != 1 or mask.dtype != np.bool_:
     raise ValueError(f"{name}: mask must be a 1-D boolean array, got "
@@ -57,6 +62,8 @@ def _coupling(name: str, mask, context_dim: int, params_per_dim: int,
     raise ValueError(f"{name}: context_dim must be >= 0, got {context_dim}")
   if split not in SPLITS:
     raise ValueError(f"{name}: split must be one of {SPLITS}, got {split!r}")
+  if sections is not None and sum(sections) != params_per_dim:
+    raise ValueError(f"{name}: sections {sections} must sum to {params_per_dim}")
   dim = mask.size
   pass_idx = np.flatnonzero(mask)
   trans_idx = np.flatnonzero(~mask)
@@ -89,12 +96,17 @@ def _coupling(name: str, mask, context_dim: int, params_per_dim: int,
     else:
       context = None
     x_pass, x_trans = take_pass(x), take_trans(x)
+    if sections is not None and cond.apply_sections is not None:
+      return x_pass, x_trans, cond.apply_sections(params["conditioner"], x_pass, context,
+                                                  num_trans, sections)
     out = cond.apply(params["conditioner"], x_pass, context)
     if out.shape[-1] != out_dim:
       raise ValueError(f"{name}: conditioner returned [..., {out.shape[-1]}], "
                        f"expected [..., {out_dim}] ({num_trans} transformed "
                        f"dims x {params_per_dim} params)")
     out = out.reshape(out.shape[:-1] + (num_trans, params_per_dim))
+    if sections is not None:
+      out = tuple(jnp.split(out, np.cumsum(sections)[:-1], axis=-1))
     return x_pass, x_trans, out
 
   def _apply(fn, params, x, context):
@@ -235,7 +247,8 @@ def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
     conditioner: any `ConditionerFactory` (then `hidden_sizes` and
       `activation` are unused); it must emit `3K - 1` values per transformed
       dim, `[..., T * (3K - 1)]`.
-    split: "gather" or "slices", as in `affine_coupling`.
+    split: "gather" or "slices", as in `affine_coupling`; "slices" also takes the widths,
+      heights and derivatives from the conditioner apart (`Conditioner.apply_sections`).
 
   Returns:
     A `Bijector`; params `{"conditioner": conditioner params}`.
@@ -255,9 +268,13 @@ def spline_coupling(mask, num_bins: int = 8, range_min: float = -5.0,
 
   if conditioner is None:
     conditioner = conditioners.mlp_conditioner(hidden_sizes, activation)
+  # "slices": the conditioner's output comes as (widths, heights, derivatives), so the
+  # backward pass assembles no [..., T * (3K - 1)] gradient from slices (~25% of the fitter's
+  # flow decode forward + backward; WORKSPACE.md, issue 15).
+  sections = (num_bins, num_bins, num_bins - 1) if split == "slices" else None
   return _coupling("spline_coupling", mask, context_dim,
                    spline.num_spline_params(num_bins), transform,
-                   inverse_transform, conditioner, split)
+                   inverse_transform, conditioner, split, sections)
 
 
 def alternating_mask(dim: int, parity: int = 0) -> np.ndarray:

@@ -37,58 +37,66 @@ def num_spline_params(num_bins: int) -> int:
   return 3 * num_bins - 1
 
 
+def _cumsum_matrix(num_bins: int) -> np.ndarray:
+  """`[K, K+1]` with `sizes @ m = [0, s_0, s_0 + s_1, ..., sum(s)]` (an exclusive cumsum)."""
+  return (np.arange(num_bins)[:, None] < np.arange(num_bins + 1)[None, :]).astype(np.float32)
+
+
 def _knots(raw: Array, lo: float, hi: float, min_bin_size: float):
-  """Bin sizes `[..., K]` and knot positions `[..., K+1]` from raw logits."""
+  """Knot positions `[..., K+1]` (first `lo`, last `hi`) from raw logits `[..., K]`.
+
+  The cumulative sum is a product with a constant `[K, K+1]` matrix and the softmax's shift is
+  stopped (the same value and gradient): XLA:CPU runs `cumsum` as a reduce-window whose
+  transpose is another one, and the unstopped max adds a reduction to the backward pass; these
+  were ~10% of the fitter's flow decode (profile, WORKSPACE.md issue 15).
+  """
   num_bins = raw.shape[-1]
   if min_bin_size * num_bins >= 1.0:
     raise ValueError(
         f"min_bin_size={min_bin_size} too large for {num_bins} bins")
-  frac = (min_bin_size
-          + (1.0 - min_bin_size * num_bins) * jax.nn.softmax(raw, -1))
-  sizes = frac * (hi - lo)
-  knots = jnp.concatenate(
-      [jnp.zeros_like(sizes[..., :1]), jnp.cumsum(sizes, axis=-1)], axis=-1)
-  knots = lo + knots
-  # Pin the last knot exactly to `hi` (cumsum rounds) so tails stay continuous.
-  knots = knots.at[..., -1].set(hi)
-  sizes = knots[..., 1:] - knots[..., :-1]
-  return sizes, knots
+  e = jnp.exp(raw - jax.lax.stop_gradient(jnp.max(raw, -1, keepdims=True)))
+  frac = min_bin_size + (1.0 - min_bin_size * num_bins) * (e / jnp.sum(e, -1, keepdims=True))
+  # HIGHEST: a default-precision f32 dot is TF32 on recent GPUs (knots off by ~1e-3).
+  knots = lo + jnp.matmul(frac * (hi - lo), _cumsum_matrix(num_bins),
+                          precision=jax.lax.Precision.HIGHEST)
+  # Pin the last knot exactly to `hi` (the sum rounds) so tails stay continuous.
+  return jnp.where(np.arange(num_bins + 1) == num_bins, jnp.float32(hi), knots)
 
 
-def _derivatives(raw: Array, min_derivative: float) -> Array:
-  """Knot derivatives `[..., K+1]`: softplus interior, 1 at both boundaries."""
+def _softplus(x: Array) -> Array:
+  # = jax.nn.softplus; its logaddexp form carries inf/NaN selects through the backward pass.
+  return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+def _interior_derivatives(raw: Array, min_derivative: float) -> Array:
+  """Interior knot derivatives `[..., K-1]` (softplus); both boundary ones are 1."""
   # softplus(0 + offset) + min_derivative == 1, so raw == 0 gives slope 1.
   offset = float(np.log(np.expm1(1.0 - min_derivative)))
-  interior = min_derivative + jax.nn.softplus(raw + offset)
-  ones = jnp.ones_like(raw[..., :1])
-  return jnp.concatenate([ones, interior, ones], axis=-1)
+  return min_derivative + _softplus(raw + offset)
 
 
 def _spline_params(raw_widths, raw_heights, raw_derivatives, range_min,
                    range_max, min_bin_size, min_derivative):
+  """(x_knots, y_knots [..., K+1], interior derivatives [..., K-1])."""
   k = raw_widths.shape[-1]
   if raw_heights.shape[-1] != k or raw_derivatives.shape[-1] != k - 1:
     raise ValueError(
         "spline: expected raw widths/heights [..., K] and derivatives "
         f"[..., K-1], got {raw_widths.shape}, {raw_heights.shape}, "
         f"{raw_derivatives.shape}")
-  widths, x_knots = _knots(raw_widths, range_min, range_max, min_bin_size)
-  heights, y_knots = _knots(raw_heights, range_min, range_max, min_bin_size)
-  derivs = _derivatives(raw_derivatives, min_derivative)
-  return widths, x_knots, heights, y_knots, derivs
+  x_knots = _knots(raw_widths, range_min, range_max, min_bin_size)
+  y_knots = _knots(raw_heights, range_min, range_max, min_bin_size)
+  return x_knots, y_knots, _interior_derivatives(raw_derivatives, min_derivative)
 
 
-def _gather(values: Array, index: Array) -> Array:
-  return jnp.take_along_axis(values, index[..., None], axis=-1)[..., 0]
-
-
-def _bin_index(knots: Array, v: Array) -> Array:
-  # Number of interior knots at or left of v; v is clipped into the range so
-  # the result is in [0, K-1].
-  return jnp.sum(v[..., None] >= knots[..., 1:-1], axis=-1)
-
-
-def _split_params(params: Array, x: Array, num_bins: int):
+def _split_params(params, x: Array, num_bins: int):
+  if isinstance(params, (tuple, list)):  # Already (widths, heights, derivatives).
+    sizes = (num_bins, num_bins, num_bins - 1)
+    if len(params) != 3 or tuple(p.shape[-1] for p in params) != sizes:
+      raise ValueError(f"spline: expected (widths [..., {num_bins}], heights [..., {num_bins}], "
+                       f"derivatives [..., {num_bins - 1}]), got "
+                       f"{[getattr(p, 'shape', p) for p in params]}")
+    return tuple(jnp.broadcast_to(p, x.shape + p.shape[-1:]) for p in params)
   if params.shape[-1] != num_spline_params(num_bins):
     raise ValueError(f"spline: expected [..., {num_spline_params(num_bins)}] "
                      f"params for {num_bins} bins, got {params.shape}")
@@ -97,13 +105,27 @@ def _split_params(params: Array, x: Array, num_bins: int):
           params[..., 2 * num_bins:])
 
 
-def _bin_of(search_knots, value, widths, x_knots, heights, y_knots, derivs):
+def _bin_of(search_knots, value, x_knots, y_knots, interior):
   """The spline bin holding `value` among `search_knots`: its width, height, left knots, knot
-  derivatives (left, right) and slope `h / w`, each `[...]`."""
-  k = _bin_index(search_knots, value)
-  w, h = _gather(widths, k), _gather(heights, k)
-  return (w, h, _gather(x_knots, k), _gather(y_knots, k), _gather(derivs, k),
-          _gather(derivs[..., 1:], k), h / w)
+  derivatives (left, right) and slope `h / w`, each `[...]`.
+
+  Selected by a one-hot over the bins and a sum, not a gather: the sums fuse with the spline's
+  element-wise math and their transpose is a product (a gather's is a scatter-add).
+  """
+  num_bins = interior.shape[-1] + 1
+  # Number of interior knots at or left of the value (the value is inside the range).
+  k = jnp.sum(value[..., None] >= search_knots[..., 1:-1], axis=-1)
+  onehot = (k[..., None] == np.arange(num_bins)).astype(value.dtype)  # [..., K]
+  pick = lambda hot, v: jnp.sum(hot * v, axis=-1)
+  picked = (pick(onehot, x_knots[..., :-1]), pick(onehot, x_knots[..., 1:]),
+            pick(onehot, y_knots[..., :-1]), pick(onehot, y_knots[..., 1:]),
+            pick(onehot[..., 1:], interior), pick(onehot[..., :-1], interior))
+  x_k, x_k1, y_k, y_k1, d_k, d_k1 = picked
+  w, h = x_k1 - x_k, y_k1 - y_k
+  # Boundary derivatives are 1: bin 0's left and bin K-1's right knot.
+  d_k = jnp.where(k == 0, 1.0, d_k)
+  d_k1 = jnp.where(k == num_bins - 1, 1.0, d_k1)
+  return w, h, x_k, y_k, d_k, d_k1, h / w
 
 
 def rational_quadratic_forward(
@@ -115,7 +137,9 @@ def rational_quadratic_forward(
   Args:
     x: inputs `[...]`.
     params: unconstrained spline parameters `[..., 3K-1]` (widths, heights,
-      interior derivatives, concatenated), broadcastable against `x`.
+      interior derivatives, concatenated), broadcastable against `x`; or the
+      three as a tuple `([..., K], [..., K], [..., K-1])` (no slicing: a coupling
+      whose conditioner emits them apart assembles no `[..., 3K-1]` gradient).
     num_bins: K.
     range_min, range_max: the spline's domain and range; identity outside.
     min_bin_size: smallest bin width/height as a fraction of the range.
@@ -124,7 +148,7 @@ def rational_quadratic_forward(
   Returns:
     `(y [...], log_det [...])`, element-wise `log dy/dx`.
   """
-  widths, x_knots, heights, y_knots, derivs = _spline_params(
+  x_knots, y_knots, interior = _spline_params(
       *_split_params(params, x, num_bins), range_min, range_max, min_bin_size,
       min_derivative)
   inside = (x >= range_min) & (x <= range_max)
@@ -133,7 +157,7 @@ def rational_quadratic_forward(
   # gradient is halved at x == range_max, which would corrupt the log-det's
   # derivative exactly at the bounds.
   xc = jnp.where(inside, x, range_min)
-  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(x_knots, xc, widths, x_knots, heights, y_knots, derivs)
+  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(x_knots, xc, x_knots, y_knots, interior)
   xi = (xc - x_k) / w
   xi1 = xi * (1.0 - xi)
   denom = s + (d_k1 + d_k - 2.0 * s) * xi1
@@ -158,12 +182,12 @@ def rational_quadratic_inverse(
   Returns:
     `(x [...], log_det [...])`, element-wise `log dx/dy`.
   """
-  widths, x_knots, heights, y_knots, derivs = _spline_params(
+  x_knots, y_knots, interior = _spline_params(
       *_split_params(params, y, num_bins), range_min, range_max, min_bin_size,
       min_derivative)
   inside = (y >= range_min) & (y <= range_max)
   yc = jnp.where(inside, y, range_min)
-  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(y_knots, yc, widths, x_knots, heights, y_knots, derivs)
+  w, h, x_k, y_k, d_k, d_k1, s = _bin_of(y_knots, yc, x_knots, y_knots, interior)
   dy = yc - y_k
   slope_sum = d_k1 + d_k - 2.0 * s
   a = h * (s - d_k) + dy * slope_sum

@@ -170,17 +170,21 @@ def _keypoints(body: FitBody, global_rot: jax.Array, global_pos: jax.Array, beta
   """[K, 3] keypoints from the global joint frames (`R_j [J, 3, 3]`, `p_j [J, 3]`).
 
   With `A_j = [R_j | p_j - R_j rest_j + transl]` (module docstring),
-  `kp_k = sum_j R_j (c_kj - w_kj rest_j) + sum_j w_kj p_j + (sum_j w_kj) transl`,
-  `c_kj = kp_rest + kp_shapedirs @ betas`. The offsets `c_kj - w_kj rest_j` are linear in
-  betas with a basis built from the FitBody's fields (per call, outside any batch axis), so
-  no `[J, 3, 4]` transform is assembled (same value; keypoints + FK forward and backward take
-  ~1.7x less CPU time at B = 256 than contracting the transforms: WORKSPACE.md, issue 15).
+  `kp_k = sum_j R_j o_kj + sum_j w_kj p_j + (sum_j w_kj) transl`, the offsets
+  `o_kj = c_kj - w_kj rest_j` (`c_kj = kp_rest + kp_shapedirs @ betas`) linear in betas:
+  `o_kj = sum_s c_s M[s, k, j]` with `c = [1, betas]` and a constant basis `M [S+1, K, J, 3]`.
+  So `R` meets `M` first (one product over the batch, `[B * 3, J * 3] x [J * 3, (S+1) K]`) and
+  the betas combine the `[S+1, K, 3]` result: no per-person `[K, J, 3]` offsets (their layout
+  copies and the betas' `[B, K J 3] x [K J 3, S]` transpose were ~15% of a fit step; profile,
+  WORKSPACE.md issue 15). Same value up to float rounding.
   """
   w = body.kp_weights  # [K, J]
   offset_rest = body.kp_rest - w[..., None] * body.j_template  # [K, J, 3]
   offset_dirs = body.kp_shapedirs - w[..., None, None] * body.j_shapedirs  # [K, J, 3, S]
-  offsets = offset_rest + offset_dirs @ betas
-  return (jnp.einsum("jab,kjb->ka", global_rot, offsets) + w @ global_pos +
+  basis = jnp.concatenate([offset_rest[None], jnp.moveaxis(offset_dirs, -1, 0)])  # [S+1,K,J,3]
+  rotated = jnp.einsum("jab,skjb->ska", global_rot, basis)  # [S+1, K, 3]
+  coeffs = jnp.concatenate([jnp.ones((1,), betas.dtype), betas])
+  return (jnp.einsum("s,ska->ka", coeffs, rotated) + w @ global_pos +
           jnp.sum(w, axis=1)[:, None] * transl)
 
 
