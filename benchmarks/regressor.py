@@ -21,7 +21,8 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`fit(..., initial=...)`; null, with a note, while the fitter lacks `initial=`)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
-self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and from the side.
+self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
+from the side.
 Speeds: network_frames_per_s (weak network, after compilation, batches of `--batch_size`),
 fit_frames_per_s (the fitter alone on the same frames, after compilation).
 """

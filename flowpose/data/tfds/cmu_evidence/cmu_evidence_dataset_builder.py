@@ -205,7 +205,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 class _Progress:
-  """Logs examples done, examples/s, ETA and frames without a detection (the slow `self_` builds)."""
+  """Logs examples done, examples/s, ETA and frames without a detection (`self_` builds)."""
 
   def __init__(self, name: str, total: int):
     self.name, self.total, self.done, self.missed = name, int(total), 0, 0

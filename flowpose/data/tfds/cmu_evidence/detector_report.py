@@ -7,8 +7,8 @@ Prepares (first use) the `self_` config of `--data` (`data.evidence_source` is s
 "detector") and compares, per example, the detector's keypoints with the rendered truth
 (`keypoints_true`, over `visible_true` keypoints). Writes JSON: examples, detected fraction,
 keypoint error (mean / median / p90, px at the R px crop and at the 256 px photo), PCK at 5% of
-the photo side, per-keypoint median error, median / p90 per joint group, and how often the detector's visibility agrees with
-the truth. Bad flags: one line naming the flag, exit 1, nothing written.
+the photo side, per-keypoint median error, median / p90 per joint group, and how often the
+detector's visibility agrees with the truth. Bad flags: one line naming the flag, exit 1, nothing written.
 """
 
 import json
