@@ -4,10 +4,14 @@ r"""The reconstruction network's regimes against fitting alone, on synthetic evi
       --out=F.json [--split=all|train|validation|test] [--refine_steps=50] [--batch_size=64]
 
 `DIR` holds one trained run per regime (`bash launch/train_regressors.sh DIR`: DIR/fully,
-DIR/semi, DIR/weak, DIR/weak_no_parts, DIR/weak_no_flow); a missing regime is reported as null.
+DIR/semi, DIR/weak, DIR/weak_no_parts, DIR/weak_no_flow, DIR/self); a missing regime is
+reported as null.
 Frames: every clip of `FOLDER` (all CMU splits merged: the folder is evaluated as given) made into
 `cmu_evidence` examples by `flowpose.data.evidence` with the data config of the runs (the same
-renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used.
+renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used. Every
+regime sees the same frames: `self` (trained on BlazePose's evidence of shaded photos) too, so
+its data config is only read when no other regime is there, as the rendered source with the
+default corruption (`render_data_config`).
 
 Methods (plus `untrained`: the network at initialisation, the mean body), all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
@@ -17,7 +21,8 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`fit(..., initial=...)`; null, with a note, while the fitter lacks `initial=`)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
-fit and weak_refined as hip-centred 3D keypoints seen from the camera and from the side.
+self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
+from the side.
 Speeds: network_frames_per_s (weak network, after compilation, batches of `--batch_size`),
 fit_frames_per_s (the fitter alone on the same frames, after compilation).
 """
@@ -41,13 +46,29 @@ from flowpose.fitting import fit as fitting
 from flowpose.models import predictor
 from flowpose.models import regressor_body
 
-REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow")
+REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow", "self")
 METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "keypoint_px")
 SPLITS = ("train", "validation", "test")
 
 
 class BenchmarkInputError(ValueError):
   """A bad flag (the message names it)."""
+
+
+def render_data_config(data_config) -> ml_collections.ConfigDict:
+  """`data_config` as the rendered evidence every regime is scored on: a `self` run's detector
+  source (taken as found, no simulated corruption) becomes the rendered one with the default
+  corruption of `flowpose.data.evidence`; other configs are returned unchanged."""
+  data_config = ml_collections.ConfigDict(data_config)
+  if data_config.get("evidence_source", "render") != "detector":
+    return data_config
+  from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
+  out = evidence.default_config()
+  for field in ("manual_dir", "data_dir", "skip_bad_files", "resolution", "stride",
+                "views_per_pose", "train_split", "eval_split", "shuffle_buffer",
+                "labelled_fraction", "num_part_pixels", "eval_seed"):
+    out[field] = data_config[field]
+  return out
 
 
 def load_frames(data_config, mocap_dir: str, num_frames: int, batch_size: int,
@@ -233,7 +254,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
                               "bash launch/train_regressors.sh DIR)")
   reference = os.path.join(workdir_root, "weak" if "weak" in present else present[0])
   config, context, _ = predictor.load_params(reference)
-  frames = load_frames(config.data, mocap_dir, num_frames, batch_size, split)
+  frames = load_frames(render_data_config(config.data), mocap_dir, num_frames, batch_size,
+                       split)
   report = {"workdir_root": workdir_root, "mocap_dir": mocap_dir, "split": split,
             "num_frames": len(frames["weight"]), "device": jax.devices()[0].device_kind,
             "notes": [], **{k: {} for k in METRICS}}
@@ -245,7 +267,7 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
       logging.info("%s: PA-MPJPE %.1f mm, MPJPE %.1f mm, PVE %.1f mm", name,
                    errors["pa_mpjpe_mm"], errors["mpjpe_mm"], errors["pve_mm"])
 
-  weak_out = None
+  weak_out, self_out = None, None
   for regime in REGIMES:
     if regime not in present:
       record(regime, None)
@@ -253,6 +275,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
     errors, speed, outputs, _ = run_network(os.path.join(workdir_root, regime), frames,
                                             batch_size)
     record(regime, errors)
+    if regime == "self":
+      self_out = outputs
     if regime == "weak" or (weak_out is None and regime == present[-1]):
       weak_out, report["network_frames_per_s"] = outputs, speed
       report["network_regime"] = regime
@@ -274,6 +298,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   shown = {}
   if weak_out is not None:
     shown[report["network_regime"]] = weak_out["keypoints3d"]
+  if self_out is not None and report["network_regime"] != "self":
+    shown["self"] = self_out["keypoints3d"]
   shown["fit"] = fit_points
 
   # Network + refinement.

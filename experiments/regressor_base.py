@@ -11,6 +11,11 @@ Regimes (`REGIMES`, one file each, `regime_config(name, arg)` here):
   weak_no_parts   weak without the part-alignment term (loss_weights.parts = 0)
   weak_no_flow    weak with the pose regressed as DOFs (model.pose_head = "dofs"); the flow prior
                   is then only a penalty (-2 log p)
+  self            no labels of any kind: the evidence is what BlazePose finds in shaded photos of
+                  the posed bodies (data.evidence_source = "detector", the `self_` cmu_evidence
+                  configs; every 8th frame, one view), taken as found (no simulated corruption;
+                  confidence = the detector's keypoint scores); no part map exists, so the
+                  network reads keypoints + the detector's mask and the part term is off
 The prior: `model.prior_workdir`, default `$FLOWPOSE_PRIOR_WORKDIR`, else `runs/main/prior`, the
 prior the README's main job trains (`bash launch/run.sh` = `python -m launch.main
 --config=experiments/prior_cmu.py --workdir=runs/main/prior`); any chart works (default
@@ -22,7 +27,11 @@ import pathlib
 
 import ml_collections
 
-REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow")
+REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow", "self")
+# `self`: the evidence is BlazePose's on shaded photos, used as found (no simulated corruption).
+_SELF_DATA = dict(evidence_source="detector", stride=8, views_per_pose=1, keypoint_noise_px=0.0,
+                  keypoint_drop_prob=0.0, keypoint_swap_prob=0.0, part_morph_prob=0.0,
+                  mask_morph_prob=0.0, mask_hole_prob=0.0)
 _MODES = ("runlocal",)
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,4 +113,8 @@ def regime_config(regime: str, arg=None) -> ml_collections.ConfigDict:
     config.loss_weights.parts = 0.0
   if regime == "weak_no_flow":
     config.model.pose_head = "dofs"
+  if regime == "self":
+    config.data.update(_SELF_DATA)
+    config.model.inputs = ("keypoints", "mask")
+    config.loss_weights.parts = 0.0
   return config

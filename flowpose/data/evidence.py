@@ -13,6 +13,12 @@ Batches: the stored fields (clean 3D labels; WORKSPACE.md has the contract) plus
 detector-like corruption of `flowpose.data.evidence_corruption` (keypoints, confidence,
 part_map, mask, part/mask pixel samples, keypoints_clean), `has_3d` and `weight`.
 
+`evidence_source="detector"` (the `self` regime, `self_` builder configs): the evidence is what
+BlazePose found in shaded photos; frames where it found nobody are dropped (counted in the
+log), `confidence` carries its keypoint scores and the rendered truth is what evaluation
+compares with (`detector_fields`). The 3D labels stay in the batch for evaluation; the `self`
+config's `labelled_fraction` 0 keeps them out of the loss (`has_3d` False).
+
 Determinism. Training: the examples of step s come from `poses.epoch_batches` (a pure function
 of (seed, process, s)) and their corruption is drawn from the stateless seed
 (process seed, s), so a run resumed at step s sees exactly the batches of an uninterrupted run.
@@ -27,6 +33,7 @@ batch on devices (`numeric(batch)`).
 
 import os
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -159,6 +166,33 @@ def _with_labels(tf, ds, labelled_fraction: float):
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _detected_only(tf, ds, num: int, name: str):
+  """`self_` data: the examples where the detector found someone, and how many (one pass)."""
+  plain = tf.autograph.experimental.do_not_convert
+  found = int(ds.map(plain(lambda ex: tf.cast(ex["detected"], tf.int64))).reduce(
+      tf.constant(0, tf.int64), plain(lambda a, b: a + b)))
+  logging.info("%s: the detector found nobody in %d of %d frames (%.1f%%); they are dropped.",
+               name, num - found, num, 100.0 * (num - found) / max(num, 1))
+  return ds.filter(plain(lambda ex: ex["detected"])), found
+
+
+def detector_fields(batch: dict) -> dict:
+  """A corrupted `self_` batch as the task reads it (no-op for rendered evidence).
+
+  `confidence` is scaled by the detector's own keypoint scores (`keypoint_score`, so the
+  keypoint loss weights each detection by how sure the detector is), and the evaluation-only
+  fields are the rendered truth: `keypoints_clean` = `keypoints_true`, `visible` =
+  `visible_true` (the detector's keypoints are the training signal, not the truth).
+  """
+  if "keypoint_score" not in batch:
+    return batch
+  out = dict(batch)
+  out["confidence"] = batch["confidence"] * batch["keypoint_score"]
+  out["keypoints_clean"] = batch["keypoints_true"]
+  out["visible"] = batch["visible_true"]
+  return out
+
+
 def examples(data_config: ml_collections.ConfigDict, split: str, process_index: int = 0,
              process_count: int = 1):
   """This process's shard of `split` (file order, clean, with `has_3d`, `weight`), and its size."""
@@ -170,6 +204,8 @@ def examples(data_config: ml_collections.ConfigDict, split: str, process_index: 
   shard = tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
   ds = builder.as_dataset(split=shard, shuffle_files=False)
   num = int(ds.cardinality())
+  if data_config.evidence_source == "detector":
+    ds, num = _detected_only(tf, ds, num, f"{builder.info.full_name} {split}")
   if num <= 0:
     raise ValueError(f"cmu_evidence split {split!r} (process {process_index} of "
                      f"{process_count}) is empty; source: {data_config.manual_dir}")
@@ -180,7 +216,7 @@ def _corrupt(tf, data_config, base_seed: int):
   """`(batch, index) -> corrupted batch` with the stateless seed (base_seed, index)."""
   def fn(batch, index):
     seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
-    return evidence_corruption.corrupt_batch(batch, seed, data_config)
+    return detector_fields(evidence_corruption.corrupt_batch(batch, seed, data_config))
   return tf.autograph.experimental.do_not_convert(fn)
 
 
@@ -240,8 +276,8 @@ def corrupt_numpy(batch: dict, seed, data_config: ml_collections.ConfigDict) -> 
       every other field is passed through.
   """
   tf, _ = _tf()
-  out = evidence_corruption.corrupt_batch(
-      {k: tf.constant(v) for k, v in batch.items()}, tf.constant(seed, tf.int64), data_config)
+  out = detector_fields(evidence_corruption.corrupt_batch(
+      {k: tf.constant(v) for k, v in batch.items()}, tf.constant(seed, tf.int64), data_config))
   return {k: v.numpy() for k, v in out.items()}
 
 

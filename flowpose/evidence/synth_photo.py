@@ -12,7 +12,8 @@ over a random background (two-colour gradient, low-frequency colour noise, or st
 pixel noise); no external images. `flowpose.evidence.detector` (BlazePose) then gives the
 evidence, mapped back to the R px crop:
   keypoints [17, 2] the detector's (zeros when nobody is found), visible [17] its keypoint
-  confidence >= `MIN_KEYPOINT_SCORE`, mask [R, R] its person mask, part_map all background (a
+  confidence >= `MIN_KEYPOINT_SCORE`, keypoint_score [17] its keypoint confidence in [0, 1]
+  (0 when nobody is found), mask [R, R] its person mask, part_map all background (a
   detector has no part labels); beside them, for evaluation only: keypoints_true [17, 2],
   visible_true [17] (the rendered truth), detected (bool), detector_score.
 """
@@ -110,12 +111,14 @@ class PhotoRenderer:
       best = max(people, key=lambda p: p.score)
       out["keypoints"] = (best.keypoints[:, :2] * scale).astype(np.float32)
       out["visible"] = (best.keypoints[:, 2] >= MIN_KEYPOINT_SCORE).astype(np.float32)
+      out["keypoint_score"] = np.clip(best.keypoints[:, 2], 0.0, 1.0).astype(np.float32)
       small = Image.fromarray(best.mask.astype(np.uint8) * 255).resize((res, res), Image.BOX)
       out["mask"] = (np.asarray(small) >= 128).astype(np.uint8)
       out["detector_score"] = np.float32(best.score)
     else:
       out["keypoints"] = np.zeros((17, 2), np.float32)
       out["visible"] = np.zeros(17, np.float32)
+      out["keypoint_score"] = np.zeros(17, np.float32)
       out["mask"] = np.zeros((res, res), np.uint8)
       out["detector_score"] = np.float32(0.0)
     out["detected"] = np.bool_(bool(people))

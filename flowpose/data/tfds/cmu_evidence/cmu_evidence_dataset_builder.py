@@ -19,8 +19,10 @@ Config names `r<R>_s<stride>_v<views>` (any values; the listed ones are the comm
 R = crop side in px, stride = 30 fps frames between poses, views = cameras per pose. With the
 prefix `self_` (the `self` regime) the evidence is what BlazePose finds in a shaded photo of
 the same scene (`flowpose.evidence.synth_photo`: keypoints, visible = its keypoint score >= 0.5,
-mask; part_map all background), and the rendered truth is kept beside it for evaluation:
-keypoints_true, visible_true, detected, detector_score.
+mask; part_map all background; keypoint_score = its keypoint confidences), and the rendered
+truth is kept beside it for evaluation: keypoints_true, visible_true, detected, detector_score.
+Every frame is stored, found or not (`detected`): `flowpose.data.evidence` drops the ones where
+the detector found nobody and counts them. A `self_` build logs examples/s and its ETA.
 
 Features (the contract in WORKSPACE.md): keypoints [17, 2], visible [17], part_map [R, R] uint8
 (0 = background, 1..P = part + 1), mask [R, R] uint8, pose_dofs [50], root_rotmat [3, 3],
@@ -32,8 +34,10 @@ import dataclasses
 import hashlib
 import pathlib
 import re
+import time
 from typing import Dict, List, Tuple
 
+from absl import logging
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -48,6 +52,9 @@ CONFIG_NAME = re.compile(r"^(self_)?r(\d+)_s(\d+)_v(\d+)$")
 NUM_KEYPOINTS = 17
 # Poses rendered per chunk (one batched body-model call per FORWARD_CHUNK of them).
 RENDER_CHUNK = 256
+SELF_VERSION = "1.1.0"
+SELF_RELEASE_NOTES = {"1.0.0": "Initial release.",
+                      "1.1.0": "keypoint_score: the detector's keypoint confidences."}
 
 
 @dataclasses.dataclass
@@ -73,10 +80,13 @@ def make_config(name: str) -> CmuEvidenceConfig:
                      "with R >= 16 and stride, views >= 1 (e.g. r64_s8_v2)")
   resolution, stride, views = (int(g) for g in match.groups()[1:])
   source = "BlazePose on shaded photos" if match[1] else "rendered"
+  # `self_` configs carry their own version (the render configs keep the builder's, so their
+  # caches stay valid when only the detector evidence changes).
+  versions = dict(version=SELF_VERSION, release_notes=SELF_RELEASE_NOTES) if match[1] else {}
   return CmuEvidenceConfig(
       name=name, resolution=resolution, stride=stride, views=views, detector=bool(match[1]),
       description=f"{resolution} px crops, every {stride}th 30 fps frame, {views} views, "
-      f"{source} evidence.")
+      f"{source} evidence.", **versions)
 
 
 def example_seed(key: str) -> int:
@@ -112,6 +122,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     extra = {}
     if self.builder_config.detector:  # The `self` regime: the rendered truth kept beside.
       extra = {"keypoints_true": tensor(NUM_KEYPOINTS, 2), "visible_true": tensor(NUM_KEYPOINTS),
+               "keypoint_score": tensor(NUM_KEYPOINTS),
                "detected": tfds.features.Scalar(dtype=np.bool_),
                "detector_score": tfds.features.Scalar(dtype=np.float32)}
     return self.dataset_info_from_configs(
@@ -170,6 +181,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if config.detector:
       from flowpose.evidence import synth_photo  # pylint: disable=g-import-not-at-top
       photos = synth_photo.PhotoRenderer(model, config.resolution)
+    progress = _Progress(f"cmu_evidence/{config.name} {split}", len(frames) * config.views)
     for start in range(0, len(frames), RENDER_CHUNK):
       keys, scenes, meta = [], [], []
       for clip, frame, dofs in frames[start:start + RENDER_CHUNK]:
@@ -186,8 +198,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       else:
         examples = [_detected(renderer, photos, key, *args)
                     for key, args in zip(keys, zip(scenes, *renderer.pose_bodies(scenes)))]
+      if photos is not None:
+        progress.update(len(examples), sum(not ex["detected"] for ex in examples))
       for key, example, extra in zip(keys, examples, meta):
         yield key, {**example, **extra}
+
+
+class _Progress:
+  """Logs examples done, examples/s, ETA and frames without a detection (`self_` builds)."""
+
+  def __init__(self, name: str, total: int):
+    self.name, self.total, self.done, self.missed = name, int(total), 0, 0
+    self.start = time.monotonic()
+
+  def update(self, done: int, missed: int) -> None:
+    self.done += int(done)
+    self.missed += int(missed)
+    rate = self.done / max(time.monotonic() - self.start, 1e-9)
+    logging.info("%s: %d/%d examples, %.1f examples/s, ETA %.0f s, detector found nobody in %d",
+                 self.name, self.done, self.total, rate, (self.total - self.done) / rate,
+                 self.missed)
 
 
 def _detected(renderer, photos, key, scene, vertices, keypoints3d):

@@ -7,8 +7,8 @@ Prepares (first use) the `self_` config of `--data` (`data.evidence_source` is s
 "detector") and compares, per example, the detector's keypoints with the rendered truth
 (`keypoints_true`, over `visible_true` keypoints). Writes JSON: examples, detected fraction,
 keypoint error (mean / median / p90, px at the R px crop and at the 256 px photo), PCK at 5% of
-the photo side, per-keypoint median error, and how often the detector's visibility agrees with
-the truth. Bad flags: one line naming the flag, exit 1, nothing written.
+the photo side, per-keypoint median error, median / p90 per joint group, and how often the
+detector's visibility agrees with the truth. Bad flags: one line naming the flag, exit 1, nothing written.
 """
 
 import json
@@ -21,6 +21,10 @@ import numpy as np
 
 from flowpose import io_utils
 from flowpose.data import evidence
+
+# COCO-17 keypoints by joint group (both sides together).
+JOINT_GROUPS = {"face": (0, 1, 2, 3, 4), "shoulders": (5, 6), "elbows": (7, 8),
+                "wrists": (9, 10), "hips": (11, 12), "knees": (13, 14), "ankles": (15, 16)}
 
 _DATA = config_flags.DEFINE_config_dict("data", evidence.default_config(),
                                         "config.data of the regressor (data.evidence).")
@@ -51,6 +55,11 @@ def report(data_config, split: str, max_examples: int = 0) -> dict:
   for k in range(17):
     values = [e[k] for e, t in zip(errors, truth) if t[k]]
     per_kp[k] = np.median(values) if values else np.nan
+  groups = {}
+  for group, members in JOINT_GROUPS.items():
+    values = [e[k] for e, t in zip(errors, truth) for k in members if t[k]]
+    groups[group] = {"median": float(np.median(values) * to_photo),
+                     "p90": float(np.percentile(values, 90) * to_photo)} if values else None
   stats = lambda x, s: {"mean": float(np.mean(x) * s), "median": float(np.median(x) * s),
                         "p90": float(np.percentile(x, 90) * s)} if len(x) else {}
   agree = [np.mean((ex["visible"] > 0) == (ex["visible_true"] > 0)) for ex in found]
@@ -63,6 +72,7 @@ def report(data_config, split: str, max_examples: int = 0) -> dict:
                         if len(flat) else None,
       "median_error_px_photo_per_keypoint": [None if np.isnan(v) else float(v * to_photo)
                                              for v in per_kp],
+      "error_px_photo_per_joint_group": groups,
       "visibility_agreement": float(np.mean(agree)) if agree else None,
   }
 
