@@ -292,6 +292,20 @@ def test_training_batches_are_a_function_of_seed_and_step(data_config):
   assert not keys(first) & keys(second)
 
 
+def test_labelled_per_batch_puts_that_share_of_labels_in_every_batch(data_config):
+  """semi's batches: a fixed count of labelled rows per batch, resumable; too few labels fail."""
+  config = data_config.copy_and_resolve_references()
+  config.update(labelled_fraction=0.3, labelled_per_batch=0.25)
+  full = _batches(evidence.train_dataset(config, 0, 1, 8, seed=3), 4)
+  assert [int(b["has_3d"].sum()) for b in full] == [2, 2, 2, 2]
+  resumed = _batches(evidence.train_dataset(config, 0, 1, 8, seed=3, start_step=2), 2)
+  for a, b in zip(full[2:], resumed):
+    _assert_same(a, b)
+  config.labelled_fraction = 0.0
+  with pytest.raises(ValueError, match="labelled_per_batch"):
+    evidence.train_dataset(config, 0, 1, 8, seed=3)
+
+
 def test_eval_batches_are_fixed_and_padded(data_config, stored):
   one = _batches(evidence.eval_dataset(data_config, "test", 8), 100)
   two = _batches(evidence.eval_dataset(data_config, "test", 8), 100)

@@ -46,12 +46,12 @@ DATA_DEFAULTS = dict(
     tfds_name="cmu_evidence", manual_dir="", data_dir="", skip_bad_files=False,
     evidence_source="render", resolution=64, stride=8, views_per_pose=2, train_split="train",
     eval_split="validation",
-    shuffle_buffer=16_384, labelled_fraction=1.0, num_part_pixels=256,
+    shuffle_buffer=16_384, labelled_fraction=1.0, labelled_per_batch=0.0, num_part_pixels=256,
     keypoint_noise_px=1.5, keypoint_drop_prob=0.1, keypoint_swap_prob=0.05,
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
     morph_boundary_fraction=0.5,
     mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0)
-_FRACTIONS = ("labelled_fraction", "keypoint_drop_prob", "keypoint_swap_prob",
+_FRACTIONS = ("labelled_fraction", "labelled_per_batch", "keypoint_drop_prob", "keypoint_swap_prob",
               "confidence_floor", "part_morph_prob", "mask_morph_prob",
               "morph_boundary_fraction", "mask_hole_prob")
 _HASH_BUCKETS = 2**30
@@ -66,7 +66,10 @@ def default_config() -> ml_collections.ConfigDict:
   the `self` regime, `flowpose.evidence.synth_photo`), `resolution` (crop side R, px),
   `stride` (30 fps frames between poses), `views_per_pose`;
   `train_split`, `eval_split`, `shuffle_buffer` (examples); `labelled_fraction` (fixed `has_3d`
-  share: 1.0 fully, 0.05 semi, 0.0 weak); `num_part_pixels` (N samples of the part map and of
+  share: 1.0 fully, 0.05 semi, 0.0 weak); `labelled_per_batch` (0: batches mix labelled and
+  unlabelled examples as they come; f in (0, 1): every training batch holds round(f B) labelled
+  examples, the rest unlabelled — the semi regime's few labels then reach every step);
+  `num_part_pixels` (N samples of the part map and of
   the mask); the corruption knobs of `flowpose.data.evidence_corruption` (`keypoint_noise_px`
   at the crop, `keypoint_drop_prob`, `keypoint_swap_prob`, `confidence_floor`,
   `part_morph_prob`, `mask_morph_prob`, `morph_max_px`, `morph_boundary_fraction`,
@@ -220,6 +223,32 @@ def _corrupt(tf, data_config, base_seed: int):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
+def _mixed_batches(tf, ds, data_config, batch_size: int, seed: int, start_step: int):
+  """Batches of `round(labelled_per_batch * batch_size)` labelled examples + the rest unlabelled.
+
+  Each part is its own `poses.epoch_batches` stream (own epochs, own shuffle seed), so element
+  `i` is still the batch of step `start_step + i` (resume draws the same batches).
+  """
+  plain = tf.autograph.experimental.do_not_convert
+  num_labelled = min(max(int(round(float(data_config.labelled_per_batch) * batch_size)), 1),
+                     batch_size - 1)
+  parts = []
+  for part, (keep, rows) in enumerate(((True, num_labelled),
+                                       (False, batch_size - num_labelled))):
+    subset = ds.filter(plain(lambda ex, keep=keep: tf.equal(ex["has_3d"], keep)))
+    count = int(subset.map(plain(lambda ex: tf.constant(1, tf.int64))).reduce(
+        tf.constant(0, tf.int64), plain(lambda a, b: a + b)))
+    if count < rows:
+      raise ValueError(
+          f"config data.labelled_per_batch={data_config.labelled_per_batch}: batches need "
+          f"{rows} {'labelled' if keep else 'unlabelled'} examples, the training split has "
+          f"{count} (labelled_fraction={data_config.labelled_fraction})")
+    parts.append(poses.epoch_batches(subset, count, rows, seed + part, start_step,
+                                     data_config.shuffle_buffer))
+  join = plain(lambda a, b: tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), a, b))
+  return tf.data.Dataset.zip(tuple(parts)).map(join)
+
+
 def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
                   process_count: int, batch_size: int, seed: int, start_step: int = 0):
   """Infinite corrupted training batches of `data.train_split` (module docstring).
@@ -234,8 +263,11 @@ def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
   tf, _ = _tf()
   ds, num = examples(data_config, data_config.train_split, process_index, process_count)
   process_seed = poses.process_seed(seed, process_index)
-  stream = poses.epoch_batches(ds, num, batch_size, process_seed, start_step,
-                               data_config.shuffle_buffer)
+  if 0.0 < float(data_config.labelled_per_batch) < 1.0:
+    stream = _mixed_batches(tf, ds, data_config, batch_size, process_seed, start_step)
+  else:
+    stream = poses.epoch_batches(ds, num, batch_size, process_seed, start_step,
+                                 data_config.shuffle_buffer)
   steps = tf.data.Dataset.range(int(start_step), 2**62)
   # The corruption seed is (process seed, step): a resumed run redraws the same corruption.
   stream = tf.data.Dataset.zip((stream, steps)).map(
