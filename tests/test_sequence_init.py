@@ -67,6 +67,21 @@ def test_hypotheses_interpolate_gaps_and_off_chain_frames():
   assert all(np.all(np.isfinite(v)) for h in starts for v in h.values())
 
 
+def test_smoothed_hypotheses_keep_linear_motion_and_remove_jitter():
+  valid = np.ones(FRAMES, bool)
+  frames = _frames(np.zeros(FRAMES), valid)
+  jitter = 0.3 * np.where(np.arange(FRAMES) % 2, 1.0, -1.0)[:, None]
+  frames = frames._replace(pose=frames.pose + jitter[None].astype(np.float32))
+  raw = sequence_init.hypotheses(frames)[0]["pose"][0]
+  smooth = sequence_init.hypotheses(frames, smooth=5)[0]["pose"][0]
+  t = np.arange(FRAMES, dtype=np.float32)
+  line = np.stack([t, -t], 1)
+  # Savitzky-Golay (order 2) passes the linear motion and damps the frame-to-frame flip.
+  inner = slice(2, FRAMES - 2)
+  assert np.abs(smooth - line)[inner].max() < 0.5 * np.abs(raw - line)[inner].max()
+  np.testing.assert_allclose(sequence_init._smooth(line, 5), line, atol=1e-4)
+
+
 def test_frames_that_cannot_determine_a_body_are_not_fitted():
   kp = np.tile(np.array([[100.0, 100.0], [200.0, 300.0], [150.0, 250.0]], np.float32),
                (1, 4, 1, 1))

@@ -141,8 +141,20 @@ def _fill(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
   return out.reshape(values.shape).astype(np.float32)
 
 
-def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
+def _smooth(values: np.ndarray, length: int) -> np.ndarray:
+  """[T, ...] Savitzky-Golay filtered along time (order 2; `length` odd, clipped to T)."""
+  from scipy import signal  # pylint: disable=g-import-not-at-top
+  length = min(length, len(values) - (1 - len(values) % 2))
+  if length < 3:
+    return values
+  return signal.savgol_filter(values, length, 2, axis=0).astype(np.float32)
+
+
+def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0, smooth: int = 0) -> list:
   """Warm starts for `sequence.fit_sequence(initial=)` (module docstring).
+
+  `smooth`: a Savitzky-Golay window (frames, odd; 0 = off) applied along time to the filled
+  latents, orientations and translations: per-frame jitter removed before the joint fit.
 
   Returns:
     1 or 2 dicts of "pose" [W, T, D], "betas" [W, S], "orient" [W, T, 6], "transl" [W, T, 3].
@@ -157,7 +169,8 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
     for w, (c0, c1) in enumerate(chains):
       keep = c1 if h == 1 and c1 is not None else c0
       for key in ("pose", "orient", "transl"):
-        start[key].append(_fill(getattr(frames, key)[w], keep))
+        filled = _fill(getattr(frames, key)[w], keep)
+        start[key].append(_smooth(filled, smooth) if smooth else filled)
       start["betas"].append(np.median(frames.betas[w][keep], 0).astype(np.float32))
     out.append({k: np.stack(v) for k, v in start.items()})
   return out
@@ -165,7 +178,7 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
 
 def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collections.ConfigDict,
                   model, body, prior, evidence: sequence.SequenceEvidence,
-                  dynamics=None, dynamics_params: Optional[Any] = None):
+                  dynamics=None, dynamics_params: Optional[Any] = None, chart_residual=None):
   """Stage 1 + hypotheses + stage 2; returns `(sequence.SequenceResult, FrameFits)`.
 
   Raises:
@@ -178,9 +191,9 @@ def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collecti
         f"sequence evidence: window(s) {empty.tolist()} have no frame whose keypoints can "
         "determine a body (no person to fit)")
   frames = fit_frames(fit_config, model, body, prior, evidence)
-  starts = hypotheses(frames, float(seq_config.max_turn_deg))
+  starts = hypotheses(frames, float(seq_config.max_turn_deg), int(seq_config.warm_smooth))
   result = sequence.fit_sequence(seq_config, body, prior, evidence, dynamics, dynamics_params,
-                                 initial=starts)
+                                 initial=starts, chart_residual=chart_residual)
   return result, frames
 
 
