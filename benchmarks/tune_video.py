@@ -29,8 +29,12 @@ from flowpose.models import dynamics_io
 # no joint_smooth; session 6 compares motion priors that do not depend on the subject's style:
 # `chart_dynamics` (constant velocity in the pose chart, `models.chart_residual`) alone or
 # with the latent model, and smoothed warm starts.
+# Every variant is an override of session 5's config (`SESSION5`: the rows of
+# results/video/tune_val_s6.json were measured so); "chosen" is today's default.
+SESSION5 = ({"dynamics": 0.2, "joint_smooth": 0.0}, {"pose_prior_frames": "all"})
 VARIANTS = {
     "default": ({}, {}),
+    "chosen": ({"dynamics": 0.5, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evidence"}),
     "dyn0.05": ({"dynamics": 0.05}, {}),
     "smooth9": ({}, {}, {"warm_smooth": 9}),
     "chart0.2": ({"chart_dynamics": 0.2}, {}),
@@ -55,6 +59,13 @@ VARIANTS = {
     "joint1e3": ({"joint_smooth": 1e3}, {}),
     "prior_evidence_joint1e3": ({"joint_smooth": 1e3}, {}, {"pose_prior_frames": "evidence"}),
     "dyn0.5_prior_evidence": ({"dynamics": 0.5}, {}, {"pose_prior_frames": "evidence"}),
+    "chart0.02": ({"chart_dynamics": 0.02}, {}),
+    "chart0.05_prior_evidence": ({"chart_dynamics": 0.05}, {}, {"pose_prior_frames": "evidence"}),
+    "chart0.05_joint1e3": ({"chart_dynamics": 0.05, "joint_smooth": 1e3}, {}),
+    "dyn0.5_joint1e2": ({"dynamics": 0.5, "joint_smooth": 1e2}, {}),
+    "dyn0.5_joint1e3": ({"dynamics": 0.5, "joint_smooth": 1e3}, {}),
+    "dyn0.5_joint1e2_prior_evidence": ({"dynamics": 0.5, "joint_smooth": 1e2}, {},
+                                       {"pose_prior_frames": "evidence"}),
 }
 
 
@@ -62,9 +73,9 @@ def variant_config(weights: dict, stage: dict, fields: dict = None):
   """(config, latent model) of a variant; fields["latent"] = "cv": the latent model without
   its MLP corrections (`dynamics.constant_velocity_params`)."""
   config = sequence.default_sequence_config()
-  config.loss_weights = {**dict(config.loss_weights), **weights}
+  config.loss_weights = {**dict(config.loss_weights), **SESSION5[0], **weights}
   config.warm_stages[0].update(stage)
-  fields = dict(fields or {})
+  fields = {**SESSION5[1], **(fields or {})}
   latent = fields.pop("latent", "trained")
   config.update(fields)
   return config, latent
@@ -118,7 +129,7 @@ def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows,
                    row["accel_error_mm"]["smoothed"], row["occluded_pa_mpjpe_mm"]["dynamics"],
                    row["occluded_pa_mpjpe_mm"]["smoothed"])
   text = json.dumps({"split": split, "mocap_dir": str(mocap_dir), "num_windows": num_windows,
-                     "chart_residual": chart_residual, "fps": fps,
+                     "chart_residual": chart_residual, "fps": fps, "base": SESSION5,
                      "pose_scale": pose_scale,
                      "variants": {n: VARIANTS[n] for n in names}, "rows": rows}, indent=1)
   io_utils.atomic_write(out_path, text.encode())

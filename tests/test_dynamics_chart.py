@@ -49,3 +49,16 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     chart_residual.load(str(tmp_path / "short.npz"))
   with pytest.raises(chart_residual.ChartResidualError, match="T >= 3"):
     chart_residual.fit("euler_free", _windows(frames=2))
+
+
+def test_dynamics_workdir_carries_its_chart_residual(tmp_path):
+  from flowpose.models import dynamics_io  # pylint: disable=g-import-not-at-top
+  assert dynamics_io.load_chart_residual(str(tmp_path)) is None  # A model without one.
+  assert dynamics_io.load_chart_residual(None) is None
+  residual = chart_residual.fit("euler_free", _windows(num=50))
+  chart_residual.save(str(tmp_path / chart_residual.FILE), residual)
+  np.testing.assert_array_equal(dynamics_io.load_chart_residual(str(tmp_path)).mean,
+                                residual.mean)
+  (tmp_path / chart_residual.FILE).write_bytes(b"")
+  with pytest.raises(dynamics_io.DynamicsLoadError, match=chart_residual.FILE):
+    dynamics_io.load_chart_residual(str(tmp_path))

@@ -17,7 +17,9 @@ fitted on the dynamics run's own training windows. It is the baseline that won t
 """
 
 import os
+import pickle
 from typing import NamedTuple
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -94,7 +96,8 @@ def load(path: str) -> ChartResidual:
   try:
     with np.load(path, allow_pickle=False) as data:
       chart, mean, precision = str(data["chart"]), data["mean"], data["precision"]
-  except (OSError, KeyError, ValueError) as e:
+  except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError,
+          zipfile.BadZipFile) as e:
     raise ChartResidualError(f"{path}: not a chart residual file ({e}); expected the .npz of "
                              "`python -m launch.chart_residual`") from None
   dim = charts.chart_dim(chart) if chart in charts.CHARTS else -1
