@@ -265,12 +265,15 @@ def picture(path, pred, gt, parents, window=0, every=3):
 
 
 def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
-        split="all", runlocal=False, time_per_frame=True, chart_residual="", fps=30.0):
+        split="all", runlocal=False, time_per_frame=True, chart_residual="", fps=30.0,
+        per_frame_yaws=None):
   """Runs the benchmark and writes `out` (JSON, atomically) and `out`.png; returns the report."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   setup = prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
                   mocap_dir=mocap_dir, num_windows=num_windows, window=window, seed=seed,
                   split=split, runlocal=runlocal, chart_residual=chart_residual, fps=fps)
+  if per_frame_yaws:  # Stage 1's restarts (its cost scales with their number).
+    setup["base"].fit.restart_yaws_deg = tuple(float(y) for y in per_frame_yaws)
   seq_config = sequence.default_sequence_config()
   if runlocal:
     seq_config.warm_stages[0]["steps"] = 30
@@ -298,6 +301,8 @@ def define_flags():
   flags.DEFINE_string("chart_residual", "", "Chart residual .npz for the `chart_dynamics` term "
                       "(default: the dynamics workdir's, if it holds one).")
   flags.DEFINE_float("fps", 30.0, "Rate the clips are resampled to, played at 30 fps.")
+  flags.DEFINE_list("per_frame_yaws", None, "Stage 1's yaw restarts in degrees (default: the "
+                    "per-frame benchmark's 4).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
 
 
@@ -309,7 +314,7 @@ def main(argv):
     run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdir=f.dynamics_workdir,
         mocap_dir=f.mocap_dir, num_windows=f.num_windows, window=f.window, seed=f.seed,
         split=f.split, runlocal=f.runlocal, time_per_frame=f.time_per_frame,
-        chart_residual=f.chart_residual, fps=f.fps)
+        chart_residual=f.chart_residual, fps=f.fps, per_frame_yaws=f.per_frame_yaws)
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"fit_video: {e}", file=sys.stderr)
     return 2
