@@ -56,6 +56,7 @@ from flowpose.fitting import sequence_init
 from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 from flowpose.models import dynamics_io
+from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
 OCCLUSION_FRAMES = 15  # 0.5 s at 30 fps.
@@ -155,6 +156,7 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
   base = fit_mocap2d_config.get_config("runlocal" if runlocal else "")
   try:
     prior = registry.load("flow", prior_workdir)
+    flow = prior_io.load_trained_prior(prior_workdir)[:2]  # For `warm_gaps="chart"`.
     dyn_model, dyn_params, _ = dynamics_io.load_dynamics(dynamics_workdir, prior_workdir)
     # fps < 30: the clips resampled slower and played at 30 fps (faster motion than any
     # training window: a held-out motion style on the validation subject).
@@ -176,7 +178,7 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
   body = reduced_body.make_fit_body(model, fit_mocap2d.body_rotmats_fn)
   gt = make_windows(model, windows, base.scene, rng)
   logging.info("%d windows of %d frames from %s (%s)", len(pick), window, mocap_dir, split)
-  return dict(base=base, prior=prior, dynamics=(dyn_model, dyn_params), windows=windows,
+  return dict(base=base, prior=prior, flow=flow, dynamics=(dyn_model, dyn_params), windows=windows,
               fps=fps, pose_scale=pose_scale,
               model=model, body=body, gt=gt, split=split, mocap_dir=str(mocap_dir),
               prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
@@ -214,7 +216,8 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
   for _ in range(2 if timed else 1):  # The second run is timed (compiled).
     start = time.time()
     starts = sequence_init.hypotheses(frames, float(seq_config.max_turn_deg),
-                                      int(seq_config.warm_smooth))
+                                      int(seq_config.warm_smooth),
+                                      sequence_init.gap_flow(seq_config, setup.get("flow")))
     result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn_model, dyn_params,
                                    initial=starts, chart_residual=setup.get("chart_residual"))
     seconds["sequence_stage"] = time.time() - start

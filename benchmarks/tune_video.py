@@ -35,6 +35,8 @@ SESSION5 = ({"dynamics": 0.2, "joint_smooth": 0.0}, {"pose_prior_frames": "all"}
 VARIANTS = {
     "default": ({}, {}),
     "chosen": ({"dynamics": 0.5, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evidence"}),
+    "chosen_chart_gaps": ({"dynamics": 0.5, "joint_smooth": 1e2}, {},
+                          {"pose_prior_frames": "evidence", "warm_gaps": "chart"}),
     "dyn0.05": ({"dynamics": 0.05}, {}),
     "smooth9": ({}, {}, {"warm_smooth": 9}),
     "chart0.2": ({"chart_dynamics": 0.2}, {}),
