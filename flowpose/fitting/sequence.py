@@ -98,9 +98,7 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # "evidence" (module docstring): validation 61.4 -> 61.1 mm PA, occluded 73.8 -> 73.2; x1.4
   # angles: equal (114.7 / 114.8).
   c.pose_prior_frames = "evidence"
-  # sequence_init: gap frames' warm start, a line in the "latent" | the pose "chart". "chart"
-  # measured worse after the fit (results/video/tune_val_chart_gaps*.json): validation PA
-  # 63.2 -> 63.7, occluded 76.4 -> 77.6; x1.4 angles PA 114.8 -> 116.4, occluded 126.5 -> 129.6.
+  # Gap warm start, a line in the "latent" | pose "chart" (worse: tune_val_chart_gaps*.json).
   c.warm_gaps = "latent"
   c.warm_smooth = 0  # sequence_init: Savitzky-Golay window over the warm starts (0 = off).
   return c
