@@ -98,8 +98,7 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # "evidence" (module docstring): validation 61.4 -> 61.1 mm PA, occluded 73.8 -> 73.2; x1.4
   # angles: equal (114.7 / 114.8).
   c.pose_prior_frames = "evidence"
-  # Gap warm start, a line in the "latent" | pose "chart" (worse: tune_val_chart_gaps*.json).
-  c.warm_gaps = "latent"
+  c.warm_gaps = "latent"  # Gap warm start: a line in "latent" | "chart" (chart worse: see tuning).
   c.warm_smooth = 0  # sequence_init: Savitzky-Golay window over the warm starts (0 = off).
   return c
 
