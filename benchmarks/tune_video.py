@@ -21,32 +21,66 @@ from benchmarks import fit_mocap2d
 from benchmarks import fit_video
 from flowpose import io_utils
 from flowpose.fitting import sequence
+from flowpose.models import dynamics as dynamics_lib
 from flowpose.models import dynamics_io
 
-# name -> (loss weight overrides, warm stage overrides).
+# name -> (loss weight overrides, warm stage overrides[, config field overrides]).
+# Session 5 (results/video/tune_val_{diag,full}.json) chose dynamics 0.2, lr 0.05, 150 steps and
+# no joint_smooth; session 6 compares motion priors that do not depend on the subject's style:
+# `chart_dynamics` (constant velocity in the pose chart, `models.chart_residual`) alone or
+# with the latent model, and smoothed warm starts.
+# Every variant is an override of session 5's config (`SESSION5`: the rows of
+# results/video/tune_val_s6.json were measured so); "chosen" is today's default.
+SESSION5 = ({"dynamics": 0.2, "joint_smooth": 0.0}, {"pose_prior_frames": "all"})
 VARIANTS = {
     "default": ({}, {}),
-    "dyn0.02": ({"dynamics": 0.02}, {}),
-    "dyn0.2": ({"dynamics": 0.2}, {}),
+    "chosen": ({"dynamics": 0.5, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evidence"}),
+    "chosen_chart_gaps": ({"dynamics": 0.5, "joint_smooth": 1e2}, {},
+                          {"pose_prior_frames": "evidence", "warm_gaps": "chart"}),
+    "dyn0.05": ({"dynamics": 0.05}, {}),
+    "smooth9": ({}, {}, {"warm_smooth": 9}),
+    "chart0.2": ({"chart_dynamics": 0.2}, {}),
+    "chart0.05_dyn0": ({"dynamics": 0.0, "chart_dynamics": 0.05}, {}),
+    "chart0.2_dyn0": ({"dynamics": 0.0, "chart_dynamics": 0.2}, {}),
+    "chart1_dyn0": ({"dynamics": 0.0, "chart_dynamics": 1.0}, {}),
+    "chart0.2_dyn0_smooth9": ({"dynamics": 0.0, "chart_dynamics": 0.2}, {},
+                              {"warm_smooth": 9}),
+    "chart0.2_dyn0.05": ({"dynamics": 0.05, "chart_dynamics": 0.2}, {}),
+    "chart0.2_dyn0_steps80": ({"dynamics": 0.0, "chart_dynamics": 0.2}, {"steps": 80}),
+    "prior_evidence": ({}, {}, {"pose_prior_frames": "evidence"}),
+    "prior_evidence_smooth9": ({}, {}, {"pose_prior_frames": "evidence", "warm_smooth": 9}),
+    "chart0.2_prior_evidence": ({"chart_dynamics": 0.2}, {},
+                                {"pose_prior_frames": "evidence"}),
+    "chart0.05": ({"chart_dynamics": 0.05}, {}),
+    "cv": ({}, {}, {"latent": "cv"}),
+    "cv_prior_evidence": ({}, {}, {"latent": "cv", "pose_prior_frames": "evidence"}),
+    "cv_dyn0.05": ({"dynamics": 0.05}, {}, {"latent": "cv"}),
+    "cv_dyn0.5": ({"dynamics": 0.5}, {}, {"latent": "cv"}),
     "dyn0.5": ({"dynamics": 0.5}, {}),
-    "dyn0.2_prior0": ({"dynamics": 0.2, "pose_prior": 0.0}, {}),
-    "dyn0.2_steps300": ({"dynamics": 0.2}, {"steps": 300}),
-    "dyn0.2_lr0.05": ({"dynamics": 0.2}, {"lr": 0.05}),
-    "dyn0.2_smooth_low": ({"dynamics": 0.2, "transl_smooth": 1e3, "orient_smooth": 10.0}, {}),
-    "dyn0.2_lr0.05_joint1e4": ({"dynamics": 0.2, "joint_smooth": 1e4}, {"lr": 0.05}),
-    "dyn0.2_lr0.05_joint1e5": ({"dynamics": 0.2, "joint_smooth": 1e5}, {"lr": 0.05}),
-    "dyn0.2_lr0.05_joint1e6": ({"dynamics": 0.2, "joint_smooth": 1e6}, {"lr": 0.05}),
-    "dyn0.5_lr0.05_joint1e5": ({"dynamics": 0.5, "joint_smooth": 1e5}, {"lr": 0.05}),
-    "dyn0.2_lr0.05_joint1e5_steps80": ({"dynamics": 0.2, "joint_smooth": 1e5},
-                                       {"lr": 0.05, "steps": 80}),
+    "joint1e2": ({"joint_smooth": 1e2}, {}),
+    "joint1e3": ({"joint_smooth": 1e3}, {}),
+    "prior_evidence_joint1e3": ({"joint_smooth": 1e3}, {}, {"pose_prior_frames": "evidence"}),
+    "dyn0.5_prior_evidence": ({"dynamics": 0.5}, {}, {"pose_prior_frames": "evidence"}),
+    "chart0.02": ({"chart_dynamics": 0.02}, {}),
+    "chart0.05_prior_evidence": ({"chart_dynamics": 0.05}, {}, {"pose_prior_frames": "evidence"}),
+    "chart0.05_joint1e3": ({"chart_dynamics": 0.05, "joint_smooth": 1e3}, {}),
+    "dyn0.5_joint1e2": ({"dynamics": 0.5, "joint_smooth": 1e2}, {}),
+    "dyn0.5_joint1e3": ({"dynamics": 0.5, "joint_smooth": 1e3}, {}),
+    "dyn0.5_joint1e2_prior_evidence": ({"dynamics": 0.5, "joint_smooth": 1e2}, {},
+                                       {"pose_prior_frames": "evidence"}),
 }
 
 
-def variant_config(weights: dict, stage: dict):
+def variant_config(weights: dict, stage: dict, fields: dict = None):
+  """(config, latent model) of a variant; fields["latent"] = "cv": the latent model without
+  its MLP corrections (`dynamics.constant_velocity_params`)."""
   config = sequence.default_sequence_config()
-  config.loss_weights = {**dict(config.loss_weights), **weights}
+  config.loss_weights = {**dict(config.loss_weights), **SESSION5[0], **weights}
   config.warm_stages[0].update(stage)
-  return config
+  fields = {**SESSION5[1], **(fields or {})}
+  latent = fields.pop("latent", "trained")
+  config.update(fields)
+  return config, latent
 
 
 def _cached_frames(path, setup):
@@ -69,24 +103,27 @@ def _cached_frames(path, setup):
 
 
 def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows, seed=0,
-        variants=None, frames_cache=""):
+        variants=None, frames_cache="", chart_residual="", fps=30.0, pose_scale=1.0):
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   names = list(variants or VARIANTS)
   setup = fit_video.prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdirs[0],
-                            mocap_dir=mocap_dir, num_windows=num_windows, seed=seed, split=split)
+                            mocap_dir=mocap_dir, num_windows=num_windows, seed=seed, split=split,
+                            chart_residual=chart_residual, fps=fps, pose_scale=pose_scale)
   frames, rows = _cached_frames(frames_cache, setup), []
   for workdir in dynamics_workdirs:
     try:
       model, params, _ = dynamics_io.load_dynamics(workdir, prior_workdir)
     except dynamics_io.DynamicsLoadError as e:
       raise fit_mocap2d.BenchmarkInputError(str(e)) from e
-    setup.update(dynamics=(model, params), dynamics_workdir=workdir)
     for name in names:
-      report, _, frames = fit_video.evaluate(setup, variant_config(*VARIANTS[name]), frames,
-                                             timed=False)
+      config, latent = variant_config(*VARIANTS[name])
+      setup.update(dynamics=(model, params if latent == "trained" else
+                             dynamics_lib.constant_velocity_params(params)),
+                   dynamics_workdir=workdir)
+      report, _, frames = fit_video.evaluate(setup, config, frames, timed=False)
       row = {"dynamics_workdir": workdir, "variant": name,
              **{k: report[k] for k in ("pa_mpjpe_mm", "mpjpe_mm", "accel_error_mm",
-                                       "occluded_pa_mpjpe_mm")}}
+                                       "occluded_pa_mpjpe_mm", "visible_pa_mpjpe_mm")}}
       rows.append(row)
       logging.info("%s %s: PA %.1f (per-frame %.1f), accel %.1f (smoothed %.1f), occl PA %.1f "
                    "(smoothed %.1f)", workdir, name, row["pa_mpjpe_mm"]["dynamics"],
@@ -94,6 +131,8 @@ def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows,
                    row["accel_error_mm"]["smoothed"], row["occluded_pa_mpjpe_mm"]["dynamics"],
                    row["occluded_pa_mpjpe_mm"]["smoothed"])
   text = json.dumps({"split": split, "mocap_dir": str(mocap_dir), "num_windows": num_windows,
+                     "chart_residual": chart_residual, "fps": fps, "base": SESSION5,
+                     "pose_scale": pose_scale,
                      "variants": {n: VARIANTS[n] for n in names}, "rows": rows}, indent=1)
   io_utils.atomic_write(out_path, text.encode())
   print(text)
@@ -111,7 +150,8 @@ def main(argv):
   try:
     run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdirs=f.dynamics_workdirs,
         mocap_dir=f.mocap_dir, split=f.split, num_windows=f.num_windows, seed=f.seed,
-        variants=f.variants, frames_cache=f.frames_cache)
+        variants=f.variants, frames_cache=f.frames_cache, chart_residual=f.chart_residual,
+        fps=f.fps, pose_scale=f.pose_scale)
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"tune_video: {e}", file=sys.stderr)
     return 2
@@ -129,5 +169,11 @@ if __name__ == "__main__":
   flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.")
   flags.DEFINE_string("frames_cache", "", "Pickle of the stage-1 fits (reused if present; "
                       "same scene flags only).")
+  flags.DEFINE_string("chart_residual", "", "Chart residual .npz for `chart_dynamics` "
+                      "(`launch.chart_residual`; default: the dynamics workdir's, if any).")
+  flags.DEFINE_float("fps", 30.0, "Rate the clips are resampled to (played at 30 fps: < 30 = "
+                     "faster motion, a held-out motion style).")
+  flags.DEFINE_float("pose_scale", 1.0, "Joint angles scaled by this (> 1: a more extreme "
+                     "motion style, off the pose prior as unseen subjects are).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
   app.run(main)

@@ -194,3 +194,17 @@ def test_dynamics_task_trains_resumes_and_exports(shared_data, tmp_path):
   model, params, _ = dynamics_io.load_dynamics(workdir, prior_dir)
   assert model.dim == prior_io.load_trained_prior(prior_dir)[0].event_dim
   assert np.all(np.isfinite(params["gain"]))
+
+
+def test_constant_velocity_params_drop_the_learned_corrections():
+  z = _correlated_latents()
+  model = _model(residual="full")
+  params = model.init(jax.random.key(0), z)
+  # A trained-looking model: non-zero MLP output layer and gain.
+  trained = jax.tree.map(lambda x: x + 0.3, params)
+  cv = dynamics_lib.constant_velocity_params(trained)
+  mean, log_scale = model.mean_and_log_scale(cv, z[:, 0], z[:, 1])
+  np.testing.assert_allclose(mean, 2 * z[:, 1] - z[:, 0], atol=1e-6)
+  np.testing.assert_allclose(log_scale, np.broadcast_to(trained["base_log_scale"], (64, 6)),
+                             atol=1e-6)
+  np.testing.assert_array_equal(cv["whiten"], trained["whiten"])  # The residual's shape kept.

@@ -98,4 +98,43 @@ def test_a_window_without_evidence_is_refused(setup):
            "orient": np.zeros((2, FRAMES, 6)), "transl": np.zeros((2, FRAMES, 3))}
   with pytest.raises(FitInputError, match=r"initial\[0\].betas: expected finite"):
     sequence.fit_sequence(_config(), setup["body"], setup["prior"], evidence, initial=[start])
+  bad = _config()
+  bad.pose_prior_frames = "gaps"
+  with pytest.raises(FitInputError, match="pose_prior_frames"):
+    sequence.fit_sequence(bad, setup["body"], setup["prior"], evidence)
+
+
+def test_chart_dynamics_term_is_the_chart_residual_cost_and_gaps_skip_the_pose_prior(setup):
+  from flowpose.models import chart_residual  # pylint: disable=g-import-not-at-top
+  prior, body = setup["prior"], setup["body"]
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(0.5 * rng.standard_normal((FRAMES, prior.space.dim)), jnp.float32)
+  variables = {"pose": z, "betas": jnp.zeros(body.j_shapedirs.shape[-1]),
+               "orient": jnp.tile(jnp.asarray([1.0, 0, 0, 0, 1, 0]), (FRAMES, 1)),
+               "transl": jnp.tile(jnp.asarray([0.0, 0, 4]), (FRAMES, 1))}
+  dofs, penalty = (np.asarray(x) for x in jax.jit(lambda z: (
+      jax.vmap(prior.space.decode, (None, 0))(prior.params, z),
+      jax.vmap(prior.space.penalty, (None, 0))(prior.params, z)))(z))
+  residual = chart_residual.fit("euler_free", np.asarray(_jittered_windows(dofs)))
+  valid = np.arange(FRAMES) % 3 != 0
+  has = jnp.asarray(valid, jnp.float32)
+  aux = {"keypoints": jnp.asarray(setup["kp"][0]),
+         "confidence": jnp.ones(setup["kp"].shape[1:3]), "focal": jnp.asarray(setup["focal"][0]),
+         "principal_point": jnp.asarray(setup["centre"][0]),
+         "keypoint_mask": jnp.ones(setup["kp"].shape[2]), "frame_valid": has,
+         "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0)}
+  weights = {k: jnp.float32(1.0) for k in sequence.LOSS_TERMS}
+  # One compile (cheaper than the eager, vmapped flow decode).
+  _, terms = jax.jit(lambda v, a, w: sequence.window_loss(
+      v, a, w, body, prior.space, prior.params, None, None, 0.3, residual))(
+          variables, aux, weights)
+  expected = np.mean(chart_residual.neg2_log_prob(residual, dofs))
+  np.testing.assert_allclose(terms["chart_dynamics"], expected, rtol=1e-4)
+  np.testing.assert_allclose(terms["pose_prior"], penalty[valid].mean(), rtol=1e-5)
+
+
+def _jittered_windows(dofs):
+  """[N, T, 50] windows around one decoded track (a residual to fit on)."""
+  rng = np.random.default_rng(1)
+  return dofs[None] + 0.05 * rng.standard_normal((16,) + dofs.shape)
 

@@ -1,6 +1,9 @@
 """Warm starts of the sequence fit from per-frame fits (`flowpose.fitting.sequence_init`)."""
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -67,6 +70,21 @@ def test_hypotheses_interpolate_gaps_and_off_chain_frames():
   assert all(np.all(np.isfinite(v)) for h in starts for v in h.values())
 
 
+def test_smoothed_hypotheses_keep_linear_motion_and_remove_jitter():
+  valid = np.ones(FRAMES, bool)
+  frames = _frames(np.zeros(FRAMES), valid)
+  jitter = 0.3 * np.where(np.arange(FRAMES) % 2, 1.0, -1.0)[:, None]
+  frames = frames._replace(pose=frames.pose + jitter[None].astype(np.float32))
+  raw = sequence_init.hypotheses(frames)[0]["pose"][0]
+  smooth = sequence_init.hypotheses(frames, smooth=5)[0]["pose"][0]
+  t = np.arange(FRAMES, dtype=np.float32)
+  line = np.stack([t, -t], 1)
+  # Savitzky-Golay (order 2) passes the linear motion and damps the frame-to-frame flip.
+  inner = slice(2, FRAMES - 2)
+  assert np.abs(smooth - line)[inner].max() < 0.5 * np.abs(raw - line)[inner].max()
+  np.testing.assert_allclose(sequence_init._smooth(line, 5), line, atol=1e-4)
+
+
 def test_frames_that_cannot_determine_a_body_are_not_fitted():
   kp = np.tile(np.array([[100.0, 100.0], [200.0, 300.0], [150.0, 250.0]], np.float32),
                (1, 4, 1, 1))
@@ -82,3 +100,53 @@ def test_frames_that_cannot_determine_a_body_are_not_fitted():
   with pytest.raises(FitInputError, match=r"window\(s\) \[0\]"):
     sequence_init.fit_two_stage(None, None, None, None, None,
                                 evidence._replace(confidence=0 * conf))
+
+
+class _CubeFlow(NamedTuple):
+  """A stand-in flow: chart angle = wrap(z^3) (a periodic chart; a line in z is not one in it)."""
+  chart: str = "euler_free"
+
+  @staticmethod
+  def latent_to_pose(params, z):
+    del params
+    return jnp.arctan2(jnp.sin(z ** 3), jnp.cos(z ** 3))
+
+  @staticmethod
+  def pose_to_latent(params, pose):
+    del params
+    return jnp.cbrt(pose)
+
+
+def test_chart_gap_fill_is_a_line_in_the_chart_the_shorter_way_round():
+  valid = np.ones(FRAMES, bool)
+  valid[3:8] = False  # A gap of 5 frames between frames 2 and 8.
+  frames = _frames(np.zeros(FRAMES), valid)
+  chart = np.zeros((FRAMES, 2), np.float32)
+  chart[:, 0] = np.where(np.arange(FRAMES) <= 2, 3.0, -3.0)  # Crosses +-pi, not 0.
+  chart[:, 1] = np.where(np.arange(FRAMES) <= 2, 0.2, 2.0)
+  pose = np.cbrt(chart)
+  pose[~valid] = np.nan
+  frames = frames._replace(pose=pose[None])
+  start = sequence_init.hypotheses(frames, flow=(_CubeFlow(), None))[0]["pose"][0]
+  np.testing.assert_allclose(start[valid], pose[valid], atol=1e-6)  # Chain frames kept.
+  decoded = np.asarray(_CubeFlow.latent_to_pose(None, jnp.asarray(start)))
+  frac = (np.arange(3, 8) - 2) / 6.0
+  step = 2 * np.pi - 6.0
+  expected = np.stack([np.arctan2(np.sin(3.0 + frac * step), np.cos(3.0 + frac * step)),
+                       0.2 + frac * 1.8], 1)
+  np.testing.assert_allclose(decoded[3:8], expected, atol=1e-4)
+  # The default (a line in the latent) is not the chart line.
+  latent = sequence_init.hypotheses(frames)[0]["pose"][0]
+  decoded = np.asarray(_CubeFlow.latent_to_pose(None, jnp.asarray(latent)))
+  assert np.abs(decoded[3:8] - expected).max() > 0.3
+
+
+def test_gap_flow_follows_the_config():
+  config = ml_collections.ConfigDict({"warm_gaps": "latent"})
+  assert sequence_init.gap_flow(config, (_CubeFlow(), None)) is None
+  config.warm_gaps = "chart"
+  with pytest.raises(FitInputError, match="needs the flow"):
+    sequence_init.gap_flow(config, None)
+  config.warm_gaps = "bogus"
+  with pytest.raises(FitInputError, match="warm_gaps"):
+    sequence_init.gap_flow(config, None)

@@ -141,8 +141,54 @@ def _fill(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
   return out.reshape(values.shape).astype(np.float32)
 
 
-def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
+def _smooth(values: np.ndarray, length: int) -> np.ndarray:
+  """[T, ...] Savitzky-Golay filtered along time (order 2; `length` odd, clipped to T)."""
+  from scipy import signal  # pylint: disable=g-import-not-at-top
+  length = min(length, len(values) - (1 - len(values) % 2))
+  if length < 3:
+    return values
+  return signal.savgol_filter(values, length, 2, axis=0).astype(np.float32)
+
+
+def _fill_chart(latents: np.ndarray, keep: np.ndarray, flow) -> np.ndarray:
+  """[T, D] latents; rows outside `keep` interpolated in the flow's pose CHART, then encoded.
+
+  A straight line in the latent decodes to a curve that leaves the pose manifold where the flow
+  stretches; a line between the chain frames' chart angles (the shorter way round for a
+  periodic chart) is the pose a linear joint-angle interpolation gives.
+
+  Args:
+    latents: [T, D] (rows outside `keep` ignored). keep: [T] bool, at least one True.
+    flow: `(flowpose.prior.flow.FlowPrior, its params)`.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from flowpose.prior import charts  # pylint: disable=g-import-not-at-top
+  prior_flow, params = flow
+  out = np.array(latents, np.float32)
+  if keep.all():
+    return out
+  t = np.arange(len(latents))
+  chart = np.asarray(jax.vmap(prior_flow.latent_to_pose, (None, 0))(
+      params, jnp.asarray(out[keep])), np.float64)
+  if charts.is_periodic(prior_flow.chart):
+    chart = np.unwrap(chart, axis=0)  # Consecutive chain frames: the shorter way round.
+  filled = np.stack([np.interp(t, t[keep], chart[:, c]) for c in range(chart.shape[1])], 1)
+  if charts.is_periodic(prior_flow.chart):
+    filled = np.arctan2(np.sin(filled), np.cos(filled))
+  gap = ~keep
+  out[gap] = np.asarray(jax.vmap(prior_flow.pose_to_latent, (None, 0))(
+      params, jnp.asarray(filled[gap], jnp.float32)))
+  return out
+
+
+def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0, smooth: int = 0,
+               flow=None) -> list:
   """Warm starts for `sequence.fit_sequence(initial=)` (module docstring).
+
+  `smooth`: a Savitzky-Golay window (frames, odd; 0 = off) applied along time to the filled
+  latents, orientations and translations: per-frame jitter removed before the joint fit.
+  `flow`: `(FlowPrior, params)` to fill the latents of frames off the chain by interpolating
+  in the pose chart (`_fill_chart`); None: a straight line in the latent.
 
   Returns:
     1 or 2 dicts of "pose" [W, T, D], "betas" [W, S], "orient" [W, T, 6], "transl" [W, T, 3].
@@ -157,7 +203,11 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
     for w, (c0, c1) in enumerate(chains):
       keep = c1 if h == 1 and c1 is not None else c0
       for key in ("pose", "orient", "transl"):
-        start[key].append(_fill(getattr(frames, key)[w], keep))
+        if key == "pose" and flow is not None:
+          filled = _fill_chart(frames.pose[w], keep, flow)
+        else:
+          filled = _fill(getattr(frames, key)[w], keep)
+        start[key].append(_smooth(filled, smooth) if smooth else filled)
       start["betas"].append(np.median(frames.betas[w][keep], 0).astype(np.float32))
     out.append({k: np.stack(v) for k, v in start.items()})
   return out
@@ -165,8 +215,11 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0) -> list:
 
 def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collections.ConfigDict,
                   model, body, prior, evidence: sequence.SequenceEvidence,
-                  dynamics=None, dynamics_params: Optional[Any] = None):
+                  dynamics=None, dynamics_params: Optional[Any] = None, chart_residual=None,
+                  flow=None):
   """Stage 1 + hypotheses + stage 2; returns `(sequence.SequenceResult, FrameFits)`.
+
+  `flow`: `(FlowPrior, params)`, needed when `seq_config.warm_gaps == "chart"`.
 
   Raises:
     FitInputError: bad configs or evidence, or a window without a fittable frame.
@@ -178,10 +231,25 @@ def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collecti
         f"sequence evidence: window(s) {empty.tolist()} have no frame whose keypoints can "
         "determine a body (no person to fit)")
   frames = fit_frames(fit_config, model, body, prior, evidence)
-  starts = hypotheses(frames, float(seq_config.max_turn_deg))
+  starts = hypotheses(frames, float(seq_config.max_turn_deg), int(seq_config.warm_smooth),
+                      gap_flow(seq_config, flow))
   result = sequence.fit_sequence(seq_config, body, prior, evidence, dynamics, dynamics_params,
-                                 initial=starts)
+                                 initial=starts, chart_residual=chart_residual)
   return result, frames
+
+
+def gap_flow(seq_config: ml_collections.ConfigDict, flow):
+  """The `flow` argument of `hypotheses` for `seq_config.warm_gaps` ("latent" | "chart")."""
+  mode = seq_config.get("warm_gaps", "latent")
+  if mode not in ("latent", "chart"):
+    raise fit_config_lib.FitInputError(
+        f"sequence config: warm_gaps must be 'latent' or 'chart', got {mode!r}")
+  if mode == "latent":
+    return None
+  if flow is None:
+    raise fit_config_lib.FitInputError(
+        "sequence config: warm_gaps='chart' needs the flow prior (flow=(FlowPrior, params))")
+  return flow
 
 
 def per_frame_config(restart_yaws_deg=(0.0, 90.0, 180.0, 270.0)) -> ml_collections.ConfigDict:

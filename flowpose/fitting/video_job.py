@@ -177,7 +177,7 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   Args:
     out_dir: output folder (replaced atomically).
     prior_workdir: trained prior. dynamics_workdir: trained dynamics model (None: constant
-      velocity in the latent space).
+      velocity in the latent space), with its chart residual when it holds one.
     video / frames_dir: exactly one input. keypoints_json: optional 2D track (skips the detector).
     fps: frame rate of `frames_dir` (a video's own rate is used for a video).
     config: `sequence.default_sequence_config()` fields (default: that).
@@ -202,6 +202,7 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   prior = registry.load("flow", prior_workdir)
   dynamics = (dynamics_io.load_dynamics(dynamics_workdir, prior_workdir)
               if dynamics_workdir else (None, None, None))
+  residual = dynamics_io.load_chart_residual(dynamics_workdir)
   candidates = (read_track_json(keypoints_json, len(frames), clip.scale) if keypoints_json
                 else detect_frames(frames))
   detected, tracked = track_person(candidates, min_iou)
@@ -218,9 +219,10 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   if two_stage:
     result, _ = sequence_init.fit_two_stage(
         frame_config or sequence_init.per_frame_config(), config, model, body, prior, evidence,
-        dynamics[0], dynamics[1])
+        dynamics[0], dynamics[1], chart_residual=residual)
   else:
-    result = sequence.fit_sequence(config, body, prior, evidence, dynamics[0], dynamics[1])
+    result = sequence.fit_sequence(config, body, prior, evidence, dynamics[0], dynamics[1],
+                                   chart_residual=residual)
   betas, rotmats, transl = result.betas[0], result.rotmats[0], result.transl[0]
   fwd = jax.jit(jax.vmap(body_lib.forward, (None, 0, None, 0)))
   vertices = np.asarray(fwd(model, jnp.asarray(rotmats), jnp.asarray(betas),

@@ -200,6 +200,18 @@ def make_dynamics(config: ml_collections.ConfigDict, dim: int) -> Dynamics:
   return Dynamics(init, mean_and_log_scale, log_prob, rollout, dim)
 
 
+def constant_velocity_params(params: Any) -> Any:
+  """`params` with the MLP's corrections and the gain removed: constant velocity + the learned
+  (full-covariance) residual only, the model at its initialisation's form.
+
+  The MLP's mean correction learns the training subjects' typical motion; through a gap
+  without evidence it pulls an unseen subject's pose towards it (rollouts drift to typical
+  poses: WORKSPACE.md). The residual's shape keeps what generalises (which joints move together).
+  """
+  net = jax.tree.map(jnp.zeros_like, params["net"])
+  return {**params, "net": net, "gain": jnp.ones_like(params["gain"])}
+
+
 def pose_log_prob(dynamics_log_prob: Array, prior_log_prob: Array, z: Array) -> Array:
   """Nats of the pose chart from nats of the latent: `log p(x_t|.) = log p(z_t|.) + log|dz/dx|`.
 

@@ -119,3 +119,21 @@ def load_dynamics(workdir: str, prior_workdir: Optional[str] = None):
       raise DynamicsLoadError(f"{path}: a parameter is {leaf.shape} (expected {spec.shape}) "
                               "or holds NaN/inf")
   return model, params, config
+
+
+def load_chart_residual(workdir: Optional[str]):
+  """The chart residual beside a dynamics model (`chart_residual.FILE` in `workdir`), or None.
+
+  The sequence fitter's `chart_dynamics` term uses it (`launch.chart_residual` writes it; a
+  model trained before it existed has none: that term is then 0).
+
+  Raises:
+    DynamicsLoadError: the file exists but is garbled or of another chart.
+  """
+  from flowpose.models import chart_residual  # pylint: disable=g-import-not-at-top
+  if not workdir or not os.path.isfile(os.path.join(workdir, chart_residual.FILE)):
+    return None
+  try:
+    return chart_residual.load(os.path.join(workdir, chart_residual.FILE))
+  except chart_residual.ChartResidualError as e:
+    raise DynamicsLoadError(str(e)) from None
