@@ -6,6 +6,7 @@ by the module.
 
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -301,6 +302,10 @@ def test_labelled_per_batch_puts_that_share_of_labels_in_every_batch(data_config
   resumed = _batches(evidence.train_dataset(config, 0, 1, 8, seed=3, start_step=2), 2)
   for a, b in zip(full[2:], resumed):
     _assert_same(a, b)
+  # A run saved before the field existed validates and mixes naturally.
+  old = data_config.copy_and_resolve_references().to_dict()
+  del old["labelled_per_batch"]
+  evidence.validate(ml_collections.ConfigDict(old))
   config.labelled_fraction = 0.0
   with pytest.raises(ValueError, match="labelled_per_batch"):
     evidence.train_dataset(config, 0, 1, 8, seed=3)

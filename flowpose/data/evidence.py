@@ -103,7 +103,8 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   if data_config.num_part_pixels > data_config.resolution**2:
     fail("num_part_pixels", f"<= resolution**2 = {data_config.resolution**2}")
   for field in _FRACTIONS:
-    if not 0.0 <= float(data_config.get(field)) <= 1.0:
+    # A field newer than a saved run's config (e.g. labelled_per_batch) reads as its default.
+    if not 0.0 <= float(data_config.get(field, DATA_DEFAULTS[field])) <= 1.0:
       fail(field, "a number in [0, 1]")
   if float(data_config.keypoint_noise_px) < 0:
     fail("keypoint_noise_px", "a number >= 0")
@@ -263,7 +264,7 @@ def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
   tf, _ = _tf()
   ds, num = examples(data_config, data_config.train_split, process_index, process_count)
   process_seed = poses.process_seed(seed, process_index)
-  if 0.0 < float(data_config.labelled_per_batch) < 1.0:
+  if 0.0 < float(data_config.get("labelled_per_batch", 0.0)) < 1.0:
     stream = _mixed_batches(tf, ds, data_config, batch_size, process_seed, start_step)
   else:
     stream = poses.epoch_batches(ds, num, batch_size, process_seed, start_step,
