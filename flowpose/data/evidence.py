@@ -51,8 +51,8 @@ DATA_DEFAULTS = dict(
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
     morph_boundary_fraction=0.5,
     mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0)
-_FRACTIONS = ("labelled_fraction", "labelled_per_batch", "keypoint_drop_prob", "keypoint_swap_prob",
-              "confidence_floor", "part_morph_prob", "mask_morph_prob",
+_FRACTIONS = ("labelled_fraction", "labelled_per_batch", "keypoint_drop_prob",
+              "keypoint_swap_prob", "confidence_floor", "part_morph_prob", "mask_morph_prob",
               "morph_boundary_fraction", "mask_hole_prob")
 _HASH_BUCKETS = 2**30
 
@@ -170,14 +170,20 @@ def _with_labels(tf, ds, labelled_fraction: float):
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _count(tf, ds) -> int:
+  """Examples in a finite dataset whose cardinality is unknown (after a filter): one pass."""
+  plain = tf.autograph.experimental.do_not_convert
+  return int(ds.reduce(tf.constant(0, tf.int64), plain(lambda n, _: n + 1)))
+
+
 def _detected_only(tf, ds, num: int, name: str):
   """`self_` data: the examples where the detector found someone, and how many (one pass)."""
   plain = tf.autograph.experimental.do_not_convert
-  found = int(ds.map(plain(lambda ex: tf.cast(ex["detected"], tf.int64))).reduce(
-      tf.constant(0, tf.int64), plain(lambda a, b: a + b)))
+  detected = ds.filter(plain(lambda ex: ex["detected"]))
+  found = _count(tf, detected)
   logging.info("%s: the detector found nobody in %d of %d frames (%.1f%%); they are dropped.",
                name, num - found, num, 100.0 * (num - found) / max(num, 1))
-  return ds.filter(plain(lambda ex: ex["detected"])), found
+  return detected, found
 
 
 def detector_fields(batch: dict) -> dict:
@@ -237,8 +243,7 @@ def _mixed_batches(tf, ds, data_config, batch_size: int, seed: int, start_step: 
   for part, (keep, rows) in enumerate(((True, num_labelled),
                                        (False, batch_size - num_labelled))):
     subset = ds.filter(plain(lambda ex, keep=keep: tf.equal(ex["has_3d"], keep)))
-    count = int(subset.map(plain(lambda ex: tf.constant(1, tf.int64))).reduce(
-        tf.constant(0, tf.int64), plain(lambda a, b: a + b)))
+    count = _count(tf, subset)
     if count < rows:
       raise ValueError(
           f"config data.labelled_per_batch={data_config.labelled_per_batch}: batches need "
