@@ -95,7 +95,16 @@ VARIANTS.update({
         "key4_hyp1_steps75": ({"steps": 75}, {"keyframe_stride": 4, "max_hypotheses": 1}),
         "key4_hyp1_steps75_lr0.1": ({"steps": 75, "lr": 0.1},
                                     {"keyframe_stride": 4, "max_hypotheses": 1}),
+        "key8_hyp1": ({}, {"keyframe_stride": 8, "max_hypotheses": 1}),
+        "key6_hyp1": ({}, {"keyframe_stride": 6, "max_hypotheses": 1}),
+        "key4_hyp1_steps100": ({"steps": 100}, {"keyframe_stride": 4, "max_hypotheses": 1}),
     }.items()})
+VARIANTS.update({
+    f"sym0.25_key4_hyp1_gapvel{w}": ({**SYM, "gap_velocity": w}, {},
+                                     {"pose_prior_frames": "evidence", "keyframe_stride": 4,
+                                      "max_hypotheses": 1}) for w in (0.3, 1.0, 3.0, 30.0, 300.0)})
+VARIANTS["chosen_key4_hyp1"] = (CHOSEN, {}, {"pose_prior_frames": "evidence",
+                                             "keyframe_stride": 4, "max_hypotheses": 1})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):

@@ -139,6 +139,8 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   # Gap terms: the static prior and the 3D acceleration over the frames without evidence
   # only; the backward dynamics is the model on the reversed window (not the forward cost).
   np.testing.assert_allclose(terms["gap_prior"], penalty[~valid].mean(), rtol=1e-5)
+  step = np.square(np.diff(np.asarray(z), axis=0)).sum(-1)
+  np.testing.assert_allclose(terms["gap_velocity"], step[~valid[1:]].mean(), rtol=1e-5)
   joints = np.asarray(joints, np.float64)
   accel = np.square(joints[2:] - 2 * joints[1:-1] + joints[:-2]).sum(-1).mean(-1)
   np.testing.assert_allclose(terms["gap_smooth"], accel[~valid[1:-1]].mean(), rtol=1e-4)

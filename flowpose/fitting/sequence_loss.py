@@ -20,6 +20,9 @@ Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them 
                  frames of `aux["prior_frames"]` (every frame, or only those with evidence)
   gap_prior      the same static prior over the frames WITHOUT evidence only (its own weight:
                  a weaker pull inside gaps than on frames with keypoints)
+  gap_velocity   mean over frames without evidence of ||z_t - z_{t-1}||^2: the latent path
+                 through a gap damped towards a line between its ends (a hold at a window's
+                 end), against the motion model's extrapolation
   shape_prior    ||betas||^2
   transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
   joint_smooth   mean_t,j ||second difference of the camera-frame joints||^2 (metres^2): the
@@ -41,7 +44,7 @@ from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 
 LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
-              "gap_prior", "shape_prior", "transl_smooth", "orient_smooth", "joint_smooth",
+              "gap_prior", "gap_velocity", "shape_prior", "transl_smooth", "orient_smooth", "joint_smooth",
               "gap_smooth", "depth")
 
 
@@ -109,6 +112,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
       "chart_dynamics": chart_dyn,
       "pose_prior": _masked_mean(penalty, aux["prior_frames"]),
       "gap_prior": _masked_mean(penalty, gap),
+      "gap_velocity": _masked_mean(jnp.sum(jnp.square(z[1:] - z[:-1]), -1), gap[1:]),
       "shape_prior": losses.shape_prior(variables["betas"]),
       "transl_smooth": jnp.mean(jnp.sum(jnp.square(second_difference(variables["transl"])),
                                         -1)),
