@@ -16,7 +16,8 @@ Fitted three ways:
              and 4 yaw restarts); occluded frames have no evidence, so their joints are linearly
              interpolated from the nearest fitted frames (what a per-frame system can do)
   smoothed   per_frame's joints filtered along time (Savitzky-Golay, 9 frames, order 2)
-  dynamics   the two-stage fit: per_frame's fits -> orientation-consistent warm starts
+  dynamics   the two-stage fit: per_frame's fits (on keyframes only: the sequence config's
+             `keyframe_stride`, `--keyframe_stride`) -> orientation-consistent warm starts
              (`fitting.sequence_init.hypotheses`) -> `fitting.sequence.fit_sequence` with the
              trained dynamics prior (occluded frames start interpolated, carried by the prior)
 
@@ -24,8 +25,9 @@ Reported (camera-frame joints, 31 joints, mm): `mpjpe_mm` (root-aligned), `pa_mp
 `accel_error_mm` (`metrics.accel_error`, mm/frame^2), each a dict `{per_frame, smoothed,
 dynamics}`, the same restricted to occluded frames (`occluded_mpjpe_mm`,
 `occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, second run, after compilation:
-`per_frame`, `sequence_stage`, and `dynamics_two_stage` = both stages, what the dynamics result
-costs) and `ratios` against the issue's targets; `F.png` shows window 0 (truth, then each
+`per_frame`, `per_frame_keyframes` (the dynamics fit's stage 1 when it runs on keyframes),
+`sequence_stage`, and `dynamics_two_stage` = its stage 1 + the sequence stage, what the dynamics
+result costs) and `ratios` against the issue's targets; `F.png` shows window 0 (truth, then each
 method over the truth). Bad flags stop the run before any fitting.
 """
 

@@ -194,6 +194,17 @@ run_sequence_stage = xla_options.jit(
     static_argnames=("free", "space", "dynamics", "sigma", "final_lr_fraction", "chart", "skip"))
 
 
+@jax.jit(static_argnames=("space",))
+def _decode_result(body, prior_params, variables, focal, principal_point, *, space):
+  """dofs [W, T, 50], rotmats [W, T, J, 3, 3], points, keypoints_2d [W, T, K, 2] of the kept
+  fits (one compiled program: op by op, the flow decode of every frame costs seconds)."""
+  dofs, roots, points = jax.vmap(
+      lambda v: sequence_loss.decode_window(body, space, prior_params, v))(variables)
+  rotmats = jax.vmap(jax.vmap(body.pose_to_rotmats))(dofs, roots)
+  kp2d = camera.perspective_project(points.keypoints, focal[:, None], principal_point[:, None])
+  return dofs, rotmats, points, kp2d
+
+
 def _fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """[T, C] with rows where `valid` is False linearly interpolated (held at the ends)."""
   if not valid.any():
@@ -327,11 +338,8 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
   index = kept * num + np.arange(num)
   variables = jax.tree.map(lambda x: x[index], variables)
   aux = jax.tree.map(lambda x: x[index], aux)
-  decode = jax.vmap(lambda v: sequence_loss.decode_window(body, prior.space, prior.params, v))
-  dofs, roots, points = decode(variables)
-  rotmats = jax.vmap(jax.vmap(body.pose_to_rotmats))(dofs, roots)
-  kp2d = camera.perspective_project(points.keypoints, aux["focal"][:, None],
-                                    aux["principal_point"][:, None])
+  dofs, rotmats, points, kp2d = _decode_result(body, prior.params, variables, aux["focal"],
+                                                aux["principal_point"], space=prior.space)
   variables = jax.tree.map(np.asarray, variables)
   return SequenceResult(variables, np.asarray(dofs), np.asarray(rotmats),
                         np.asarray(points.joints), np.asarray(kp2d), variables["betas"],
