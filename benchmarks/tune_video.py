@@ -69,6 +69,42 @@ VARIANTS = {
     "dyn0.5_joint1e2_prior_evidence": ({"dynamics": 0.5, "joint_smooth": 1e2}, {},
                                        {"pose_prior_frames": "evidence"}),
 }
+# Session 7: gap terms over session 6's choice (`CHOSEN`; results/video/tune_val_s7*.json).
+CHOSEN = {"dynamics": 0.5, "joint_smooth": 1e2}
+VARIANTS.update({
+    f"chosen_{name}": ({**CHOSEN, **weights}, {}, {"pose_prior_frames": "evidence"})
+    for name, weights in {
+        "gapsmooth1e3": {"gap_smooth": 1e3}, "gapsmooth1e4": {"gap_smooth": 1e4},
+        "gapsmooth1e5": {"gap_smooth": 1e5},
+        "back0.5": {"dynamics_backward": 0.5},
+        "sym0.25": {"dynamics": 0.25, "dynamics_backward": 0.25},
+        "gapprior0.01": {"gap_prior": 0.01}, "gapprior0.05": {"gap_prior": 0.05},
+        "sym0.35": {"dynamics": 0.35, "dynamics_backward": 0.35},
+        "sym0.15": {"dynamics": 0.15, "dynamics_backward": 0.15},
+        "sym0.25_joint3e2": {"dynamics": 0.25, "dynamics_backward": 0.25, "joint_smooth": 3e2},
+        "sym0.25_gapprior0.01": {"dynamics": 0.25, "dynamics_backward": 0.25, "gap_prior": 0.01},
+    }.items()})
+# Speed (session 7): stage 1 on keyframes, one warm start, fewer joint steps (over sym0.25).
+SYM = {**CHOSEN, "dynamics": 0.25, "dynamics_backward": 0.25}
+VARIANTS.update({
+    f"sym0.25_{name}": (SYM, stage, {"pose_prior_frames": "evidence", **fields})
+    for name, (stage, fields) in {
+        "key2": ({}, {"keyframe_stride": 2}), "key4": ({}, {"keyframe_stride": 4}),
+        "hyp1": ({}, {"max_hypotheses": 1}), "steps75": ({"steps": 75}, {}),
+        "key4_hyp1": ({}, {"keyframe_stride": 4, "max_hypotheses": 1}),
+        "key4_hyp1_steps75": ({"steps": 75}, {"keyframe_stride": 4, "max_hypotheses": 1}),
+        "key4_hyp1_steps75_lr0.1": ({"steps": 75, "lr": 0.1},
+                                    {"keyframe_stride": 4, "max_hypotheses": 1}),
+        "key8_hyp1": ({}, {"keyframe_stride": 8, "max_hypotheses": 1}),
+        "key6_hyp1": ({}, {"keyframe_stride": 6, "max_hypotheses": 1}),
+        "key4_hyp1_steps100": ({"steps": 100}, {"keyframe_stride": 4, "max_hypotheses": 1}),
+    }.items()})
+VARIANTS.update({
+    f"sym0.25_key4_hyp1_gapvel{w}": ({**SYM, "gap_velocity": w}, {},
+                                     {"pose_prior_frames": "evidence", "keyframe_stride": 4,
+                                      "max_hypotheses": 1}) for w in (0.3, 1.0, 3.0, 30.0, 300.0)})
+VARIANTS["chosen_key4_hyp1"] = (CHOSEN, {}, {"pose_prior_frames": "evidence",
+                                             "keyframe_stride": 4, "max_hypotheses": 1})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):

@@ -10,6 +10,7 @@ from flowpose.body.build import assets
 from flowpose.fitting import photo
 from flowpose.fitting import reduced_body
 from flowpose.fitting import sequence
+from flowpose.fitting import sequence_loss
 from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.geometry import camera
 from flowpose.models import dynamics_io
@@ -104,7 +105,7 @@ def test_a_window_without_evidence_is_refused(setup):
     sequence.fit_sequence(bad, setup["body"], setup["prior"], evidence)
 
 
-def test_chart_dynamics_term_is_the_chart_residual_cost_and_gaps_skip_the_pose_prior(setup):
+def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   from flowpose.models import chart_residual  # pylint: disable=g-import-not-at-top
   prior, body = setup["prior"], setup["body"]
   rng = np.random.default_rng(0)
@@ -124,13 +125,29 @@ def test_chart_dynamics_term_is_the_chart_residual_cost_and_gaps_skip_the_pose_p
          "keypoint_mask": jnp.ones(setup["kp"].shape[2]), "frame_valid": has,
          "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0)}
   weights = {k: jnp.float32(1.0) for k in sequence.LOSS_TERMS}
+  dyn, dyn_params = setup["dyn"], setup["dyn_params"]
   # One compile (cheaper than the eager, vmapped flow decode).
-  _, terms = jax.jit(lambda v, a, w: sequence.window_loss(
-      v, a, w, body, prior.space, prior.params, None, None, 0.3, residual))(
+  terms, joints, log_p = jax.jit(lambda v, a, w: (
+      sequence.window_loss(v, a, w, body, prior.space, prior.params, dyn, dyn_params, 0.3,
+                           residual)[1],
+      sequence_loss.decode_window(body, prior.space, prior.params, v)[2].joints,
+      (dyn.log_prob(dyn_params, v["pose"]), dyn.log_prob(dyn_params, v["pose"][::-1]))))(
           variables, aux, weights)
   expected = np.mean(chart_residual.neg2_log_prob(residual, dofs))
   np.testing.assert_allclose(terms["chart_dynamics"], expected, rtol=1e-4)
   np.testing.assert_allclose(terms["pose_prior"], penalty[valid].mean(), rtol=1e-5)
+  # Gap terms: the static prior and the 3D acceleration over the frames without evidence
+  # only; the backward dynamics is the model on the reversed window (not the forward cost).
+  np.testing.assert_allclose(terms["gap_prior"], penalty[~valid].mean(), rtol=1e-5)
+  step = np.square(np.diff(np.asarray(z), axis=0)).sum(-1)
+  np.testing.assert_allclose(terms["gap_velocity"], step[~valid[1:]].mean(), rtol=1e-5)
+  joints = np.asarray(joints, np.float64)
+  accel = np.square(joints[2:] - 2 * joints[1:-1] + joints[:-2]).sum(-1).mean(-1)
+  np.testing.assert_allclose(terms["gap_smooth"], accel[~valid[1:-1]].mean(), rtol=1e-4)
+  np.testing.assert_allclose(terms["joint_smooth"], accel.mean(), rtol=1e-4)
+  np.testing.assert_allclose(terms["dynamics"], -2 * np.mean(log_p[0]), rtol=1e-5)
+  np.testing.assert_allclose(terms["dynamics_backward"], -2 * np.mean(log_p[1]), rtol=1e-5)
+  assert abs(float(terms["dynamics_backward"] - terms["dynamics"])) > 1e-3
 
 
 def _jittered_windows(dofs):

@@ -150,3 +150,20 @@ def test_gap_flow_follows_the_config():
   config.warm_gaps = "bogus"
   with pytest.raises(FitInputError, match="warm_gaps"):
     sequence_init.gap_flow(config, None)
+
+
+def test_keyframes_keep_every_kth_frame_and_the_ends_of_every_run():
+  valid = np.ones((2, FRAMES), bool)
+  valid[0, 5:9] = False  # A gap: frames 4 and 9 anchor it.
+  valid[1, :2] = False   # The track starts late: frame 2 anchors the start.
+  keep = sequence_init.keyframes(valid, 4)
+  np.testing.assert_array_equal(np.flatnonzero(keep[0]), [0, 4, 9, 11])
+  np.testing.assert_array_equal(np.flatnonzero(keep[1]), [2, 4, 8, 11])
+  np.testing.assert_array_equal(sequence_init.keyframes(valid, 1), valid)
+  # Off-keyframe fits are dropped; the warm start interpolates them (the latent is linear).
+  frames = sequence_init.subset_frames(_frames(np.zeros(FRAMES), valid[0]), keep[:1])
+  np.testing.assert_array_equal(frames.valid, keep[:1])
+  assert np.isnan(frames.pose[0, 1]).all() and not np.isnan(frames.pose[0, 4]).any()
+  start = sequence_init.hypotheses(frames, max_count=1)[0]["pose"][0]
+  t = np.arange(FRAMES, dtype=np.float32)
+  np.testing.assert_allclose(start, np.stack([t, -t], 1), atol=1e-5)

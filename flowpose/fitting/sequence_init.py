@@ -63,13 +63,38 @@ def fittable_frames(evidence: sequence.SequenceEvidence) -> np.ndarray:
   return ok & np.asarray([not e for e in errors]).reshape(num, frames)
 
 
+def keyframes(valid: np.ndarray, stride: int) -> np.ndarray:
+  """[W, T] bool: every `stride`-th frame of `valid [W, T]`, plus the first and last frame of
+  every run of valid frames (the ends of gaps and of the window, where the warm start's
+  interpolation is anchored). `stride` 1: `valid` itself."""
+  valid = np.asarray(valid, bool)
+  if stride <= 1:
+    return valid.copy()
+  t = np.arange(valid.shape[1])
+  edge = np.zeros_like(valid)
+  edge[:, 0], edge[:, -1] = valid[:, 0], valid[:, -1]
+  edge[:, 1:] |= valid[:, 1:] & ~valid[:, :-1]  # A run starts.
+  edge[:, :-1] |= valid[:, :-1] & ~valid[:, 1:]  # A run ends.
+  return valid & ((t % stride == 0)[None] | edge)
+
+
+def subset_frames(frames: FrameFits, keep: np.ndarray) -> FrameFits:
+  """`frames` with only the fits of `keep [W, T]` (others NaN, not valid; `result` as given):
+  what stage 1 on those frames alone gives (each frame's fit is independent of the others)."""
+  keep = np.asarray(keep, bool) & frames.valid
+  drop = lambda x: np.where(keep[..., None], x, np.nan).astype(np.float32)
+  return FrameFits(drop(frames.pose), drop(frames.betas), drop(frames.orient),
+                   drop(frames.transl), keep, frames.result)
+
+
 def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
-               evidence: sequence.SequenceEvidence) -> FrameFits:
-  """Stage 1: `fitting.fit` on every fittable frame of every window (one batch)."""
+               evidence: sequence.SequenceEvidence, stride: int = 1) -> FrameFits:
+  """Stage 1: `fitting.fit` on every fittable frame of every window (one batch); `stride` > 1:
+  only on their `keyframes` (the others are interpolated by `hypotheses`)."""
   kp = np.asarray(evidence.keypoints, np.float32)
   conf = np.asarray(evidence.confidence, np.float32)
   num, frames = kp.shape[:2]
-  valid = fittable_frames(evidence)
+  valid = keyframes(fittable_frames(evidence), stride)
   flat = np.flatnonzero(valid.reshape(-1))
   rep = lambda x: np.repeat(np.asarray(x, np.float32), frames, 0)[flat]
   labelled = (conf > 0) & np.all(np.isfinite(kp), -1)
@@ -182,13 +207,14 @@ def _fill_chart(latents: np.ndarray, keep: np.ndarray, flow) -> np.ndarray:
 
 
 def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0, smooth: int = 0,
-               flow=None) -> list:
+               flow=None, max_count: int = 2) -> list:
   """Warm starts for `sequence.fit_sequence(initial=)` (module docstring).
 
   `smooth`: a Savitzky-Golay window (frames, odd; 0 = off) applied along time to the filled
   latents, orientations and translations: per-frame jitter removed before the joint fit.
   `flow`: `(FlowPrior, params)` to fill the latents of frames off the chain by interpolating
   in the pose chart (`_fill_chart`); None: a straight line in the latent.
+  `max_count`: 1 = the longest chain's hypothesis only (half the sequence stage's work).
 
   Returns:
     1 or 2 dicts of "pose" [W, T, D], "betas" [W, S], "orient" [W, T, 6], "transl" [W, T, 3].
@@ -196,7 +222,7 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0, smooth: int = 0,
   num = frames.valid.shape[0]
   chains = [orientation_chains(frames.orient[w], frames.valid[w], max_turn_deg)
             for w in range(num)]
-  count = 2 if any(c1 is not None for _, c1 in chains) else 1
+  count = 2 if max_count > 1 and any(c1 is not None for _, c1 in chains) else 1
   out = []
   for h in range(count):
     start = {k: [] for k in ("pose", "betas", "orient", "transl")}
@@ -230,12 +256,18 @@ def fit_two_stage(fit_config: ml_collections.ConfigDict, seq_config: ml_collecti
     raise fit_config_lib.FitInputError(
         f"sequence evidence: window(s) {empty.tolist()} have no frame whose keypoints can "
         "determine a body (no person to fit)")
-  frames = fit_frames(fit_config, model, body, prior, evidence)
-  starts = hypotheses(frames, float(seq_config.max_turn_deg), int(seq_config.warm_smooth),
-                      gap_flow(seq_config, flow))
+  frames = fit_frames(fit_config, model, body, prior, evidence,
+                      int(seq_config.get("keyframe_stride", 1)))
+  starts = warm_starts(seq_config, frames, flow)
   result = sequence.fit_sequence(seq_config, body, prior, evidence, dynamics, dynamics_params,
                                  initial=starts, chart_residual=chart_residual)
   return result, frames
+
+
+def warm_starts(seq_config: ml_collections.ConfigDict, frames: FrameFits, flow=None) -> list:
+  """`hypotheses` as `seq_config` asks (max_turn_deg, warm_smooth, warm_gaps, max_hypotheses)."""
+  return hypotheses(frames, float(seq_config.max_turn_deg), int(seq_config.warm_smooth),
+                    gap_flow(seq_config, flow), int(seq_config.get("max_hypotheses", 2)))
 
 
 def gap_flow(seq_config: ml_collections.ConfigDict, flow):

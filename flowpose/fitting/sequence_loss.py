@@ -1,0 +1,125 @@
+"""The sequence fitter's loss: one window of T frames (`flowpose.fitting.sequence`).
+
+Variables (unbatched window): pose [T, D] latents, betas [S], orient [T, 6], transl [T, 3].
+Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them unweighted):
+
+  keypoints      per frame the per-frame fitter's robust, confidence-weighted reprojection
+                 (`losses.keypoint_reprojection_loss`, residuals in keypoint-box units), mean
+                 over the frames that have evidence (>= 2 keypoints); a frame without evidence
+                 (missing, occluded) adds nothing and is carried by the terms below
+  dynamics       -2/T' sum_t log p(z_t | z_{t-1}, z_{t-2}) of the motion model
+                 (`flowpose.models.dynamics`; -2 log p so that it is on the scale of ||z||^2);
+                 without a model: mean ||z_t - 2 z_{t-1} + z_{t-2}||^2 (constant velocity)
+  dynamics_backward  the same model run on the window reversed in time: a gap is then pulled
+                 from both of its ends (forward alone extrapolates from the gap's start and only
+                 the keypoints after the gap pull it back)
+  chart_dynamics -2/T' sum_t log p(x_t | x_{t-1}, x_{t-2}) of constant velocity in the prior's
+                 pose chart with a fitted full-covariance residual (`models.chart_residual`,
+                 constant dropped); 0 without one
+  pose_prior     mean_t ||z_t||^2 (the static prior per frame, as the per-frame fitter) over the
+                 frames of `aux["prior_frames"]` (every frame, or only those with evidence)
+  gap_prior      the same static prior over the frames WITHOUT evidence only (its own weight:
+                 a weaker pull inside gaps than on frames with keypoints)
+  gap_velocity   mean over frames without evidence of ||z_t - z_{t-1}||^2: the latent path
+                 through a gap damped towards a line between its ends (a hold at a window's
+                 end), against the motion model's extrapolation
+  shape_prior    ||betas||^2
+  transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
+  joint_smooth   mean_t,j ||second difference of the camera-frame joints||^2 (metres^2): the
+                 acceleration the benchmark scores
+  gap_smooth     the same, only at frames without evidence (mean over them): inside a gap the
+                 least-acceleration path in 3D between the two visible ends, what linear
+                 interpolation of the joints approximates, with its own (larger) weight
+  orient_smooth  mean_t ||second difference of orient (6D)||^2
+  depth          mean over frames with evidence of (log z_t - log z_init_t)^2
+"""
+
+import jax
+import jax.numpy as jnp
+
+from flowpose import geometry
+from flowpose import losses
+from flowpose.fitting.reduced_body import FitBody, pose_points  # pylint: disable=g-importing-member
+from flowpose.geometry import camera
+from flowpose.models import chart_residual as chart_residual_lib
+
+LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
+              "gap_prior", "gap_velocity", "shape_prior", "transl_smooth", "orient_smooth", "joint_smooth",
+              "gap_smooth", "depth")
+
+
+def second_difference(x):
+  """[T, ...] -> [T - 2, ...]: x_{t+1} - 2 x_t + x_{t-1} (centred on frames 1..T-2)."""
+  return x[2:] - 2 * x[1:-1] + x[:-2]
+
+
+def decode_window(body: FitBody, space, prior_params, variables):
+  """Decoded DOFs [T, 50], root rotations [T, 3, 3] and posed points of one window."""
+  dofs = jax.vmap(space.decode, (None, 0))(prior_params, variables["pose"])
+  roots = geometry.rot6d_to_matrix(variables["orient"])
+  points = jax.vmap(pose_points, (None, 0, 0, None, 0, None))(
+      body, dofs, roots, variables["betas"], variables["transl"], False)
+  return dofs, roots, points
+
+
+def _masked_mean(values, mask):
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dynamics,
+                dynamics_params, sigma: float, chart_residual=None, skip: tuple = ()):
+  """(total, unweighted terms) of one window (unbatched; module docstring).
+
+  Args:
+    variables: the window's variables (module docstring).
+    aux: keypoints [T, K, 2], confidence [T, K], focal [2], principal_point [2],
+      keypoint_mask [K], frame_valid [T] (1 = evidence), prior_frames [T], depth_init [T].
+    weights: name -> weight, every name of `LOSS_TERMS`.
+    chart_residual: a `models.chart_residual.ChartResidual` (its arrays may be traced) or None.
+    skip: terms not computed (reported as 0): those weighted 0 in every stage. The motion
+      model's MLP runs over every frame, the backward term's a second time.
+  """
+  dofs, _, points = decode_window(body, space, prior_params, variables)
+  pred = camera.perspective_project(points.keypoints, aux["focal"], aux["principal_point"])
+  target, confidence = aux["keypoints"], aux["confidence"]
+
+  def frame_term(p, t, c, mask):
+    scale = losses.person_scale_from_keypoints(t, c)
+    return losses.keypoint_reprojection_loss(p, t, c * mask, sigma=sigma, scale=scale)
+
+  per_frame = jax.vmap(frame_term, (0, 0, 0, None))(pred, target, confidence,
+                                                     aux["keypoint_mask"])
+  has = aux["frame_valid"]
+  gap = 1.0 - has
+  z = variables["pose"]
+  def motion_cost(z):
+    if dynamics is None:
+      return jnp.mean(jnp.sum(jnp.square(second_difference(z)), -1))
+    return -2.0 * jnp.mean(dynamics.log_prob(dynamics_params, z))
+  zero = jnp.zeros((), jnp.float32)
+  dyn = zero if "dynamics" in skip else motion_cost(z)
+  dyn_back = zero if "dynamics_backward" in skip else motion_cost(z[::-1])
+  chart_dyn = jnp.float32(0.0) if chart_residual is None else jnp.mean(
+      chart_residual_lib.neg2_log_prob(chart_residual, dofs, chart_residual.mean,
+                                       chart_residual.precision))
+  penalty = jax.vmap(space.penalty, (None, 0))(prior_params, z)
+  accel = jnp.mean(jnp.sum(jnp.square(second_difference(points.joints)), -1), -1)  # [T - 2]
+  log_depth = jnp.log(jnp.maximum(variables["transl"][:, 2], camera.MIN_DEPTH))
+  terms = {
+      "keypoints": _masked_mean(per_frame, has),
+      "dynamics": dyn,
+      "dynamics_backward": dyn_back,
+      "chart_dynamics": chart_dyn,
+      "pose_prior": _masked_mean(penalty, aux["prior_frames"]),
+      "gap_prior": _masked_mean(penalty, gap),
+      "gap_velocity": _masked_mean(jnp.sum(jnp.square(z[1:] - z[:-1]), -1), gap[1:]),
+      "shape_prior": losses.shape_prior(variables["betas"]),
+      "transl_smooth": jnp.mean(jnp.sum(jnp.square(second_difference(variables["transl"])),
+                                        -1)),
+      "orient_smooth": jnp.mean(jnp.sum(jnp.square(second_difference(variables["orient"])),
+                                        -1)),
+      "joint_smooth": jnp.mean(accel),
+      "gap_smooth": _masked_mean(accel, gap[1:-1]),
+      "depth": _masked_mean(jnp.square(log_depth - jnp.log(aux["depth_init"])), has),
+  }
+  return losses.weighted_sum(terms, weights)
