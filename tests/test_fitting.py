@@ -307,9 +307,9 @@ def test_keypoints_equal_the_full_model_and_the_transform_form_with_gradients(se
 
 
 def test_subset_vertices_dense_skinning_equal_the_full_model_with_gradients(setup):
-  """`make_fit_body`'s subset: in part-group order (`sub_grouped`, the part term's reshape) and
-  skinned by the dense `[Vs, J]` product = the full model's vertices and the sparse `lbs.skin`
-  form, values and gradients."""
+  """`make_fit_body`'s subset: in part-group order (`sub_grouped`, the part term's reshape);
+  `pose_points` = the full model's vertices; the dense `[Vs, J]` skinning = the sparse
+  `lbs.skin`, values and gradients."""
   model, body = setup["model"], setup["body"]
   assert body.sub_grouped and body.sub_dense_weights is not None
   np.testing.assert_array_equal(np.asarray(body.sub_groups).ravel(),
@@ -318,26 +318,25 @@ def test_subset_vertices_dense_skinning_equal_the_full_model_with_gradients(setu
   np.testing.assert_array_equal(labels, np.asarray(body.sub_labels))
   assert np.all(np.diff(labels) >= 0)
   rng = np.random.default_rng(4)
-  dofs = jnp.asarray(rng.uniform(-0.6, 0.6, (2, len(_DOFS))), jnp.float32)
-  roots = jnp.asarray(np.stack([fitting_body.facing_camera_rotation(y) for y in (30, 210)]),
-                      jnp.float32)
-  betas = jnp.asarray(rng.normal(0, 1, (2, model.num_betas)), jnp.float32)
-  transl = jnp.asarray([[0.3, -0.1, 4.0], [0.0, 0.2, 3.0]], jnp.float32)
-  weights = jnp.asarray(rng.normal(size=(2, len(body.sub_index), 3)), jnp.float32)
+  dofs = jnp.asarray(rng.uniform(-0.6, 0.6, len(_DOFS)), jnp.float32)
+  root = jnp.asarray(fitting_body.facing_camera_rotation(30), jnp.float32)
+  betas = jnp.asarray(rng.normal(0, 1, model.num_betas), jnp.float32)
+  transl = jnp.asarray([0.3, -0.1, 4.0], jnp.float32)
+  verts = jax.jit(lambda *a: fitting_body.pose_points(body, *a).vertices)(dofs, root, betas,
+                                                                          transl)
+  full = body_lib.forward(model, setup["decoder"](dofs, root), betas, transl).vertices
+  np.testing.assert_allclose(verts, full[np.asarray(body.sub_index)], rtol=1e-5, atol=1e-5)
+  rest = jnp.asarray(rng.normal(size=(len(body.sub_index), 3)), jnp.float32)
+  transforms = jnp.asarray(rng.normal(size=(model.num_joints, 3, 4)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=rest.shape), jnp.float32)
 
-  def vertices_and_grads(b):
-    fn = jax.vmap(lambda *a: fitting_body.pose_points(b, *a).vertices)
-    loss = lambda *a: (jnp.sum(weights * fn(*a)), fn(*a))
-    (_, verts), grads = jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3), has_aux=True))(
-        dofs, roots, betas, transl)
-    return verts, grads
+  def value_and_grads(b):
+    loss = lambda v, t: jnp.sum(weights * fitting_body.skin_subset(b, v, t))
+    return jax.jit(jax.value_and_grad(loss, (0, 1)))(rest, transforms)
 
-  (v_dense, g_dense), (v_sparse, g_sparse) = map(
-      vertices_and_grads, (body, body.replace(sub_dense_weights=None)))
-  full = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
-      model, jax.jit(jax.vmap(setup["decoder"]))(dofs, roots), betas, transl).vertices
-  np.testing.assert_allclose(v_dense, full[:, np.asarray(body.sub_index)], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(v_dense, v_sparse, rtol=1e-5, atol=1e-5)
+  (dense, g_dense), (sparse, g_sparse) = map(
+      value_and_grads, (body, body.replace(sub_dense_weights=None)))
+  np.testing.assert_allclose(dense, sparse, rtol=1e-5)
   for got, want in zip(g_dense, g_sparse):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 

@@ -169,14 +169,19 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
     transforms = lbs.skinning_transforms(global_rot, global_pos, rest_joints)
     transforms = transforms.at[:, :, 3].add(transl)
     verts = body.sub_template + body.sub_shapedirs @ betas
-    if body.sub_dense_weights is None:
-      vertices = lbs.skin(verts, transforms, body.sub_skin_indices, body.sub_skin_weights)
-    else:  # Dots both ways (the sparse form's backward was ~1/3 of a parts step; profile).
-      blended = (body.sub_dense_weights @ transforms.reshape(-1, 12)).reshape(-1, 3, 4)
-      vertices = jnp.einsum("vab,vb->va", blended[..., :3], verts) + blended[..., 3]
+    vertices = skin_subset(body, verts, transforms)
   else:
     vertices = jnp.zeros((0, 3), keypoints.dtype)
   return PosedPoints(keypoints, global_pos + transl, vertices)
+
+
+def skin_subset(body: FitBody, verts: jax.Array, transforms: jax.Array) -> jax.Array:
+  """`[Vs, 3]` skinned subset vertices (`verts [Vs, 3]` shaped rest, `transforms [J, 3, 4]`)."""
+  if body.sub_dense_weights is None:
+    return lbs.skin(verts, transforms, body.sub_skin_indices, body.sub_skin_weights)
+  # Dots both ways (the sparse form's backward was ~1/3 of a parts step's extra; profile).
+  blended = (body.sub_dense_weights @ transforms.reshape(-1, 12)).reshape(-1, 3, 4)
+  return jnp.einsum("vab,vb->va", blended[..., :3], verts) + blended[..., 3]
 
 
 def _keypoints(body: FitBody, global_rot: jax.Array, global_pos: jax.Array, betas: jax.Array,
