@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import matmul_ceiling
 from benchmarks import realnvp_reference
 from flowpose import io_utils
 from flowpose.data import poses as pose_data
@@ -69,7 +70,6 @@ def _define_flags():
 
 TRAIN_BATCH = 512
 EVAL_BATCH = 4096
-CEILING_SIZE = 2048
 ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "XLA_FLAGS",
             "TF_ENABLE_ONEDNN_OPTS", "JAX_PLATFORMS")
@@ -203,19 +203,6 @@ def normflows_program(config, data: np.ndarray):
   return train_step, torch
 
 
-def matmul_ceiling(size: int = CEILING_SIZE, calls: int = 5) -> float:
-  """Best GFLOP/s of XLA's f32 `[size, size] @ [size, size]` over `calls` calls."""
-  a = jnp.ones((size, size), jnp.float32)
-  matmul = jax.jit(lambda a, b: a @ b)
-  matmul(a, a).block_until_ready()
-  best = float("inf")
-  for _ in range(calls):
-    start = time.perf_counter()
-    matmul(a, a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * size**3 / best / 1e9
-
-
 def thread_setup(torch) -> dict:
   """The BLAS/thread set-up of both sides (what decides their speed besides the code)."""
   cores = os.cpu_count()
@@ -277,7 +264,8 @@ def run(seconds: float, repeats: int = 3) -> dict:
   nf_train, torch = normflows_program(config, data)
   threads = os.cpu_count()
   torch.set_num_threads(threads)
-  ceiling = matmul_ceiling()
+  ceiling = matmul_ceiling.matmul_ceiling()
+  study = matmul_ceiling.ceiling_study(torch)
   rounds = []
   for _ in range(repeats):
     row = {}
@@ -320,6 +308,7 @@ def run(seconds: float, repeats: int = 3) -> dict:
       "gflop_per_call": gflops,
       "gflop_per_s": achieved,
       "matmul_ceiling_gflop_per_s": ceiling,
+      "matmul_ceiling_study": study,
       "fraction_of_ceiling": {k: v / ceiling for k, v in achieved.items()},
       "cores_busy": {side: _median([r[f"{side}_train"][1] for r in rounds])
                      for side in ("flowpose", "plain", "normflows")},

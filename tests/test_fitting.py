@@ -306,6 +306,41 @@ def test_keypoints_equal_the_full_model_and_the_transform_form_with_gradients(se
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
+def test_subset_vertices_dense_skinning_equal_the_full_model_with_gradients(setup):
+  """`make_fit_body`'s subset: in part-group order (`sub_grouped`, the part term's reshape);
+  `pose_points` = the full model's vertices; the dense `[Vs, J]` skinning = the sparse
+  `lbs.skin`, values and gradients."""
+  model, body = setup["model"], setup["body"]
+  assert body.sub_grouped and body.sub_dense_weights is not None
+  np.testing.assert_array_equal(np.asarray(body.sub_groups).ravel(),
+                                np.arange(len(body.sub_index)))
+  labels = np.asarray(model.part_labels)[np.asarray(body.sub_index)]
+  np.testing.assert_array_equal(labels, np.asarray(body.sub_labels))
+  assert np.all(np.diff(labels) >= 0)
+  rng = np.random.default_rng(4)
+  dofs = jnp.asarray(rng.uniform(-0.6, 0.6, len(_DOFS)), jnp.float32)
+  root = jnp.asarray(fitting_body.facing_camera_rotation(30), jnp.float32)
+  betas = jnp.asarray(rng.normal(0, 1, model.num_betas), jnp.float32)
+  transl = jnp.asarray([0.3, -0.1, 4.0], jnp.float32)
+  verts = jax.jit(lambda *a: fitting_body.pose_points(body, *a).vertices)(dofs, root, betas,
+                                                                          transl)
+  full = body_lib.forward(model, setup["decoder"](dofs, root), betas, transl).vertices
+  np.testing.assert_allclose(verts, full[np.asarray(body.sub_index)], rtol=1e-5, atol=1e-5)
+  rest = jnp.asarray(rng.normal(size=(len(body.sub_index), 3)), jnp.float32)
+  transforms = jnp.asarray(rng.normal(size=(model.num_joints, 3, 4)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=rest.shape), jnp.float32)
+
+  def value_and_grads(b):
+    loss = lambda v, t: jnp.sum(weights * fitting_body.skin_subset(b, v, t))
+    return jax.jit(jax.value_and_grad(loss, (0, 1)))(rest, transforms)
+
+  (dense, g_dense), (sparse, g_sparse) = map(
+      value_and_grads, (body, body.replace(sub_dense_weights=None)))
+  np.testing.assert_allclose(dense, sparse, rtol=1e-5)
+  for got, want in zip(g_dense, g_sparse):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
 def test_fit_programs_compile_without_ynn_fusions_on_cpu():
   # The fitter's stage runs without XLA:CPU's YNNPACK fusions (xla_options); same values.
   assert xla_options.cpu_small_op_options() == {xla_options.YNN_OPTION: ""}

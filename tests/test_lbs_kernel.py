@@ -408,3 +408,35 @@ def test_zbuffer_kernel_equals_the_numpy_rasterizer(cc0_model, size):
       raster.vertex_visibility(verts, faces, cam, (size, size + 7)))
   with pytest.raises(ValueError, match="face index"):
     kernel_raster.rasterize(uv, x_cam[:, 2], faces + len(verts), (8, 8), 0.01)
+
+
+def test_subset_visibility_kernel_equals_numpy_visibility(cc0_model):
+  """cpu_kernel.raster.subset_visibility = evidence vertex_visibility(...)[subset] exactly (the
+  fitter's part-term visibility): every vertex, on bodies inside, partly off and near the image
+  edge, with the z-buffer drawn only in the mesh's box."""
+  from flowpose.body.cpu_kernel import raster as kernel_raster  # pylint: disable=g-import-not-at-top
+  from flowpose.evidence import raster, views  # pylint: disable=g-import-not-at-top
+  from flowpose.geometry import camera  # pylint: disable=g-import-not-at-top
+  rot, betas, _ = inputs(cc0_model, 3, seed=9)
+  rot = rot.at[:, 0].set(jnp.asarray(np.diag([1.0, -1.0, -1.0]), jnp.float32))
+  faces = np.asarray(cc0_model.faces)
+  everything = np.arange(cc0_model.num_vertices)
+  hidden = 0
+  for b, transl in enumerate(([0.1, 0.2, 4.0], [1.2, 0.2, 3.0], [-0.4, -1.1, 2.5])):
+    verts = np.asarray(bm.forward(cc0_model, rot[b], betas[b], jnp.array(transl)).vertices)
+    cam = raster.PinholeCamera(np.eye(3), np.zeros(3), np.array([1000.0, 1010.0]),
+                               np.array([500.0, 480.0]))
+    want = raster.vertex_visibility(verts, faces, cam, (1000, 1007))
+    x_cam, uv = views.to_camera(verts, cam)
+    got = kernel_raster.subset_visibility(x_cam, uv, faces, (1000, 1007), cam.focal,
+                                          cam.principal_point, everything,
+                                          near=camera.MIN_DEPTH)
+    np.testing.assert_array_equal(got, want)
+    hidden += np.sum(~want)
+    sub = np.random.default_rng(b).choice(len(verts), 300, replace=False)
+    np.testing.assert_array_equal(kernel_raster.subset_visibility(
+        x_cam, uv, faces, (1000, 1007), cam.focal, cam.principal_point, sub), want[sub])
+  assert hidden > 3000  # Occluded and off-image vertices both occur.
+  with pytest.raises(ValueError, match="subset index"):
+    kernel_raster.subset_visibility(x_cam, uv, faces, (8, 8), cam.focal, cam.principal_point,
+                                    [len(verts)])

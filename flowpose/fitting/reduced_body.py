@@ -14,7 +14,7 @@ and `sum_v r_kv w_vj v_v` is linear in betas. So the keypoints need a
 The pose variable and its prior term come from `flowpose.prior.registry` (`PosePrior`).
 """
 
-from typing import Callable, NamedTuple, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import flax.struct
 import jax
@@ -50,6 +50,10 @@ class FitBody:
     sub_index: [Vs] the subset's vertex indices in the full mesh.
     sub_groups, sub_group_valid: [P, Mv] the subset grouped by part
       (`losses.part_groups.group_by_label`), for the part term.
+    sub_grouped: static; the subset comes in group order, every slot filled
+      (`sub_groups` = `arange(Vs).reshape(P, Mv)`): the part term reshapes, no gathers.
+    sub_dense_weights: [Vs, J] dense skinning weights of the subset (None: the sparse
+      `lbs.skin`); a few hundred vertices skin faster as one `[Vs, J] x [J, 12]` product.
     parents: static kinematic tree.
     num_parts: static number of part labels.
     pose_to_rotmats: static `(dofs [D], root_rotmat [3, 3]) -> [J, 3, 3]`
@@ -72,6 +76,8 @@ class FitBody:
   num_parts: int = flax.struct.field(pytree_node=False)
   pose_to_rotmats: Callable[..., jax.Array] = flax.struct.field(
       pytree_node=False)
+  sub_grouped: bool = flax.struct.field(pytree_node=False, default=False)
+  sub_dense_weights: Optional[jax.Array] = None
 
 
 def part_vertex_subset(part_labels: np.ndarray, per_part: int,
@@ -113,7 +119,10 @@ def make_fit_body(model: body_lib.BodyModel,
                            optimize=True)
   labels = np.asarray(model.part_labels)
   sub = part_vertex_subset(labels, vertices_per_part)
+  sub = sub[np.argsort(labels[sub], kind="stable")]  # Group order (by part, then index).
   groups = part_groups.group_by_label(labels[sub], None, len(model.part_names))
+  grouped = bool(groups.valid.all() and np.array_equal(groups.index.ravel(),
+                                                       np.arange(len(sub))))
   f32 = lambda x: jnp.asarray(x, jnp.float32)
   return FitBody(
       j_template=f32(j_template), j_shapedirs=f32(j_shapedirs),
@@ -126,7 +135,8 @@ def make_fit_body(model: body_lib.BodyModel,
       sub_index=jnp.asarray(sub, jnp.int32),
       sub_groups=jnp.asarray(groups.index),
       sub_group_valid=jnp.asarray(groups.valid), parents=tuple(model.parents),
-      num_parts=len(model.part_names), pose_to_rotmats=pose_to_rotmats)
+      num_parts=len(model.part_names), pose_to_rotmats=pose_to_rotmats,
+      sub_grouped=grouped, sub_dense_weights=f32(dense[sub]))
 
 
 class PosedPoints(NamedTuple):
@@ -159,10 +169,19 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
     transforms = lbs.skinning_transforms(global_rot, global_pos, rest_joints)
     transforms = transforms.at[:, :, 3].add(transl)
     verts = body.sub_template + body.sub_shapedirs @ betas
-    vertices = lbs.skin(verts, transforms, body.sub_skin_indices, body.sub_skin_weights)
+    vertices = skin_subset(body, verts, transforms)
   else:
     vertices = jnp.zeros((0, 3), keypoints.dtype)
   return PosedPoints(keypoints, global_pos + transl, vertices)
+
+
+def skin_subset(body: FitBody, verts: jax.Array, transforms: jax.Array) -> jax.Array:
+  """`[Vs, 3]` skinned subset vertices (`verts [Vs, 3]` shaped rest, `transforms [J, 3, 4]`)."""
+  if body.sub_dense_weights is None:
+    return lbs.skin(verts, transforms, body.sub_skin_indices, body.sub_skin_weights)
+  # Dots both ways (the sparse form's backward was ~1/3 of a parts step's extra; profile).
+  blended = (body.sub_dense_weights @ transforms.reshape(-1, 12)).reshape(-1, 3, 4)
+  return jnp.einsum("vab,vb->va", blended[..., :3], verts) + blended[..., 3]
 
 
 def _keypoints(body: FitBody, global_rot: jax.Array, global_pos: jax.Array, betas: jax.Array,

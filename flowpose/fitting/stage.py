@@ -60,7 +60,8 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
     terms["parts"], _ = part_groups.grouped_part_alignment_loss(
         camera.perspective_project(points.vertices, focal, pp), body.sub_groups,
         body.sub_group_valid, aux["visibility"], aux["part_pixels"], aux["part_groups"],
-        aux["part_group_valid"], sigma=part_sigma, scale=scale)
+        aux["part_group_valid"], sigma=part_sigma, scale=scale,
+        vertices_grouped=body.sub_grouped)
   else:
     terms["parts"] = jnp.zeros(())
   if has_mask:

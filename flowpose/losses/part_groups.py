@@ -104,6 +104,46 @@ def _part_means(values, weights):
   return jnp.sum(part_mean) / jnp.maximum(jnp.sum(present), 1), present
 
 
+def _masked_dist(verts, pixels, mask):
+  """`[P, Mp, Mv]` squared distances, `_FAR` where `mask` is False."""
+  dist_sq = jnp.sum(jnp.square(pixels[:, :, None] - verts[:, None]), -1)
+  return jnp.where(mask, dist_sq, _FAR)
+
+
+@jax.custom_vjp
+def _nearest_both(verts, pixels, mask):
+  """(pixel -> nearest vertex `[P, Mp]`, vertex -> nearest pixel `[P, Mv]`) squared distances.
+
+  The hard minima of `_nearest` in both directions from one distance tensor. The VJP is written
+  out: one pass over `[P, Mp, Mv]` weighting each pair by the cotangent of the minimum it attains,
+  then `d/dv sum_m w_mv |x_m - v|^2 = 2 sum_m w_mv (v - x_m)`; autodiff's min VJP
+  spent ~4 such passes (indicator, tie counts, divide, a transposed gather; profile of a parts
+  fit step, WORKSPACE.md issue 15). Equal gradients except at exact ties (autodiff splits the
+  cotangent among tied pairs; here each gets all of it). The pixels get no gradient (evidence).
+  """
+  masked = _masked_dist(verts, pixels, mask)
+  return jnp.min(masked, 2), jnp.min(masked, 1)
+
+
+def _nearest_both_fwd(verts, pixels, mask):
+  masked = _masked_dist(verts, pixels, mask)
+  pixel_min, vertex_min = jnp.min(masked, 2), jnp.min(masked, 1)
+  return (pixel_min, vertex_min), (verts, pixels, mask, masked, pixel_min, vertex_min)
+
+
+def _nearest_both_bwd(res, cotangents):
+  verts, pixels, mask, masked, pixel_min, vertex_min = res
+  g_pixel, g_vertex = cotangents
+  weight = jnp.where(mask, jnp.where(masked == pixel_min[:, :, None], g_pixel[:, :, None], 0.0) +
+                     jnp.where(masked == vertex_min[:, None, :], g_vertex[:, None, :], 0.0), 0.0)
+  # As autodiff rounds it: the differences first (no cancellation of v sum w - sum w x).
+  grad = 2 * jnp.sum(weight[..., None] * (verts[:, None] - pixels[:, :, None]), 1)
+  return grad, jnp.zeros_like(pixels), None
+
+
+_nearest_both.defvjp(_nearest_both_fwd, _nearest_both_bwd)
+
+
 def _nearest(dist_sq, mask, axis, temperature):
   """Hard or soft nearest distance along `axis` among `mask`ed entries."""
   masked = jnp.where(mask, dist_sq, _FAR)
@@ -125,6 +165,7 @@ def grouped_part_alignment_loss(
     sigma: float = 50.0,
     scale: float | jax.Array | None = None,
     temperature: float | None = None,
+    vertices_grouped: bool = False,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`parts.part_alignment_loss` with both point sets grouped by part.
 
@@ -132,6 +173,9 @@ def grouped_part_alignment_loss(
     projected_vertices: `[V, 2]` projected model vertices (pixels).
     vertex_groups, vertex_group_valid: `[P, Mv]` (`group_by_label` of the
       vertex labels).
+    vertices_grouped: static; True when the vertices already come in group order with every
+      slot filled (`vertex_groups` = `arange(V).reshape(P, Mv)`, all valid; the fitter's subset,
+      `make_fit_body`): a reshape replaces the gathers (and their scatter-add gradient).
     vertex_visibility: `[V]` weights in [0, 1] (gradient stopped).
     part_pixels: `[N, 2]` evidence pixels.
     pixel_groups, pixel_group_valid: `[P, Mp]` (`group_by_label` of the pixel
@@ -150,22 +194,29 @@ def grouped_part_alignment_loss(
   if scale is not None:
     projected_vertices = projected_vertices / scale
     part_pixels = part_pixels / scale
-  verts = projected_vertices[vertex_groups]  # [P, Mv, 2]
+  if vertices_grouped:
+    verts = projected_vertices.reshape(vertex_groups.shape + (2,))  # [P, Mv, 2]
+    visibility = visibility.reshape(vertex_groups.shape)
+  else:
+    verts = projected_vertices[vertex_groups]
+    visibility = visibility[vertex_groups]
   pixels = part_pixels[pixel_groups]  # [P, Mp, 2]
   v_ok, p_ok = vertex_group_valid, pixel_group_valid
-  dist_sq = jnp.sum(jnp.square(pixels[:, :, None] - verts[:, None]), -1)
   mask = p_ok[:, :, None] & v_ok[:, None, :]  # [P, Mp, Mv]
+  if temperature is None:
+    nearest_pixel, nearest_vertex = _nearest_both(verts, pixels, mask)
+  else:
+    dist_sq = jnp.sum(jnp.square(pixels[:, :, None] - verts[:, None]), -1)
+    nearest_pixel = _nearest(dist_sq, mask, 2, temperature)
+    nearest_vertex = _nearest(dist_sq, mask, 1, temperature)
   pixel_matched = p_ok & jnp.any(v_ok, -1, keepdims=True)
-  pixel_dist = jnp.where(pixel_matched, _nearest(dist_sq, mask, 2,
-                                                 temperature), 0.0)
+  pixel_dist = jnp.where(pixel_matched, nearest_pixel, 0.0)
   pixel_to_vertex, present_pv = _part_means(
       gmof(pixel_dist, sigma), pixel_matched.astype(pixel_dist.dtype))
   vertex_matched = v_ok & jnp.any(p_ok, -1, keepdims=True)
-  vertex_dist = jnp.where(vertex_matched, _nearest(dist_sq, mask, 1,
-                                                   temperature), 0.0)
+  vertex_dist = jnp.where(vertex_matched, nearest_vertex, 0.0)
   vertex_to_pixel, present_vp = _part_means(
-      gmof(vertex_dist, sigma),
-      jnp.where(vertex_matched, visibility[vertex_groups], 0.0))
+      gmof(vertex_dist, sigma), jnp.where(vertex_matched, visibility, 0.0))
   terms = {
       "part_pixel_to_vertex": pixel_to_vertex,
       "part_vertex_to_pixel": vertex_to_pixel,

@@ -95,11 +95,12 @@ def _ffi(target, out_shapes, *args):
 def fk_call(rotmats, betas, transl, parents, j_regressor, v_template,
             shapedirs):
   """The FK custom call on `N` bodies: `rotmats [N, J, 3, 3]`, `betas [N, S]`,
-  `transl [N, 3]`, `parents` int32 `[J]`; outputs as `lbs.posed_transforms`
+  `transl [N, 3]`, `parents` int32 `[J]`; outputs as `_posed_transforms_and_basis`
   with a leading `[N]`."""
   num, num_joints = rotmats.shape[:2]
+  num_basis = betas.shape[-1] + 1
   return _ffi(build.FK_TARGET, [(num, num_joints, 3, 4), (num, num_joints, 3),
-                                (num, num_joints, 3, 3)],
+                                (num, num_joints, 3, 3), (num, num_joints, 3, num_basis)],
               _f32(rotmats), _f32(betas), _f32(transl), parents,
               _f32(j_regressor), _f32(v_template), _f32(shapedirs))
 
@@ -128,15 +129,51 @@ def fk_transforms(parents: Tuple[int, ...], rotmats: jax.Array,
   if not use_kernel(impl):
     return reference(*args)
   parents_array = np.asarray(parents, np.int32)  # a constant, not a tracer
+  with_basis = functools.partial(_posed_transforms_and_basis, tuple(parents), fk_method)
   ref_batched = lambda r, b, t, _, *model: jax.vmap(
-      reference, (0, 0, 0, None, None, None))(r, b, t, *model)
+      with_basis, (0, 0, 0, None, None, None))(r, b, t, *model)
   op = _batched_op(fk_call, ref_batched, 3)
   kernel = lambda *a: _unbatched(op, a[:3], (parents_array,) + a[3:])
-  fk = jax.custom_vjp(lambda *a: jax.lax.platform_dependent(
-      *a, cpu=kernel, default=reference))
-  fk.defvjp(lambda *a: (fk(*a), a),
-            lambda a, cts: jax.vjp(reference, *a)[1](cts))
+  both = lambda *a: jax.lax.platform_dependent(*a, cpu=kernel, default=with_basis)
+  fk = jax.custom_vjp(lambda *a: both(*a)[:3])
+
+  def fk_fwd(*a):
+    outs = both(*a)
+    return outs[:3], (a, outs[3])
+
+  def fk_bwd(res, cts):
+    (rot, betas, transl, j_regressor, v_template, shapedirs), basis = res
+    # The FK from the rest joints in XLA; the betas cotangent from the kernel's joint basis
+    # (XLA's own `joint_basis` is a dense [J, V] @ [V, 3 S] product per call: ~5% of a
+    # B = 64 forward + backward; WORKSPACE.md issue 15). The model arrays' cotangents stay
+    # XLA's (dropped when nothing asks for them).
+    rest = basis[..., 0] + basis[..., 1:] @ betas
+    from_rest = functools.partial(_transforms_from_rest, tuple(parents), fk_method)
+    d_rot, d_rest, d_transl = jax.vjp(from_rest, rot, rest, transl)[1](cts)
+    d_betas = jnp.einsum("jcs,jc->s", basis[..., 1:], d_rest)
+    d_model = jax.vjp(lbs.joint_basis, j_regressor, v_template, shapedirs)[1](
+        (d_rest, d_rest[..., None] * betas))
+    return (d_rot, d_betas, d_transl) + tuple(d_model)
+
+  fk.defvjp(fk_fwd, fk_bwd)
   return fk(*args)
+
+
+def _transforms_from_rest(parents, fk_method, rotmats, rest_joints, transl):
+  """`lbs.posed_transforms` after its rest joints `[J, 3]`."""
+  global_rot, global_pos = lbs.forward_kinematics(parents, rotmats, rest_joints, fk_method)
+  transforms = lbs.skinning_transforms(global_rot, global_pos, rest_joints)
+  return transforms.at[:, :, 3].add(transl), global_pos + transl, global_rot
+
+
+def _posed_transforms_and_basis(parents, fk_method, rotmats, betas, transl, j_regressor,
+                                v_template, shapedirs):
+  """`lbs.posed_transforms` and the joint basis `[J, 3, S + 1]` (`[j_template | j_shapedirs]`,
+  the FK kernel's fourth output)."""
+  j_template, j_shapedirs = lbs.joint_basis(j_regressor, v_template, shapedirs)
+  rest = j_template + j_shapedirs @ betas
+  return _transforms_from_rest(parents, fk_method, rotmats, rest, transl) + (
+      jnp.concatenate([j_template[..., None], j_shapedirs], -1),)
 
 
 # ---------------------------------------------------------------------------

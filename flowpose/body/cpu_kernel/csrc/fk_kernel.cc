@@ -2,7 +2,8 @@
 // bodies, as an XLA FFI CPU custom call (see flowpose/body/cpu_kernel/ffi.py).
 // XLA runs the same maths as a dense [J, V] @ [V, 3 S] product per call (the
 // regressor is ~99% zeros: ~0.9 ms for cc0) and ~10 small per-tree-level
-// fusions (~5 ms at batch 512); this takes ~0.2 ms.
+// fusions (~5 ms at batch 512); this takes ~0.2 ms. It also returns the joint
+// basis [j_template | j_shapedirs] per body, the residual of the XLA backward.
 
 #include <cstdint>
 #include <cstring>
@@ -26,7 +27,8 @@ ffi::Error FkImpl(ffi::Buffer<ffi::F32> rotmats, ffi::Buffer<ffi::F32> betas,
                   ffi::Buffer<ffi::F32> shapedirs,
                   ffi::ResultBuffer<ffi::F32> transforms,
                   ffi::ResultBuffer<ffi::F32> joints,
-                  ffi::ResultBuffer<ffi::F32> joint_rotmats) {
+                  ffi::ResultBuffer<ffi::F32> joint_rotmats,
+                  ffi::ResultBuffer<ffi::F32> joint_basis) {
   const auto rd = rotmats.dimensions(), bd = betas.dimensions();
   const auto jd = j_regressor.dimensions();
   if (rd.size() != 4 || rd[2] != 3 || rd[3] != 3 || bd.size() != 2 ||
@@ -38,7 +40,8 @@ ffi::Error FkImpl(ffi::Buffer<ffi::F32> rotmats, ffi::Buffer<ffi::F32> betas,
       transl.element_count() != static_cast<size_t>(B * 3) ||
       parents.element_count() != static_cast<size_t>(J) ||
       v_template.element_count() != static_cast<size_t>(V * 3) ||
-      shapedirs.element_count() != static_cast<size_t>(V * 3 * S)) {
+      shapedirs.element_count() != static_cast<size_t>(V * 3 * S) ||
+      joint_basis->element_count() != static_cast<size_t>(B * J * 3 * (S + 1))) {
     return ffi::Error::InvalidArgument("flowpose_fk: inconsistent shapes");
   }
   const int32_t* par = parents.typed_data();
@@ -76,6 +79,12 @@ ffi::Error FkImpl(ffi::Buffer<ffi::F32> rotmats, ffi::Buffer<ffi::F32> betas,
     }
   }
   const std::vector<float> basis(acc.begin(), acc.end());
+  // Also out, per body (the backward's betas cotangent needs j_shapedirs; XLA
+  // would form it with the dense [J, V] @ [V, 3 S] product per call).
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(joint_basis->typed_data() + b * J * 3 * (S + 1), basis.data(),
+                basis.size() * sizeof(float));
+  }
   std::vector<float> rest(J * 3);
   const float* R = rotmats.typed_data();
   const float* bt = betas.typed_data();
@@ -143,6 +152,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlowposeFk, FkImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
