@@ -190,7 +190,7 @@ def part_term(ctx: regressor_body.RegressorContext, vertices2d: jax.Array,
                                              model.pixels_per_part)
     return losses.grouped_part_alignment_loss(
         v, ctx.body.sub_groups, ctx.body.sub_group_valid, vis, pix, groups, ok,
-        sigma=model.part_sigma, scale=s)[0]
+        sigma=model.part_sigma, scale=s, vertices_grouped=ctx.body.sub_grouped)[0]
   return jax.vmap(one)(vertices2d, visibility, batch["part_pixels"],
                        jnp.asarray(batch["part_labels"], jnp.int32),
                        jnp.asarray(batch["part_valid"], bool), scale)
