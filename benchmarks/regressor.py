@@ -16,9 +16,9 @@ default corruption (`render_data_config`).
 Methods (plus `untrained`: the network at initialisation, the mean body), all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
   <regime>       the network of DIR/<regime>
-  fit            the fitter alone (`flowpose.fitting.fit.fit`, `benchmark_fit_config`: keypoints, part
-                 pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam steps) with the
-                 same flow prior
+  fit            the fitter alone (`flowpose.fitting.fit.fit`, `benchmark_fit_config`: keypoints,
+                 part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam steps)
+                 with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`fit(..., initial=..., mask=...)`, `refine_config`: the fit's objective)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
@@ -171,11 +171,12 @@ def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
                           frames["part_pixels"], frames["part_labels"], frames["part_valid"])
 
 
-def mask_evidence(frames: dict, num_points: int = 384) -> fitting.MaskEvidence:
+def mask_evidence(frames: dict, num_points: int) -> fitting.MaskEvidence:
   """The frames' (corrupted) person masks as the fitter's silhouette evidence: `num_points`
   pixels sampled per mask (seeded by the frame's index, so every run samples the same)."""
   from flowpose import losses  # pylint: disable=g-import-not-at-top
-  samples = [losses.sample_mask_pixels(m > 0, num_points, i) for i, m in enumerate(frames["mask"])]
+  samples = [losses.sample_mask_pixels(m > 0, num_points, i)
+             for i, m in enumerate(frames["mask"])]
   return fitting.MaskEvidence(np.stack([p for p, _ in samples]),
                               np.stack([v for _, v in samples]))
 
@@ -194,8 +195,8 @@ def benchmark_fit_config() -> ml_collections.ConfigDict:
 
 
 def refine_config(steps: int) -> ml_collections.ConfigDict:
-  """weak_refined's config: `benchmark_fit_config`'s objective in one Adam stage of `steps` over every
-  variable, from the network's output (restart 0) beside a yaw-0 restart, the best kept."""
+  """weak_refined's config: `benchmark_fit_config`'s objective in one Adam stage of `steps` over
+  every variable, from the network's output (restart 0) beside a yaw-0 restart, the best kept."""
   config = benchmark_fit_config()
   config.restart_yaws_deg = (0.0,)
   config.stages = [dict(name="refine", steps=steps, lr=0.02,
@@ -320,7 +321,8 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   # Fitting alone, with the runs' flow prior, on the same evidence (crop frame).
   evidence = _evidence(frames, context.resolution)
   image_size = (context.resolution, context.resolution)
-  config_fit, mask = benchmark_fit_config(), mask_evidence(frames)
+  config_fit = benchmark_fit_config()
+  mask = mask_evidence(frames, config_fit.num_mask_pixels)
   fitting.fit(config_fit, context.model, context.body, context.prior,
               jax.tree.map(lambda x: x[:batch_size], evidence), image_size,
               mask=jax.tree.map(lambda x: x[:batch_size], mask))  # Compile.

@@ -44,8 +44,8 @@ from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 
 LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
-              "gap_prior", "gap_velocity", "shape_prior", "transl_smooth", "orient_smooth", "joint_smooth",
-              "gap_smooth", "depth")
+              "gap_prior", "gap_velocity", "shape_prior", "transl_smooth", "orient_smooth",
+              "joint_smooth", "gap_smooth", "depth")
 
 
 def second_difference(x):
@@ -99,7 +99,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
   zero = jnp.zeros((), jnp.float32)
   dyn = zero if "dynamics" in skip else motion_cost(z)
   dyn_back = zero if "dynamics_backward" in skip else motion_cost(z[::-1])
-  chart_dyn = jnp.float32(0.0) if chart_residual is None else jnp.mean(
+  chart_dyn = zero if chart_residual is None else jnp.mean(
       chart_residual_lib.neg2_log_prob(chart_residual, dofs, chart_residual.mean,
                                        chart_residual.precision))
   penalty = jax.vmap(space.penalty, (None, 0))(prior_params, z)

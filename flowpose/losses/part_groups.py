@@ -121,8 +121,7 @@ def _nearest_both(verts, pixels, mask):
   fit step, WORKSPACE.md issue 15). Equal gradients except at exact ties (autodiff splits the
   cotangent among tied pairs; here each gets all of it). The pixels get no gradient (evidence).
   """
-  masked = _masked_dist(verts, pixels, mask)
-  return jnp.min(masked, 2), jnp.min(masked, 1)
+  return _nearest_both_fwd(verts, pixels, mask)[0]
 
 
 def _nearest_both_fwd(verts, pixels, mask):
