@@ -311,6 +311,31 @@ def test_labelled_per_batch_puts_that_share_of_labels_in_every_batch(data_config
     evidence.train_dataset(config, 0, 1, 8, seed=3)
 
 
+def test_augmented_training_batches_flip_some_examples_resumably(data_config):
+  """augment_flip_prob: the same examples, some mirrored (labels with them), resumable."""
+  config = data_config.copy_and_resolve_references()
+  config.augment_flip_prob = 0.5
+  plain = _batches(evidence.train_dataset(data_config, 0, 1, 8, seed=3), 3)
+  full = _batches(evidence.train_dataset(config, 0, 1, 8, seed=3), 3)
+  resumed = _batches(evidence.train_dataset(config, 0, 1, 8, seed=3, start_step=1), 2)
+  for a, b in zip(full[1:], resumed):
+    _assert_same(a, b)
+  flipped = unchanged = 0
+  for a, b in zip(plain, full):
+    np.testing.assert_array_equal(a["frame"], b["frame"])
+    for i in range(8):
+      if np.array_equal(a["root_rotmat"][i], b["root_rotmat"][i]):
+        unchanged += 1
+        np.testing.assert_array_equal(a["pose_dofs"][i], b["pose_dofs"][i])
+      else:
+        flipped += 1
+        np.testing.assert_allclose(b["joints3d"][i][:, 0], -a["joints3d"][i][[0, 2, 1, 4, 3, 6,
+                                   5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15], 0], atol=1e-5)
+  assert flipped and unchanged
+  with pytest.raises(ValueError, match="augment_roll_deg"):
+    evidence.validate(ml_collections.ConfigDict({**config.to_dict(), "augment_roll_deg": -1.0}))
+
+
 def test_eval_batches_are_fixed_and_padded(data_config, stored):
   one = _batches(evidence.eval_dataset(data_config, "test", 8), 100)
   two = _batches(evidence.eval_dataset(data_config, "test", 8), 100)

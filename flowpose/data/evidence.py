@@ -37,6 +37,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from flowpose.data import evidence_augment
 from flowpose.data import evidence_corruption
 from flowpose.data import poses
 from flowpose.data.tfds.cmu_mocap import splits as splits_lib
@@ -50,11 +51,14 @@ DATA_DEFAULTS = dict(
     keypoint_noise_px=1.5, keypoint_drop_prob=0.1, keypoint_swap_prob=0.05,
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
     morph_boundary_fraction=0.5,
-    mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0)
+    mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0,
+    augment_flip_prob=0.0, augment_roll_deg=0.0)
 _FRACTIONS = ("labelled_fraction", "labelled_per_batch", "keypoint_drop_prob",
               "keypoint_swap_prob", "confidence_floor", "part_morph_prob", "mask_morph_prob",
-              "morph_boundary_fraction", "mask_hole_prob")
+              "morph_boundary_fraction", "mask_hole_prob", "augment_flip_prob")
 _HASH_BUCKETS = 2**30
+# Folded into a batch's seed for its augmentation draws (apart from the corruption's).
+_AUGMENT_STREAM = 0x417567
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -74,7 +78,9 @@ def default_config() -> ml_collections.ConfigDict:
   at the crop, `keypoint_drop_prob`, `keypoint_swap_prob`, `confidence_floor`,
   `part_morph_prob`, `mask_morph_prob`, `morph_max_px`, `morph_boundary_fraction`,
   `mask_hole_prob`, `mask_max_holes`,
-  `mask_hole_size` (min, max) fraction of R); `eval_seed` (evaluation corruption).
+  `mask_hole_size` (min, max) fraction of R); `eval_seed` (evaluation corruption);
+  `augment_flip_prob`, `augment_roll_deg` (training only, before the corruption: the
+  label-exact left-right flip and in-plane rotation of `flowpose.data.evidence_augment`).
   """
   config = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
   config.manual_dir = os.environ.get("FLOWPOSE_CMU_DIR", "")
@@ -106,8 +112,9 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
     # A field newer than a saved run's config (e.g. labelled_per_batch) reads as its default.
     if not 0.0 <= float(data_config.get(field, DATA_DEFAULTS[field])) <= 1.0:
       fail(field, "a number in [0, 1]")
-  if float(data_config.keypoint_noise_px) < 0:
-    fail("keypoint_noise_px", "a number >= 0")
+  for field in ("keypoint_noise_px", "augment_roll_deg"):
+    if float(data_config.get(field, DATA_DEFAULTS[field])) < 0:
+      fail(field, "a number >= 0")
   lo, hi = data_config.mask_hole_size
   if not 0.0 <= lo <= hi <= 1.0:
     fail("mask_hole_size", "(min, max) with 0 <= min <= max <= 1")
@@ -222,10 +229,20 @@ def examples(data_config: ml_collections.ConfigDict, split: str, process_index: 
   return _with_labels(tf, ds, data_config.labelled_fraction), num
 
 
-def _corrupt(tf, data_config, base_seed: int):
-  """`(batch, index) -> corrupted batch` with the stateless seed (base_seed, index)."""
+def _corrupt(tf, data_config, base_seed: int, augment: bool = False):
+  """`(batch, index) -> corrupted batch` with the stateless seed (base_seed, index); `augment`:
+  first the geometric augmentation (training, if the config asks), from a seed folded off it."""
+  augment = augment and evidence_augment.enabled(data_config)
+  if augment:
+    from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
+    root_basis = evidence_augment.root_joint_basis(assets.load_cc0_model())
+
   def fn(batch, index):
     seed = tf.stack([tf.constant(base_seed, tf.int64), tf.cast(index, tf.int64)])
+    if augment:
+      batch = evidence_augment.augment_batch(
+          batch, tf.random.experimental.stateless_fold_in(seed, _AUGMENT_STREAM), data_config,
+          root_basis)
     return detector_fields(evidence_corruption.corrupt_batch(batch, seed, data_config))
   return tf.autograph.experimental.do_not_convert(fn)
 
@@ -277,7 +294,7 @@ def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
   steps = tf.data.Dataset.range(int(start_step), 2**62)
   # The corruption seed is (process seed, step): a resumed run redraws the same corruption.
   stream = tf.data.Dataset.zip((stream, steps)).map(
-      _corrupt(tf, data_config, process_seed & 0x7FFFFFFFFFFFFFFF),
+      _corrupt(tf, data_config, process_seed & 0x7FFFFFFFFFFFFFFF, augment=True),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return stream.prefetch(tf.data.AUTOTUNE)
 
