@@ -64,6 +64,7 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # one; 300 loses 5-9 mm); the 3D least acceleration and the static prior in gaps lost.
   c.loss_weights = dict(keypoints=1e4, dynamics=0.25, dynamics_backward=0.25,
                         chart_dynamics=0.0, pose_prior=0.05, gap_prior=0.0, gap_velocity=30.0,
+                        open_gap_velocity=0.0,
                         shape_prior=0.05, transl_smooth=1e4, orient_smooth=1e2,
                         joint_smooth=1e2, gap_smooth=0.0, depth=1.0)
   c.stages = [
@@ -205,6 +206,15 @@ def _decode_result(body, prior_params, variables, focal, principal_point, *, spa
   return dofs, rotmats, points, kp2d
 
 
+def open_gap_frames(frame_valid: np.ndarray) -> np.ndarray:
+  """[..., T] bool: frames without evidence that have no frame with evidence before them or
+  none after them (a gap open at the window's start or end; `frame_valid [..., T]`)."""
+  valid = np.asarray(frame_valid, bool)
+  before = np.cumsum(valid, -1) > 0
+  after = np.flip(np.cumsum(np.flip(valid, -1), -1), -1) > 0
+  return ~valid & ~(before & after)
+
+
 def _fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """[T, C] with rows where `valid` is False linearly interpolated (held at the ends)."""
   if not valid.any():
@@ -310,6 +320,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
          "frame_valid": reps(frame_valid),
          "prior_frames": reps(frame_valid if config.pose_prior_frames == "evidence" else
                               np.ones_like(frame_valid)),
+         "open_gap": reps(open_gap_frames(frame_valid)),
          "depth_init": jnp.concatenate([d for _, d in inits])}
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0
