@@ -148,6 +148,7 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   # The hold: only the steps out of the leading gap (0, 1) and into and inside the trailing one
   # (7, 8), (8, 9).
   np.testing.assert_allclose(terms["open_gap_velocity"], step[[0, 7, 8]].mean(), rtol=1e-5)
+  np.testing.assert_allclose(terms["open_gap_prior"], penalty[[0, 8, 9]].mean(), rtol=1e-5)
   joints = np.asarray(joints, np.float64)
   accel = np.square(joints[2:] - 2 * joints[1:-1] + joints[:-2]).sum(-1).mean(-1)
   np.testing.assert_allclose(terms["gap_smooth"], accel[~valid[1:-1]].mean(), rtol=1e-4)

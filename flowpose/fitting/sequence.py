@@ -64,7 +64,7 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # one; 300 loses 5-9 mm); the 3D least acceleration and the static prior in gaps lost.
   c.loss_weights = dict(keypoints=1e4, dynamics=0.25, dynamics_backward=0.25,
                         chart_dynamics=0.0, pose_prior=0.05, gap_prior=0.0, gap_velocity=30.0,
-                        open_gap_velocity=0.0,
+                        open_gap_velocity=0.0, open_gap_prior=0.0,
                         shape_prior=0.05, transl_smooth=1e4, orient_smooth=1e2,
                         joint_smooth=1e2, gap_smooth=0.0, depth=1.0)
   c.stages = [

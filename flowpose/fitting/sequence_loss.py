@@ -27,6 +27,8 @@ Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them 
                  without evidence before or after them, a gap touching the window's start or
                  end): nothing pulls such a gap back, so the motion models extrapolate; this
                  holds the last (first) pose there, what the per-frame baseline does
+  open_gap_prior the static prior over the open gaps' frames only: the longer nothing is seen,
+                 the nearer the mean pose (the least expected error when the pose is unknown)
   shape_prior    ||betas||^2
   transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
   joint_smooth   mean_t,j ||second difference of the camera-frame joints||^2 (metres^2): the
@@ -48,8 +50,8 @@ from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 
 LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
-              "gap_prior", "gap_velocity", "open_gap_velocity", "shape_prior", "transl_smooth",
-              "orient_smooth", "joint_smooth", "gap_smooth", "depth")
+              "gap_prior", "gap_velocity", "open_gap_velocity", "open_gap_prior", "shape_prior",
+              "transl_smooth", "orient_smooth", "joint_smooth", "gap_smooth", "depth")
 
 
 def second_difference(x):
@@ -123,6 +125,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
       # first frame with evidence, a trailing gap's first step leaves its last one.
       "open_gap_velocity": _masked_mean(step, jnp.maximum(aux["open_gap"][1:],
                                                           aux["open_gap"][:-1])),
+      "open_gap_prior": _masked_mean(penalty, aux["open_gap"]),
       "shape_prior": losses.shape_prior(variables["betas"]),
       "transl_smooth": jnp.mean(jnp.sum(jnp.square(second_difference(variables["transl"])),
                                         -1)),
