@@ -115,6 +115,9 @@ VARIANTS.update({f"s7_open{w:g}": ({**S7[0], "open_gap_velocity": w}, S7[1], S7[
                  for w in (30.0, 300.0, 3000.0, 30000.0)})
 VARIANTS.update({f"s7_openprior{w:g}": ({**S7[0], "open_gap_prior": w}, S7[1], S7[2])
                  for w in (0.05, 0.2, 1.0, 5.0)})
+VARIANTS.update({f"s7_openprior{w:g}_support{n}": (
+    {**S7[0], "open_gap_prior": w}, S7[1], {**S7[2], "open_gap_support": n})
+                 for w in (0.05, 0.2) for n in (2, 3)})
 # Speed: fewer warm-stage steps at a higher rate (the step is compute-bound in the flow decode).
 VARIANTS.update({f"s7_steps{n}_lr{lr:g}": (S7[0], {"steps": n, "lr": lr}, S7[2])
                  for n, lr in ((100, 0.05), (100, 0.075), (50, 0.1), (75, 0.075))})

@@ -164,6 +164,9 @@ def test_open_gaps_are_the_gaps_touching_a_window_end():
                     [0, 0, 0, 0, 0, 0, 0, 1]], bool)
   np.testing.assert_array_equal(sequence.open_gap_frames(valid), [
       [1, 1, 0, 0, 0, 0, 1, 1], [0] * 8, [1, 1, 1, 1, 1, 1, 1, 0]])
+  # Support 3: a gap with only 1-2 frames of evidence beyond it is open too.
+  np.testing.assert_array_equal(sequence.open_gap_frames(valid, 3), [
+      [1, 1, 0, 1, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])
 
 
 def _jittered_windows(dofs):

@@ -88,6 +88,8 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # gone; x1.4: PA 101.7 -> 96.3, occluded 112.0 -> 105.9; seed 0 within +-1 mm PA).
   c.max_hypotheses = 1  # sequence_init: warm starts per window (1: the longest chain only).
   c.keyframe_stride = 4  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
+  # The `open_gap_*` terms' gaps: fewer than this many frames with evidence on one side.
+  c.open_gap_support = 1
   return c
 
 
@@ -99,7 +101,7 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
     bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
   if config.get("pose_prior_frames", "all") not in ("all", "evidence"):
     bad("pose_prior_frames", "'all' or 'evidence'", config.pose_prior_frames)
-  for field in ("max_hypotheses", "keyframe_stride"):
+  for field in ("max_hypotheses", "keyframe_stride", "open_gap_support"):
     if not isinstance(config.get(field, 1), int) or config.get(field, 1) < 1:
       bad(field, "an int >= 1", config.get(field))
   if not config.restart_yaws_deg:
@@ -206,12 +208,14 @@ def _decode_result(body, prior_params, variables, focal, principal_point, *, spa
   return dofs, rotmats, points, kp2d
 
 
-def open_gap_frames(frame_valid: np.ndarray) -> np.ndarray:
-  """[..., T] bool: frames without evidence that have no frame with evidence before them or
-  none after them (a gap open at the window's start or end; `frame_valid [..., T]`)."""
+def open_gap_frames(frame_valid: np.ndarray, support: int = 1) -> np.ndarray:
+  """[..., T] bool: frames without evidence that have fewer than `support` frames with
+  evidence before them or after them (`frame_valid [..., T]`). `support` 1: the gaps open at
+  the window's start or end; 3: also those with one or two frames of evidence beyond them
+  (too few for the second-order motion model to read a velocity from that side)."""
   valid = np.asarray(frame_valid, bool)
-  before = np.cumsum(valid, -1) > 0
-  after = np.flip(np.cumsum(np.flip(valid, -1), -1), -1) > 0
+  before = np.cumsum(valid, -1) >= support
+  after = np.flip(np.cumsum(np.flip(valid, -1), -1), -1) >= support
   return ~valid & ~(before & after)
 
 
@@ -320,7 +324,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
          "frame_valid": reps(frame_valid),
          "prior_frames": reps(frame_valid if config.pose_prior_frames == "evidence" else
                               np.ones_like(frame_valid)),
-         "open_gap": reps(open_gap_frames(frame_valid)),
+         "open_gap": reps(open_gap_frames(frame_valid, int(config.get("open_gap_support", 1)))),
          "depth_init": jnp.concatenate([d for _, d in inits])}
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0
