@@ -107,8 +107,8 @@ VARIANTS["chosen_key4_hyp1"] = (CHOSEN, {}, {"pose_prior_frames": "evidence",
                                              "keyframe_stride": 4, "max_hypotheses": 1})
 # Session 8: a hold on gaps open at a window's start or end (`open_gap_velocity`; tuned with
 # `--occlusion_at=end|start` as well as `random`, where it is 0 by construction) over
-# session 7's default (`S7`).
-S7 = ({**SYM, "gap_velocity": 30.0}, {}, {"pose_prior_frames": "evidence", "keyframe_stride": 4,
+# session 7's default (`S7`; today's default is `s7_openprior0.2`).
+S7 = ({**SYM, "gap_velocity": 30.0, "open_gap_prior": 0.0}, {}, {"pose_prior_frames": "evidence", "keyframe_stride": 4,
                                           "max_hypotheses": 1})
 VARIANTS["s7_default"] = S7
 VARIANTS.update({f"s7_open{w:g}": ({**S7[0], "open_gap_velocity": w}, S7[1], S7[2])
