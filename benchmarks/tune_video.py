@@ -30,7 +30,7 @@ from flowpose.models import dynamics_io
 # `chart_dynamics` (constant velocity in the pose chart, `models.chart_residual`) alone or
 # with the latent model, and smoothed warm starts.
 # Every variant is an override of session 5's config (`SESSION5`: the rows of
-# results/video/tune_val_s6.json were measured so); "chosen" is today's default.
+# results/video/tune_val_s6.json were measured so); "chosen" was session 6's default.
 SESSION5 = ({"dynamics": 0.2, "joint_smooth": 0.0}, {"pose_prior_frames": "all"})
 VARIANTS = {
     "default": ({}, {}),
@@ -105,11 +105,12 @@ VARIANTS.update({
                                       "max_hypotheses": 1}) for w in (0.3, 1.0, 3.0, 30.0, 300.0)})
 VARIANTS["chosen_key4_hyp1"] = (CHOSEN, {}, {"pose_prior_frames": "evidence",
                                              "keyframe_stride": 4, "max_hypotheses": 1})
-# Session 8: a hold on gaps open at a window's start or end (`open_gap_velocity`; tuned with
-# `--occlusion_at=end|start` as well as `random`, where it is 0 by construction) over
-# session 7's default (`S7`; today's default is `s7_openprior0.2`).
-S7 = ({**SYM, "gap_velocity": 30.0, "open_gap_prior": 0.0}, {}, {"pose_prior_frames": "evidence", "keyframe_stride": 4,
-                                          "max_hypotheses": 1})
+# Session 8: on gaps open at a window's end (`--occlusion_at=end`; with `random` the gap has
+# evidence on both sides, so these terms are 0 unless `open_gap_support` > 1), a hold
+# (`open_gap_velocity`) or the static prior (`open_gap_prior`) over session 7's default
+# (`S7`; today's default is `s7_openprior0.2`); fewer warm steps (speed).
+S7 = ({**SYM, "gap_velocity": 30.0, "open_gap_prior": 0.0}, {},
+      {"pose_prior_frames": "evidence", "keyframe_stride": 4, "max_hypotheses": 1})
 VARIANTS["s7_default"] = S7
 VARIANTS.update({f"s7_open{w:g}": ({**S7[0], "open_gap_velocity": w}, S7[1], S7[2])
                  for w in (30.0, 300.0, 3000.0, 30000.0)})
