@@ -9,7 +9,9 @@ clips of one CMU subject split: tune on `validation`, report on `test`), the cli
 motion turned by a random yaw, a random body shape (betas ~ N(0, 0.5^2)), one random static
 pinhole camera at 3-6 m looking at the window's mean pelvis (focal 1000 px +-10%, 1000 x 1000),
 3 px Gaussian keypoint noise, 20% of keypoints dropped, and one full occlusion of 0.5 s
-(15 frames: no keypoint at all) at a random place in the window.
+(15 frames: no keypoint at all) at a random place inside the window (`--occlusion_at=random`:
+at least one frame with evidence on either side), or touching its first (`start`) or last
+(`end`) frame: a gap with evidence on one side only, where a fit must extrapolate.
 
 Fitted three ways:
   per_frame  `flowpose.fitting.fit` frame by frame (flow prior, the per-frame benchmark's stages
@@ -63,12 +65,28 @@ from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
 OCCLUSION_FRAMES = 15  # 0.5 s at 30 fps.
+OCCLUSION_AT = ("random", "start", "end")
 SAVGOL = (9, 2)        # Savitzky-Golay window length and polynomial order.
 METHODS = ("per_frame", "smoothed", "dynamics")
 
 
-def make_windows(model, windows, scene, rng):
+def occlusion_mask(num: int, frames: int, occlusion_at: str, rng) -> np.ndarray:
+  """[num, frames] bool: one run of `OCCLUSION_FRAMES` (at most frames - 2) per window, placed
+  as `occlusion_at` says (module docstring); one draw per window whatever the placement."""
+  occluded = np.zeros((num, frames), bool)
+  length = min(OCCLUSION_FRAMES, frames - 2)
+  for w in range(num):
+    start = rng.integers(1, frames - length) if frames - length > 1 else 0
+    start = {"random": start, "start": 0, "end": frames - length}[occlusion_at]
+    occluded[w, start:start + length] = True
+  return occluded
+
+
+def make_windows(model, windows, scene, rng, occlusion_at="random"):
   """Ground truth (camera frame) and 2D evidence of every window.
+
+  `occlusion_at`: where the occlusion lies (`OCCLUSION_AT`, module docstring); the random draws
+  are the same for every choice (one scene, only the gap moved).
 
   Returns:
     dict of joints [W, T, J, 3], keypoints [W, T, K, 2], confidence [W, T, K], occluded [W, T],
@@ -106,11 +124,7 @@ def make_windows(model, windows, scene, rng):
   kp = kp + rng.normal(0, scene.noise_px, kp.shape)
   conf = (rng.uniform(size=kp.shape[:3]) >= scene.occlusion_prob).astype(np.float32)
   conf *= np.all((kp >= 0) & (kp < scene.image_size), -1)
-  occluded = np.zeros((num, frames), bool)
-  length = min(OCCLUSION_FRAMES, frames - 2)
-  for w in range(num):
-    start = rng.integers(1, frames - length) if frames - length > 1 else 0
-    occluded[w, start:start + length] = True
+  occluded = occlusion_mask(num, frames, occlusion_at, rng)
   conf[occluded] = 0.0
   return dict(joints=joints.astype(np.float32), keypoints=kp.astype(np.float32),
               confidence=conf, occluded=occluded, focal=focal2, centre=centre)
@@ -151,11 +165,15 @@ def scores(pred, gt_joints, occluded) -> dict:
 
 
 def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
-            split="all", runlocal=False, chart_residual="", fps=30.0, pose_scale=1.0):
+            split="all", runlocal=False, chart_residual="", fps=30.0, pose_scale=1.0,
+            occlusion_at="random"):
   """Loads everything and builds the synthetic windows; returns a dict of what `evaluate` needs."""
   if num_windows < 1 or window < 8:
     raise fit_mocap2d.BenchmarkInputError(
         f"--num_windows >= 1 and --window >= 8 expected, got {num_windows}, {window}")
+  if occlusion_at not in OCCLUSION_AT:
+    raise fit_mocap2d.BenchmarkInputError(
+        f"--occlusion_at: expected one of {OCCLUSION_AT}, got {occlusion_at!r}")
   base = fit_mocap2d_config.get_config("runlocal" if runlocal else "")
   try:
     prior = registry.load("flow", prior_workdir)
@@ -179,10 +197,10 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
                              clips=[windows.clips[i] for i in pick])
   model = assets.load_cc0_model()
   body = reduced_body.make_fit_body(model, fit_mocap2d.body_rotmats_fn)
-  gt = make_windows(model, windows, base.scene, rng)
+  gt = make_windows(model, windows, base.scene, rng, occlusion_at)
   logging.info("%d windows of %d frames from %s (%s)", len(pick), window, mocap_dir, split)
   return dict(base=base, prior=prior, flow=flow, dynamics=(dyn_model, dyn_params), windows=windows,
-              fps=fps, pose_scale=pose_scale,
+              fps=fps, pose_scale=pose_scale, occlusion_at=occlusion_at,
               model=model, body=body, gt=gt, split=split, mocap_dir=str(mocap_dir),
               prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
               chart_residual=residual,
@@ -236,6 +254,7 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
   num, length = gt["occluded"].shape
   report = {"num_windows": num, "window": length, "mocap_dir": setup["mocap_dir"],
             "split": setup["split"], "fps": setup["fps"], "pose_scale": setup["pose_scale"],
+            "occlusion_at": setup.get("occlusion_at", "random"),
             "prior_workdir": setup["prior_workdir"],
             "dynamics_workdir": setup["dynamics_workdir"],
             "chart_residual": setup.get("chart_residual_path"),
@@ -282,12 +301,13 @@ def picture(path, pred, gt, parents, window=0, every=3):
 
 def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
         split="all", runlocal=False, time_per_frame=True, chart_residual="", fps=30.0,
-        per_frame_yaws=None, seq_overrides=None):
+        per_frame_yaws=None, seq_overrides=None, pose_scale=1.0, occlusion_at="random"):
   """Runs the benchmark and writes `out` (JSON, atomically) and `out`.png; returns the report."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   setup = prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
                   mocap_dir=mocap_dir, num_windows=num_windows, window=window, seed=seed,
-                  split=split, runlocal=runlocal, chart_residual=chart_residual, fps=fps)
+                  split=split, runlocal=runlocal, chart_residual=chart_residual, fps=fps,
+                  pose_scale=pose_scale, occlusion_at=occlusion_at)
   if per_frame_yaws:  # Stage 1's restarts (its cost scales with their number).
     setup["base"].fit.restart_yaws_deg = tuple(float(y) for y in per_frame_yaws)
   seq_config = sequence.default_sequence_config()
@@ -333,6 +353,10 @@ def define_flags():
   flags.DEFINE_integer("max_hypotheses", None, "Warm starts per window (default: the config's).")
   flags.DEFINE_integer("sequence_steps", None, "Steps of the warm sequence stage (default: the "
                        "config's).")
+  flags.DEFINE_float("pose_scale", 1.0, "Joint angles scaled by this (> 1: off the pose prior, "
+                     "as unseen subjects are; tuning only).")
+  flags.DEFINE_enum("occlusion_at", "random", list(OCCLUSION_AT), "Where the 0.5 s occlusion "
+                    "lies: inside the window, or touching its start or end (extrapolation).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
 
 
@@ -345,6 +369,7 @@ def main(argv):
         mocap_dir=f.mocap_dir, num_windows=f.num_windows, window=f.window, seed=f.seed,
         split=f.split, runlocal=f.runlocal, time_per_frame=f.time_per_frame,
         chart_residual=f.chart_residual, fps=f.fps, per_frame_yaws=f.per_frame_yaws,
+        pose_scale=f.pose_scale, occlusion_at=f.occlusion_at,
         seq_overrides={k: getattr(f, k) for k in ("keyframe_stride", "max_hypotheses",
                                                    "sequence_steps")
                        if getattr(f, k) is not None})

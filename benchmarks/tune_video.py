@@ -30,7 +30,7 @@ from flowpose.models import dynamics_io
 # `chart_dynamics` (constant velocity in the pose chart, `models.chart_residual`) alone or
 # with the latent model, and smoothed warm starts.
 # Every variant is an override of session 5's config (`SESSION5`: the rows of
-# results/video/tune_val_s6.json were measured so); "chosen" is today's default.
+# results/video/tune_val_s6.json were measured so); "chosen" was session 6's default.
 SESSION5 = ({"dynamics": 0.2, "joint_smooth": 0.0}, {"pose_prior_frames": "all"})
 VARIANTS = {
     "default": ({}, {}),
@@ -105,6 +105,23 @@ VARIANTS.update({
                                       "max_hypotheses": 1}) for w in (0.3, 1.0, 3.0, 30.0, 300.0)})
 VARIANTS["chosen_key4_hyp1"] = (CHOSEN, {}, {"pose_prior_frames": "evidence",
                                              "keyframe_stride": 4, "max_hypotheses": 1})
+# Session 8: on gaps open at a window's end (`--occlusion_at=end`; with `random` the gap has
+# evidence on both sides, so these terms are 0 unless `open_gap_support` > 1), a hold
+# (`open_gap_velocity`) or the static prior (`open_gap_prior`) over session 7's default
+# (`S7`; today's default is `s7_openprior0.2`); fewer warm steps (speed).
+S7 = ({**SYM, "gap_velocity": 30.0, "open_gap_prior": 0.0}, {},
+      {"pose_prior_frames": "evidence", "keyframe_stride": 4, "max_hypotheses": 1})
+VARIANTS["s7_default"] = S7
+VARIANTS.update({f"s7_open{w:g}": ({**S7[0], "open_gap_velocity": w}, S7[1], S7[2])
+                 for w in (30.0, 300.0, 3000.0, 30000.0)})
+VARIANTS.update({f"s7_openprior{w:g}": ({**S7[0], "open_gap_prior": w}, S7[1], S7[2])
+                 for w in (0.05, 0.2, 1.0, 5.0)})
+VARIANTS.update({f"s7_openprior{w:g}_support{n}": (
+    {**S7[0], "open_gap_prior": w}, S7[1], {**S7[2], "open_gap_support": n})
+                 for w in (0.05, 0.2) for n in (2, 3)})
+# Speed: fewer warm-stage steps at a higher rate (the step is compute-bound in the flow decode).
+VARIANTS.update({f"s7_steps{n}_lr{lr:g}": (S7[0], {"steps": n, "lr": lr}, S7[2])
+                 for n, lr in ((100, 0.05), (100, 0.075), (50, 0.1), (75, 0.075))})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):
@@ -139,12 +156,14 @@ def _cached_frames(path, setup):
 
 
 def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows, seed=0,
-        variants=None, frames_cache="", chart_residual="", fps=30.0, pose_scale=1.0):
+        variants=None, frames_cache="", chart_residual="", fps=30.0, pose_scale=1.0,
+        occlusion_at="random"):
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   names = list(variants or VARIANTS)
   setup = fit_video.prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdirs[0],
                             mocap_dir=mocap_dir, num_windows=num_windows, seed=seed, split=split,
-                            chart_residual=chart_residual, fps=fps, pose_scale=pose_scale)
+                            chart_residual=chart_residual, fps=fps, pose_scale=pose_scale,
+                            occlusion_at=occlusion_at)
   frames, rows = _cached_frames(frames_cache, setup), []
   for workdir in dynamics_workdirs:
     try:
@@ -168,7 +187,7 @@ def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows,
                    row["occluded_pa_mpjpe_mm"]["smoothed"])
   text = json.dumps({"split": split, "mocap_dir": str(mocap_dir), "num_windows": num_windows,
                      "chart_residual": chart_residual, "fps": fps, "base": SESSION5,
-                     "pose_scale": pose_scale,
+                     "pose_scale": pose_scale, "occlusion_at": occlusion_at, "seed": seed,
                      "variants": {n: VARIANTS[n] for n in names}, "rows": rows}, indent=1)
   io_utils.atomic_write(out_path, text.encode())
   print(text)
@@ -187,7 +206,7 @@ def main(argv):
     run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdirs=f.dynamics_workdirs,
         mocap_dir=f.mocap_dir, split=f.split, num_windows=f.num_windows, seed=f.seed,
         variants=f.variants, frames_cache=f.frames_cache, chart_residual=f.chart_residual,
-        fps=f.fps, pose_scale=f.pose_scale)
+        fps=f.fps, pose_scale=f.pose_scale, occlusion_at=f.occlusion_at)
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"tune_video: {e}", file=sys.stderr)
     return 2
@@ -211,5 +230,7 @@ if __name__ == "__main__":
                      "faster motion, a held-out motion style).")
   flags.DEFINE_float("pose_scale", 1.0, "Joint angles scaled by this (> 1: a more extreme "
                      "motion style, off the pose prior as unseen subjects are).")
+  flags.DEFINE_enum("occlusion_at", "random", list(fit_video.OCCLUSION_AT), "Where the "
+                    "occlusion lies (`benchmarks.fit_video`): inside, or at the window's ends.")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
   app.run(main)

@@ -118,12 +118,16 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
       jax.vmap(prior.space.penalty, (None, 0))(prior.params, z)))(z))
   residual = chart_residual.fit("euler_free", np.asarray(_jittered_windows(dofs)))
   valid = np.arange(FRAMES) % 3 != 0
+  valid[-2:] = False  # Inner gaps 3, 6; open gaps: leading 0, trailing 8, 9.
   has = jnp.asarray(valid, jnp.float32)
+  open_gap = sequence.open_gap_frames(valid)
+  np.testing.assert_array_equal(np.flatnonzero(open_gap), [0, 8, 9])
   aux = {"keypoints": jnp.asarray(setup["kp"][0]),
          "confidence": jnp.ones(setup["kp"].shape[1:3]), "focal": jnp.asarray(setup["focal"][0]),
          "principal_point": jnp.asarray(setup["centre"][0]),
          "keypoint_mask": jnp.ones(setup["kp"].shape[2]), "frame_valid": has,
-         "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0)}
+         "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0),
+         "open_gap": jnp.asarray(open_gap, jnp.float32)}
   weights = {k: jnp.float32(1.0) for k in sequence.LOSS_TERMS}
   dyn, dyn_params = setup["dyn"], setup["dyn_params"]
   # One compile (cheaper than the eager, vmapped flow decode).
@@ -141,6 +145,10 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   np.testing.assert_allclose(terms["gap_prior"], penalty[~valid].mean(), rtol=1e-5)
   step = np.square(np.diff(np.asarray(z), axis=0)).sum(-1)
   np.testing.assert_allclose(terms["gap_velocity"], step[~valid[1:]].mean(), rtol=1e-5)
+  # The hold: only the steps out of the leading gap (0, 1) and into and inside the trailing one
+  # (7, 8), (8, 9).
+  np.testing.assert_allclose(terms["open_gap_velocity"], step[[0, 7, 8]].mean(), rtol=1e-5)
+  np.testing.assert_allclose(terms["open_gap_prior"], penalty[[0, 8, 9]].mean(), rtol=1e-5)
   joints = np.asarray(joints, np.float64)
   accel = np.square(joints[2:] - 2 * joints[1:-1] + joints[:-2]).sum(-1).mean(-1)
   np.testing.assert_allclose(terms["gap_smooth"], accel[~valid[1:-1]].mean(), rtol=1e-4)
@@ -150,8 +158,35 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   assert abs(float(terms["dynamics_backward"] - terms["dynamics"])) > 1e-3
 
 
+def test_open_gaps_are_the_gaps_touching_a_window_end():
+  valid = np.array([[0, 0, 1, 0, 1, 1, 0, 0],   # Leading and trailing gaps; one inner frame.
+                    [1, 0, 0, 1, 1, 1, 1, 1],   # Inner gap only: nothing open.
+                    [0, 0, 0, 0, 0, 0, 0, 1]], bool)
+  np.testing.assert_array_equal(sequence.open_gap_frames(valid), [
+      [1, 1, 0, 0, 0, 0, 1, 1], [0] * 8, [1, 1, 1, 1, 1, 1, 1, 0]])
+  # Support 3: a gap with only 1-2 frames of evidence beyond it is open too.
+  np.testing.assert_array_equal(sequence.open_gap_frames(valid, 3), [
+      [1, 1, 0, 1, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])
+
+
 def _jittered_windows(dofs):
   """[N, T, 50] windows around one decoded track (a residual to fit on)."""
   rng = np.random.default_rng(1)
   return dofs[None] + 0.05 * rng.standard_normal((16,) + dofs.shape)
 
+
+
+def test_benchmark_occlusion_placement():
+  from benchmarks import fit_mocap2d, fit_video  # pylint: disable=g-import-not-at-top
+  masks = {at: fit_video.occlusion_mask(64, 32, at, np.random.default_rng(0))
+           for at in fit_video.OCCLUSION_AT}
+  for at, mask in masks.items():  # One run of 15 frames per window.
+    assert np.all(mask.sum(1) == 15) and np.all(np.abs(np.diff(mask.astype(int), axis=1)).sum(1)
+                                                <= 2), at
+  # Inside: evidence on both sides; start/end: the gap is open at that end only.
+  assert not masks["random"][:, [0, -1]].any()
+  assert masks["start"][:, 0].all() and not masks["start"][:, -1].any()
+  assert masks["end"][:, -1].all() and not masks["end"][:, 0].any()
+  with pytest.raises(fit_mocap2d.BenchmarkInputError, match="--occlusion_at"):
+    fit_video.prepare(prior_workdir="p", dynamics_workdir="d", mocap_dir="m", num_windows=1,
+                      occlusion_at="middle")

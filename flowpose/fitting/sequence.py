@@ -62,8 +62,14 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # half backward (0.25 + 0.25) beat forward 0.5 on 3 of 4 (x1.4 PA -0.8 / -2.5 mm); with the
   # keyframes below, gap_velocity 30: occluded PA -1.3 / -1.2 / -1.4 mm on 3 of 4 (+0.7 on
   # one; 300 loses 5-9 mm); the 3D least acceleration and the static prior in gaps lost.
+  # Session 8 (the 0.5 s occlusion touching the window's end, `--occlusion_at=end`, the same 4
+  # sets): the static prior on gaps open at a window end, open_gap_prior 0.2: occluded PA
+  # -5.1 / -1.4 / -1.8 / -4.9 mm (1 and 5 pull to the mean pose: +16 to +33); holding the
+  # last latent (open_gap_velocity 30-3e4) tied or lost (-0.7 to +6.1); on gaps with 1-2
+  # frames of evidence beyond them (open_gap_support 2, 3) the prior loses (+0.6 to +2.3).
   c.loss_weights = dict(keypoints=1e4, dynamics=0.25, dynamics_backward=0.25,
                         chart_dynamics=0.0, pose_prior=0.05, gap_prior=0.0, gap_velocity=30.0,
+                        open_gap_velocity=0.0, open_gap_prior=0.2,
                         shape_prior=0.05, transl_smooth=1e4, orient_smooth=1e2,
                         joint_smooth=1e2, gap_smooth=0.0, depth=1.0)
   c.stages = [
@@ -87,6 +93,8 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # gone; x1.4: PA 101.7 -> 96.3, occluded 112.0 -> 105.9; seed 0 within +-1 mm PA).
   c.max_hypotheses = 1  # sequence_init: warm starts per window (1: the longest chain only).
   c.keyframe_stride = 4  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
+  # The `open_gap_*` terms' gaps: fewer than this many frames with evidence on one side.
+  c.open_gap_support = 1
   return c
 
 
@@ -98,7 +106,7 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
     bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
   if config.get("pose_prior_frames", "all") not in ("all", "evidence"):
     bad("pose_prior_frames", "'all' or 'evidence'", config.pose_prior_frames)
-  for field in ("max_hypotheses", "keyframe_stride"):
+  for field in ("max_hypotheses", "keyframe_stride", "open_gap_support"):
     if not isinstance(config.get(field, 1), int) or config.get(field, 1) < 1:
       bad(field, "an int >= 1", config.get(field))
   if not config.restart_yaws_deg:
@@ -203,6 +211,17 @@ def _decode_result(body, prior_params, variables, focal, principal_point, *, spa
   rotmats = jax.vmap(jax.vmap(body.pose_to_rotmats))(dofs, roots)
   kp2d = camera.perspective_project(points.keypoints, focal[:, None], principal_point[:, None])
   return dofs, rotmats, points, kp2d
+
+
+def open_gap_frames(frame_valid: np.ndarray, support: int = 1) -> np.ndarray:
+  """[..., T] bool: frames without evidence that have fewer than `support` frames with
+  evidence before them or after them (`frame_valid [..., T]`). `support` 1: the gaps open at
+  the window's start or end; 3: also those with one or two frames of evidence beyond them
+  (too few for the second-order motion model to read a velocity from that side)."""
+  valid = np.asarray(frame_valid, bool)
+  before = np.cumsum(valid, -1) >= support
+  after = np.flip(np.cumsum(np.flip(valid, -1), -1), -1) >= support
+  return ~valid & ~(before & after)
 
 
 def _fill_missing(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -310,6 +329,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
          "frame_valid": reps(frame_valid),
          "prior_frames": reps(frame_valid if config.pose_prior_frames == "evidence" else
                               np.ones_like(frame_valid)),
+         "open_gap": reps(open_gap_frames(frame_valid, int(config.get("open_gap_support", 1)))),
          "depth_init": jnp.concatenate([d for _, d in inits])}
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0

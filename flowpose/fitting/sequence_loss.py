@@ -23,6 +23,12 @@ Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them 
   gap_velocity   mean over frames without evidence of ||z_t - z_{t-1}||^2: the latent path
                  through a gap damped towards a line between its ends (a hold at a window's
                  end), against the motion model's extrapolation
+  open_gap_velocity  the same step length over the OPEN gaps only (`aux["open_gap"]`: frames
+                 without evidence before or after them, a gap touching the window's start or
+                 end): nothing pulls such a gap back, so the motion models extrapolate; this
+                 holds the last (first) pose there, what the per-frame baseline does
+  open_gap_prior the static prior over the open gaps' frames only: the longer nothing is seen,
+                 the nearer the mean pose (the least expected error when the pose is unknown)
   shape_prior    ||betas||^2
   transl_smooth  mean_t ||second difference of transl||^2 (metres^2)
   joint_smooth   mean_t,j ||second difference of the camera-frame joints||^2 (metres^2): the
@@ -44,8 +50,8 @@ from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 
 LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
-              "gap_prior", "gap_velocity", "shape_prior", "transl_smooth", "orient_smooth",
-              "joint_smooth", "gap_smooth", "depth")
+              "gap_prior", "gap_velocity", "open_gap_velocity", "open_gap_prior", "shape_prior",
+              "transl_smooth", "orient_smooth", "joint_smooth", "gap_smooth", "depth")
 
 
 def second_difference(x):
@@ -73,7 +79,8 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
   Args:
     variables: the window's variables (module docstring).
     aux: keypoints [T, K, 2], confidence [T, K], focal [2], principal_point [2],
-      keypoint_mask [K], frame_valid [T] (1 = evidence), prior_frames [T], depth_init [T].
+      keypoint_mask [K], frame_valid [T] (1 = evidence), prior_frames [T], depth_init [T],
+      open_gap [T] (1 = no evidence before or after the frame: `sequence.open_gap_frames`).
     weights: name -> weight, every name of `LOSS_TERMS`.
     chart_residual: a `models.chart_residual.ChartResidual` (its arrays may be traced) or None.
     skip: terms not computed (reported as 0): those weighted 0 in every stage. The motion
@@ -104,6 +111,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
                                        chart_residual.precision))
   penalty = jax.vmap(space.penalty, (None, 0))(prior_params, z)
   accel = jnp.mean(jnp.sum(jnp.square(second_difference(points.joints)), -1), -1)  # [T - 2]
+  step = jnp.sum(jnp.square(z[1:] - z[:-1]), -1)  # [T - 1] latent step lengths.
   log_depth = jnp.log(jnp.maximum(variables["transl"][:, 2], camera.MIN_DEPTH))
   terms = {
       "keypoints": _masked_mean(per_frame, has),
@@ -112,7 +120,12 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
       "chart_dynamics": chart_dyn,
       "pose_prior": _masked_mean(penalty, aux["prior_frames"]),
       "gap_prior": _masked_mean(penalty, gap),
-      "gap_velocity": _masked_mean(jnp.sum(jnp.square(z[1:] - z[:-1]), -1), gap[1:]),
+      "gap_velocity": _masked_mean(step, gap[1:]),
+      # A step (t-1, t) is open when either end is: a leading gap's last step reaches its
+      # first frame with evidence, a trailing gap's first step leaves its last one.
+      "open_gap_velocity": _masked_mean(step, jnp.maximum(aux["open_gap"][1:],
+                                                          aux["open_gap"][:-1])),
+      "open_gap_prior": _masked_mean(penalty, aux["open_gap"]),
       "shape_prior": losses.shape_prior(variables["betas"]),
       "transl_smooth": jnp.mean(jnp.sum(jnp.square(second_difference(variables["transl"])),
                                         -1)),
