@@ -94,10 +94,14 @@ def _window(uv: np.ndarray, z: np.ndarray, near: float, height: int, width: int)
   A drawn triangle has all 3 vertices finite and at `z >= near`, and covers only pixel centres
   within its vertices' box, clipped to the image (the kernel's bounds); an empty box is 1 x 1.
   """
-  ok = (z >= near) & np.all(np.isfinite(uv), axis=1)
-  if not np.any(ok):
+  u, v = uv[:, 0], uv[:, 1]
+  ok = (z >= near) & np.isfinite(u) & np.isfinite(v)
+  if not ok.any():
     return 0, 0, 1, 1
-  lo, hi = uv[ok].min(0), uv[ok].max(0)
+  if not ok.all():
+    u, v = u[ok], v[ok]
+  # Per column: numpy's axis-0 reduction of an [N, 2] array costs ~10x more (~0.5 ms).
+  lo, hi = np.array([u.min(), v.min()]), np.array([u.max(), v.max()])
   col0, row0 = (int(x) for x in np.maximum(np.ceil(lo - 0.5), 0))
   col1 = int(min(np.floor(hi[0] - 0.5), width - 1))
   row1 = int(min(np.floor(hi[1] - 0.5), height - 1))
