@@ -27,30 +27,54 @@ namespace {
 
 constexpr int64_t kBlock = 8;
 
+#ifdef __AVX2__
+// `kNum` blocks of 8 a's at once: independent compare-and-select chains, so the blend latency of
+// one block overlaps the arithmetic of the others (one block alone waits on it every b).
+template <int kNum>
+void NearestBlocksAvx2(const float* ax, const float* ay, const float* bx, const float* by,
+                       int64_t num_b, int32_t* arg) {
+  __m256 x[kNum], y[kNum], best[kNum];
+  __m256i best_arg[kNum];
+  for (int k = 0; k < kNum; ++k) {
+    x[k] = _mm256_loadu_ps(ax + k * kBlock), y[k] = _mm256_loadu_ps(ay + k * kBlock);
+    best[k] = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    best_arg[k] = _mm256_setzero_si256();
+  }
+  for (int64_t j = 0; j < num_b; ++j) {
+    const __m256 bjx = _mm256_set1_ps(bx[j]), bjy = _mm256_set1_ps(by[j]);
+    const __m256 slot = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(j)));
+    for (int k = 0; k < kNum; ++k) {
+      const __m256 dx = _mm256_sub_ps(x[k], bjx), dy = _mm256_sub_ps(y[k], bjy);
+      const __m256 d = _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy));
+      const __m256 nearer = _mm256_cmp_ps(d, best[k], _CMP_LT_OQ);
+      best[k] = _mm256_blendv_ps(best[k], d, nearer);
+      best_arg[k] = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(best_arg[k]), slot, nearer));
+    }
+  }
+  for (int k = 0; k < kNum; ++k) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + k * kBlock), best_arg[k]);
+  }
+}
+#endif
+
 // For each of the `num_a` (a multiple of kBlock) points a, the index of its nearest point among
 // the first `num_b` points b: squared distance dx^2 + dy^2 in float32, the first of equal
 // distances (strict "<", ascending b: jnp.argmin's rule), 0 where none compares (NaN a, or
-// every b NaN). A block of 8 a's stays in registers while all b's pass (AVX2 where compiled
-// for it; the scalar loop is the same arithmetic).
+// every b NaN). Blocks of 8 a's stay in registers while all b's pass (AVX2 where compiled for
+// it; the scalar loop is the same arithmetic).
 void NearestInBlocks(const float* ax, const float* ay, int64_t num_a, const float* bx,
                      const float* by, int64_t num_b, int32_t* arg) {
 #ifdef __AVX2__
-  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  for (int64_t i0 = 0; i0 < num_a; i0 += kBlock) {
-    const __m256 x = _mm256_loadu_ps(ax + i0), y = _mm256_loadu_ps(ay + i0);
-    __m256 best = inf;
-    __m256i best_arg = _mm256_setzero_si256();
-    for (int64_t j = 0; j < num_b; ++j) {
-      const __m256 dx = _mm256_sub_ps(x, _mm256_set1_ps(bx[j]));
-      const __m256 dy = _mm256_sub_ps(y, _mm256_set1_ps(by[j]));
-      const __m256 d = _mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy));
-      const __m256 nearer = _mm256_cmp_ps(d, best, _CMP_LT_OQ);
-      best = _mm256_blendv_ps(best, d, nearer);
-      best_arg = _mm256_castps_si256(_mm256_blendv_ps(
-          _mm256_castsi256_ps(best_arg),
-          _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(j))), nearer));
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(arg + i0), best_arg);
+  int64_t i0 = 0;
+  for (; i0 + 4 * kBlock <= num_a; i0 += 4 * kBlock) {
+    NearestBlocksAvx2<4>(ax + i0, ay + i0, bx, by, num_b, arg + i0);
+  }
+  switch ((num_a - i0) / kBlock) {  // The last 1-3 blocks together too.
+    case 3: NearestBlocksAvx2<3>(ax + i0, ay + i0, bx, by, num_b, arg + i0); break;
+    case 2: NearestBlocksAvx2<2>(ax + i0, ay + i0, bx, by, num_b, arg + i0); break;
+    case 1: NearestBlocksAvx2<1>(ax + i0, ay + i0, bx, by, num_b, arg + i0); break;
+    default: break;
   }
 #else
   for (int64_t i = 0; i < num_a; ++i) {
