@@ -35,6 +35,11 @@ _SIGNATURES = {
     "flowpose_zbuffer_window": [_POINTER(np.float64), _POINTER(np.float64), _I64,
                                 _POINTER(np.int64), _I64, _I64, _I64, _F64, _I64, _I64, _I64,
                                 _I64, _POINTER(np.float32), _POINTER(np.int32), ctypes.c_void_p],
+    # As flowpose_zbuffer_window, with a [rows, cols] uint8 mask of the pixels to draw.
+    "flowpose_zbuffer_window_masked": [_POINTER(np.float64), _POINTER(np.float64), _I64,
+                                       _POINTER(np.int64), _I64, _I64, _I64, _F64, _I64, _I64,
+                                       _I64, _I64, _POINTER(np.uint8), _POINTER(np.float32),
+                                       _POINTER(np.int32), ctypes.c_void_p],
     "flowpose_vertex_visibility": [_POINTER(np.float64), _POINTER(np.float64), _I64,
                                    _POINTER(np.int64), _I64, _POINTER(np.float32),
                                    _POINTER(np.int32), _I64, _I64, _I64, _I64, _F64, _F64, _F64,
@@ -128,7 +133,7 @@ def subset_visibility(x_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, imag
   Raises:
     ValueError: bad shapes or an index out of range.
   """
-  fn = _function("flowpose_zbuffer_window")
+  fn = _function("flowpose_zbuffer_window_masked")
   if fn is None:
     return None
   x_cam = np.ascontiguousarray(x_cam, np.float64)
@@ -143,15 +148,21 @@ def subset_visibility(x_cam: np.ndarray, uv: np.ndarray, faces: np.ndarray, imag
   height, width = int(image_size[0]), int(image_size[1])
   z = np.ascontiguousarray(x_cam[:, 2])
   row0, col0, rows, cols = _window(uv, z, near, height, width)
-  depth = np.empty((rows, cols), np.float32)
-  face_index = np.empty((rows, cols), np.int32)
-  if fn(uv, z, len(uv), faces, len(faces), height, width, float(near), row0, col0, rows, cols,
-        depth, face_index, None):
-    raise ValueError(f"subset_visibility: a face index is outside [0, {len(uv)})")
   # As vertex_visibility: finite pixels of points in front (camera.in_front), inside the image.
   su = uv[subset]
   inside = (np.all(np.isfinite(su), axis=1) & (x_cam[subset, 2] > near) & (su[:, 0] >= 0) &
             (su[:, 0] < width) & (su[:, 1] >= 0) & (su[:, 1] < height))
+  # The test reads only the 2 x 2 pixel centres around each tested vertex: draw just those.
+  needed = np.zeros((rows, cols), np.uint8)
+  r = np.floor(su[inside, 1] - 0.5).astype(np.int64)[:, None] + [0, 0, 1, 1] - row0
+  c = np.floor(su[inside, 0] - 0.5).astype(np.int64)[:, None] + [0, 1, 0, 1] - col0
+  keep = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+  needed[r[keep], c[keep]] = 1
+  depth = np.empty((rows, cols), np.float32)
+  face_index = np.empty((rows, cols), np.int32)
+  if fn(uv, z, len(uv), faces, len(faces), height, width, float(near), row0, col0, rows, cols,
+        needed, depth, face_index, None):
+    raise ValueError(f"subset_visibility: a face index is outside [0, {len(uv)})")
   out = np.zeros(len(subset), np.uint8)
   focal = np.asarray(focal, np.float64).reshape(-1)
   pp = np.asarray(principal_point, np.float64).reshape(-1)
