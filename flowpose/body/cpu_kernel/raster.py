@@ -16,8 +16,10 @@ and the visibility test only for the vertices a loss samples (the fitter's part 
 13,380), ~40x less host time per person-stage than z-buffer + numpy visibility (issue 15).
 """
 
+from concurrent import futures
 import ctypes
-from typing import Optional, Tuple
+import os
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -91,6 +93,18 @@ def rasterize(uv: np.ndarray, z: np.ndarray, faces: np.ndarray, image_size,
         barycentric):
     raise ValueError(f"rasterize: a face index is outside [0, {len(uv)})")
   return depth, face_index, barycentric
+
+
+def map_rows(fn: Callable[[int], np.ndarray], num: int) -> List[np.ndarray]:
+  """`[fn(0), ..., fn(num - 1)]` on one thread per core: the kernels here release the GIL
+  (ctypes), so independent renders (the fitter's rows) run in parallel, as XLA's programs use
+  every core."""
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    cores = os.cpu_count() or 1
+  with futures.ThreadPoolExecutor(max(1, min(num, cores))) as pool:
+    return list(pool.map(fn, range(num)))
 
 
 def _window(uv: np.ndarray, z: np.ndarray, near: float, height: int, width: int):
