@@ -17,7 +17,10 @@ step per batch:
     one thread, as a throttling check (see below).
 Also `log_prob` and `sample` at batch 4096 (flowpose and plain, jitted), the FLOPs of each XLA
 program (`cost_analysis`), the achieved GFLOP/s and the XLA f32 matmul ceiling (2048^3) of this
-machine, all in the same process.
+machine, all in the same process. And the honest bound of the targets
+(`matmul_ceiling.flow_matmul_bound`): the flow's matmuls alone (same shapes and count, forward +
+backward) + one fused Adam pass over a raveled parameter vector, train at 512 and forward at
+4096; `targets` says whether 2x normflows and 150k log_prob poses/s are reachable at all here.
 
 Timing: warm-up (compilation) excluded, `block_until_ready`, `--seconds` per measurement; the
 sides are interleaved and the whole round is repeated `--repeats` times; the JSON holds every
@@ -70,6 +73,7 @@ def _define_flags():
 
 TRAIN_BATCH = 512
 EVAL_BATCH = 4096
+LOG_PROB_TARGET = 150_000.0  # Issue 15: log_prob poses/s at EVAL_BATCH.
 ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "XLA_FLAGS",
             "TF_ENABLE_ONEDNN_OPTS", "JAX_PLATFORMS")
@@ -261,6 +265,8 @@ def run(seconds: float, repeats: int = 3) -> dict:
   data = pose_data.synthetic_poses(8192, config.flow.event_dim, 0, "train")
   fp_programs, fp_flops = flowpose_programs(config, data, with_flops=True)
   ref_programs, ref_flops = reference_programs(config, data)
+  bound_programs, bound_flops = matmul_ceiling.flow_matmul_bound(config.flow, TRAIN_BATCH,
+                                                                 EVAL_BATCH)
   nf_train, torch = normflows_program(config, data)
   threads = os.cpu_count()
   torch.set_num_threads(threads)
@@ -274,6 +280,8 @@ def run(seconds: float, repeats: int = 3) -> dict:
       row[f"{name}_train"] = _timed_cpu(train, seconds)
       row[f"{name}_log_prob"] = _timed_cpu(log_prob, seconds / 2)
       row[f"{name}_sample"] = _timed_cpu(sample, seconds / 2)
+    row["matmul_bound_train"] = _timed_cpu(bound_programs[0], seconds)
+    row["matmul_bound_log_prob"] = _timed_cpu(bound_programs[1], seconds / 2)
     row["normflows_train"] = _timed_cpu(nf_train, seconds)
     torch.set_num_threads(1)
     row["normflows_1_thread_train"] = _timed_cpu(nf_train, seconds / 2)
@@ -289,20 +297,33 @@ def run(seconds: float, repeats: int = 3) -> dict:
   train = {"flowpose": rate("flowpose_train", TRAIN_BATCH),
            "plain": rate("plain_train", TRAIN_BATCH),
            "normflows": rate("normflows_train", TRAIN_BATCH),
-           "normflows_1_thread": rate("normflows_1_thread_train", TRAIN_BATCH)}
+           "normflows_1_thread": rate("normflows_1_thread_train", TRAIN_BATCH),
+           "matmul_bound": rate("matmul_bound_train", TRAIN_BATCH)}
   gflops = {f"{side}_{prog}": flops[prog] / 1e9
-            for side, flops in (("flowpose", fp_flops), ("plain", ref_flops)) for prog in flops}
-  achieved = {f"{side}_{prog}": gflops[f"{side}_{prog}"] * _median(
-      [r[f"{side}_{prog}"][0] for r in rounds]) for side in ("flowpose", "plain")
-              for prog in ("train", "log_prob", "sample")}
+            for side, flops in (("flowpose", fp_flops), ("plain", ref_flops),
+                                ("matmul_bound", bound_flops)) for prog in flops}
+  achieved = {key: value * _median([r[key][0] for r in rounds]) for key, value in gflops.items()}
+  log_prob_bound = rate("matmul_bound_log_prob", EVAL_BATCH)
   result = {
       "train_poses_per_s": train,
       "ratios": {"flowpose_vs_normflows": ratio("flowpose_train", "normflows_train"),
                  "flowpose_vs_plain": ratio("flowpose_train", "plain_train"),
                  "plain_vs_normflows": ratio("plain_train", "normflows_train"),
-                 "log_prob_flowpose_vs_plain": ratio("flowpose_log_prob", "plain_log_prob")},
+                 "log_prob_flowpose_vs_plain": ratio("flowpose_log_prob", "plain_log_prob"),
+                 "flowpose_vs_matmul_bound": ratio("flowpose_train", "matmul_bound_train"),
+                 "matmul_bound_vs_normflows": ratio("matmul_bound_train", "normflows_train")},
+      # Issue 15's targets against the bound (`matmul_ceiling.flow_matmul_bound`: the flow's
+      # matmuls alone + one Adam pass): below the target, the target is out of reach here.
+      "targets": {
+          "train_2x_normflows_poses_per_s": 2 * train["normflows"],
+          "train_matmul_bound_poses_per_s": train["matmul_bound"],
+          "train_2x_normflows_reachable": train["matmul_bound"] >= 2 * train["normflows"],
+          "log_prob_target_poses_per_s": LOG_PROB_TARGET,
+          "log_prob_matmul_bound_poses_per_s": log_prob_bound,
+          "log_prob_target_reachable": log_prob_bound >= LOG_PROB_TARGET},
       "log_prob_poses_per_s": {"flowpose": rate("flowpose_log_prob", EVAL_BATCH),
-                               "plain": rate("plain_log_prob", EVAL_BATCH)},
+                               "plain": rate("plain_log_prob", EVAL_BATCH),
+                               "matmul_bound": log_prob_bound},
       "sample_poses_per_s": {"flowpose": rate("flowpose_sample", EVAL_BATCH),
                              "plain": rate("plain_sample", EVAL_BATCH)},
       "gflop_per_call": gflops,
@@ -345,11 +366,14 @@ def main(argv):
   train, ratios = result["train_poses_per_s"], result["ratios"]
   rows = [("train flowpose (batch 512)", train["flowpose"], "flowpose_train"),
           ("train plain JAX RealNVP", train["plain"], "plain_train"),
+          ("train matmul bound (same shapes)", train["matmul_bound"], "matmul_bound_train"),
           ("train normflows", train["normflows"], None),
           ("train normflows, 1 thread", train["normflows_1_thread"], None),
           ("log_prob flowpose (batch 4096)", result["log_prob_poses_per_s"]["flowpose"],
            "flowpose_log_prob"),
           ("log_prob plain", result["log_prob_poses_per_s"]["plain"], "plain_log_prob"),
+          ("log_prob matmul bound", result["log_prob_poses_per_s"]["matmul_bound"],
+           "matmul_bound_log_prob"),
           ("sample flowpose (batch 4096)", result["sample_poses_per_s"]["flowpose"],
            "flowpose_sample"),
           ("sample plain", result["sample_poses_per_s"]["plain"], "plain_sample")]
@@ -362,6 +386,9 @@ def main(argv):
     print(f"{name:<34}{value:>12,.0f}{extra}")
   for name, value in ratios.items():
     print(f"{'ratio ' + name:<34}{value:>12.2f}")
+  for name, value in result["targets"].items():
+    print(f"{'target ' + name:<50}{value!s:>12}" if isinstance(value, bool) else
+          f"{'target ' + name:<50}{value:>12,.0f}")
   for warning in result["warnings"]:
     print(f"WARNING: {warning}")
   if out:

@@ -175,6 +175,43 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
   return PosedPoints(keypoints, global_pos + transl, vertices)
 
 
+class RootedSubset(NamedTuple):
+  """The vertex subset of a fixed pose and shape, up to the root's rotation (`rooted_subset`).
+
+  Attributes:
+    offsets: [Vs, 3] subset vertices minus the root joint, posed with root rotation `I`.
+    root_joint: [3] the root joint (rest = posed: the root only rotates about it).
+    root_rotmat: [3, 3] the root's local rotation for root rotation `I`.
+  """
+  offsets: jax.Array
+  root_joint: jax.Array
+  root_rotmat: jax.Array
+
+
+def rooted_subset(body: FitBody, pose_dofs: jax.Array, betas: jax.Array) -> RootedSubset:
+  """What a stage with the pose and shape frozen needs to pose the subset (unbatched).
+
+  Every global transform is the root's `x -> M (x - root_joint) + root_joint` after the one of
+  root rotation `I`, with `M = R_0(root) R_0(I)^T` (`R_0` the root's local rotation: the other
+  joints' do not depend on the root), and skinning weights sum to 1, so the posed subset is
+  `offsets @ M^T + root_joint + transl` (`subset_from_rooted`): one `[Vs, 3] x [3, 3]` product per
+  step instead of the skinning (and its backward) of a camera-only stage.
+  """
+  eye = jnp.eye(3, dtype=betas.dtype)
+  points = pose_points(body, pose_dofs, eye, betas, jnp.zeros(3, betas.dtype))
+  root_joint = body.j_template[0] + body.j_shapedirs[0] @ betas
+  return RootedSubset(points.vertices - root_joint, root_joint,
+                      body.pose_to_rotmats(pose_dofs, eye)[0])
+
+
+def subset_from_rooted(body: FitBody, rooted: RootedSubset, pose_dofs: jax.Array,
+                       root_rotmat: jax.Array, transl: jax.Array) -> jax.Array:
+  """`[Vs, 3]` = `pose_points(...).vertices` of the pose and shape `rooted` was made with
+  (same value up to float rounding; tested)."""
+  rotation = body.pose_to_rotmats(pose_dofs, root_rotmat)[0] @ rooted.root_rotmat.T
+  return rooted.offsets @ rotation.T + rooted.root_joint + transl
+
+
 def skin_subset(body: FitBody, verts: jax.Array, transforms: jax.Array) -> jax.Array:
   """`[Vs, 3]` skinned subset vertices (`verts [Vs, 3]` shaped rest, `transforms [J, 3, 4]`)."""
   if body.sub_dense_weights is None:

@@ -21,6 +21,7 @@ import optax
 
 from flowpose import geometry
 from flowpose import losses
+from flowpose.fitting import reduced_body
 from flowpose.fitting import xla_options
 from flowpose.fitting.reduced_body import FitBody, pose_points
 from flowpose.geometry import camera
@@ -39,8 +40,13 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
   # A stage with the pose frozen decodes it once (`run_stage`), not once per step.
   dofs = aux["pose_dofs"] if "pose_dofs" in aux else space.decode(prior_params, variables["pose"])
   root = geometry.rot6d_to_matrix(variables["orient"])
+  rooted = "rooted_subset" in aux  # Pose and shape frozen (`run_stage`): the subset is rigid.
   points = pose_points(body, dofs, root, variables["betas"], variables["transl"],
-                       with_vertices=has_parts or has_mask)
+                       with_vertices=(has_parts or has_mask) and not rooted)
+  if rooted:
+    points = points._replace(vertices=reduced_body.subset_from_rooted(
+        body, reduced_body.RootedSubset(*aux["rooted_subset"]), dofs, root,
+        variables["transl"]))
   focal = jnp.exp(variables["log_focal"]) * aux["focal_aspect"]
   pp = aux["principal_point"]
   scale = losses.person_scale_from_keypoints(aux["keypoints"], aux["confidence"])
@@ -198,6 +204,10 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
   if "pose" not in free:  # Loop-invariant: the flow's forward pass runs once per stage.
     aux = {**aux, "pose_dofs": jax.vmap(space.decode, (None, 0))(prior_params,
                                                                  variables["pose"])}
+    if "betas" not in free and (has_parts or "mask_pixels" in aux):
+      # The subset moves rigidly: skinned once per stage, not per step (`rooted_subset`).
+      aux["rooted_subset"] = tuple(jax.vmap(reduced_body.rooted_subset, (None, 0, 0))(
+          body, aux["pose_dofs"], variables["betas"]))
   args = (aux, weights, free, body, space, prior_params, has_parts, sigmas)
   if optimizer == "adam":
     schedule = stage_schedule(lr, steps, final_lr_fraction, warmup_fraction)

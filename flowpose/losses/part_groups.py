@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowpose.body.cpu_kernel import nearest as nearest_kernel
 from flowpose.losses.keypoints import gmof
 
 _FAR = 1e12  # as parts._FAR: masked entries stay finite (0 * _FAR = 0)
+IMPLS = ("auto", "xla", "kernel")  # The hard minima's path (`grouped_part_alignment_loss`).
 
 
 class Groups(NamedTuple):
@@ -143,6 +145,24 @@ def _nearest_both_bwd(res, cotangents):
 _nearest_both.defvjp(_nearest_both_fwd, _nearest_both_bwd)
 
 
+def _nearest_from_pairs(verts, pixels, v_ok, p_ok, pixel_arg, vertex_arg):
+  """`_nearest_both`'s minima from their argmin slots (`cpu_kernel.nearest`): the distances of
+  the chosen pairs only, in the reference's float32 order, so the values are the minima and
+  autodiff sends each minimum's cotangent to its pair (the `[P, Mp, Mv]` tensor never exists).
+
+  Args: verts `[P, Mv, 2]`, pixels `[P, Mp, 2]`, v_ok `[P, Mv]`, p_ok `[P, Mp]`, pixel_arg
+  `[P, Mp]`, vertex_arg `[P, Mv]`. Returns `([P, Mp], [P, Mv])`, `_FAR` where unmatched.
+  """
+  nearest_vert = jnp.take_along_axis(verts, pixel_arg[..., None], axis=1)  # [P, Mp, 2]
+  pixel_min = jnp.sum(jnp.square(pixels - nearest_vert), -1)
+  pixel_min = jnp.where(p_ok & jnp.any(v_ok, -1, keepdims=True), pixel_min, _FAR)
+  nearest_pix = jax.lax.stop_gradient(
+      jnp.take_along_axis(pixels, vertex_arg[..., None], axis=1))  # [P, Mv, 2]
+  vertex_min = jnp.sum(jnp.square(nearest_pix - verts), -1)
+  vertex_min = jnp.where(v_ok & jnp.any(p_ok, -1, keepdims=True), vertex_min, _FAR)
+  return pixel_min, vertex_min
+
+
 def _nearest(dist_sq, mask, axis, temperature):
   """Hard or soft nearest distance along `axis` among `mask`ed entries."""
   masked = jnp.where(mask, dist_sq, _FAR)
@@ -165,6 +185,7 @@ def grouped_part_alignment_loss(
     scale: float | jax.Array | None = None,
     temperature: float | None = None,
     vertices_grouped: bool = False,
+    impl: str = "auto",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`parts.part_alignment_loss` with both point sets grouped by part.
 
@@ -180,6 +201,9 @@ def grouped_part_alignment_loss(
     pixel_groups, pixel_group_valid: `[P, Mp]` (`group_by_label` of the pixel
       labels and validity).
     sigma, scale, temperature: as `parts.part_alignment_loss`.
+    impl: static, the hard minima's path: "auto" (the CPU kernel's argmins, `cpu_kernel.nearest`,
+      where available, else XLA), "xla" (the `[P, Mp, Mv]` tensor and its written-out VJP) or
+      "kernel" (raise where unavailable). Same values; gradients equal except at exact ties.
 
   Returns:
     `(total, terms)` as `parts.part_alignment_loss`.
@@ -202,7 +226,17 @@ def grouped_part_alignment_loss(
   pixels = part_pixels[pixel_groups]  # [P, Mp, 2]
   v_ok, p_ok = vertex_group_valid, pixel_group_valid
   mask = p_ok[:, :, None] & v_ok[:, None, :]  # [P, Mp, Mv]
-  if temperature is None:
+  if impl not in IMPLS:
+    raise ValueError(f"grouped_part_alignment_loss: impl must be one of {IMPLS}, got {impl!r}")
+  pairs = None
+  if temperature is None and impl != "xla":
+    pairs = nearest_kernel.nearest_pair_indices(verts, pixels, v_ok, p_ok)
+    if pairs is None and impl == "kernel":
+      raise RuntimeError("grouped_part_alignment_loss: impl='kernel' but the CPU nearest-pair "
+                         "kernel is unavailable (flowpose.body.cpu_kernel.build.info())")
+  if pairs is not None:
+    nearest_pixel, nearest_vertex = _nearest_from_pairs(verts, pixels, v_ok, p_ok, *pairs)
+  elif temperature is None:
     nearest_pixel, nearest_vertex = _nearest_both(verts, pixels, mask)
   else:
     dist_sq = jnp.sum(jnp.square(pixels[:, :, None] - verts[:, None]), -1)

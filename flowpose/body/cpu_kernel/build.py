@@ -1,4 +1,5 @@
-"""Builds, caches and loads the CPU kernels (`csrc/*.cc`: skinning, its backward, FK, z-buffer).
+"""Builds, caches and loads the CPU kernels (`csrc/*.cc`: skinning, its backward, FK, z-buffer,
+the part term's nearest pairs).
 
     python -m flowpose.body.cpu_kernel.build [--force]
 
@@ -38,13 +39,15 @@ from flowpose import cache as cache_lib
 ENV_VAR = "FLOWPOSE_LBS_KERNEL"  # "0": never build or use the kernel.
 _CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
 _SOURCES = tuple(_CSRC / name for name in ("lbs_kernel.cc", "lbs_backward.cc",
-                                            "fk_kernel.cc", "zbuffer.cc"))
+                                            "fk_kernel.cc", "zbuffer.cc",
+                                            "nearest_pairs.cc"))
 _HEADERS = (_CSRC / "lbs_common.h",)  # hashed with the sources, not compiled
 # FFI target name -> the library's exported handler symbol.
 LBS_TARGET, LBS_BWD_TARGET, FK_TARGET = ("flowpose_lbs", "flowpose_lbs_bwd",
                                          "flowpose_fk")
+NEAREST_TARGET = "flowpose_nearest_pairs"
 _SYMBOLS = {LBS_TARGET: "FlowposeLbs", LBS_BWD_TARGET: "FlowposeLbsBackward",
-            FK_TARGET: "FlowposeFk"}
+            FK_TARGET: "FlowposeFk", NEAREST_TARGET: "FlowposeNearestPairs"}
 # x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) as /proc/cpuinfo spells it.
 _X86_64_V3_FLAGS = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm",
                     "movbe", "xsave"}

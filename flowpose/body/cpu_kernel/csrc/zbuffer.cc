@@ -28,12 +28,19 @@ extern "C" {
 // window hold exactly what flowpose_zbuffer writes there; the caller picks a
 // window that holds every drawn pixel (raster.py: the projected mesh's box),
 // so a 1000 px image of a person costs its box, not 1M pixels.
-int flowpose_zbuffer_window(const double* uv, const double* z,
-                            int64_t num_vertices, const int64_t* faces,
-                            int64_t num_faces, int64_t height, int64_t width,
-                            double near, int64_t row0, int64_t col0,
-                            int64_t rows, int64_t cols, float* depth,
-                            int32_t* face_index, float* barycentric) {
+//
+// flowpose_zbuffer_window_masked: the same, drawing only the window pixels with
+// needed[p] != 0 (row-major [rows, cols]; null = all); the others stay empty.
+// A subset's visibility reads only the 2 x 2 pixels around each of its vertices
+// (flowpose_vertex_visibility), so drawing just those gives the same answer for
+// ~1/3 less time per render (issue 15).
+int flowpose_zbuffer_window_masked(const double* uv, const double* z,
+                                   int64_t num_vertices, const int64_t* faces,
+                                   int64_t num_faces, int64_t height,
+                                   int64_t width, double near, int64_t row0,
+                                   int64_t col0, int64_t rows, int64_t cols,
+                                   const uint8_t* needed, float* depth,
+                                   int32_t* face_index, float* barycentric) {
   const int64_t num_pixels = rows * cols;
   std::vector<double> best(num_pixels, std::numeric_limits<double>::infinity());
   for (int64_t p = 0; p < num_pixels; ++p) {
@@ -86,6 +93,7 @@ int flowpose_zbuffer_window(const double* uv, const double* z,
     for (int64_t r = r_lo; r <= r_hi; ++r) {
       const double py = static_cast<double>(r) + 0.5;
       for (int64_t col = c_lo; col <= c_hi; ++col) {
+        if (needed && !needed[(r - row0) * cols + (col - col0)]) continue;
         const double px = static_cast<double>(col) + 0.5;
         double value[3];
         bool inside = true;
@@ -116,6 +124,18 @@ int flowpose_zbuffer_window(const double* uv, const double* z,
     }
   }
   return 0;
+}
+
+int flowpose_zbuffer_window(const double* uv, const double* z,
+                            int64_t num_vertices, const int64_t* faces,
+                            int64_t num_faces, int64_t height, int64_t width,
+                            double near, int64_t row0, int64_t col0,
+                            int64_t rows, int64_t cols, float* depth,
+                            int32_t* face_index, float* barycentric) {
+  return flowpose_zbuffer_window_masked(uv, z, num_vertices, faces, num_faces,
+                                        height, width, near, row0, col0, rows,
+                                        cols, nullptr, depth, face_index,
+                                        barycentric);
 }
 
 int flowpose_zbuffer(const double* uv, const double* z, int64_t num_vertices,
