@@ -331,15 +331,23 @@ def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=
   return report
 
 
-def define_flags():
+def define_source_flags(split: str, num_windows: int, several_dynamics: bool = False):
+  """The flags every video benchmark CLI shares: the trained runs and the clips' windows."""
   flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.", required=True)
-  flags.DEFINE_string("dynamics_workdir", None, "Trained dynamics workdir.", required=True)
-  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC clips (all used).", required=True)
-  flags.DEFINE_integer("num_windows", 16, "Windows to fit (>= 1).")
+  if several_dynamics:
+    flags.DEFINE_list("dynamics_workdirs", None, "Dynamics workdirs to compare.", required=True)
+  else:
+    flags.DEFINE_string("dynamics_workdir", None, "Trained dynamics workdir.", required=True)
+  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC clips.", required=True)
+  flags.DEFINE_enum("split", split, ["all", "train", "validation", "test"],
+                    "CMU subject split of FOLDER's clips (tune on validation, report on test).")
+  flags.DEFINE_integer("num_windows", num_windows, "Windows (>= 1).")
+
+
+def define_flags():
+  define_source_flags("all", 16)
   flags.DEFINE_integer("window", 32, "Frames per window (>= 8).")
   flags.DEFINE_integer("seed", 0, "Scene seed.")
-  flags.DEFINE_enum("split", "all", ["all", "train", "validation", "test"],
-                    "CMU subject split of FOLDER's clips (tune on validation, report on test).")
   flags.DEFINE_bool("runlocal", False, "Few steps and restarts (smoke run).")
   flags.DEFINE_bool("time_per_frame", True, "Run the per-frame stage twice to time it after "
                     "compilation (else once: `per_frame_with_compile`).")

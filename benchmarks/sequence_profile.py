@@ -123,12 +123,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.", required=True)
-  flags.DEFINE_string("dynamics_workdir", None, "Trained dynamics workdir.", required=True)
-  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC clips.", required=True)
-  flags.DEFINE_enum("split", "validation", ["all", "train", "validation", "test"],
-                    "CMU subject split of the folder's clips.")
-  flags.DEFINE_integer("num_windows", 16, "Windows of 32 frames (>= 1).")
+  fit_video.define_source_flags("validation", 16)
+  flags.adopt_module_key_flags(fit_video)  # --help lists them as this CLI's own.
   flags.DEFINE_integer("steps", 30, "Gradient steps per timed call.")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
   app.run(main)

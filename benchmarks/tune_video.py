@@ -214,12 +214,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.", required=True)
-  flags.DEFINE_list("dynamics_workdirs", None, "Dynamics workdirs to compare.", required=True)
-  flags.DEFINE_string("mocap_dir", None, "Folder of ASF/AMC clips.", required=True)
-  flags.DEFINE_enum("split", "validation", ["all", "train", "validation", "test"],
-                    "CMU subject split of the folder's clips.")
-  flags.DEFINE_integer("num_windows", 8, "Windows (>= 1).")
+  fit_video.define_source_flags("validation", 8, several_dynamics=True)
+  flags.adopt_module_key_flags(fit_video)  # --help lists them as this CLI's own.
   flags.DEFINE_integer("seed", 0, "Scene seed.")
   flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.")
   flags.DEFINE_string("frames_cache", "", "Pickle of the stage-1 fits (reused if present; "
