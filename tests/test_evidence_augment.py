@@ -96,7 +96,12 @@ def test_no_augmentation_returns_the_batch_itself(renderer, scene):
   assert evidence_augment.augment_batch(example, None, config) is example
 
 
-def test_part_and_keypoint_tables_are_involutions():
+def test_part_and_keypoint_tables_are_involutions(renderer):
+  # The hard-coded part pairs are the model's left/right parts (its part order).
+  names = renderer.model.part_names
+  assert len(names) == evidence_augment.NUM_PARTS
+  for a, b in evidence_augment.PART_LR_PAIRS:
+    assert names[a].startswith("left_") and names[b] == "right_" + names[a][len("left_"):]
   table = evidence_augment.part_label_table()
   np.testing.assert_array_equal(table[table], np.arange(evidence_augment.NUM_PARTS + 1))
   perm = evidence_augment.keypoint_permutation()
