@@ -78,7 +78,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       joints3d=30.0,       # Mean hip-centred 3D keypoint error, metres (labelled only).
       joints3d_body=100.0, # The same in the body's root frame: the pose apart from orientation.
       dofs=1.0,            # Squared Frobenius distance of joint rotations (labelled only).
-      betas=0.1))          # Squared beta error (labelled only).
+      betas=0.1,           # Squared beta error (labelled only).
+      flip_consistency=0.0))  # Mirrored evidence -> mirrored 3D keypoints (metres; any example).
 
   config.log_every = 50
   config.eval_every = 500

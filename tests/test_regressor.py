@@ -31,6 +31,7 @@ from flowpose.models import regressor_body
 from flowpose.prior import charts
 from flowpose.prior import flow as prior_lib
 from flowpose.prior import io as prior_io
+from flowpose.train import config_lib
 from flowpose.train import trainer
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -53,14 +54,14 @@ def _real_evidence_module_back_afterwards():
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def make_tiny_prior(workdir) -> str:
+def make_tiny_prior(workdir, seed: int = 0) -> str:
   """An untrained 2-layer flow in the default prior's chart (`euler_free`, D = 46: the four
   clavicle DOFs fixed at 0), data-initialised on synthetic poses, exported to `workdir`."""
   flow = prior_lib.default_flow_config()
   flow.chart = "euler_free"
   flow.num_layers, flow.hidden_sizes = 2, (16,)
   prior = prior_lib.make_prior(flow)
-  params = prior.init(jax.random.key(0), charts.from_dofs(
+  params = prior.init(jax.random.key(seed), charts.from_dofs(
       "euler_free", poses.synthetic_poses(512, 50, 0, "train")))
   os.makedirs(workdir, exist_ok=True)
   prior_io.export_prior(str(workdir), params, ml_collections.ConfigDict(
@@ -147,6 +148,28 @@ def test_shapes_and_3d_losses_only_where_has_3d(prior_dir):
   assert float(value3) == 0.0 and float(optax_norm(grads3)) == 0.0
 
 
+def test_flip_consistency_is_a_second_branch_on_the_mirrored_evidence(prior_dir):
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  config = runlocal_config(prior_dir, "semi")
+  batch = _batch(config)
+  params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
+  off = task.loss_terms(params, batch, config)
+  assert float(off["flip_consistency"]) == 0.0
+  config.loss_weights.flip_consistency = 1.0
+  on = jax.jit(lambda p: task.loss_terms(p, batch, config))(params)
+  # The first branch is the batch's own prediction: every other term is unchanged.
+  for key in task.LOSS_TERMS:
+    if key != "flip_consistency":
+      np.testing.assert_allclose(on[key], off[key], rtol=2e-4, atol=1e-7, err_msg=key)
+  # An untrained network is not mirror-equivariant; the term pulls on its parameters.
+  grads = jax.grad(lambda p: task.loss_terms(p, batch, config)["flip_consistency"])(params)
+  assert float(on["flip_consistency"]) > 1e-3 and float(optax_norm(grads)) > 0
+  # Its value is the same for the mirrored batch (the mirror is an isometric involution).
+  mirrored = {**batch, **task.flip_evidence(batch, config.data.resolution)}
+  again = task.loss_terms(params, mirrored, config)["flip_consistency"]
+  np.testing.assert_allclose(again, on["flip_consistency"], rtol=1e-4)
+
+
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
@@ -191,6 +214,28 @@ def test_runlocal_trains_resumes_evaluates_and_exports(trained, prior_dir, tmp_p
     bad = np.asarray(batch["confidence"]).copy()
     bad[1] = 0
     predict(evidence._replace(confidence=bad), (r, r))
+
+
+def test_init_from_starts_at_a_finished_run_and_names_a_mismatch(trained, prior_dir,
+                                                                 tmp_path):
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  workdir, _, result = trained
+  config = runlocal_config(prior_dir, "semi", **{"model.init_from": workdir})
+  example = jax.tree.map(np.asarray, _batch(config))
+  params = task.init(config, jax.random.key(7), example)
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(result.params), strict=True):
+    np.testing.assert_array_equal(x, y)
+  # Another architecture, another prior, no run at all: named.
+  wider = runlocal_config(prior_dir, "semi", **{"model.init_from": workdir, "model.features": 32})
+  with pytest.raises(config_lib.ConfigError, match="model.init_from.*shapes"):
+    task.init(wider, jax.random.key(7), example)
+  other_prior = make_tiny_prior(tmp_path / "other_prior", seed=1)
+  moved = runlocal_config(other_prior, "semi", **{"model.init_from": workdir})
+  with pytest.raises(config_lib.ConfigError, match="model.init_from.*another flow prior"):
+    task.init(moved, jax.random.key(7), example)
+  missing = runlocal_config(prior_dir, "semi", **{"model.init_from": str(tmp_path / "none")})
+  with pytest.raises(config_lib.ConfigError, match="model.init_from.*cannot read"):
+    task.init(missing, jax.random.key(7), example)
 
 
 def test_damaged_export_is_named(trained, tmp_path):

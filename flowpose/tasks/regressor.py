@@ -20,6 +20,10 @@ Loss: `losses.weighted_sum` of (per example, then the batch mean):
   joints3d_body  the same in each body's root frame (orientation removed) }
   dofs         mean squared Frobenius distance of the joint rotations } mean over the labelled
   betas        mean squared beta error                              } examples of the batch
+  flip_consistency  left-right equivariance, on every example (labels not needed): the network
+               also reads the mirrored evidence (`flip_evidence`), and its mirrored hip-centred
+               3D keypoints must equal the unmirrored prediction's (metres; both branches get
+               the gradient). Skipped (0, no second branch) at weight 0.
 Evaluation: mpjpe_mm (hip-centred COCO-17 keypoints), pa_mpjpe_mm, pve_mm (full CC0 mesh, root
 joint aligned), keypoint_px (vs the clean keypoints, visible ones).
 Export: `regressor_params.msgpack` (+ sha256) and a copy of the prior under `prior/`, read by
@@ -38,6 +42,9 @@ default_config()`), and `model`:
   keypoint_sigma, part_sigma   Geman-McClure scales (person-box units)
   vertices_per_part, pixels_per_part, normals_sharpness   part term (grouped by part:
                   `losses.grouped_part_alignment_loss`, Mv vertices and Mp pixels per part)
+  init_from       "" (random initialisation) or a finished regressor run whose exported network
+                  (same architecture, same prior) is the starting point, e.g. `semi` fine-tuned
+                  from the `weak` run on the same data
 """
 
 import functools
@@ -50,6 +57,7 @@ import numpy as np
 
 from flowpose import losses
 from flowpose import metrics
+from flowpose.data import evidence_augment
 from flowpose.body import model as body_lib
 from flowpose.fitting import photo
 from flowpose.geometry import camera
@@ -60,11 +68,12 @@ from flowpose.prior import registry
 from flowpose.train import config_lib
 
 LOSS_TERMS = ("keypoints", "parts", "pose_prior", "shape_prior", "joints3d", "joints3d_body",
-              "dofs", "betas")
+              "dofs", "betas", "flip_consistency")
 CONFIG_FIELDS = ("model",)
 MODEL_FIELDS = ("prior_workdir", "pose_head", "inputs", "heatmap_sigma", "map_dropout", "widths",
                 "stem_patch", "features", "head_hidden", "num_iterations", "keypoint_sigma",
-                "part_sigma", "vertices_per_part", "pixels_per_part", "normals_sharpness")
+                "part_sigma", "vertices_per_part", "pixels_per_part", "normals_sharpness",
+                "init_from")
 # What the network reads from a batch (strings such as subject/clip stay on the host).
 BATCH_FIELDS = ("keypoints", "confidence", "part_map", "mask", "part_pixels", "part_labels",
                 "part_valid", "focal", "has_3d", "weight", "pose_dofs", "root_rotmat", "betas",
@@ -79,7 +88,7 @@ def default_model_config() -> ml_collections.ConfigDict:
       prior_workdir="", pose_head="flow", inputs=("keypoints", "parts", "mask"),
       heatmap_sigma=1.5, map_dropout=0.1, widths=(32, 64, 128), stem_patch=4, features=512,
       head_hidden=(512, 512), num_iterations=3, keypoint_sigma=0.3, part_sigma=0.3,
-      vertices_per_part=16, pixels_per_part=32, normals_sharpness=10.0))
+      vertices_per_part=16, pixels_per_part=32, normals_sharpness=10.0, init_from=""))
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,6 +129,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_lib.fail("model.map_dropout", "a probability in [0, 1)", model.map_dropout)
   for field in ("features", "num_iterations", "vertices_per_part", "pixels_per_part"):
     config_lib.positive_int(model, field, "model.")
+  if not isinstance(model.init_from, str):
+    config_lib.fail("model.init_from", "a regressor workdir or \"\"", model.init_from)
   if (not isinstance(model.stem_patch, int) or isinstance(model.stem_patch, bool)
       or model.stem_patch < 0 or model.stem_patch == 1):
     config_lib.fail("model.stem_patch", "0 (3x3 stride-2 conv stem) or a patch size >= 2",
@@ -174,6 +185,41 @@ def predict_batch(params: Any, batch: dict, config: ml_collections.ConfigDict,
   return out
 
 
+# The network's input fields, and what the mirrored image makes of them (`flip_evidence`).
+_EVIDENCE_FIELDS = ("keypoints", "confidence", "part_map", "mask", "focal")
+
+
+def flip_evidence(batch: dict, resolution: int) -> dict:
+  """The evidence of `batch` mirrored left-right about the crop's centre column (the principal
+  point), as the image of the mirrored scene: keypoints `[B, K, 2]` (u -> R - u, left and right
+  exchanged), `confidence [B, K]` with them, `part_map [B, R, R]` mirrored with left and right
+  part labels exchanged, `mask [B, R, R]` mirrored; `focal [B]` as is. Only the fields of
+  `_EVIDENCE_FIELDS` that `batch` has are returned.
+  """
+  perm = jnp.asarray(evidence_augment.keypoint_permutation())
+  out = {}
+  if "keypoints" in batch:
+    kp = jnp.asarray(batch["keypoints"], jnp.float32)[:, perm]
+    out["keypoints"] = kp.at[..., 0].set(resolution - kp[..., 0])
+  if "confidence" in batch:
+    out["confidence"] = jnp.asarray(batch["confidence"])[:, perm]
+  if "part_map" in batch:
+    table = jnp.asarray(evidence_augment.part_label_table())
+    out["part_map"] = table[jnp.asarray(batch["part_map"], jnp.int32)[:, :, ::-1]]
+  if "mask" in batch:
+    out["mask"] = jnp.asarray(batch["mask"])[:, :, ::-1]
+  if "focal" in batch:
+    out["focal"] = batch["focal"]
+  return out
+
+
+def mirror_keypoints3d(points: jax.Array) -> jax.Array:
+  """`[B, K, 3]` camera-frame COCO keypoints of the mirrored scene (x -> -x, left and right
+  exchanged): what the prediction for `flip_evidence(batch)` should be mapped back with."""
+  perm = jnp.asarray(evidence_augment.keypoint_permutation())
+  return points[:, perm] * jnp.asarray([-1.0, 1.0, 1.0], points.dtype)
+
+
 def part_term(ctx: regressor_body.RegressorContext, vertices2d: jax.Array,
               visibility: jax.Array, batch: dict, scale: jax.Array) -> jax.Array:
   """`[B]` part alignment of the subset vertices `vertices2d [B, Vs, 2]` (soft `visibility
@@ -207,7 +253,16 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   """The unweighted terms of `LOSS_TERMS` (scalars) for a batch."""
   ctx = context(config)
   model = config.model
-  out = predict_batch(params, batch, config, rng)
+  flip_weight = float(config.loss_weights.get("flip_consistency", 0.0))
+  if flip_weight > 0:  # One pass over [evidence; its mirror image].
+    size = jnp.shape(batch["keypoints"])[0]
+    mirrored = flip_evidence(batch, ctx.resolution)
+    both = {k: jnp.concatenate([jnp.asarray(batch[k]), mirrored[k]]) for k in mirrored}
+    out_both = predict_batch(params, both, config, rng)
+    out = jax.tree.map(lambda x: x[:size], out_both)
+    flipped = jax.tree.map(lambda x: x[size:], out_both)
+  else:
+    out = predict_batch(params, batch, config, rng)
   kp, conf = jnp.asarray(batch["keypoints"], jnp.float32), batch["confidence"]
   scale = jax.vmap(losses.person_scale_from_keypoints)(kp, conf)
   keypoint_loss = jax.vmap(functools.partial(
@@ -246,6 +301,9 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
       "dofs": _masked_mean(jnp.mean(jnp.sum(jnp.square(out["rotmats"] - true_rotmats),
                                             (-1, -2)), -1), labelled),
       "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
+      "flip_consistency": (mean(jnp.mean(distance(
+          pred_centred, regressor_body.hip_centred(mirror_keypoints3d(flipped["keypoints3d"]))),
+          -1)) if flip_weight > 0 else jnp.zeros((), jnp.float32)),
   }
 
 
@@ -257,10 +315,36 @@ def loss(params: Any, batch: dict, rng: jax.Array, config: ml_collections.Config
 
 
 def init(config: ml_collections.ConfigDict, rng: jax.Array, example_batch) -> Any:
-  """`{"net": Flax params}` (the prior and the body are frozen constants, not params)."""
+  """`{"net": Flax params}` (the prior and the body are frozen constants, not params): random,
+  or those of the run `model.init_from` (checked: same network shapes, same prior)."""
   ctx = context(config)
   maps = regressor_body.input_maps(ctx, jax.tree.map(lambda x: x[:2], example_batch))
-  return {"net": ctx.net.init(rng, maps, ctx.theta_init)["params"]}
+  params = {"net": ctx.net.init(rng, maps, ctx.theta_init)["params"]}
+  if config.model.init_from:
+    with jax.ensure_compile_time_eval():
+      params = _params_from(config.model.init_from, ctx, params)
+  return params
+
+
+def _params_from(workdir: str, ctx: regressor_body.RegressorContext, like: Any) -> Any:
+  """The exported params of regressor run `workdir`, checked against `like` (this config's
+  network) and this config's prior (a latent means nothing under another prior)."""
+  field = "config model.init_from"
+  try:
+    _, other, params = predictor.load_params(workdir)
+  except predictor.RegressorLoadError as e:
+    raise config_lib.ConfigError(f"{field}: {e}") from None
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if (jax.tree.structure(params) != jax.tree.structure(like)
+      or shapes(params) != shapes(like)):
+    raise config_lib.ConfigError(f"{field}: the network of {workdir} has other layers or shapes "
+                                 "than this config's model (widths, features, inputs, prior D)")
+  mine, theirs = jax.tree.leaves(ctx.prior.params), jax.tree.leaves(other.prior.params)
+  if len(mine) != len(theirs) or not all(
+      np.shape(a) == np.shape(b) and np.allclose(a, b) for a, b in zip(mine, theirs)):
+    raise config_lib.ConfigError(f"{field}: {workdir} was trained with another flow prior than "
+                                 "model.prior_workdir; its latents would mean other poses")
+  return jax.tree.map(jnp.asarray, params)
 
 
 # ---------------------------------------------------------------------------
