@@ -28,13 +28,29 @@ if [[ ! -f "$PRIOR/prior_params.msgpack" ]]; then
     --workdir="$PRIOR"
 fi
 
-# $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime.
+# $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime. A regime that
+# starts from another's network (regressor_base.INIT_FROM: semi from weak) has that one trained
+# first, into DIR too, and passed as --config.model.init_from.
 REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
-for regime in $REGIMES; do
-  echo "[regressors] $regime -> $DIR/$regime ($(date +%T))"
+DONE=" "
+train_regime() {
+  local regime="$1" base init=()
+  shift
+  [[ "$DONE" == *" $regime "* ]] && return 0
+  base="$($PY -c "from experiments import regressor_base; print(regressor_base.INIT_FROM.get('$regime', ''))")"
+  if [[ -n "$base" ]]; then
+    train_regime "$base" "$@"
+    init=(--config.model.init_from="$DIR/$base")
+  fi
+  echo "[regressors] $regime -> $DIR/$regime ($(date +%T))${base:+, starting from $DIR/$base}"
+  local start
   start=$(date +%s)
   FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config="experiments/regressor_${regime}.py" \
-    --workdir="$DIR/$regime" --config.model.prior_workdir="$PRIOR" "$@"
+    --workdir="$DIR/$regime" --config.model.prior_workdir="$PRIOR" "${init[@]}" "$@"
   echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
+  DONE="$DONE$regime "
+}
+for regime in $REGIMES; do
+  train_regime "$regime" "$@"
 done
-echo "[regressors] done: $DIR/{$(echo $REGIMES | tr ' ' ',')}"
+echo "[regressors] done: $DIR/{$(echo $DONE | tr ' ' ',')}"
