@@ -45,9 +45,10 @@ _HEADERS = (_CSRC / "lbs_common.h",)  # hashed with the sources, not compiled
 # FFI target name -> the library's exported handler symbol.
 LBS_TARGET, LBS_BWD_TARGET, FK_TARGET = ("flowpose_lbs", "flowpose_lbs_bwd",
                                          "flowpose_fk")
-NEAREST_TARGET = "flowpose_nearest_pairs"
+FK_BWD_TARGET, NEAREST_TARGET = "flowpose_fk_bwd", "flowpose_nearest_pairs"
 _SYMBOLS = {LBS_TARGET: "FlowposeLbs", LBS_BWD_TARGET: "FlowposeLbsBackward",
-            FK_TARGET: "FlowposeFk", NEAREST_TARGET: "FlowposeNearestPairs"}
+            FK_TARGET: "FlowposeFk", FK_BWD_TARGET: "FlowposeFkBackward",
+            NEAREST_TARGET: "FlowposeNearestPairs"}
 # x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) as /proc/cpuinfo spells it.
 _X86_64_V3_FLAGS = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm",
                     "movbe", "xsave"}

@@ -14,7 +14,8 @@
 // claimed by the calling thread and helpers on XLA's intra-op pool, each unit
 // with its own partial sums, added in a fixed order (results do not depend on
 // timing). Without a vertex cotangent (a loss on keypoints only) only the
-// keypoint regressor's vertices are visited.
+// keypoint regressor's vertices are visited; without a keypoint cotangent (a
+// loss on vertices only) the regressor is not read at all.
 
 #include <algorithm>
 #include <atomic>
@@ -40,7 +41,7 @@ struct Problem {
   const int32_t* indices;               // [V, K]
   const float* weights;                 // [V, K]
   const float* d_vertices;              // [B, V, 3], or null (zero)
-  const float* d_keypoints;             // [B, P, 3]
+  const float* d_keypoints;             // [B, P, 3], or null (zero)
   const int32_t *kp_ptr, *kp_id;        // the regressor by vertex
   const float* kp_w;
   // Partial sums per (block, chunk): [E = 12 J + S + F][kMaxLanes] floats.
@@ -177,7 +178,7 @@ void PrepareBlock(const Problem& p, int64_t block, Scratch& s) {
   copy(p.transforms, p.J * 12, s.t_soa);
   copy(p.betas, p.S, s.beta_t);
   if (p.F) copy(p.features, p.F, s.feat_t);
-  copy(p.d_keypoints, p.P * 3, s.dkp_t);
+  if (p.d_keypoints) copy(p.d_keypoints, p.P * 3, s.dkp_t);
 }
 
 // Vertices [v0, v0 + nvg) of the block: cotangent, blend, skin backward,
@@ -187,8 +188,9 @@ void GroupStep(const Problem& p, int64_t block, int64_t v0, int64_t nvg,
                Scratch& s) {
   const int64_t b0 = block * kMaxLanes;
   const int64_t nb = std::min<int64_t>(8 * NV, p.B - b0);
-  const int32_t e0 = p.kp_ptr[v0], e1 = p.kp_ptr[v0 + nvg];
-  if (!p.d_vertices && e0 == e1) return;  // zero cotangent on every vertex
+  if (!p.d_vertices && p.kp_ptr[v0] == p.kp_ptr[v0 + nvg]) {
+    return;  // zero cotangent on every vertex
+  }
   v8* ct = s.ct.data();
   if (p.d_vertices) {
     LoadTile(p.d_vertices, p.V, b0, nb, v0, nvg, 8 * NV,
@@ -196,7 +198,7 @@ void GroupStep(const Problem& p, int64_t block, int64_t v0, int64_t nvg,
   } else {
     std::fill(ct, ct + 3 * NV * nvg, v8{});
   }
-  for (int64_t k = 0; k < nvg; ++k) {  // + regressor^T d_keypoints
+  for (int64_t k = 0; k < nvg && p.d_keypoints; ++k) {  // + regressor^T d_kp
     for (int32_t e = p.kp_ptr[v0 + k]; e < p.kp_ptr[v0 + k + 1]; ++e) {
       const v8* dkp = s.dkp_t.data() + 3 * NV * p.kp_id[e];
       const float r = p.kp_w[e];
@@ -292,7 +294,9 @@ ffi::Error LbsBackwardImpl(
       (p.F && (fd.size() != 2 || fd[0] != p.B ||
                posedirs.element_count() != F * V * 3)) ||
       (d_vertices.element_count() && d_vertices.element_count() != B * V * 3) ||
-      d_keypoints.element_count() != B * p.P * 3 ||
+      (d_keypoints.element_count() &&
+       d_keypoints.element_count() != B * p.P * 3) ||
+      (!d_vertices.element_count() && !d_keypoints.element_count()) ||
       d_betas->element_count() != B * p.S ||
       d_trans->element_count() != B * p.J * 12 ||
       d_features->element_count() != B * std::max<size_t>(F, 1)) {
@@ -304,14 +308,19 @@ ffi::Error LbsBackwardImpl(
   p.v_template = v_template.typed_data(), p.shapedirs = shapedirs.typed_data();
   p.indices = skin_indices.typed_data(), p.weights = skin_weights.typed_data();
   p.d_vertices = d_vertices.element_count() ? d_vertices.typed_data() : nullptr;
-  p.d_keypoints = d_keypoints.typed_data();
+  p.d_keypoints =
+      d_keypoints.element_count() ? d_keypoints.typed_data() : nullptr;
   uint32_t bad = 0;  // branch-free, so it vectorises
   for (int64_t i = 0; i < p.V * p.K; ++i) {
     bad |= static_cast<uint32_t>(p.indices[i]) >= static_cast<uint64_t>(p.J);
   }
   if (bad) return ffi::Error::InvalidArgument("flowpose_lbs_bwd: joint indices");
   thread_local CallBuffers buffers;
-  BuildKeypointIndex(kp_regressor.typed_data(), p.P, p.V, &buffers);
+  if (p.d_keypoints) {
+    BuildKeypointIndex(kp_regressor.typed_data(), p.P, p.V, &buffers);
+  } else {
+    buffers.kp_ptr.assign(p.V + 1, 0);  // no regressor entries
+  }
   p.kp_ptr = buffers.kp_ptr.data(), p.kp_id = buffers.kp_id.data();
   p.kp_w = buffers.kp_w.data();
   p.num_sums = 12 * p.J + p.S + p.F;
