@@ -345,6 +345,33 @@ def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
   assert [p.name for p in fresh.parent.iterdir()] == [fresh.name]  # no temps
 
 
+def test_cpu_level_cap(monkeypatch):
+  best = build.cpu_level()
+  monkeypatch.setenv(build.LEVEL_VAR, "generic")
+  assert build.cpu_level() == "generic"
+  assert "-march" not in " ".join(build._compile_flags())  # pylint: disable=protected-access
+  monkeypatch.setenv(build.LEVEL_VAR, "x86-64-v4")  # a cap, never above the CPU
+  assert build.cpu_level() == best
+  monkeypatch.setenv(build.LEVEL_VAR, "avx9")
+  with pytest.raises(ValueError, match=build.LEVEL_VAR):
+    build.cpu_level()
+
+
+@pytest.mark.slow
+def test_avx2_build_matches_xla_on_an_avx512_machine(monkeypatch):
+  # Where the default build holds 16 bodies per 512-bit register, the AVX2 one (two 256-bit
+  # halves) must stay right too: the forward, backward and gradient tests with it.
+  if build.cpu_level() != "x86-64-v4":
+    pytest.skip("the default build is already the AVX2 (or generic) one here")
+  env = dict(os.environ, **{build.LEVEL_VAR: "x86-64-v3"})
+  keyword = "batched_matches or raw_ or threaded or gradients"
+  proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", keyword,
+               f"tests/{pathlib.Path(__file__).name}"], env)
+  assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:]
+  monkeypatch.setenv(build.LEVEL_VAR, "x86-64-v3")
+  assert build.library_path().exists()  # the subprocess built (or found) the AVX2 build
+
+
 # ---------------------------------------------------------------------------
 # A broken compiler fails set-up and the kernel tests, unless opted out
 # ---------------------------------------------------------------------------
