@@ -128,7 +128,7 @@ def _timed(fn):
   return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _interleaved(fns, repeats, rounds=1):
+def interleaved(fns, repeats, rounds=1):
   """Times each fn alternately (A B A B ...) after one warm-up each.
 
   Returns:
@@ -250,7 +250,7 @@ def fk_times(model: bm.BodyModel, batch: int, repeats: int):
         model.parents, r, j, m)))
     fns.append(lambda fk=fk: jax.block_until_ready(fk(rot, rest)))
   return dict(zip(("fk_levels_ms", "fk_doubling_ms"),
-                  (1e3 * t["wall"] for t in _interleaved(fns, repeats))))
+                  (1e3 * t["wall"] for t in interleaved(fns, repeats))))
 
 
 def _entry(name, label, batch, fns, reps, compare_xla, rounds=1):
@@ -262,7 +262,7 @@ def _entry(name, label, batch, fns, reps, compare_xla, rounds=1):
   ours_fn, theirs_fn, xla_fn = fns
   ms = lambda t: 1e3 * t["wall"]
   if theirs_fn is None:
-    ours, xla = _interleaved([ours_fn, xla_fn], reps, rounds)
+    ours, xla = interleaved([ours_fn, xla_fn], reps, rounds)
     print(f"{name:11s} {label:12s} B={batch:4d}  flowpose {ms(ours):9.2f} ms"
           f"  xla path {ms(xla):9.2f} ms  xla/flowpose {xla['wall'] / ours['wall']:6.2f}x",
           flush=True)
@@ -270,7 +270,7 @@ def _entry(name, label, batch, fns, reps, compare_xla, rounds=1):
             "flowpose_xla_ms": ms(xla), "xla_over_flowpose": xla["wall"] / ours["wall"],
             "loads": ours["loads"]}
   timed = [ours_fn, theirs_fn] + ([xla_fn] if compare_xla else [])
-  ours, theirs, *xla = _interleaved(timed, reps, rounds)
+  ours, theirs, *xla = interleaved(timed, reps, rounds)
   ratio = theirs["wall"] / ours["wall"]
   entry = {"flowpose_ms": ms(ours), "smplx_ms": ms(theirs),
            "flowpose_cpu_ms": 1e3 * ours["cpu"], "smplx_cpu_ms": 1e3 * theirs["cpu"],
