@@ -340,7 +340,8 @@ def test_benchmark_interleaves_rounds_and_records_load(monkeypatch):
       clock[0] += seconds[len([c for c in calls if c == name]) % len(seconds)]
     return fn
   ours, theirs = timed("ours", [0.001]), timed("theirs", [0.010, 0.030])
-  entry = bench._entry("m", "fwd", 4, (ours, theirs, None), 2, False, rounds=3)  # pylint: disable=protected-access
+  entry = bench._entry(  # pylint: disable=protected-access
+      "m", "fwd", 4, (ours, theirs, None), 2, False, rounds=3)
   assert calls == ["ours", "theirs"] * 7  # one warm-up each, then A B A B
   assert entry["loads"] == [1.0, 2.0, 3.0] and len(entry["round_ratios"]) == 3
   assert entry["flowpose_ms"] == pytest.approx(1.0)
