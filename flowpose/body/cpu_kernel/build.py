@@ -15,6 +15,11 @@ build, posing uses the XLA path and the kernel tests skip.
 At run time `available()` builds lazily on first use; there a failure logs a
 warning and posing falls back to XLA (`impl="auto"`), while `impl="kernel"`
 raises.
+
+The build targets the best level this CPU runs (`cpu_level()`: x86-64-v4 with
+AVX-512 holds 16 bodies per register, x86-64-v3 with AVX2 + FMA, else
+generic); `FLOWPOSE_LBS_CPU_LEVEL=x86-64-v3|generic` caps it (a cache shared by
+machines of different levels keeps one build per level).
 """
 
 import ctypes

@@ -6,9 +6,11 @@ when the library of `build.py` is available, each is one custom call for the
 whole `vmap`ped batch (`csrc/fk_kernel.cc`; `csrc/lbs_kernel.cc`: SIMD over
 blocks of bodies, both cores, writes only its outputs). The skinning's
 backward w.r.t. the per-body inputs is a custom call too
-(`csrc/lbs_backward.cc`: no `[B, 12, V]` intermediate, and only the keypoint
-regressor's vertices when the vertices get no cotangent); the FK's backward
-and the model arrays' cotangents are XLA.
+(`csrc/lbs_backward.cc`: no `[B, 12, V]` intermediate, only the keypoint
+regressor's vertices when the vertices get no cotangent, no regressor work
+when the keypoints get none), and so is the FK's (`csrc/fk_kernel.cc`: one
+walk of the tree per body instead of ~100 tiny XLA ops); the model arrays'
+cotangents are XLA.
 Elsewhere (GPU/TPU, no kernel, `FLOWPOSE_LBS_KERNEL=0`, `impl="xla"`) the pure
 reference of `flowpose.body.lbs` runs; it is also what the kernels are tested
 against. `impl`: `"auto"` (the kernel on CPU when `available()`), `"kernel"`
