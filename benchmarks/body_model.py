@@ -16,36 +16,33 @@ smplx gets dense `[V, J]` weights built from flowpose's sparse top-K ones and
 rotation matrices (`pose2rot=False`). flowpose additionally regresses the
 keypoints (`keypoint_regressor @ vertices`: COCO-17 for cc0, the 24 regressed
 joints for smpl_sized); smplx's time is `lbs` alone. Timings: `jit` +
-`block_until_ready` / `torch.no_grad`, warm-up excluded, the two libraries
-interleaved repeat by repeat (so machine load hits both alike), median.
-Forward+backward: gradient of `sum(vertices**2)` w.r.t. rotations, betas and
-translation (smplx: `lbs` + translation added to its vertices), at each of
-`--backward_batches`. On CPU with the kernels the skinning's backward is a
-custom call too (`csrc/lbs_backward.cc`); `--compare_xla` times XLA's.
+`block_until_ready` / `torch.no_grad`, warm-up excluded, the libraries
+interleaved call by call (A B A B ...: load hits both alike) for `--rounds`
+rounds of `--repeats`; medians of wall and process CPU time, each round's
+ratio and the load average at its start in the JSON (a loaded ratio is
+indicative only). Forward+backward: gradient of `sum(vertices**2)` w.r.t.
+rotations, betas and translation (smplx: `lbs` + translation added to its
+vertices) at each of `--backward_batches`; on CPU the FK's and the skinning's
+backward are custom calls too (`csrc/`); `--compare_xla` times XLA's.
 
 Skinning path: `--skinning=auto` (default) is what `forward` picks: the CPU
-kernels of `flowpose.body.cpu_kernel` (FK; shape/pose blend + skinning +
-keypoints) when built, else XLA; `kernel` or `xla` force one. `--compare_xla`
-also times the pure-XLA path (`flowpose.body.lbs`), interleaved with the other
-two (`flowpose_xla_ms`, `ratio_xla`; its big allocations also slow the other
-two down). The JSON records the path that ran (`setup.skinning`) and the
-kernel build (`setup.lbs_kernel`).
+kernels of `flowpose.body.cpu_kernel` when built, else XLA; `kernel` or `xla`
+force one. `--compare_xla` also times the pure-XLA path (`flowpose.body.lbs`),
+interleaved with the other two (`flowpose_xla_ms`, `ratio_xla`; its big
+allocations also slow the other two down). The JSON records the path that ran
+(`setup.skinning`) and the kernel build (`setup.lbs_kernel`, its `cpu_level`).
 
 `--baseline=none` times flowpose alone (for machines without torch/smplx,
 `benchmarks/requirements.txt`): the selected path against the pure-XLA path,
 `xla_over_flowpose` = XLA time / selected path's time, and the largest vertex
 difference between the two (`max_abs_vertex_diff_vs_xla_m`).
 
-Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0);
-glibc serves allocations over 32 MB with fresh `mmap`s, so each such buffer
-is page-faulted anew on every call, which on a small VM can cost as much as
-the arithmetic. Both libraries pay it (smplx allocates several such tensors;
-flowpose's kernel writes only the output and asks for transparent huge pages
-on it, `FLOWPOSE_LBS_HUGEPAGES=0` to disable; its XLA path also writes the
-blended rest vertices). Setting
-`MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=<large>` in the
-environment keeps the memory mapped between calls (recorded in the JSON under
-`setup.malloc_env`).
+Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0),
+served by glibc with fresh `mmap`s that are page-faulted on every call (on a
+small VM as costly as the arithmetic). Both libraries pay it (flowpose's kernel
+asks for transparent huge pages on its output, `FLOWPOSE_LBS_HUGEPAGES=0`
+disables). `MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=<large>`
+keeps the memory mapped between calls (recorded under `setup.malloc_env`).
 """
 
 import functools
@@ -73,7 +70,10 @@ _OUT = flags.DEFINE_string("out", None, "output JSON (required)")
 _BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
 _BACKWARD_BATCHES = flags.DEFINE_list("backward_batches", ["64", "512"],
                                       "forward+backward batches")
-_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats (x10 at B=1)",
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 3, "rounds of --repeats interleaved calls per entry (each round's "
+    "ratio and load are recorded; the medians are over all rounds)", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats per round (x10 at B=1)",
                                 lower_bound=1)
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads",
                                 lower_bound=1)
@@ -116,26 +116,43 @@ def random_inputs(model, batch, seed=0):
   """`(rotmats [B, J, 3, 3], betas [B, S])` float32 numpy."""
   rng = np.random.default_rng(seed)
   pose = 0.5 * rng.normal(size=(batch, model.num_joints, 3))
-  rot = np.array(geometry.axis_angle_to_matrix(jnp.asarray(pose,
-                                                             jnp.float32)))
+  rot = np.array(geometry.axis_angle_to_matrix(jnp.asarray(pose, jnp.float32)))
   return rot, rng.normal(size=(batch, model.num_betas)).astype(np.float32)
 
 
 def _timed(fn):
-  start = time.perf_counter()
+  """`(wall seconds, process CPU seconds)` of one call (CPU: all threads, so
+  under load it shows the work where the wall clock shows the queue)."""
+  cpu, start = time.process_time(), time.perf_counter()
   fn()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _interleaved(fns, repeats):
-  """Median seconds of each fn, run alternately after one warm-up each."""
+def interleaved(fns, repeats, rounds=1):
+  """Times each fn alternately (A B A B ...) after one warm-up each.
+
+  Returns:
+    One dict per fn: `wall` / `cpu` medians (s) over all `rounds * repeats`
+    calls and `round_walls`, the median of each round. Each round records
+    the load average (`os.getloadavg`, 1 min) where it starts.
+  """
   for fn in fns:
     fn()
-  times = [[] for _ in fns]
-  for _ in range(repeats):
-    for t, fn in zip(times, fns):
-      t.append(_timed(fn))
-  return [statistics.median(t) for t in times]
+  walls, cpus = [[] for _ in fns], [[] for _ in fns]
+  round_walls, loads = [[] for _ in fns], []
+  for _ in range(rounds):
+    loads.append(os.getloadavg()[0])
+    first = len(walls[0])
+    for _ in range(repeats):
+      for w, c, fn in zip(walls, cpus, fns):
+        wall, cpu = _timed(fn)
+        w.append(wall)
+        c.append(cpu)
+    for r, w in zip(round_walls, walls):
+      r.append(statistics.median(w[first:]))
+  return [{"wall": statistics.median(w), "cpu": statistics.median(c),
+           "round_walls": r, "loads": loads}
+          for w, c, r in zip(walls, cpus, round_walls)]
 
 
 class Poser:
@@ -165,14 +182,11 @@ class Poser:
   def jitted(skinning):
     """`(forward [B], grad of sum(vertices**2) w.r.t. (rot, betas, transl))`,
     jitted."""
-    fwd = jax.vmap(functools.partial(bm.forward, skinning=skinning),
-                   (None, 0, 0))
-    fwd_t = jax.vmap(functools.partial(bm.forward, skinning=skinning),
-                     (None, 0, 0, 0))
-
-    def loss(model, rot, betas, transl):
-      return jnp.sum(fwd_t(model, rot, betas, transl).vertices**2)
-    return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(1, 2, 3)))
+    pose = functools.partial(bm.forward, skinning=skinning)
+    loss = lambda model, rot, betas, transl: jnp.sum(
+        jax.vmap(pose, (None, 0, 0, 0))(model, rot, betas, transl).vertices**2)
+    return (jax.jit(jax.vmap(pose, (None, 0, 0))),
+            jax.jit(jax.grad(loss, argnums=(1, 2, 3))))
 
   def inputs(self, batch, seed=0):
     return random_inputs(self.model, batch, seed)
@@ -236,37 +250,47 @@ def fk_times(model: bm.BodyModel, batch: int, repeats: int):
         model.parents, r, j, m)))
     fns.append(lambda fk=fk: jax.block_until_ready(fk(rot, rest)))
   return dict(zip(("fk_levels_ms", "fk_doubling_ms"),
-                  (1e3 * t for t in _interleaved(fns, repeats))))
+                  (1e3 * t["wall"] for t in interleaved(fns, repeats))))
 
 
-def _entry(name, label, batch, fns, reps, compare_xla):
+def _entry(name, label, batch, fns, reps, compare_xla, rounds=1):
   """Times `(ours, theirs[, ours_xla])` interleaved; returns the JSON entry.
 
-  Without a baseline (`theirs` None) the XLA path is always timed."""
+  Without a baseline (`theirs` None) the XLA path is always timed. With one,
+  `ratio` = smplx / flowpose medians over every round, `round_ratios` the
+  same per round (their medians), `loads` the load average at each round."""
   ours_fn, theirs_fn, xla_fn = fns
+  ms = lambda t: 1e3 * t["wall"]
   if theirs_fn is None:
-    ours, xla = _interleaved([ours_fn, xla_fn], reps)
-    print(f"{name:11s} {label:12s} B={batch:4d}  flowpose {1e3 * ours:9.2f} ms"
-          f"  xla path {1e3 * xla:9.2f} ms  xla/flowpose {xla / ours:6.2f}x",
+    ours, xla = interleaved([ours_fn, xla_fn], reps, rounds)
+    print(f"{name:11s} {label:12s} B={batch:4d}  flowpose {ms(ours):9.2f} ms"
+          f"  xla path {ms(xla):9.2f} ms  xla/flowpose {xla['wall'] / ours['wall']:6.2f}x",
           flush=True)
-    return {"flowpose_ms": 1e3 * ours, "flowpose_bodies_per_s": batch / ours,
-            "flowpose_xla_ms": 1e3 * xla, "xla_over_flowpose": xla / ours}
+    return {"flowpose_ms": ms(ours), "flowpose_bodies_per_s": batch / ours["wall"],
+            "flowpose_xla_ms": ms(xla), "xla_over_flowpose": xla["wall"] / ours["wall"],
+            "loads": ours["loads"]}
   timed = [ours_fn, theirs_fn] + ([xla_fn] if compare_xla else [])
-  ours, theirs, *xla = _interleaved(timed, reps)
-  entry = {"flowpose_ms": 1e3 * ours, "smplx_ms": 1e3 * theirs,
-           "flowpose_bodies_per_s": batch / ours,
-           "smplx_bodies_per_s": batch / theirs, "ratio": theirs / ours}
-  line = (f"{name:11s} {label:12s} B={batch:4d}  flowpose {1e3 * ours:9.2f} ms"
-          f"  smplx {1e3 * theirs:9.2f} ms  ratio {theirs / ours:6.1f}x")
+  ours, theirs, *xla = interleaved(timed, reps, rounds)
+  ratio = theirs["wall"] / ours["wall"]
+  entry = {"flowpose_ms": ms(ours), "smplx_ms": ms(theirs),
+           "flowpose_cpu_ms": 1e3 * ours["cpu"], "smplx_cpu_ms": 1e3 * theirs["cpu"],
+           "flowpose_bodies_per_s": batch / ours["wall"], "ratio": ratio,
+           "smplx_bodies_per_s": batch / theirs["wall"], "cpu_ratio": theirs["cpu"] / ours["cpu"],
+           "round_ratios": [t / o for t, o in zip(theirs["round_walls"], ours["round_walls"])],
+           "loads": ours["loads"]}
+  line = (f"{name:11s} {label:12s} B={batch:4d}  flowpose {ms(ours):9.2f} ms"
+          f"  smplx {ms(theirs):9.2f} ms  ratio {ratio:6.1f}x"
+          f"  rounds {' '.join(f'{r:.1f}x' for r in entry['round_ratios'])}"
+          f"  load {' '.join(f'{x:.1f}' for x in entry['loads'])}")
   if xla:
-    entry.update(flowpose_xla_ms=1e3 * xla[0], ratio_xla=theirs / xla[0])
-    line += f"  (xla path {1e3 * xla[0]:9.2f} ms, {theirs / xla[0]:6.1f}x)"
+    entry.update(flowpose_xla_ms=ms(xla[0]), ratio_xla=theirs["wall"] / xla[0]["wall"])
+    line += f"  (xla path {ms(xla[0]):9.2f} ms, {entry['ratio_xla']:6.1f}x)"
   print(line, flush=True)
   return entry
 
 
 def run(models, batches, backward_batches, repeats, threads, skinning="auto",
-        compare_xla=False, baseline="smplx"):
+        compare_xla=False, baseline="smplx", rounds=1):
   if baseline == "smplx":
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(threads)
@@ -285,11 +309,11 @@ def run(models, batches, backward_batches, repeats, threads, skinning="auto",
       reps = repeats if batch > 1 else 10 * repeats
       res[f"forward_b{batch}"] = _entry(name, "forward", batch,
                                         poser.forward_fns(batch), reps,
-                                        compare_xla)
+                                        compare_xla, rounds)
     for batch in backward_batches:
       res[f"forward_backward_b{batch}"] = _entry(
           name, "fwd+backward", batch, poser.backward_fns(batch), repeats,
-          compare_xla)
+          compare_xla, rounds)
     res.update(fk_times(model, max(batches), repeats))
     top = res[f"forward_b{max(batches)}"]
     res.update({k: top[k] for k in ("flowpose_bodies_per_s",
@@ -309,6 +333,17 @@ def _baseline_setup(baseline, threads):
           "smplx": getattr(smplx, "__version__", "0.1.28")}
 
 
+def _positive_ints(flag):
+  """A list flag's values as positive ints, else one UsageError naming the flag."""
+  try:
+    values = [int(b) for b in flag.value]
+  except ValueError:
+    values = [0]
+  if min(values, default=1) < 1:
+    raise app.UsageError(f"--{flag.name}: expected positive integers, got {flag.value}")
+  return values
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -320,22 +355,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--models: unknown {unknown}; "
                          "expected cc0, smpl_sized")
-  try:
-    batches = [int(b) for b in _BATCHES.value]
-  except ValueError as e:
-    raise app.UsageError(
-        f"--batches: expected integers, got {_BATCHES.value}") from e
-  if not batches or min(batches) < 1:
-    raise app.UsageError(
-        f"--batches: expected positive integers, got {batches}")
-  try:
-    backward_batches = [int(b) for b in _BACKWARD_BATCHES.value]
-  except ValueError as e:
-    raise app.UsageError(f"--backward_batches: expected integers, got "
-                         f"{_BACKWARD_BATCHES.value}") from e
-  if min(backward_batches, default=1) < 1:
-    raise app.UsageError(f"--backward_batches: expected positive integers, "
-                         f"got {backward_batches}")
+  batches, backward_batches = (_positive_ints(f) for f in (_BATCHES, _BACKWARD_BATCHES))
+  if not batches:
+    raise app.UsageError("--batches: expected at least one batch size")
   if _BASELINE.value == "smplx":
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
@@ -349,15 +371,17 @@ def main(argv):
   models = {name: (model_io.load_model(assets.ensure_body_model())
                    if name == "cc0" else smpl_sized_model())
             for name in _MODELS.value}
+  load_before = os.getloadavg()
   results = {
       "models": run(models, batches, backward_batches, _REPEATS.value,
                     _THREADS.value, _SKINNING.value, _COMPARE_XLA.value,
-                    _BASELINE.value),
+                    _BASELINE.value, _ROUNDS.value),
       "setup": {
           **_baseline_setup(_BASELINE.value, _THREADS.value),
           "cpu_count": os.cpu_count(),
           "jax": jax.__version__, "platform": platform.platform(),
           "processor": platform.processor(), "repeats": _REPEATS.value,
+          "rounds": _ROUNDS.value, "load_average_before": load_before,
           "load_average_after": os.getloadavg(),
           "malloc_env": {k: v for k, v in os.environ.items()
                          if k.startswith("MALLOC_")},

@@ -322,3 +322,28 @@ def test_sparsify_skin_weights_reports_dropped_weight():
   np.testing.assert_array_equal(idx, [[0, 1], [0, 0]])
   np.testing.assert_allclose(weights, [[0.625, 0.375], [1.0, 0.0]])
   assert dropped == pytest.approx(0.2)
+
+
+def test_benchmark_interleaves_rounds_and_records_load(monkeypatch):
+  # benchmarks/body_model.py: both sides alternate call by call, each round gets its own ratio
+  # and load reading, and the ratio is the baseline's median over flowpose's.
+  from benchmarks import body_model as bench  # pylint: disable=g-import-not-at-top
+  calls, clock = [], [0.0]
+  monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+  monkeypatch.setattr(bench.time, "process_time", lambda: clock[0] / 2)
+  loads = iter([1.0, 2.0, 3.0])
+  monkeypatch.setattr(bench.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+
+  def timed(name, seconds):
+    def fn():
+      calls.append(name)
+      clock[0] += seconds[len([c for c in calls if c == name]) % len(seconds)]
+    return fn
+  ours, theirs = timed("ours", [0.001]), timed("theirs", [0.010, 0.030])
+  entry = bench._entry(  # pylint: disable=protected-access
+      "m", "fwd", 4, (ours, theirs, None), 2, False, rounds=3)
+  assert calls == ["ours", "theirs"] * 7  # one warm-up each, then A B A B
+  assert entry["loads"] == [1.0, 2.0, 3.0] and len(entry["round_ratios"]) == 3
+  assert entry["flowpose_ms"] == pytest.approx(1.0)
+  assert entry["smplx_ms"] == pytest.approx(20.0) and entry["ratio"] == pytest.approx(20.0)
+  assert entry["cpu_ratio"] == pytest.approx(20.0)

@@ -182,11 +182,34 @@ def reference_backward(*args):
   return jax.jit(jax.vmap(ffi.backward_reference, axes))(*args)
 
 
-@pytest.mark.parametrize("with_vertices", [True, False], ids=["all", "kp"])
-@pytest.mark.parametrize("batch", [1, 5, 9, 21])
-def test_raw_backward_kernel_matches_reference(model, batch, with_vertices):
-  # "kp": no vertex cotangent, only the regressor's vertices are visited.
-  args = backward_args(model, batch, seed=batch, with_vertices=with_vertices)
+def test_raw_fk_backward_kernel_matches_reference():
+  # Every cotangent of the FK (transforms, joints, global rotations) at once.
+  model, batch = make_model(False), 6
+  rot, betas, transl = inputs(model, batch, seed=batch + 20)
+  parents = np.asarray(model.parents, np.int32)
+  fk = jax.jit(lambda r, b, t: ffi.fk_call(r, b, t, parents, model.j_regressor,
+                                           model.v_template, model.shapedirs))
+  basis = fk(rot, betas, transl)[3]
+  rng = np.random.default_rng(batch)
+  cts = tuple(jnp.asarray(rng.normal(size=(batch, model.num_joints) + tail), jnp.float32)
+              for tail in ((3, 4), (3,), (3, 3)))
+  got = jax.jit(lambda *a: ffi.fk_backward_call(*a, parents))(rot, betas, basis, *cts)
+  ref = functools.partial(ffi.fk_backward_reference, model.parents, "levels")
+  want = jax.jit(jax.vmap(ref))(rot, betas, basis, *cts)
+  for name, g, w in zip(("d_rot", "d_betas", "d_transl", "d_rest"), got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5 * float(jnp.abs(w).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("cotangents,batch", [
+    *(("all", b) for b in (1, 5, 9, 21)), *(("kp", b) for b in (1, 5, 9, 21)),
+    ("vertices", 21)])
+def test_raw_backward_kernel_matches_reference(model, batch, cotangents):
+  # "kp": no vertex cotangent, only the regressor's vertices are visited;
+  # "vertices": no keypoint cotangent, the regressor is not read.
+  args = backward_args(model, batch, seed=batch,
+                       with_vertices=cotangents != "kp")
+  if cotangents == "vertices":
+    args = args[:4] + (None,) + args[5:]
   got = jax.jit(ffi.lbs_backward_call)(*args)
   want = reference_backward(*args)
   for name, g, w in zip(("d_betas", "d_transforms", "d_features"), got, want):
@@ -215,8 +238,8 @@ def test_cc0_gradients_use_the_backward_kernel_and_match_xla(cc0_model):
     return jnp.sum(out.vertices**2) + jnp.sum(out.keypoints)
   grads = {s: jax.jit(jax.grad(functools.partial(loss, s), argnums=(0, 1, 2)))
            for s in ("auto", "xla")}
-  assert "flowpose_lbs_bwd" in grads["auto"].lower(rot, betas,
-                                                   transl).as_text()
+  hlo = grads["auto"].lower(rot, betas, transl).as_text()
+  assert "flowpose_lbs_bwd" in hlo and "flowpose_fk_bwd" in hlo
   got, want = (grads[s](rot, betas, transl) for s in ("auto", "xla"))
   for name, g, w in zip(("rotmats", "betas", "transl"), got, want):
     np.testing.assert_allclose(g, w, rtol=1e-4,
@@ -278,7 +301,8 @@ def test_gradients_match_xla(model, terms):
                    (None, 0, 0, 0))(model, rot, betas, transl)
     v_term = jnp.sum((out.vertices - target)**2)
     kp_term = jnp.sum(jnp.sin(out.keypoints))
-    return {"all": v_term + kp_term + jnp.sum(out.joints**2),
+    return {"all": v_term + kp_term + jnp.sum(out.joints**2) +
+                   jnp.sum(jnp.cos(3 * out.joint_rotmats)),
             "vertices": v_term, "keypoints": kp_term}[terms]
   grads = {s: jax.jit(jax.grad(functools.partial(loss, s), argnums=(0, 1, 2)))(
       rot, betas, transl) for s in ("kernel", "xla")}
@@ -319,6 +343,33 @@ def test_build_is_cached_and_keyed(tmp_path, monkeypatch):
   fresh = build.build()  # a real compile, into the temp cache
   assert fresh.parent == tmp_path / "kernels" and fresh.name == path.name
   assert [p.name for p in fresh.parent.iterdir()] == [fresh.name]  # no temps
+
+
+def test_cpu_level_cap(monkeypatch):
+  best = build.cpu_level()
+  monkeypatch.setenv(build.LEVEL_VAR, "generic")
+  assert build.cpu_level() == "generic"
+  assert "-march" not in " ".join(build._compile_flags())  # pylint: disable=protected-access
+  monkeypatch.setenv(build.LEVEL_VAR, "x86-64-v4")  # a cap, never above the CPU
+  assert build.cpu_level() == best
+  monkeypatch.setenv(build.LEVEL_VAR, "avx9")
+  with pytest.raises(ValueError, match=build.LEVEL_VAR):
+    build.cpu_level()
+
+
+@pytest.mark.slow
+def test_avx2_build_matches_xla_on_an_avx512_machine(monkeypatch):
+  # Where the default build holds 16 bodies per 512-bit register, the AVX2 one (two 256-bit
+  # halves) must stay right too: the forward, backward and gradient tests with it.
+  if build.cpu_level() != "x86-64-v4":
+    pytest.skip("the default build is already the AVX2 (or generic) one here")
+  env = dict(os.environ, **{build.LEVEL_VAR: "x86-64-v3"})
+  keyword = "batched_matches or raw_ or threaded or gradients"
+  proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-k", keyword,
+               f"tests/{pathlib.Path(__file__).name}"], env)
+  assert proc.returncode == 0 and " passed" in proc.stdout, proc.stdout[-3000:]
+  monkeypatch.setenv(build.LEVEL_VAR, "x86-64-v3")
+  assert build.library_path().exists()  # the subprocess built (or found) the AVX2 build
 
 
 # ---------------------------------------------------------------------------

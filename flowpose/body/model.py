@@ -8,7 +8,7 @@ blends as GEMMs, FK level by level of the tree, skinning one fused loop with a
 custom VJP); on CPU with the kernels of `flowpose.body.cpu_kernel`, a vmapped
 `forward` is two custom calls over the whole batch (rest joints + FK + skinning
 transforms; shape and pose blends + sparse skinning + keypoints), and its
-gradient a third (the skinning's backward; FK's is XLA; `cpu_kernel.ffi`
+gradient two more (the skinning's and the FK's backward; `cpu_kernel.ffi`
 dispatches). Everything that depends on the model
 alone (e.g. the joint shape basis) is computed once per call, not per body.
 

@@ -15,6 +15,11 @@ build, posing uses the XLA path and the kernel tests skip.
 At run time `available()` builds lazily on first use; there a failure logs a
 warning and posing falls back to XLA (`impl="auto"`), while `impl="kernel"`
 raises.
+
+The build targets the best level this CPU runs (`cpu_level()`: x86-64-v4 with
+AVX-512 holds 16 bodies per register, x86-64-v3 with AVX2 + FMA, else
+generic); `FLOWPOSE_LBS_CPU_LEVEL=x86-64-v3|generic` caps it (a cache shared by
+machines of different levels keeps one build per level).
 """
 
 import ctypes
@@ -45,12 +50,18 @@ _HEADERS = (_CSRC / "lbs_common.h",)  # hashed with the sources, not compiled
 # FFI target name -> the library's exported handler symbol.
 LBS_TARGET, LBS_BWD_TARGET, FK_TARGET = ("flowpose_lbs", "flowpose_lbs_bwd",
                                          "flowpose_fk")
-NEAREST_TARGET = "flowpose_nearest_pairs"
+FK_BWD_TARGET, NEAREST_TARGET = "flowpose_fk_bwd", "flowpose_nearest_pairs"
 _SYMBOLS = {LBS_TARGET: "FlowposeLbs", LBS_BWD_TARGET: "FlowposeLbsBackward",
-            FK_TARGET: "FlowposeFk", NEAREST_TARGET: "FlowposeNearestPairs"}
+            FK_TARGET: "FlowposeFk", FK_BWD_TARGET: "FlowposeFkBackward",
+            NEAREST_TARGET: "FlowposeNearestPairs"}
 # x86-64-v3 (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE) as /proc/cpuinfo spells it.
 _X86_64_V3_FLAGS = {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "abm",
                     "movbe", "xsave"}
+# x86-64-v4 adds AVX-512 F/BW/CD/DQ/VL: the kernels then hold 16 bodies per register.
+_X86_64_V4_FLAGS = _X86_64_V3_FLAGS | {"avx512f", "avx512bw", "avx512cd",
+                                       "avx512dq", "avx512vl"}
+LEVELS = ("x86-64-v4", "x86-64-v3", "generic")
+LEVEL_VAR = "FLOWPOSE_LBS_CPU_LEVEL"  # caps the level (e.g. x86-64-v3 to test the AVX2 build)
 
 
 class KernelBuildError(RuntimeError):
@@ -76,7 +87,12 @@ def kernel_dir() -> pathlib.Path:
 
 
 def cpu_level() -> str:
-  """`"x86-64-v3"` where this CPU has AVX2 + FMA (Linux), else `"generic"`."""
+  """`"x86-64-v4"` (AVX-512), `"x86-64-v3"` (AVX2 + FMA) or `"generic"`: the
+  best this CPU runs (Linux, x86-64), capped by `$FLOWPOSE_LBS_CPU_LEVEL`.
+
+  Raises:
+    ValueError: `$FLOWPOSE_LBS_CPU_LEVEL` is not one of `LEVELS`.
+  """
   try:
     with open("/proc/cpuinfo", encoding="utf-8") as f:
       cpu_flags = next((set(line.split(":", 1)[1].split()) for line in f
@@ -84,7 +100,12 @@ def cpu_level() -> str:
   except OSError:
     cpu_flags = set()
   x86 = platform.machine().lower() in ("x86_64", "amd64")
-  return "x86-64-v3" if x86 and _X86_64_V3_FLAGS <= cpu_flags else "generic"
+  best = ("x86-64-v4" if x86 and _X86_64_V4_FLAGS <= cpu_flags else
+          "x86-64-v3" if x86 and _X86_64_V3_FLAGS <= cpu_flags else "generic")
+  cap = os.environ.get(LEVEL_VAR, LEVELS[0])
+  if cap not in LEVELS:
+    raise ValueError(f"{LEVEL_VAR} must be one of {LEVELS}, got {cap!r}")
+  return LEVELS[max(LEVELS.index(best), LEVELS.index(cap))]
 
 
 def _compiler() -> Optional[str]:
@@ -95,8 +116,8 @@ def _compiler() -> Optional[str]:
 def _compile_flags() -> List[str]:
   compile_flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
                    "-isystem", jax.ffi.include_dir()]
-  if cpu_level() == "x86-64-v3":
-    compile_flags.append("-march=x86-64-v3")
+  if cpu_level() != "generic":
+    compile_flags.append(f"-march={cpu_level()}")
   return compile_flags
 
 

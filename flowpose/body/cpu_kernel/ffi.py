@@ -6,9 +6,11 @@ when the library of `build.py` is available, each is one custom call for the
 whole `vmap`ped batch (`csrc/fk_kernel.cc`; `csrc/lbs_kernel.cc`: SIMD over
 blocks of bodies, both cores, writes only its outputs). The skinning's
 backward w.r.t. the per-body inputs is a custom call too
-(`csrc/lbs_backward.cc`: no `[B, 12, V]` intermediate, and only the keypoint
-regressor's vertices when the vertices get no cotangent); the FK's backward
-and the model arrays' cotangents are XLA.
+(`csrc/lbs_backward.cc`: no `[B, 12, V]` intermediate, only the keypoint
+regressor's vertices when the vertices get no cotangent, no regressor work
+when the keypoints get none), and so is the FK's (`csrc/fk_kernel.cc`: one
+walk of the tree per body instead of ~100 tiny XLA ops); the model arrays'
+cotangents are XLA.
 Elsewhere (GPU/TPU, no kernel, `FLOWPOSE_LBS_KERNEL=0`, `impl="xla"`) the pure
 reference of `flowpose.body.lbs` runs; it is also what the kernels are tested
 against. `impl`: `"auto"` (the kernel on CPU when `available()`), `"kernel"`
@@ -143,20 +145,54 @@ def fk_transforms(parents: Tuple[int, ...], rotmats: jax.Array,
 
   def fk_bwd(res, cts):
     (rot, betas, transl, j_regressor, v_template, shapedirs), basis = res
-    # The FK from the rest joints in XLA; the betas cotangent from the kernel's joint basis
-    # (XLA's own `joint_basis` is a dense [J, V] @ [V, 3 S] product per call: ~5% of a
-    # B = 64 forward + backward; WORKSPACE.md issue 15). The model arrays' cotangents stay
-    # XLA's (dropped when nothing asks for them).
-    rest = basis[..., 0] + basis[..., 1:] @ betas
-    from_rest = functools.partial(_transforms_from_rest, tuple(parents), fk_method)
-    d_rot, d_rest, d_transl = jax.vjp(from_rest, rot, rest, transl)[1](cts)
-    d_betas = jnp.einsum("jcs,jc->s", basis[..., 1:], d_rest)
+    # One custom call on CPU (XLA's FK backward is ~100 tiny ops: ~3 ms of a B = 64 forward +
+    # backward, WORKSPACE.md issue 15); the betas cotangent from the forward's joint basis (no
+    # dense [J, V] @ [V, 3 S] per call). The model arrays' cotangents stay XLA's (dropped when
+    # nothing asks for them).
+    reference = functools.partial(fk_backward_reference, tuple(parents), fk_method)
+    kernel = lambda *a: _unbatched(bwd_op, a, (parents_array,))
+    d_rot, d_betas, d_transl, d_rest = jax.lax.platform_dependent(
+        rot, betas, basis, *cts, cpu=kernel, default=reference)
     d_model = jax.vjp(lbs.joint_basis, j_regressor, v_template, shapedirs)[1](
         (d_rest, d_rest[..., None] * betas))
     return (d_rot, d_betas, d_transl) + tuple(d_model)
 
+  bwd_op = _batched_op(fk_backward_call, lambda *a: jax.vmap(
+      functools.partial(fk_backward_reference, tuple(parents), fk_method))(*a[:-1]), 6)
   fk.defvjp(fk_fwd, fk_bwd)
   return fk(*args)
+
+
+def fk_backward_call(rotmats, betas, basis, d_transforms, d_joints, d_joint_rotmats,
+                     parents):
+  """The FK backward custom call on `N` bodies (`csrc/fk_kernel.cc`).
+
+  Args:
+    rotmats, betas: `[N, J, 3, 3]`, `[N, S]` (the forward's inputs).
+    basis: `[N, J, 3, S + 1]`, the forward's joint basis output.
+    d_transforms, d_joints, d_joint_rotmats: `[N, J, 3, 4]`, `[N, J, 3]`,
+      `[N, J, 3, 3]` cotangents of the forward's outputs.
+    parents: int32 `[J]`.
+
+  Returns:
+    `(d_rotmats [N, J, 3, 3], d_betas [N, S], d_transl [N, 3], d_rest [N, J, 3])`
+    as `fk_backward_reference` (`d_rest`: of the rest joints).
+  """
+  num, num_joints = rotmats.shape[:2]
+  return _ffi(build.FK_BWD_TARGET, [(num, num_joints, 3, 3), (num, betas.shape[-1]),
+                                    (num, 3), (num, num_joints, 3)],
+              _f32(rotmats), _f32(betas), parents, _f32(basis), _f32(d_transforms),
+              _f32(d_joints), _f32(d_joint_rotmats))
+
+
+def fk_backward_reference(parents, fk_method, rotmats, betas, basis, d_transforms, d_joints,
+                          d_joint_rotmats):
+  """XLA twin of `fk_backward_call` on one body (unbatched shapes, no `parents` array)."""
+  rest = basis[..., 0] + basis[..., 1:] @ betas
+  from_rest = functools.partial(_transforms_from_rest, tuple(parents), fk_method)
+  d_rot, d_rest, d_transl = jax.vjp(from_rest, rotmats, rest, jnp.zeros(3, rest.dtype))[1](
+      (d_transforms, d_joints, d_joint_rotmats))
+  return d_rot, jnp.einsum("jcs,jc->s", basis[..., 1:], d_rest), d_transl, d_rest
 
 
 def _transforms_from_rest(parents, fk_method, rotmats, rest_joints, transl):
@@ -225,7 +261,8 @@ def lbs_backward_call(betas, transforms, pose_features, d_vertices,
       `[N, P]` or None).
     d_vertices: `[N, V, 3]` cotangent of the vertices, or None (zero: only
       the keypoint regressor's vertices are visited).
-    d_keypoints: `[N, Kp, 3]` cotangent of the keypoints.
+    d_keypoints: `[N, Kp, 3]` cotangent of the keypoints, or None (zero: the
+      regressor is not read). Not both None.
     posedirs .. kp_regressor: the model's arrays, as `lbs_call`.
 
   Returns:
@@ -241,20 +278,26 @@ def lbs_backward_call(betas, transforms, pose_features, d_vertices,
               _f32(betas), _f32(transforms),
               empty if pose_features is None else _f32(pose_features),
               empty if d_vertices is None else _f32(d_vertices),
-              _f32(d_keypoints),
+              empty if d_keypoints is None else _f32(d_keypoints),
               empty if posedirs is None else _f32(posedirs), _f32(v_template),
               _f32(shapedirs), jnp.asarray(skin_indices, jnp.int32),
               _f32(skin_weights), _f32(kp_regressor))
+
+
+def _vertex_cotangent(d_vertices, d_keypoints, kp_regressor):
+  """`d_vertices + kp_regressor^T d_keypoints` `[V, 3]` (either may be None, not both)."""
+  if d_keypoints is None:
+    return d_vertices
+  # (d_kp^T @ R)^T: under vmap a [B * 3, Kp] @ [Kp, V] GEMM.
+  d_all = (d_keypoints.T @ kp_regressor).T
+  return d_all if d_vertices is None else d_all + d_vertices
 
 
 def backward_reference(betas, transforms, pose_features, d_vertices,
                        d_keypoints, posedirs, v_template, shapedirs,
                        skin_indices, skin_weights, kp_regressor):
   """XLA twin of `lbs_backward_call` on one body (unbatched shapes)."""
-  # + (d_kp^T @ R)^T: under vmap a [B * 3, Kp] @ [Kp, V] GEMM.
-  d_all = (d_keypoints.T @ kp_regressor).T
-  if d_vertices is not None:
-    d_all = d_all + d_vertices
+  d_all = _vertex_cotangent(d_vertices, d_keypoints, kp_regressor)
   rest = lbs.blend_shapes(betas, pose_features, posedirs, v_template,
                           shapedirs)
   d_rest, d_transforms, _ = lbs.skin_backward(rest, transforms, skin_indices,
@@ -289,22 +332,21 @@ def _pose_vertices_bwd(residuals, cotangents):
   d_vertices, d_keypoints = cotangents
   zero = lambda x: isinstance(x, jax.custom_derivatives.SymbolicZero)
   d_vertices = None if zero(d_vertices) else d_vertices
-  if zero(d_keypoints):
-    d_keypoints = jnp.zeros(d_keypoints.shape, d_keypoints.dtype)
+  d_keypoints = None if zero(d_keypoints) else d_keypoints
+  if d_vertices is None and d_keypoints is None:  # nothing reaches the inputs
+    d_keypoints = jnp.zeros(cotangents[1].shape, cotangents[1].dtype)
   d_betas, d_transforms, d_features = _body_cotangents(
       betas, transforms, features, d_vertices, d_keypoints, posedirs,
       v_template, shapedirs, skin_indices, skin_weights, kp_regressor)
   # The model arrays' cotangents, in XLA.
-  d_all = (d_keypoints.T @ kp_regressor).T
-  if d_vertices is not None:
-    d_all = d_all + d_vertices
+  d_all = _vertex_cotangent(d_vertices, d_keypoints, kp_regressor)
   rest = lbs.blend_shapes(betas, features, posedirs, v_template, shapedirs)
   d_rest, _, d_weights = lbs.skin_backward(rest, transforms, skin_indices,
                                            skin_weights, d_all)
   d_pose = (None, None) if features is None else (
       d_features, features[:, None] * d_rest.reshape(-1))
   return (d_betas, d_transforms, *d_pose, d_rest, d_rest[:, :, None] * betas,
-          None, d_weights, d_keypoints @ vertices.T)
+          None, d_weights, None if d_keypoints is None else d_keypoints @ vertices.T)
 
 
 _pose_vertices.defvjp(_pose_vertices_fwd, _pose_vertices_bwd,

@@ -14,7 +14,8 @@
 // claimed by the calling thread and helpers on XLA's intra-op pool, each unit
 // with its own partial sums, added in a fixed order (results do not depend on
 // timing). Without a vertex cotangent (a loss on keypoints only) only the
-// keypoint regressor's vertices are visited.
+// keypoint regressor's vertices are visited; without a keypoint cotangent (a
+// loss on vertices only) the regressor is not read at all.
 
 #include <algorithm>
 #include <atomic>
@@ -40,7 +41,7 @@ struct Problem {
   const int32_t* indices;               // [V, K]
   const float* weights;                 // [V, K]
   const float* d_vertices;              // [B, V, 3], or null (zero)
-  const float* d_keypoints;             // [B, P, 3]
+  const float* d_keypoints;             // [B, P, 3], or null (zero)
   const int32_t *kp_ptr, *kp_id;        // the regressor by vertex
   const float* kp_w;
   // Partial sums per (block, chunk): [E = 12 J + S + F][kMaxLanes] floats.
@@ -49,7 +50,7 @@ struct Problem {
 };
 
 struct Scratch {  // per thread, one block at a time
-  std::vector<v8> t_soa, beta_t, feat_t, dkp_t, xs, ct, dx, sums;
+  AlignedVector<v8> t_soa, beta_t, feat_t, dkp_t, xs, ct, dx, sums;
 };
 
 // The inverse of the forward's StoreTile: stage[r * L + l] =
@@ -86,74 +87,78 @@ void LoadTile(const float* src, int64_t V, int64_t b0, int64_t nb,
 
 // acc[s] += sum_r B(r, s) dx[r] over `rows` rows (B as in BlendRows: row-major
 // basis[r * stride + s], or kColumns basis[s * stride + r]), SB coefficients
-// at a time in registers.
-template <int NV, int SB, bool kColumns>
+// at a time in registers; N vectors of bodies.
+template <typename V, int N, int SB, bool kColumns>
 inline void BlendBackwardRows(const float* basis, int64_t stride,
-                              int64_t rows, const v8* dx, v8* acc) {
-  v8 a[SB][NV];
+                              int64_t rows, const V* dx, V* acc) {
+  V a[SB][N];
   for (int i = 0; i < SB; ++i) {
-    for (int n = 0; n < NV; ++n) a[i][n] = acc[i * NV + n];
+    for (int n = 0; n < N; ++n) a[i][n] = acc[i * N + n];
   }
   for (int64_t r = 0; r < rows; ++r) {
-    v8 d[NV];
-    for (int n = 0; n < NV; ++n) d[n] = dx[r * NV + n];
+    V d[N];
+    for (int n = 0; n < N; ++n) d[n] = dx[r * N + n];
     for (int i = 0; i < SB; ++i) {
       const float c = kColumns ? basis[i * stride + r] : basis[r * stride + i];
-      for (int n = 0; n < NV; ++n) a[i][n] += c * d[n];
+      for (int n = 0; n < N; ++n) a[i][n] += c * d[n];
     }
   }
   for (int i = 0; i < SB; ++i) {
-    for (int n = 0; n < NV; ++n) acc[i * NV + n] = a[i][n];
+    for (int n = 0; n < N; ++n) acc[i * N + n] = a[i][n];
   }
 }
 
+// NV * 8 bodies: `dx` [rows][NV], `acc` [S][NV] v8.
 template <int NV, bool kColumns>
 void BlendBackward(const float* basis, int64_t stride, int64_t S, int64_t rows,
-                   const v8* dx, v8* acc) {
-  constexpr int SB = 8 / NV;
+                   const v8* dx8, v8* acc8) {
+  typedef typename Simd<NV>::V V;
+  constexpr int N = Simd<NV>::kN, SB = 8 / N;
+  const V* dx = AsSimd<NV>(dx8);
+  V* acc = AsSimd<NV>(acc8);
   const int64_t step = kColumns ? stride : 1;
   int64_t s = 0;
   for (; s + SB <= S; s += SB) {
-    BlendBackwardRows<NV, SB, kColumns>(basis + s * step, stride, rows, dx,
-                                        acc + s * NV);
+    BlendBackwardRows<V, N, SB, kColumns>(basis + s * step, stride, rows, dx,
+                                          acc + s * N);
   }
   for (; s < S; ++s) {
-    BlendBackwardRows<NV, 1, kColumns>(basis + s * step, stride, rows, dx,
-                                       acc + s * NV);
+    BlendBackwardRows<V, N, 1, kColumns>(basis + s * step, stride, rows, dx,
+                                         acc + s * N);
   }
 }
 
-// One vertex for NV * 8 bodies: adds w g [x; 1]^T to the transform sums
-// `dt` [J][12][NV] and writes d_x = sum_k w R^T g to `dx` ([3][NV]).
-template <int NV>
-inline void SkinVertexBackward(const Problem& p, int64_t v, const v8* t_soa,
-                               const v8* xs, const v8* g, v8* dt, v8* dx) {
-  v8 x[3][NV], d[3][NV] = {};
+// One vertex for N vectors of bodies: adds w g [x; 1]^T to the transform sums
+// `dt` [J][12][N] and writes d_x = sum_k w R^T g to `dx` ([3][N]).
+template <typename V, int N>
+inline void SkinVertexBackward(const Problem& p, int64_t v, const V* t_soa,
+                               const V* xs, const V* g, V* dt, V* dx) {
+  V x[3][N], d[3][N] = {};
   for (int c = 0; c < 3; ++c) {
-    for (int n = 0; n < NV; ++n) x[c][n] = xs[c * NV + n];
+    for (int n = 0; n < N; ++n) x[c][n] = xs[c * N + n];
   }
   const int32_t* idx = p.indices + p.K * v;
   const float* w = p.weights + p.K * v;
   for (int64_t k = 0; k < p.K; ++k) {
     const float wk = w[k];
     if (wk == 0.0f) continue;  // top-K weights are zero-padded
-    const v8* t = t_soa + idx[k] * 12 * NV;
-    v8* acc = dt + idx[k] * 12 * NV;
+    const V* t = t_soa + idx[k] * 12 * N;
+    V* acc = dt + idx[k] * 12 * N;
     for (int c = 0; c < 3; ++c) {
-      for (int n = 0; n < NV; ++n) {
-        const v8 gw = wk * g[c * NV + n];
-        acc[(4 * c) * NV + n] += gw * x[0][n];
-        acc[(4 * c + 1) * NV + n] += gw * x[1][n];
-        acc[(4 * c + 2) * NV + n] += gw * x[2][n];
-        acc[(4 * c + 3) * NV + n] += gw;
-        d[0][n] += t[(4 * c) * NV + n] * gw;
-        d[1][n] += t[(4 * c + 1) * NV + n] * gw;
-        d[2][n] += t[(4 * c + 2) * NV + n] * gw;
+      for (int n = 0; n < N; ++n) {
+        const V gw = wk * g[c * N + n];
+        acc[(4 * c) * N + n] += gw * x[0][n];
+        acc[(4 * c + 1) * N + n] += gw * x[1][n];
+        acc[(4 * c + 2) * N + n] += gw * x[2][n];
+        acc[(4 * c + 3) * N + n] += gw;
+        d[0][n] += t[(4 * c) * N + n] * gw;
+        d[1][n] += t[(4 * c + 1) * N + n] * gw;
+        d[2][n] += t[(4 * c + 2) * N + n] * gw;
       }
     }
   }
   for (int c = 0; c < 3; ++c) {
-    for (int n = 0; n < NV; ++n) dx[c * NV + n] = d[c][n];
+    for (int n = 0; n < N; ++n) dx[c * N + n] = d[c][n];
   }
 }
 
@@ -167,7 +172,7 @@ void PrepareBlock(const Problem& p, int64_t block, Scratch& s) {
   s.feat_t.resize(p.F * 2), s.dkp_t.resize(p.P * 3 * 2);
   s.xs.resize(3 * kGroup * 2), s.ct.resize(3 * kGroup * 2);
   s.dx.resize(3 * kGroup * 2), s.sums.assign(p.num_sums * 2, v8{});
-  auto copy = [&](const float* src, int64_t n, std::vector<v8>& dst) {
+  auto copy = [&](const float* src, int64_t n, AlignedVector<v8>& dst) {
     float* out = reinterpret_cast<float*>(dst.data());
     for (int64_t l = 0; l < L; ++l) {
       const float* row = src + (b0 + l) * n;
@@ -177,7 +182,7 @@ void PrepareBlock(const Problem& p, int64_t block, Scratch& s) {
   copy(p.transforms, p.J * 12, s.t_soa);
   copy(p.betas, p.S, s.beta_t);
   if (p.F) copy(p.features, p.F, s.feat_t);
-  copy(p.d_keypoints, p.P * 3, s.dkp_t);
+  if (p.d_keypoints) copy(p.d_keypoints, p.P * 3, s.dkp_t);
 }
 
 // Vertices [v0, v0 + nvg) of the block: cotangent, blend, skin backward,
@@ -187,8 +192,9 @@ void GroupStep(const Problem& p, int64_t block, int64_t v0, int64_t nvg,
                Scratch& s) {
   const int64_t b0 = block * kMaxLanes;
   const int64_t nb = std::min<int64_t>(8 * NV, p.B - b0);
-  const int32_t e0 = p.kp_ptr[v0], e1 = p.kp_ptr[v0 + nvg];
-  if (!p.d_vertices && e0 == e1) return;  // zero cotangent on every vertex
+  if (!p.d_vertices && p.kp_ptr[v0] == p.kp_ptr[v0 + nvg]) {
+    return;  // zero cotangent on every vertex
+  }
   v8* ct = s.ct.data();
   if (p.d_vertices) {
     LoadTile(p.d_vertices, p.V, b0, nb, v0, nvg, 8 * NV,
@@ -196,7 +202,7 @@ void GroupStep(const Problem& p, int64_t block, int64_t v0, int64_t nvg,
   } else {
     std::fill(ct, ct + 3 * NV * nvg, v8{});
   }
-  for (int64_t k = 0; k < nvg; ++k) {  // + regressor^T d_keypoints
+  for (int64_t k = 0; k < nvg && p.d_keypoints; ++k) {  // + regressor^T d_kp
     for (int32_t e = p.kp_ptr[v0 + k]; e < p.kp_ptr[v0 + k + 1]; ++e) {
       const v8* dkp = s.dkp_t.data() + 3 * NV * p.kp_id[e];
       const float r = p.kp_w[e];
@@ -211,9 +217,12 @@ void GroupStep(const Problem& p, int64_t block, int64_t v0, int64_t nvg,
                          s.feat_t.data(), xs);
   }
   v8* sums = s.sums.data();
+  constexpr int N = Simd<NV>::kN;
   for (int64_t k = 0; k < nvg; ++k) {
-    SkinVertexBackward<NV>(p, v0 + k, s.t_soa.data(), xs + 3 * NV * k,
-                           ct + 3 * NV * k, sums, s.dx.data() + 3 * NV * k);
+    SkinVertexBackward<typename Simd<NV>::V, N>(
+        p, v0 + k, AsSimd<NV>(s.t_soa.data()), AsSimd<NV>(xs) + 3 * N * k,
+        AsSimd<NV>(ct) + 3 * N * k, AsSimd<NV>(sums),
+        AsSimd<NV>(s.dx.data()) + 3 * N * k);
   }
   BlendBackward<NV, false>(p.shapedirs + 3 * v0 * p.S, p.S, p.S, 3 * nvg,
                            s.dx.data(), sums + 12 * p.J * NV);
@@ -292,7 +301,9 @@ ffi::Error LbsBackwardImpl(
       (p.F && (fd.size() != 2 || fd[0] != p.B ||
                posedirs.element_count() != F * V * 3)) ||
       (d_vertices.element_count() && d_vertices.element_count() != B * V * 3) ||
-      d_keypoints.element_count() != B * p.P * 3 ||
+      (d_keypoints.element_count() &&
+       d_keypoints.element_count() != B * p.P * 3) ||
+      (!d_vertices.element_count() && !d_keypoints.element_count()) ||
       d_betas->element_count() != B * p.S ||
       d_trans->element_count() != B * p.J * 12 ||
       d_features->element_count() != B * std::max<size_t>(F, 1)) {
@@ -304,14 +315,19 @@ ffi::Error LbsBackwardImpl(
   p.v_template = v_template.typed_data(), p.shapedirs = shapedirs.typed_data();
   p.indices = skin_indices.typed_data(), p.weights = skin_weights.typed_data();
   p.d_vertices = d_vertices.element_count() ? d_vertices.typed_data() : nullptr;
-  p.d_keypoints = d_keypoints.typed_data();
+  p.d_keypoints =
+      d_keypoints.element_count() ? d_keypoints.typed_data() : nullptr;
   uint32_t bad = 0;  // branch-free, so it vectorises
   for (int64_t i = 0; i < p.V * p.K; ++i) {
     bad |= static_cast<uint32_t>(p.indices[i]) >= static_cast<uint64_t>(p.J);
   }
   if (bad) return ffi::Error::InvalidArgument("flowpose_lbs_bwd: joint indices");
   thread_local CallBuffers buffers;
-  BuildKeypointIndex(kp_regressor.typed_data(), p.P, p.V, &buffers);
+  if (p.d_keypoints) {
+    BuildKeypointIndex(kp_regressor.typed_data(), p.P, p.V, &buffers);
+  } else {
+    buffers.kp_ptr.assign(p.V + 1, 0);  // no regressor entries
+  }
   p.kp_ptr = buffers.kp_ptr.data(), p.kp_id = buffers.kp_id.data();
   p.kp_w = buffers.kp_w.data();
   p.num_sums = 12 * p.J + p.S + p.F;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #if defined(__linux__)
@@ -25,47 +26,95 @@ typedef double v8d __attribute__((vector_size(64)));  // keypoint sums
 constexpr int64_t kMaxLanes = 16;  // bodies per block (two v8 per quantity)
 constexpr int64_t kGroup = 8;      // vertices per transposed output tile
 
-// Blend of R rows for NV * 8 bodies: xs[r] = tpl[r] + sum_s B(r, s) coef[s]
-// (or xs[r] += ... without tpl), B(r, s) = basis[r * stride + s] (row-major)
-// or basis[s * stride + r] (kColumns). R * NV = 12 independent accumulators
-// keep both FMA pipes busy (FMA latency 4).
-template <int NV, int R, bool kColumns>
+// std::allocator with 64-byte alignment: the v8 scratch buffers are also read
+// as 512-bit vectors (`AsSimd`), whose loads need it.
+template <typename T>
+struct Aligned64 {
+  typedef T value_type;
+  Aligned64() = default;
+  template <typename U>
+  Aligned64(const Aligned64<U>&) {}  // NOLINT: rebinding, as std::allocator
+  T* allocate(size_t n) {
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)));
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const Aligned64&) const { return true; }
+  bool operator!=(const Aligned64&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, Aligned64<T>>;
+
+// The SIMD type of a block of NV * 8 bodies: NV v8 per quantity, or, where
+// AVX-512 is enabled, one 512-bit vector for 16 bodies (the same bytes: the
+// scratch buffers stay arrays of v8, 64-byte aligned, every 16-body quantity
+// at an even v8 offset, viewed through `AsSimd`).
+template <int NV>
+struct Simd {
+  typedef v8 V;
+  static constexpr int kN = NV;
+};
+#if defined(__AVX512F__)
+typedef float v16 __attribute__((vector_size(64), may_alias));
+template <>
+struct Simd<2> {
+  typedef v16 V;
+  static constexpr int kN = 1;
+};
+#endif
+template <int NV>
+inline typename Simd<NV>::V* AsSimd(v8* x) {
+  return reinterpret_cast<typename Simd<NV>::V*>(x);
+}
+template <int NV>
+inline const typename Simd<NV>::V* AsSimd(const v8* x) {
+  return reinterpret_cast<const typename Simd<NV>::V*>(x);
+}
+
+// Blend of R rows for N vectors of bodies: xs[r] = tpl[r] + sum_s B(r, s)
+// coef[s] (or xs[r] += ... without tpl), B(r, s) = basis[r * stride + s]
+// (row-major) or basis[s * stride + r] (kColumns). R * N = 12 independent
+// accumulators keep both FMA pipes busy (FMA latency 4).
+template <typename V, int N, int R, bool kColumns>
 inline void BlendRows(const float* basis, int64_t stride, int64_t S,
-                      const float* tpl, const v8* coef, v8* xs) {
-  v8 acc[R][NV];
+                      const float* tpl, const V* coef, V* xs) {
+  V acc[R][N];
   for (int r = 0; r < R; ++r) {
-    for (int n = 0; n < NV; ++n) {
-      acc[r][n] = tpl ? v8{} + tpl[r] : xs[r * NV + n];
+    for (int n = 0; n < N; ++n) {
+      acc[r][n] = tpl ? V{} + tpl[r] : xs[r * N + n];
     }
   }
   for (int64_t s = 0; s < S; ++s) {
-    v8 b[NV];
-    for (int n = 0; n < NV; ++n) b[n] = coef[s * NV + n];
+    V b[N];
+    for (int n = 0; n < N; ++n) b[n] = coef[s * N + n];
     for (int r = 0; r < R; ++r) {
       const float c = kColumns ? basis[s * stride + r] : basis[r * stride + s];
-      for (int n = 0; n < NV; ++n) acc[r][n] += c * b[n];
+      for (int n = 0; n < N; ++n) acc[r][n] += c * b[n];
     }
   }
   for (int r = 0; r < R; ++r) {
-    for (int n = 0; n < NV; ++n) xs[r * NV + n] = acc[r][n];
+    for (int n = 0; n < N; ++n) xs[r * N + n] = acc[r][n];
   }
 }
 
-// `rows` rows from row0 = 3 * v0 of a basis, in runs of R.
+// `rows` rows from row0 = 3 * v0 of a basis, in runs of R, for NV * 8 bodies
+// (`coef` [S][NV], `xs` [rows][NV] v8).
 template <int NV, bool kColumns>
 inline void BlendGroup(const float* basis, int64_t stride, int64_t S,
-                       const float* tpl, int64_t rows, const v8* coef,
-                       v8* xs) {
-  constexpr int R = 12 / NV;
+                       const float* tpl, int64_t rows, const v8* coef8,
+                       v8* xs8) {
+  typedef typename Simd<NV>::V V;
+  constexpr int N = Simd<NV>::kN, R = 12 / N;
+  const V* coef = AsSimd<NV>(coef8);
+  V* xs = AsSimd<NV>(xs8);
   const int64_t step = kColumns ? 1 : stride;
   int64_t r = 0;
   for (; r + R <= rows; r += R) {
-    BlendRows<NV, R, kColumns>(basis + r * step, stride, S,
-                               tpl ? tpl + r : nullptr, coef, xs + r * NV);
+    BlendRows<V, N, R, kColumns>(basis + r * step, stride, S,
+                                 tpl ? tpl + r : nullptr, coef, xs + r * N);
   }
   for (; r < rows; ++r) {
-    BlendRows<NV, 1, kColumns>(basis + r * step, stride, S,
-                               tpl ? tpl + r : nullptr, coef, xs + r * NV);
+    BlendRows<V, N, 1, kColumns>(basis + r * step, stride, S,
+                                 tpl ? tpl + r : nullptr, coef, xs + r * N);
   }
 }
 

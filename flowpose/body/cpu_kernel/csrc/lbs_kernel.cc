@@ -49,35 +49,36 @@ struct Problem {
 };
 
 struct Scratch {  // per thread; block i of a unit uses slot i of each array
-  std::vector<v8> t_soa, beta_t, feat_t, kp_f, xs, stage_out;
+  AlignedVector<v8> t_soa, beta_t, feat_t, kp_f, xs, stage_out;
 };
 
-// Skins one vertex for NV * 8 bodies; `xs`/`out` hold [3][NV] vectors.
-template <int NV>
-inline void SkinVertex(const Problem& p, int64_t v, const v8* t_soa,
-                       const v8* xs, v8* out) {
-  v8 x[3][NV];
+// Skins one vertex for N vectors of bodies; `xs`/`out` hold [3][N] vectors,
+// `t_soa` [J][12][N].
+template <typename V, int N>
+inline void SkinVertex(const Problem& p, int64_t v, const V* t_soa,
+                       const V* xs, V* out) {
+  V x[3][N];
   for (int c = 0; c < 3; ++c) {
-    for (int n = 0; n < NV; ++n) x[c][n] = xs[c * NV + n];
+    for (int n = 0; n < N; ++n) x[c][n] = xs[c * N + n];
   }
-  v8 o[3][NV] = {};
+  V o[3][N] = {};
   const int32_t* idx = p.indices + p.K * v;
   const float* w = p.weights + p.K * v;
   for (int64_t k = 0; k < p.K; ++k) {
     const float wk = w[k];
     if (wk == 0.0f) continue;  // top-K weights are zero-padded
-    const v8* t = t_soa + idx[k] * 12 * NV;
+    const V* t = t_soa + idx[k] * 12 * N;
     for (int c = 0; c < 3; ++c) {
-      for (int n = 0; n < NV; ++n) {
-        const v8 y = t[(4 * c + 3) * NV + n] + t[(4 * c) * NV + n] * x[0][n] +
-                     t[(4 * c + 1) * NV + n] * x[1][n] +
-                     t[(4 * c + 2) * NV + n] * x[2][n];
+      for (int n = 0; n < N; ++n) {
+        const V y = t[(4 * c + 3) * N + n] + t[(4 * c) * N + n] * x[0][n] +
+                    t[(4 * c + 1) * N + n] * x[1][n] +
+                    t[(4 * c + 2) * N + n] * x[2][n];
         o[c][n] += wk * y;
       }
     }
   }
   for (int c = 0; c < 3; ++c) {
-    for (int n = 0; n < NV; ++n) out[c * NV + n] = o[c][n];
+    for (int n = 0; n < N; ++n) out[c * N + n] = o[c][n];
   }
 }
 
@@ -176,9 +177,11 @@ void GroupStep(const Problem& p, int64_t block, int64_t i, int64_t v0,
                          s.feat_t.data() + i * p.F * 2, xs);
   }
   const v8* t_soa = s.t_soa.data() + i * p.J * 12 * 2;
+  constexpr int N = Simd<NV>::kN;
   for (int64_t k = 0; k < nvg; ++k) {
-    SkinVertex<NV>(p, v0 + k, t_soa, xs + 3 * NV * k,
-                   s.stage_out.data() + 3 * NV * k);
+    SkinVertex<typename Simd<NV>::V, N>(
+        p, v0 + k, AsSimd<NV>(t_soa), AsSimd<NV>(xs) + 3 * N * k,
+        AsSimd<NV>(s.stage_out.data()) + 3 * N * k);
   }
   AccumulateKeypoints<NV>(p, v0, nvg, s.stage_out.data(),
                           s.kp_f.data() + i * p.P * 3 * 2);
