@@ -13,6 +13,7 @@ from flowpose.evidence import video_io
 from flowpose.fitting import sequence
 from flowpose.fitting import sequence_init
 from flowpose.fitting import video_job
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.viz import images as viz
 from flowpose.viz import render_clip
 from tests import video_fixtures
@@ -28,12 +29,14 @@ def clip(shared_data, tmp_path_factory):
   w = video_fixtures.windows(shared_data, tmp, window=FRAMES, stride=FRAMES)
   prior_dir = video_fixtures.tiny_prior(tmp / "prior", w.dofs)
   dyn_dir = video_fixtures.tiny_dynamics(tmp / "dyn", prior_dir, w.dofs)
+  regressor = video_fixtures.tiny_regressor(tmp / "regressor", prior_dir)
   rendered = render_clip.render_mocap_clip(assets.load_cc0_model(), w.dofs[3],
                                            w.root_orient[3], w.root_transl[3], size=(192, 192))
   frames = tmp / "frames"
   for i, frame in enumerate(rendered.frames):
     viz.save_png(frames / f"{i:03d}.png", frame)
-  return dict(tmp=tmp, prior=prior_dir, dyn=dyn_dir, rendered=rendered, frames=str(frames))
+  return dict(tmp=tmp, prior=prior_dir, dyn=dyn_dir, rendered=rendered, frames=str(frames),
+              regressor=regressor)
 
 
 def _few_steps():
@@ -112,6 +115,13 @@ def test_bad_input_is_refused_and_nothing_is_written(clip, tmp_path):
     video_job.reconstruct_video(out_dir=str(tmp_path / "o3"), frames_dir=clip["frames"],
                                 keypoints_json=str(track), **kwargs)
   assert _empty(tmp_path / "o3")
+  # A network trained on another prior (its latent means other poses): refused, naming the flag.
+  other = video_fixtures.another_prior(tmp_path / "other_prior", clip["prior"])
+  with pytest.raises(FitInputError, match="--regressor_workdir.*trained with the prior"):
+    video_job.reconstruct_video(out_dir=str(tmp_path / "o4"), frames_dir=clip["frames"],
+                                regressor_workdir=clip["regressor"],
+                                **{**kwargs, "prior_workdir": other})
+  assert _empty(tmp_path / "o4")
 
 
 def test_tracker_follows_overlap_and_marks_missing_frames():
@@ -141,6 +151,15 @@ def test_cli_with_a_track_json_and_a_person_leaving(clip, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   frames = json.loads((out / "frames.json").read_text())
   assert [f["tracked"] for f in frames] == [i != 2 for i in range(FRAMES)]
+  # Stage 1 from the network (tiny, untrained: the plumbing, not the accuracy).
+  net_out = tmp_path / "net_out"
+  done = subprocess.run(cmd[:6] + [f"--out_dir={net_out}", cmd[7],
+                                   f"--regressor_workdir={clip['regressor']}"],
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  summary = json.loads((net_out / "summary.json").read_text())
+  assert summary["stage1"] == "network" and summary["num_frames"] == FRAMES
+  assert (net_out / "motion.bvh").is_file()
   bad = subprocess.run(cmd[:3] + ["--video=/nonexistent.mp4", cmd[4],
                                    f"--out_dir={tmp_path / 'o'}"],
                        capture_output=True, text=True, check=False)

@@ -95,6 +95,10 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   c.keyframe_stride = 4  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
   # The `open_gap_*` terms' gaps: fewer than this many frames with evidence on one side.
   c.open_gap_support = 1
+  # Stage 1 from the reconstruction network (`fitting.sequence_network`, when a network is
+  # given): the network's start of each keyframe refined by `fitting.fit` for (camera, body)
+  # steps from 2 restarts (the network's, yaw 0); () = the network's predictions alone.
+  c.network_refine_steps = (20, 60)
   return c
 
 
@@ -111,6 +115,9 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
       bad(field, "an int >= 1", config.get(field))
   if not config.restart_yaws_deg:
     bad("restart_yaws_deg", "a non-empty tuple", config.restart_yaws_deg)
+  refine = tuple(config.get("network_refine_steps", ()))
+  if refine and (len(refine) != 2 or not all(isinstance(n, int) and n >= 1 for n in refine)):
+    bad("network_refine_steps", "() or (camera steps, body steps), ints >= 1", refine)
   stages = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
   stages += [(f"warm_stages[{i}]", s) for i, s in enumerate(config.get("warm_stages", []))]
   for i, stage in stages:
