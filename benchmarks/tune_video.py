@@ -130,7 +130,7 @@ NOW = ({"dynamics": 0.25, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evide
 VARIANTS.update({
     f"net_refine{r[0]}_{r[1]}_steps{n}" if r else f"net_alone_steps{n}": (
         NOW[0], {"steps": n}, {**NOW[2], "network_refine_steps": r})
-    for r in ((), (10, 40), (20, 60), (30, 100)) for n in (150, 100, 80, 50)})
+    for r in ((), (10, 40), (20, 60), (30, 100), (60, 140)) for n in (150, 100, 80, 50)})
 # The same run's per-frame-fit stage 1 (today's default without a network), for comparison.
 VARIANTS.update({f"fits_steps{n}": (NOW[0], {"steps": n}, {**NOW[2], "stage1": "fits"})
                  for n in (150, 100, 80)})

@@ -1,7 +1,8 @@
 """Stage 1 of the temporal fit from the reconstruction network (`fitting.sequence_network`).
 
-The network is a tiny untrained one exported as the regressor task exports it (no training run:
-what is tested is the plumbing from sequence evidence to per-frame starts, not its accuracy).
+Default tests use a stand-in network (a function of each frame's keypoints: the plumbing from
+sequence evidence to per-frame starts); the slow ones a tiny untrained network exported as the
+regressor task exports it (no training run), end to end through `benchmarks.fit_video`.
 """
 
 import numpy as np
@@ -12,6 +13,8 @@ from flowpose.fitting import fit as fitting
 from flowpose.fitting import sequence
 from flowpose.fitting import sequence_network
 from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
+from flowpose.models import predictor
+from flowpose.prior import io as prior_io
 from tests import video_fixtures
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -42,17 +45,49 @@ def _evidence(num=2, frames=6):
                                    np.tile(np.array([[320.0, 240.0]], np.float32), (num, 1)))
 
 
-def test_network_frames_are_each_frames_own_prediction(setup):
+def _fake_network(evidence, image_size):
+  """A stand-in network: each frame's translation (x, y) is the mean of its labelled keypoints
+  and z its focal; pose, betas, orientation constant (checks what `network_frames` passes)."""
+  assert image_size == (480, 640)
+  kp, conf = np.asarray(evidence.keypoints), np.asarray(evidence.confidence)
+  assert np.all(np.isfinite(kp[conf > 0])), "labelled keypoints are finite"
+  mean = np.nanmean(np.where(conf[..., None] > 0, kp, np.nan), 1)
+  num = len(kp)
+  return {"pose": np.zeros((num, 4), np.float32), "betas": np.ones((num, 3), np.float32),
+          "orient": np.tile(np.eye(3)[:, :2].T.reshape(1, 6), (num, 1)).astype(np.float32),
+          "transl": np.concatenate([mean, np.asarray(evidence.focal)[:, :1]], 1),
+          "log_focal": np.zeros(num, np.float32)}
+
+
+def test_network_frames_are_each_frames_own_prediction(monkeypatch):
+  evidence = _evidence(3, 7)
+  evidence.focal[2] = 700.0
+  frames = sequence_network.network_frames(_fake_network, evidence, (480, 640))
+  expected_valid = np.ones((3, 7), bool)
+  expected_valid[1, 2] = expected_valid[0, 4] = False
+  np.testing.assert_array_equal(frames.valid, expected_valid)
+  assert frames.pose.shape == (3, 7, 4) and frames.orient.shape == (3, 7, 6)
+  assert frames.result is None and np.all(np.isnan(frames.transl[~frames.valid]))
+  labelled = np.where(evidence.confidence[..., None] > 0, evidence.keypoints, np.nan)
+  expected = np.concatenate([np.nanmean(labelled, 2),
+                             np.repeat(evidence.focal[:, None, :1], 7, 1)], -1)
+  np.testing.assert_allclose(frames.transl[frames.valid], expected[frames.valid], rtol=1e-6)
+  # Long tracks go in chunks (+ padding, rows dropped again): the same frames.
+  monkeypatch.setattr(sequence_network, "MAX_BATCH", 8)  # 19 frames: 8 + 8 + 3 (padded to 8).
+  monkeypatch.setattr(sequence_network, "BATCH_STEP", 4)
+  chunked = sequence_network.network_frames(_fake_network, evidence, (480, 640))
+  np.testing.assert_array_equal(np.nan_to_num(frames.transl), np.nan_to_num(chunked.transl))
+  evidence.confidence[2] = 0.0  # A window with no frame to predict.
+  with pytest.raises(FitInputError, match=r"window\(s\) \[2\]"):
+    sequence_network.network_frames(_fake_network, evidence, (480, 640))
+
+
+@pytest.mark.slow  # ~20 s of CPU: the tiny network built, compiled and run.
+def test_real_network_frames_match_single_frame_predictions(setup):
   predict = setup["predict"]
   evidence = _evidence()
   frames = sequence_network.network_frames(predict, evidence, (480, 640))
-  expected_valid = np.ones((2, 6), bool)
-  expected_valid[1, 2] = expected_valid[0, 4] = False
-  np.testing.assert_array_equal(frames.valid, expected_valid)
-  assert frames.pose.shape[:2] == (2, 6) and frames.orient.shape == (2, 6, 6)
-  assert np.all(np.isnan(frames.pose[~frames.valid]))
-  assert np.all(np.isfinite(frames.pose[frames.valid]))
-  # Batched, padded and scattered back: each row is what the network says of that frame alone.
+  assert frames.pose.shape[:2] == (2, 6) and np.all(np.isfinite(frames.pose[frames.valid]))
   picks = ((0, 0), (0, 5), (1, 3))
   w, t = np.array(picks).T
   alone = predict(fitting.Evidence(evidence.keypoints[w, t], evidence.confidence[w, t],
@@ -60,23 +95,24 @@ def test_network_frames_are_each_frames_own_prediction(setup):
   for key in ("pose", "betas", "orient", "transl"):
     np.testing.assert_allclose(getattr(frames, key)[w, t], alone[key], rtol=1e-4, atol=1e-5,
                                err_msg=key)
-  # Frames differ (a scatter to the wrong rows would show).
   assert np.abs(frames.transl[0, 0] - frames.transl[0, 5]).max() > 1e-3
-  # Long tracks go in chunks (+ padding): the same predictions as one batch.
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(sequence_network, "MAX_BATCH", 8)  # 10 frames: 8 + 2 padded to 8.
-    patch.setattr(sequence_network, "BATCH_STEP", 8)
-    chunked = sequence_network.network_frames(predict, evidence, (480, 640))
-  np.testing.assert_array_equal(frames.valid, chunked.valid)
-  np.testing.assert_allclose(np.nan_to_num(frames.pose), np.nan_to_num(chunked.pose), atol=1e-5)
 
 
-def test_network_of_another_prior_is_refused(setup):
-  other = video_fixtures.another_prior(setup["tmp"] / "other_prior", setup["prior_dir"])
+def test_network_of_another_prior_is_refused(tmp_path):
+  """Only the params' sha256 are compared (before the network loads): two byte strings do."""
+  prior, network = tmp_path / "prior", tmp_path / "net"
+  (network / predictor.PRIOR_DIR).mkdir(parents=True)
+  prior.mkdir()
+  (prior / prior_io.PARAMS_FILE).write_bytes(b"the fit's prior")
+  (network / predictor.PRIOR_DIR / prior_io.PARAMS_FILE).write_bytes(b"another prior")
   with pytest.raises(FitInputError, match="--regressor_workdir.*trained with the prior"):
-    sequence_network.load_network(setup["regressor"], other)
+    sequence_network.load_network(str(network), str(prior))
+  with pytest.raises(FitInputError, match="--regressor_workdir.*config.json"):
+    sequence_network.load_network(str(tmp_path / "nothing"), str(prior))
+  # The same prior: on to loading the network (here: nothing to load, named).
+  (network / predictor.PRIOR_DIR / prior_io.PARAMS_FILE).write_bytes(b"the fit's prior")
   with pytest.raises(FitInputError, match="--regressor_workdir"):
-    sequence_network.load_network(str(setup["tmp"] / "nothing"), setup["prior_dir"])
+    sequence_network.load_network(str(network), str(prior))
 
 
 def test_refine_steps_are_validated():
@@ -90,15 +126,6 @@ def test_refine_steps_are_validated():
   assert [s["steps"] for s in refine.stages] == [3, 4] and refine.restart_yaws_deg == (0.0,)
 
 
-
-
-def test_fit_video_refine_flag():
-  from benchmarks import fit_mocap2d, fit_video  # pylint: disable=g-import-not-at-top
-  assert fit_video.refine_override(None) == {}
-  assert fit_video.refine_override(["none"]) == {"network_refine_steps": ()}
-  assert fit_video.refine_override(["5", "7"]) == {"network_refine_steps": (5, 7)}
-  with pytest.raises(fit_mocap2d.BenchmarkInputError, match="--network_refine_steps"):
-    fit_video.refine_override(["five"])
 
 
 @pytest.mark.slow  # ~1-2 min: per-frame fits, the network, its refinement, the sequence stage.

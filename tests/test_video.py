@@ -29,14 +29,12 @@ def clip(shared_data, tmp_path_factory):
   w = video_fixtures.windows(shared_data, tmp, window=FRAMES, stride=FRAMES)
   prior_dir = video_fixtures.tiny_prior(tmp / "prior", w.dofs)
   dyn_dir = video_fixtures.tiny_dynamics(tmp / "dyn", prior_dir, w.dofs)
-  regressor = video_fixtures.tiny_regressor(tmp / "regressor", prior_dir)
   rendered = render_clip.render_mocap_clip(assets.load_cc0_model(), w.dofs[3],
                                            w.root_orient[3], w.root_transl[3], size=(192, 192))
   frames = tmp / "frames"
   for i, frame in enumerate(rendered.frames):
     viz.save_png(frames / f"{i:03d}.png", frame)
-  return dict(tmp=tmp, prior=prior_dir, dyn=dyn_dir, rendered=rendered, frames=str(frames),
-              regressor=regressor)
+  return dict(tmp=tmp, prior=prior_dir, dyn=dyn_dir, rendered=rendered, frames=str(frames))
 
 
 def _few_steps():
@@ -115,12 +113,14 @@ def test_bad_input_is_refused_and_nothing_is_written(clip, tmp_path):
     video_job.reconstruct_video(out_dir=str(tmp_path / "o3"), frames_dir=clip["frames"],
                                 keypoints_json=str(track), **kwargs)
   assert _empty(tmp_path / "o3")
-  # A network trained on another prior (its latent means other poses): refused, naming the flag.
-  other = video_fixtures.another_prior(tmp_path / "other_prior", clip["prior"])
+  # A network trained on another prior (its latent means other poses): refused, naming the flag
+  # (only the prior params' sha256 are compared before the network loads).
+  network = tmp_path / "net" / "prior"
+  network.mkdir(parents=True)
+  (network / "prior_params.msgpack").write_bytes(b"another prior")
   with pytest.raises(FitInputError, match="--regressor_workdir.*trained with the prior"):
     video_job.reconstruct_video(out_dir=str(tmp_path / "o4"), frames_dir=clip["frames"],
-                                regressor_workdir=clip["regressor"],
-                                **{**kwargs, "prior_workdir": other})
+                                regressor_workdir=str(tmp_path / "net"), **kwargs)
   assert _empty(tmp_path / "o4")
 
 
@@ -153,8 +153,9 @@ def test_cli_with_a_track_json_and_a_person_leaving(clip, tmp_path):
   assert [f["tracked"] for f in frames] == [i != 2 for i in range(FRAMES)]
   # Stage 1 from the network (tiny, untrained: the plumbing, not the accuracy).
   net_out = tmp_path / "net_out"
+  regressor = video_fixtures.tiny_regressor(tmp_path / "regressor", clip["prior"])
   done = subprocess.run(cmd[:6] + [f"--out_dir={net_out}", cmd[7],
-                                   f"--regressor_workdir={clip['regressor']}"],
+                                   f"--regressor_workdir={regressor}"],
                         capture_output=True, text=True, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   summary = json.loads((net_out / "summary.json").read_text())

@@ -74,9 +74,14 @@ def load_network(regressor_workdir: str, prior_workdir: str) -> Callable:
   """
   mine = _regressor_prior_dir(regressor_workdir)
   try:
-    theirs, ours = prior_io.params_sha256(mine), prior_io.params_sha256(prior_workdir)
+    theirs = prior_io.params_sha256(mine)
   except OSError as e:
-    raise FitInputError(f"--regressor_workdir {regressor_workdir}: cannot read a prior's params "
+    raise FitInputError(f"--regressor_workdir {regressor_workdir}: cannot read the params of "
+                        f"the prior it was trained with ({e})") from None
+  try:
+    ours = prior_io.params_sha256(prior_workdir)
+  except OSError as e:
+    raise FitInputError(f"--prior_workdir {prior_workdir}: cannot read the prior's params "
                         f"({e})") from None
   if theirs != ours:
     raise FitInputError(

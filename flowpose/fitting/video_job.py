@@ -198,6 +198,9 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   if (video is None) == (frames_dir is None):
     raise VideoJobError("give exactly one of --video and --frames")
   out_path = io_utils.require_output_path(out_dir, "--out_dir")
+  # Before decoding: a network of another prior fails at once.
+  predict = (sequence_network.load_network(regressor_workdir, prior_workdir)
+             if regressor_workdir else None)
   clip = (video_io.read_video(video, max_side) if video is not None else
           video_io.read_frames_dir(frames_dir, fps, max_side))
   frames = clip.frames
@@ -207,8 +210,6 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
     logging.warning("%s: %.1f fps; the dynamics model was trained at 30 fps", clip.source,
                     clip.fps)
   prior = registry.load("flow", prior_workdir)
-  predict = (sequence_network.load_network(regressor_workdir, prior_workdir)
-             if regressor_workdir else None)
   dynamics = (dynamics_io.load_dynamics(dynamics_workdir, prior_workdir)
               if dynamics_workdir else (None, None, None))
   residual = dynamics_io.load_chart_residual(dynamics_workdir)
