@@ -1,7 +1,8 @@
-r"""Temporal fitting benchmark: synthetic 2D tracks of mocap windows fitted three ways.
+r"""Temporal fitting benchmark: synthetic 2D tracks of mocap windows fitted three ways (+ a network).
 
   python -m benchmarks.fit_video --prior_workdir=W --dynamics_workdir=W2 \
       --mocap_dir=FOLDER --num_windows=N --out=F.json [--split=test] [--window=32] [--runlocal]
+      [--regressor_workdir=W3 [--network_refine_steps=CAMERA,BODY|none]]
 
 Scene (per window; `experiments/fit_mocap2d.py`'s scene): T = `--window` consecutive frames at
 30 fps of a clip of FOLDER (`flowpose.data.mocap_windows`, every ASF/AMC clip as given, or the
@@ -35,8 +36,9 @@ dynamics}`, the same restricted to occluded frames (`occluded_mpjpe_mm`,
 `per_frame`, `per_frame_keyframes` (the dynamics fit's stage 1 when it runs on keyframes),
 with a network `network` (every frame) and `network_refine` (the keyframe refinement),
 `sequence_stage`, and `dynamics_two_stage` = its stage 1 + the sequence stage, what the dynamics
-result costs; `seconds` the same as times) and `ratios` against the issue's targets; `F.png` shows window 0 (truth, then each
-method over the truth). Bad flags stop the run before any fitting.
+result costs; `seconds`: the same as times) and `ratios` against the issue's targets; `F.png`
+shows window 0 (truth, then each method over the truth). Bad flags stop the run before any
+fitting (a network trained with another prior than --prior_workdir's too).
 """
 
 import json
@@ -172,6 +174,7 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
       seconds["network_refine"] = time.time() - start
     pred["network"] = interpolate_missing(
         sequence_network.frame_joints(body, prior, network), network.valid)
+    seq_config = sequence_network.network_sequence_config(seq_config)
   else:
     # Stage 1 of the dynamics fit on keyframes only: the same fits as the per-frame baseline's
     # there (each frame's fit is independent), timed on its own when asked.
@@ -261,8 +264,9 @@ def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=
     setup["base"].fit.restart_yaws_deg = tuple(float(y) for y in per_frame_yaws)
   seq_config = sequence.default_sequence_config()
   for key, value in (seq_overrides or {}).items():  # Speed settings (None: the default).
-    if key == "sequence_steps":
+    if key == "sequence_steps":  # Whatever stage 1 is.
       seq_config.warm_stages[0]["steps"] = value
+      seq_config.network_sequence_steps = value
     else:
       seq_config[key] = value
   if runlocal:

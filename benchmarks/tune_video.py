@@ -129,8 +129,13 @@ VARIANTS.update({f"s7_steps{n}_lr{lr:g}": (S7[0], {"steps": n, "lr": lr}, S7[2])
 NOW = ({"dynamics": 0.25, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evidence"})
 VARIANTS.update({
     f"net_refine{r[0]}_{r[1]}_steps{n}" if r else f"net_alone_steps{n}": (
-        NOW[0], {"steps": n}, {**NOW[2], "network_refine_steps": r})
+        NOW[0], {}, {**NOW[2], "network_refine_steps": r, "network_sequence_steps": n})
     for r in ((), (10, 40), (20, 60), (30, 100), (60, 140)) for n in (150, 100, 80, 50)})
+VARIANTS.update({  # Fewer refined keyframes (every 8th frame + gap ends; the network elsewhere).
+    f"net_refine60_140_key{k}_steps{n}": (
+        NOW[0], {}, {**NOW[2], "network_refine_steps": (60, 140), "keyframe_stride": k,
+                     "network_sequence_steps": n})
+    for k in (8, 16) for n in (150, 80)})
 # The same run's per-frame-fit stage 1 (today's default without a network), for comparison.
 VARIANTS.update({f"fits_steps{n}": (NOW[0], {"steps": n}, {**NOW[2], "stage1": "fits"})
                  for n in (150, 100, 80)})

@@ -99,6 +99,8 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # given): the network's start of each keyframe refined by `fitting.fit` for (camera, body)
   # steps from 2 restarts (the network's, yaw 0); () = the network's predictions alone.
   c.network_refine_steps = (20, 60)
+  # The warm stage's steps when stage 1 is the network (0: `warm_stages`' own).
+  c.network_sequence_steps = 0
   return c
 
 
@@ -110,6 +112,9 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
     bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
   if config.get("pose_prior_frames", "all") not in ("all", "evidence"):
     bad("pose_prior_frames", "'all' or 'evidence'", config.pose_prior_frames)
+  steps = config.get("network_sequence_steps", 0)
+  if not isinstance(steps, int) or steps < 0:
+    bad("network_sequence_steps", "an int >= 0 (0: the warm stage's steps)", steps)
   for field in ("max_hypotheses", "keyframe_stride", "open_gap_support"):
     if not isinstance(config.get(field, 1), int) or config.get(field, 1) < 1:
       bad(field, "an int >= 1", config.get(field))

@@ -23,6 +23,7 @@ orientation-consistent chain (a front/back flip of a frame is left out and inter
 window's shape the median of the chain's betas, other frames interpolated.
 """
 
+import copy
 import os
 from typing import Any, Callable, Optional, Sequence
 
@@ -208,6 +209,16 @@ def network_stage1(predict: Callable, seq_config: ml_collections.ConfigDict, mod
   return frames, refined
 
 
+def network_sequence_config(seq_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`seq_config` with the warm stage's steps set to `network_sequence_steps` (when > 0): the
+  sequence stage after the network's stage 1 (a copy; `seq_config` is not changed)."""
+  config = copy.deepcopy(seq_config)  # Its stages are lists of dicts: a shallow copy shares them.
+  steps = int(seq_config.get("network_sequence_steps", 0))
+  if steps > 0:
+    config.warm_stages[0]["steps"] = steps
+  return config
+
+
 def fit_network_two_stage(predict: Callable, seq_config: ml_collections.ConfigDict, model, body,
                           prior, evidence: sequence.SequenceEvidence,
                           dynamics=None, dynamics_params: Optional[Any] = None,
@@ -222,6 +233,7 @@ def fit_network_two_stage(predict: Callable, seq_config: ml_collections.ConfigDi
   sequence.validate_sequence_config(seq_config)
   network, stage1 = network_stage1(predict, seq_config, model, body, prior, evidence, image_size)
   starts = sequence_init.warm_starts(seq_config, stage1, flow)
-  result = sequence.fit_sequence(seq_config, body, prior, evidence, dynamics, dynamics_params,
-                                 initial=starts, chart_residual=chart_residual)
+  result = sequence.fit_sequence(network_sequence_config(seq_config), body, prior, evidence,
+                                 dynamics, dynamics_params, initial=starts,
+                                 chart_residual=chart_residual)
   return result, network, stage1
