@@ -88,9 +88,9 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
             occlusion_at="random", regressor_workdir=""):
   """Loads everything and builds the synthetic windows; returns a dict of what `evaluate` needs
   (`regressor_workdir`: the network of stage 1, checked against the prior before any fit)."""
-  if num_windows < 1 or window < 8:
+  if num_windows < 1 or window < SAVGOL[0]:  # The smoothed baseline's filter spans 9 frames.
     raise fit_mocap2d.BenchmarkInputError(
-        f"--num_windows >= 1 and --window >= 8 expected, got {num_windows}, {window}")
+        f"--num_windows >= 1 and --window >= {SAVGOL[0]} expected, got {num_windows}, {window}")
   if occlusion_at not in OCCLUSION_AT:
     raise fit_mocap2d.BenchmarkInputError(
         f"--occlusion_at: expected one of {OCCLUSION_AT}, got {occlusion_at!r}")
@@ -313,7 +313,7 @@ def define_source_flags(split: str, num_windows: int, several_dynamics: bool = F
 
 def define_flags():
   define_source_flags("all", 16)
-  flags.DEFINE_integer("window", 32, "Frames per window (>= 8).")
+  flags.DEFINE_integer("window", 32, "Frames per window (>= 9).")
   flags.DEFINE_integer("seed", 0, "Scene seed.")
   flags.DEFINE_bool("runlocal", False, "Few steps and restarts (smoke run).")
   flags.DEFINE_bool("time_per_frame", True, "Run the per-frame stage twice to time it after "

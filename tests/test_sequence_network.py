@@ -137,13 +137,13 @@ def test_refine_steps_are_validated():
 @pytest.mark.slow  # ~1-2 min: per-frame fits, the network, its refinement, the sequence stage.
 def test_fit_video_with_a_network_reports_it_and_times_both_stages(shared_data, tmp_path):
   from benchmarks import fit_mocap2d, fit_video  # pylint: disable=g-import-not-at-top
-  w = video_fixtures.windows(shared_data, tmp_path, window=8, stride=8)
+  w = video_fixtures.windows(shared_data, tmp_path, window=10, stride=10)
   prior_dir = video_fixtures.tiny_prior(tmp_path / "prior", w.dofs)
   dyn_dir = video_fixtures.tiny_dynamics(tmp_path / "dyn", prior_dir, w.dofs)
   regressor = video_fixtures.tiny_regressor(tmp_path / "regressor", prior_dir)
   kwargs = dict(prior_workdir=prior_dir, dynamics_workdir=dyn_dir,
                 mocap_dir=str(video_fixtures.clip_folder(shared_data, tmp_path)), num_windows=2,
-                window=8, runlocal=True, time_per_frame=False, regressor_workdir=regressor)
+                window=10, runlocal=True, time_per_frame=False, regressor_workdir=regressor)
   out = tmp_path / "net.json"
   report = fit_video.run(out=str(out), seq_overrides={"network_refine_steps": (2, 3)}, **kwargs)
   for key in ("pa_mpjpe_mm", "accel_error_mm", "occluded_pa_mpjpe_mm"):

@@ -15,10 +15,13 @@ frame's keypoints alone (part and mask channels zero: in its training data throu
 `model.map_dropout`), cropped around that frame's keypoints, and predicts the fitter's variables
 in the frame's camera (latent z, betas, 6D orientation, translation). It runs once per frame
 with evidence (hundreds of frames/s on CPU against ~20-50 for a per-frame fit). On keypoints
-alone its poses are rough (validation PA-MPJPE ~118 mm against ~80 for a per-frame fit), so by
-default (`seq_config.network_refine_steps`) the starts of the keyframes (`keyframe_stride`) are
-refined by a short per-frame fit from 2 restarts (the network's and yaw 0) before the warm
-start. The warm start is `sequence_init.warm_starts` of those frames: the longest
+alone its poses are rough (`fully` network, validation frames with evidence: PA-MPJPE 118-120
+mm against 61-71 for a per-frame fit, `results/video/tune_val_s9_*.json`), and the sequence
+stage does not recover that in 150 steps (79.5 / 85.9 mm against 63.9 / 59.7 from per-frame
+fits), so by default (`seq_config.network_refine_steps`) the network's start of each keyframe
+(`keyframe_stride`) is refined by a per-frame fit from 2 restarts (the network's and yaw 0,
+against 4 yaws without it): half the per-frame stage 1's work, a better start, and the
+sequence stage then needs fewer steps (`seq_config.network_sequence_steps`). The warm start is `sequence_init.warm_starts` of those frames: the longest
 orientation-consistent chain (a front/back flip of a frame is left out and interpolated), the
 window's shape the median of the chain's betas, other frames interpolated.
 """
