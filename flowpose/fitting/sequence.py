@@ -102,11 +102,14 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   # `fully` network, keypoints only; dynamics PA / accel / occluded PA mm, 150 sequence steps):
   # per-frame fits 63.9/7.7/75.9, 59.7/7.6/68.2; network alone 79.5/12.4/89.0, 85.9/11.3/93.5;
   # refined (20, 60) 69.8/7.9/82.2, 62.4/7.2/70.0; (30, 100) 66.6/8.0/80.6, 64.1/7.0/71.4;
-  # (60, 140) 60.3/7.5/74.4, 58.7/6.7/67.6 (better than per-frame fits on all three).
+  # (60, 140) 60.3/7.5/74.4, 58.7/6.7/67.6 (better than per-frame fits on all three); gap at
+  # the window's end (`--occlusion_at=end`): 64.8/6.7/88.3, 78.7/6.6/102.6 against 69.8/7.1/88.8,
+  # 70.6/6.5/98.0 (seed 1 loses 8 mm: mixed). Every 8th frame refined: 65.2 (seed 0, loses).
   c.network_refine_steps = (60, 140)
   # The warm stage's steps when stage 1 is the network (0: `warm_stages`' own). From the refined
   # network start, 100 steps keep the per-frame-start errors at 150 (seeds 0 / 1: 61.5/7.8/75.8,
-  # 59.9/7.0/67.7); 80: 62.3/8.1/76.3, 60.5/7.3/68.4; 50: 63.5/9.1/76.7, 61.4/8.7/69.3.
+  # 59.9/7.0/67.7); 80: 62.3/8.1/76.3, 60.5/7.3/68.4; 50: 63.5/9.1/76.7, 61.4/8.7/69.3; gap at
+  # the end, 100 vs 150: +1.6 / +1.4 mm PA. (`results/video/tune_val_s9_*.json`.)
   c.network_sequence_steps = 100
   return c
 
