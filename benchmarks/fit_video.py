@@ -25,7 +25,8 @@ Fitted three ways:
              trained dynamics prior (occluded frames start interpolated, carried by the prior)
              `--regressor_workdir=W`: stage 1 is the trained network instead
              (`fitting.sequence_network`: keypoint-only evidence cropped per frame, then its
-             keyframe starts refined by a short per-frame fit, `--network_refine_steps`)
+             keyframe starts refined by a per-frame fit from 2 restarts, the network's and
+             yaw 0, `--network_refine_steps`; `network_sequence_steps` sequence steps)
   network    (with `--regressor_workdir`) the network alone per frame, no fitting; frames
              without evidence interpolated as per_frame's: what stage 1 starts from
 

@@ -22,8 +22,8 @@
    `focal_factor * max(H, W)` (as the photo fitter's initial focal). `two_stage=False`: the
    sequence fit alone from upright yaw restarts. With `regressor_workdir` (a trained network of
    issue 12 on the same prior), stage 1 is the network on every tracked frame (keypoint-only
-   evidence cropped around the frame's keypoints) with its keyframe starts refined by a short
-   per-frame fit (`fitting.sequence_network`); the sequence fit starts from that.
+   evidence cropped around the frame's keypoints) with its keyframe starts refined by a
+   per-frame fit from 2 restarts (`fitting.sequence_network`); the sequence fit starts from that.
 5. Outputs, one atomic folder swap (`io_utils.atomic_dir`; an error leaves `out_dir` as it was):
    `motion.bvh` (the whole sequence on the CC0 skeleton at the video's frame rate, Y-up world
    `diag(1, -1, -1) x_cam` as `fitting.photo`), `overlay.mp4` (mesh + keypoints over the frames;
