@@ -5,7 +5,7 @@
     starts = sequence_init.warm_starts(seq_config, frames)      # chain, gaps filled, betas median
     result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn, dyn_params,
                                    initial=starts)
-    # or all at once, with the short per-frame refinement of the network's keyframe starts
+    # or all at once, with the per-frame refinement of the network's keyframe starts
     # (`seq_config.network_refine_steps`):
     result, network, stage1 = fit_network_two_stage(predict, seq_config, model, body, prior,
                                                     evidence, dyn, dyn_params)
@@ -198,7 +198,7 @@ def network_stage1(predict: Callable, seq_config: ml_collections.ConfigDict, mod
                    prior, evidence: sequence.SequenceEvidence,
                    image_size: Optional[Sequence[int]] = None):
   """Stage 1 as `seq_config` asks: the network on every frame, then (`network_refine_steps`
-  not empty) its keyframes (`keyframe_stride`) refined by a short per-frame fit.
+  not empty) its keyframes (`keyframe_stride`) refined by a per-frame fit from 2 restarts.
 
   Returns:
     (network `FrameFits`, stage-1 `FrameFits`: the refined keyframes, or the network's).
