@@ -1,7 +1,8 @@
-r"""Temporal fitting benchmark: synthetic 2D tracks of mocap windows fitted three ways.
+r"""Temporal fitting benchmark: synthetic 2D tracks of mocap windows fitted three ways (+ a network).
 
   python -m benchmarks.fit_video --prior_workdir=W --dynamics_workdir=W2 \
       --mocap_dir=FOLDER --num_windows=N --out=F.json [--split=test] [--window=32] [--runlocal]
+      [--regressor_workdir=W3 [--network_refine_steps=CAMERA,BODY|none]]
 
 Scene (per window; `experiments/fit_mocap2d.py`'s scene): T = `--window` consecutive frames at
 30 fps of a clip of FOLDER (`flowpose.data.mocap_windows`, every ASF/AMC clip as given, or the
@@ -22,15 +23,23 @@ Fitted three ways:
              `keyframe_stride`, `--keyframe_stride`) -> orientation-consistent warm starts
              (`fitting.sequence_init.hypotheses`) -> `fitting.sequence.fit_sequence` with the
              trained dynamics prior (occluded frames start interpolated, carried by the prior)
+             `--regressor_workdir=W`: stage 1 is the trained network instead
+             (`fitting.sequence_network`: keypoint-only evidence cropped per frame, then its
+             keyframe starts refined by a per-frame fit from 2 restarts, the network's and
+             yaw 0, `--network_refine_steps`; `network_sequence_steps` sequence steps)
+  network    (with `--regressor_workdir`) the network alone per frame, no fitting; frames
+             without evidence interpolated as per_frame's: what stage 1 starts from
 
 Reported (camera-frame joints, 31 joints, mm): `mpjpe_mm` (root-aligned), `pa_mpjpe_mm`,
 `accel_error_mm` (`metrics.accel_error`, mm/frame^2), each a dict `{per_frame, smoothed,
 dynamics}`, the same restricted to occluded frames (`occluded_mpjpe_mm`,
 `occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, second run, after compilation:
 `per_frame`, `per_frame_keyframes` (the dynamics fit's stage 1 when it runs on keyframes),
+with a network `network` (every frame) and `network_refine` (the keyframe refinement),
 `sequence_stage`, and `dynamics_two_stage` = its stage 1 + the sequence stage, what the dynamics
-result costs) and `ratios` against the issue's targets; `F.png` shows window 0 (truth, then each
-method over the truth). Bad flags stop the run before any fitting.
+result costs; `seconds`: the same as times) and `ratios` against the issue's targets; `F.png`
+shows window 0 (truth, then each method over the truth). Bad flags stop the run before any
+fitting (a network trained with another prior than --prior_workdir's too).
 """
 
 import json
@@ -41,136 +50,48 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy import signal
 
 from benchmarks import fit_mocap2d
+from benchmarks import video_scene
 from experiments import fit_mocap2d as fit_mocap2d_config
-from flowpose import geometry
 from flowpose import io_utils
-from flowpose import metrics
-from flowpose.body import model as body_lib
 from flowpose.body.build import assets
 from flowpose.data import mocap_windows
-from flowpose.data import retarget
 from flowpose.fitting import config as fit_config_lib
 from flowpose.fitting import reduced_body
 from flowpose.fitting import sequence
 from flowpose.fitting import sequence_init
-from flowpose.geometry import camera
+from flowpose.fitting import sequence_network
 from flowpose.models import chart_residual as chart_residual_lib
 from flowpose.models import dynamics_io
 from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
-OCCLUSION_FRAMES = 15  # 0.5 s at 30 fps.
-OCCLUSION_AT = ("random", "start", "end")
+OCCLUSION_FRAMES = video_scene.OCCLUSION_FRAMES
+OCCLUSION_AT = video_scene.OCCLUSION_AT
 SAVGOL = (9, 2)        # Savitzky-Golay window length and polynomial order.
 METHODS = ("per_frame", "smoothed", "dynamics")
+IMAGE_SIZE = (1000, 1000)  # (H, W): the scene's images (`experiments/fit_mocap2d.py`).
 
-
-def occlusion_mask(num: int, frames: int, occlusion_at: str, rng) -> np.ndarray:
-  """[num, frames] bool: one run of `OCCLUSION_FRAMES` (at most frames - 2) per window, placed
-  as `occlusion_at` says (module docstring); one draw per window whatever the placement."""
-  occluded = np.zeros((num, frames), bool)
-  length = min(OCCLUSION_FRAMES, frames - 2)
-  for w in range(num):
-    start = rng.integers(1, frames - length) if frames - length > 1 else 0
-    start = {"random": start, "start": 0, "end": frames - length}[occlusion_at]
-    occluded[w, start:start + length] = True
-  return occluded
-
-
-def make_windows(model, windows, scene, rng, occlusion_at="random"):
-  """Ground truth (camera frame) and 2D evidence of every window.
-
-  `occlusion_at`: where the occlusion lies (`OCCLUSION_AT`, module docstring); the random draws
-  are the same for every choice (one scene, only the gap moved).
-
-  Returns:
-    dict of joints [W, T, J, 3], keypoints [W, T, K, 2], confidence [W, T, K], occluded [W, T],
-    focal [W, 2], centre [W, 2].
-  """
-  num, frames = windows.dofs.shape[:2]
-  yaw = rng.uniform(0, 2 * np.pi, num)
-  turn = np.stack([np.asarray(geometry.rotation_about_axis(a, "Y")) for a in yaw])
-  root = np.asarray(geometry.axis_angle_to_matrix(jnp.asarray(windows.root_orient)))
-  root = np.einsum("wij,wtjk->wtik", turn, root)
-  transl = windows.root_transl - windows.root_transl[:, :1] * np.array([1, 0, 1])
-  transl = np.einsum("wij,wtj->wti", turn, transl)
-  betas = (scene.betas_std * rng.standard_normal((num, model.num_betas))).astype(np.float32)
-  rotmats = jax.vmap(jax.vmap(fit_mocap2d.body_rotmats_fn))(
-      jnp.asarray(windows.dofs), jnp.asarray(root, jnp.float32))
-  fwd = jax.jit(jax.vmap(jax.vmap(lambda r, b, t: body_lib.forward(model, r, b, t)),
-                         (0, 0, 0)))
-  world = fwd(rotmats, jnp.asarray(np.repeat(betas[:, None], frames, 1)),
-              jnp.asarray(transl, jnp.float32))
-  joints_w, kp_w = np.asarray(world.joints), np.asarray(world.keypoints)
-  dist = rng.uniform(*scene.distance, num)
-  elev = np.deg2rad(rng.uniform(*scene.elevation_deg, num))
-  azim = rng.uniform(0, 2 * np.pi, num)
-  target = joints_w[:, :, 0].mean(1)
-  eye = target + dist[:, None] * np.stack(
-      [np.cos(elev) * np.sin(azim), np.sin(elev), np.cos(elev) * np.cos(azim)], 1)
-  cam_rot, cam_t = (np.asarray(x) for x in camera.look_at(eye, target))
-  to_cam = lambda x: np.einsum("wij,wtnj->wtni", cam_rot, x) + cam_t[:, None, None]
-  joints, kp3 = to_cam(joints_w), to_cam(kp_w)
-  focal = scene.focal * (1 + rng.uniform(-scene.focal_jitter, scene.focal_jitter, num))
-  focal2 = np.stack([focal, focal], 1).astype(np.float32)
-  centre = np.full((num, 2), scene.image_size / 2, np.float32)
-  kp = np.stack([camera.perspective_project_np(kp3[w], focal2[w], centre[w])
-                 for w in range(num)])
-  kp = kp + rng.normal(0, scene.noise_px, kp.shape)
-  conf = (rng.uniform(size=kp.shape[:3]) >= scene.occlusion_prob).astype(np.float32)
-  conf *= np.all((kp >= 0) & (kp < scene.image_size), -1)
-  occluded = occlusion_mask(num, frames, occlusion_at, rng)
-  conf[occluded] = 0.0
-  return dict(joints=joints.astype(np.float32), keypoints=kp.astype(np.float32),
-              confidence=conf, occluded=occluded, focal=focal2, centre=centre)
-
-
-def frame_joints(body, frames: sequence_init.FrameFits) -> np.ndarray:
-  """Joints [W, T, J, 3] of the stage-1 fits; frames without a fit linearly interpolated."""
-  num, length = frames.valid.shape
-  flat = np.flatnonzero(frames.valid.reshape(-1))
-  result = frames.result
-  joints = np.asarray(jax.vmap(reduced_body.pose_points, (None, 0, 0, 0, 0, None))(
-      body, jnp.asarray(result.pose_dofs), jnp.asarray(result.rotmats[:, 0]),
-      jnp.asarray(result.betas), jnp.asarray(result.transl), False).joints)
-  out = np.full((num * length,) + joints.shape[1:], np.nan, np.float32)
-  out[flat] = joints
-  out = out.reshape((num, length) + joints.shape[1:])
-  t = np.arange(length)
-  for w in range(num):  # Frames without evidence: linear interpolation (held at the ends).
-    have = frames.valid[w]
-    flat_w = out[w].reshape(length, -1)
-    for c in range(flat_w.shape[1]):
-      flat_w[:, c] = np.interp(t, t[have], flat_w[have, c])
-    out[w] = flat_w.reshape(out[w].shape)
-  return out
-
-
-def scores(pred, gt_joints, occluded) -> dict:
-  """mpjpe, pa_mpjpe, accel (all frames), the occluded frames' mpjpe/pa_mpjpe and the visible
-  frames' pa_mpjpe (mm)."""
-  mp = np.asarray(metrics.mpjpe(pred, gt_joints))
-  pa = np.asarray(metrics.pa_mpjpe(pred, gt_joints))
-  # The 0.5 s occlusion is ~half of a 32-frame window: the visible frames' error separately.
-  return {"visible_pa_mpjpe_mm": float(pa[~occluded].mean()),
-          "mpjpe_mm": float(mp.mean()), "pa_mpjpe_mm": float(pa.mean()),
-          "accel_error_mm": float(np.asarray(metrics.accel_error(pred, gt_joints)).mean()),
-          "occluded_mpjpe_mm": float(mp[occluded].mean()),
-          "occluded_pa_mpjpe_mm": float(pa[occluded].mean())}
+# The scene and scores live in `benchmarks.video_scene` (re-exported: other benchmarks and tests
+# call them through this module).
+occlusion_mask = video_scene.occlusion_mask
+make_windows = video_scene.make_windows
+frame_joints = video_scene.frame_joints
+interpolate_missing = video_scene.interpolate_missing
+scores = video_scene.scores
 
 
 def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
             split="all", runlocal=False, chart_residual="", fps=30.0, pose_scale=1.0,
-            occlusion_at="random"):
-  """Loads everything and builds the synthetic windows; returns a dict of what `evaluate` needs."""
-  if num_windows < 1 or window < 8:
+            occlusion_at="random", regressor_workdir=""):
+  """Loads everything and builds the synthetic windows; returns a dict of what `evaluate` needs
+  (`regressor_workdir`: the network of stage 1, checked against the prior before any fit)."""
+  if num_windows < 1 or window < SAVGOL[0]:  # The smoothed baseline's filter spans 9 frames.
     raise fit_mocap2d.BenchmarkInputError(
-        f"--num_windows >= 1 and --window >= 8 expected, got {num_windows}, {window}")
+        f"--num_windows >= 1 and --window >= {SAVGOL[0]} expected, got {num_windows}, {window}")
   if occlusion_at not in OCCLUSION_AT:
     raise fit_mocap2d.BenchmarkInputError(
         f"--occlusion_at: expected one of {OCCLUSION_AT}, got {occlusion_at!r}")
@@ -184,6 +105,8 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
     windows = mocap_windows.folder_windows(mocap_dir, window, window, fps=fps, split=split)
     residual = (chart_residual_lib.load(chart_residual) if chart_residual else
                 dynamics_io.load_chart_residual(dynamics_workdir))
+    predict = (sequence_network.load_network(regressor_workdir, prior_workdir)
+               if regressor_workdir else None)
   except (registry.PriorRegistryError, dynamics_io.DynamicsLoadError, ValueError) as e:
     raise fit_mocap2d.BenchmarkInputError(str(e)) from e
   # pose_scale != 1: every joint angle scaled (a more extreme motion style than the training
@@ -203,7 +126,7 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
               fps=fps, pose_scale=pose_scale, occlusion_at=occlusion_at,
               model=model, body=body, gt=gt, split=split, mocap_dir=str(mocap_dir),
               prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
-              chart_residual=residual,
+              chart_residual=residual, predict=predict, regressor_workdir=regressor_workdir,
               chart_residual_path=chart_residual or (residual and dynamics_workdir))
 
 
@@ -235,15 +158,34 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
   pred = {"per_frame": frame_joints(body, frames)}
   pred["smoothed"] = signal.savgol_filter(pred["per_frame"], *SAVGOL, axis=1)
   stride = int(seq_config.get("keyframe_stride", 1))
-  # Stage 1 of the dynamics fit on keyframes only: the same fits as the per-frame baseline's
-  # there (each frame's fit is independent), timed on its own when asked.
-  key_frames = sequence_init.subset_frames(
-      frames, sequence_init.keyframes(frames.valid, stride)) if stride > 1 else frames
-  if stride > 1 and timed and time_per_frame:
-    for _ in range(2):
+  predict = setup.get("predict")
+  methods = METHODS + (("network",) if predict else ())
+  if predict:  # Stage 1 = the network (+ the refinement of its keyframe starts), timed apart.
+    for _ in range(2 if timed else 1):
       start = time.time()
-      sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence, stride)
-      seconds["per_frame_keyframes"] = time.time() - start
+      network = sequence_network.network_frames(predict, evidence, IMAGE_SIZE)
+      seconds["network"] = time.time() - start
+    refine = tuple(seq_config.get("network_refine_steps", ()))
+    key_frames = network
+    for _ in range(2 if timed and refine else 1 if refine else 0):
+      start = time.time()
+      key_frames = sequence_init.fit_frames(
+          sequence_network.refine_config(refine), setup["model"], body, prior, evidence, stride,
+          initial=network)
+      seconds["network_refine"] = time.time() - start
+    pred["network"] = interpolate_missing(
+        sequence_network.frame_joints(body, prior, network), network.valid)
+    seq_config = sequence_network.network_sequence_config(seq_config)
+  else:
+    # Stage 1 of the dynamics fit on keyframes only: the same fits as the per-frame baseline's
+    # there (each frame's fit is independent), timed on its own when asked.
+    key_frames = sequence_init.subset_frames(
+        frames, sequence_init.keyframes(frames.valid, stride)) if stride > 1 else frames
+    if stride > 1 and timed and time_per_frame:
+      for _ in range(2):
+        start = time.time()
+        sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence, stride)
+        seconds["per_frame_keyframes"] = time.time() - start
   for _ in range(2 if timed else 1):  # The second run is timed (compiled).
     start = time.time()
     starts = sequence_init.warm_starts(seq_config, key_frames, setup.get("flow"))
@@ -260,6 +202,10 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
             "chart_residual": setup.get("chart_residual_path"),
             "warm_smooth": int(seq_config.warm_smooth), "keyframe_stride": stride,
             "max_hypotheses": int(seq_config.max_hypotheses),
+            "regressor_workdir": setup.get("regressor_workdir") or None,
+            "stage1": "network" if predict else "per_frame_fits",
+            "network_refine_steps": (list(seq_config.get("network_refine_steps", ()))
+                                     if predict else None),
             "clips": sorted(set(setup["windows"].clips)), "occlusion_frames": OCCLUSION_FRAMES,
             "noise_px": base.scene.noise_px, "dropped": base.scene.occlusion_prob,
             "per_frame_restarts": list(base.fit.restart_yaws_deg),
@@ -268,13 +214,17 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
             "sequence_steps": [s["steps"] for s in seq_config.warm_stages],
             "sequence_loss_weights": dict(seq_config.loss_weights),
             "device": jax.devices()[0].device_kind}
-  for name in METHODS:
+  for name in methods:
     for key, value in scores(pred[name], gt["joints"], gt["occluded"]).items():
       report.setdefault(key, {})[name] = value
   if timed:
     frames_count = num * length
     report["frames_per_s"] = {k: frames_count / v for k, v in seconds.items()}
-    stage1 = seconds.get("per_frame_keyframes" if stride > 1 else "per_frame")
+    report["seconds"] = dict(seconds)
+    if predict:
+      stage1 = seconds["network"] + seconds.get("network_refine", 0.0)
+    else:
+      stage1 = seconds.get("per_frame_keyframes" if stride > 1 else "per_frame")
     if stage1:  # The dynamics result needs both stages.
       report["frames_per_s"]["dynamics_two_stage"] = frames_count / (
           stage1 + seconds["sequence_stage"])
@@ -291,29 +241,33 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
 
 
 def picture(path, pred, gt, parents, window=0, every=3):
-  """PNG of one window: truth, then per-frame / smoothed / dynamics over the truth (grey)."""
+  """PNG of one window: truth, then per-frame / smoothed / dynamics (/ network) over the truth
+  (grey)."""
   from flowpose.viz import images as viz  # pylint: disable=g-import-not-at-top
   from flowpose.viz import sequence_plot  # pylint: disable=g-import-not-at-top
   rows = {"truth": gt["joints"][window]}
-  rows.update({name: pred[name][window] for name in METHODS})
+  rows.update({name: pred[name][window] for name in METHODS + ("network",) if name in pred})
   viz.save_png(path, sequence_plot.joint_strip(rows, parents, gt["occluded"][window], every))
 
 
 def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=32, seed=0,
         split="all", runlocal=False, time_per_frame=True, chart_residual="", fps=30.0,
-        per_frame_yaws=None, seq_overrides=None, pose_scale=1.0, occlusion_at="random"):
+        per_frame_yaws=None, seq_overrides=None, pose_scale=1.0, occlusion_at="random",
+        regressor_workdir=""):
   """Runs the benchmark and writes `out` (JSON, atomically) and `out`.png; returns the report."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   setup = prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
                   mocap_dir=mocap_dir, num_windows=num_windows, window=window, seed=seed,
                   split=split, runlocal=runlocal, chart_residual=chart_residual, fps=fps,
-                  pose_scale=pose_scale, occlusion_at=occlusion_at)
+                  pose_scale=pose_scale, occlusion_at=occlusion_at,
+                  regressor_workdir=regressor_workdir)
   if per_frame_yaws:  # Stage 1's restarts (its cost scales with their number).
     setup["base"].fit.restart_yaws_deg = tuple(float(y) for y in per_frame_yaws)
   seq_config = sequence.default_sequence_config()
   for key, value in (seq_overrides or {}).items():  # Speed settings (None: the default).
-    if key == "sequence_steps":
+    if key == "sequence_steps":  # Whatever stage 1 is.
       seq_config.warm_stages[0]["steps"] = value
+      seq_config.network_sequence_steps = value
     else:
       seq_config[key] = value
   if runlocal:
@@ -331,6 +285,20 @@ def run(*, out, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=
   return report
 
 
+def refine_override(values) -> dict:
+  """`{"network_refine_steps": ...}` of the `--network_refine_steps` flag ({} when unset)."""
+  if values is None:
+    return {}
+  if [v.lower() for v in values] in (["none"], ["0"], []):
+    return {"network_refine_steps": ()}
+  try:
+    return {"network_refine_steps": tuple(int(v) for v in values)}
+  except ValueError:
+    raise fit_mocap2d.BenchmarkInputError(
+        f"--network_refine_steps: expected CAMERA,BODY step counts or 'none', got {values}"
+    ) from None
+
+
 def define_source_flags(split: str, num_windows: int, several_dynamics: bool = False):
   """The flags every video benchmark CLI shares: the trained runs and the clips' windows."""
   flags.DEFINE_string("prior_workdir", None, "Trained prior workdir.", required=True)
@@ -346,7 +314,7 @@ def define_source_flags(split: str, num_windows: int, several_dynamics: bool = F
 
 def define_flags():
   define_source_flags("all", 16)
-  flags.DEFINE_integer("window", 32, "Frames per window (>= 8).")
+  flags.DEFINE_integer("window", 32, "Frames per window (>= 9).")
   flags.DEFINE_integer("seed", 0, "Scene seed.")
   flags.DEFINE_bool("runlocal", False, "Few steps and restarts (smoke run).")
   flags.DEFINE_bool("time_per_frame", True, "Run the per-frame stage twice to time it after "
@@ -365,6 +333,12 @@ def define_flags():
                      "as unseen subjects are; tuning only).")
   flags.DEFINE_enum("occlusion_at", "random", list(OCCLUSION_AT), "Where the 0.5 s occlusion "
                     "lies: inside the window, or touching its start or end (extrapolation).")
+  flags.DEFINE_string("regressor_workdir", "", "Trained reconstruction network (issue 12) as "
+                      "the dynamics fit's stage 1 (its prior must be --prior_workdir's); adds "
+                      "the `network` rows.")
+  flags.DEFINE_list("network_refine_steps", None, "With --regressor_workdir: (camera, body) "
+                    "steps refining the network's keyframe starts; 'none' = the network alone "
+                    "(default: the sequence config's).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
 
 
@@ -378,9 +352,11 @@ def main(argv):
         split=f.split, runlocal=f.runlocal, time_per_frame=f.time_per_frame,
         chart_residual=f.chart_residual, fps=f.fps, per_frame_yaws=f.per_frame_yaws,
         pose_scale=f.pose_scale, occlusion_at=f.occlusion_at,
-        seq_overrides={k: getattr(f, k) for k in ("keyframe_stride", "max_hypotheses",
-                                                   "sequence_steps")
-                       if getattr(f, k) is not None})
+        regressor_workdir=f.regressor_workdir,
+        seq_overrides={**{k: getattr(f, k) for k in ("keyframe_stride", "max_hypotheses",
+                                                      "sequence_steps")
+                          if getattr(f, k) is not None},
+                       **refine_override(f.network_refine_steps)})
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"fit_video: {e}", file=sys.stderr)
     return 2

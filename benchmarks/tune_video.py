@@ -122,18 +122,37 @@ VARIANTS.update({f"s7_openprior{w:g}_support{n}": (
 # Speed: fewer warm-stage steps at a higher rate (the step is compute-bound in the flow decode).
 VARIANTS.update({f"s7_steps{n}_lr{lr:g}": (S7[0], {"steps": n, "lr": lr}, S7[2])
                  for n, lr in ((100, 0.05), (100, 0.075), (50, 0.1), (75, 0.075))})
+# Session 9: stage 1 from the network (`--regressor_workdir`; `fitting.sequence_network`) over
+# today's default (`NOW` = `sequence.default_sequence_config()` once SESSION5 is undone): the
+# network alone or its keyframe starts refined for (camera, body) steps, and how few sequence
+# steps keep the errors (speed).
+NOW = ({"dynamics": 0.25, "joint_smooth": 1e2}, {}, {"pose_prior_frames": "evidence"})
+VARIANTS.update({
+    f"net_refine{r[0]}_{r[1]}_steps{n}" if r else f"net_alone_steps{n}": (
+        NOW[0], {}, {**NOW[2], "network_refine_steps": r, "network_sequence_steps": n})
+    for r in ((), (10, 40), (20, 60), (30, 100), (60, 140)) for n in (150, 100, 80, 50)})
+VARIANTS.update({  # Fewer refined keyframes (every 8th frame + gap ends; the network elsewhere).
+    f"net_refine60_140_key{k}_steps{n}": (
+        NOW[0], {}, {**NOW[2], "network_refine_steps": (60, 140), "keyframe_stride": k,
+                     "network_sequence_steps": n})
+    for k in (8, 16) for n in (150, 80)})
+# The same run's per-frame-fit stage 1 (today's default without a network), for comparison.
+VARIANTS.update({f"fits_steps{n}": (NOW[0], {"steps": n}, {**NOW[2], "stage1": "fits"})
+                 for n in (150, 100, 80)})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):
-  """(config, latent model) of a variant; fields["latent"] = "cv": the latent model without
-  its MLP corrections (`dynamics.constant_velocity_params`)."""
+  """(config, latent model, stage 1) of a variant; fields["latent"] = "cv": the latent model
+  without its MLP corrections (`dynamics.constant_velocity_params`); fields["stage1"] = "fits":
+  per-frame fits as stage 1 even when a network is given."""
   config = sequence.default_sequence_config()
   config.loss_weights = {**dict(config.loss_weights), **SESSION5[0], **weights}
   config.warm_stages[0].update(stage)
   fields = {**SESSION5[1], **(fields or {})}
   latent = fields.pop("latent", "trained")
+  stage1 = fields.pop("stage1", "network")
   config.update(fields)
-  return config, latent
+  return config, latent, stage1
 
 
 def _cached_frames(path, setup):
@@ -157,13 +176,14 @@ def _cached_frames(path, setup):
 
 def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows, seed=0,
         variants=None, frames_cache="", chart_residual="", fps=30.0, pose_scale=1.0,
-        occlusion_at="random"):
+        occlusion_at="random", regressor_workdir=""):
+  """Runs the variants (module docstring); `regressor_workdir`: stage 1 from that network."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   names = list(variants or VARIANTS)
   setup = fit_video.prepare(prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdirs[0],
                             mocap_dir=mocap_dir, num_windows=num_windows, seed=seed, split=split,
                             chart_residual=chart_residual, fps=fps, pose_scale=pose_scale,
-                            occlusion_at=occlusion_at)
+                            occlusion_at=occlusion_at, regressor_workdir=regressor_workdir)
   frames, rows = _cached_frames(frames_cache, setup), []
   for workdir in dynamics_workdirs:
     try:
@@ -171,12 +191,15 @@ def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows,
     except dynamics_io.DynamicsLoadError as e:
       raise fit_mocap2d.BenchmarkInputError(str(e)) from e
     for name in names:
-      config, latent = variant_config(*VARIANTS[name])
+      config, latent, stage1 = variant_config(*VARIANTS[name])
       setup.update(dynamics=(model, params if latent == "trained" else
                              dynamics_lib.constant_velocity_params(params)),
                    dynamics_workdir=workdir)
-      report, _, frames = fit_video.evaluate(setup, config, frames, timed=False)
+      report, _, frames = fit_video.evaluate(
+          {**setup, "predict": setup["predict"] if stage1 == "network" else None}, config,
+          frames, timed=False)
       row = {"dynamics_workdir": workdir, "variant": name,
+             "stage1": report["stage1"],
              **{k: report[k] for k in ("pa_mpjpe_mm", "mpjpe_mm", "accel_error_mm",
                                        "occluded_pa_mpjpe_mm", "visible_pa_mpjpe_mm")}}
       rows.append(row)
@@ -188,6 +211,7 @@ def run(*, out, prior_workdir, dynamics_workdirs, mocap_dir, split, num_windows,
   text = json.dumps({"split": split, "mocap_dir": str(mocap_dir), "num_windows": num_windows,
                      "chart_residual": chart_residual, "fps": fps, "base": SESSION5,
                      "pose_scale": pose_scale, "occlusion_at": occlusion_at, "seed": seed,
+                     "regressor_workdir": regressor_workdir or None,
                      "variants": {n: VARIANTS[n] for n in names}, "rows": rows}, indent=1)
   io_utils.atomic_write(out_path, text.encode())
   print(text)
@@ -206,7 +230,8 @@ def main(argv):
     run(out=f.out, prior_workdir=f.prior_workdir, dynamics_workdirs=f.dynamics_workdirs,
         mocap_dir=f.mocap_dir, split=f.split, num_windows=f.num_windows, seed=f.seed,
         variants=f.variants, frames_cache=f.frames_cache, chart_residual=f.chart_residual,
-        fps=f.fps, pose_scale=f.pose_scale, occlusion_at=f.occlusion_at)
+        fps=f.fps, pose_scale=f.pose_scale, occlusion_at=f.occlusion_at,
+        regressor_workdir=f.regressor_workdir)
   except (fit_mocap2d.BenchmarkInputError, io_utils.OutputPathError) as e:
     print(f"tune_video: {e}", file=sys.stderr)
     return 2
@@ -228,5 +253,7 @@ if __name__ == "__main__":
                      "motion style, off the pose prior as unseen subjects are).")
   flags.DEFINE_enum("occlusion_at", "random", list(fit_video.OCCLUSION_AT), "Where the "
                     "occlusion lies (`benchmarks.fit_video`): inside, or at the window's ends.")
+  flags.DEFINE_string("regressor_workdir", "", "Trained reconstruction network as stage 1 "
+                      "(`benchmarks.fit_video --regressor_workdir`; the net_* variants).")
   flags.DEFINE_string("out", None, "Output JSON.", required=True)
   app.run(main)

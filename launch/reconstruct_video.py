@@ -3,6 +3,7 @@ r"""Video (or a folder of frames) -> BVH of the whole sequence + overlay video +
   python -m launch.reconstruct_video --video=clip.mp4 --prior_workdir=P \
       --dynamics_workdir=W2 --out_dir=D [--keypoints_json=track.json]
   python -m launch.reconstruct_video --frames=DIR [--fps=30] --prior_workdir=P ... --out_dir=D
+  ... --regressor_workdir=W   # the trained network (issue 12, same prior) as the fit's stage 1
 
 The library call is `flowpose.fitting.video_job.reconstruct_video` (steps, file formats and bad
 input are documented there); `launch.reconstruct --video/--frames` calls the same function.
@@ -27,6 +28,9 @@ def define_flags():
   flags.DEFINE_string("out_dir", None, "Output folder (replaced atomically).", required=True)
   flags.DEFINE_string("keypoints_json", None, "COCO-style keypoint track JSON instead of the "
                       "detector (entries with image_id/frame, keypoints, bbox?, score?).")
+  flags.DEFINE_string("regressor_workdir", None, "Trained reconstruction network (issue 12, "
+                      "trained with --prior_workdir's prior) as stage 1 of the sequence fit "
+                      "instead of per-frame fits.")
 
 
 def main(argv):
@@ -43,7 +47,8 @@ def main(argv):
     summary = video_job.reconstruct_video(
         out_dir=FLAGS.out_dir, prior_workdir=FLAGS.prior_workdir,
         dynamics_workdir=FLAGS.dynamics_workdir, video=FLAGS.video, frames_dir=FLAGS.frames,
-        keypoints_json=FLAGS.keypoints_json, fps=FLAGS.fps)
+        keypoints_json=FLAGS.keypoints_json, fps=FLAGS.fps,
+        regressor_workdir=FLAGS.regressor_workdir)
   except (video_job.VideoJobError, video_io.VideoInputError, io_utils.OutputPathError,
           registry.PriorRegistryError, dynamics_io.DynamicsLoadError, FitInputError) as e:
     print(f"reconstruct_video: {e}", file=sys.stderr)

@@ -190,3 +190,13 @@ def test_benchmark_occlusion_placement():
   with pytest.raises(fit_mocap2d.BenchmarkInputError, match="--occlusion_at"):
     fit_video.prepare(prior_workdir="p", dynamics_workdir="d", mocap_dir="m", num_windows=1,
                       occlusion_at="middle")
+
+
+def test_fit_video_refine_flag():
+  from benchmarks import fit_mocap2d, fit_video  # pylint: disable=g-import-not-at-top
+  # --network_refine_steps (with --regressor_workdir): CAMERA,BODY or none.
+  assert fit_video.refine_override(None) == {}
+  assert fit_video.refine_override(["none"]) == {"network_refine_steps": ()}
+  assert fit_video.refine_override(["5", "7"]) == {"network_refine_steps": (5, 7)}
+  with pytest.raises(fit_mocap2d.BenchmarkInputError, match="--network_refine_steps"):
+    fit_video.refine_override(["five"])

@@ -13,6 +13,7 @@ from flowpose.evidence import video_io
 from flowpose.fitting import sequence
 from flowpose.fitting import sequence_init
 from flowpose.fitting import video_job
+from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.viz import images as viz
 from flowpose.viz import render_clip
 from tests import video_fixtures
@@ -112,6 +113,15 @@ def test_bad_input_is_refused_and_nothing_is_written(clip, tmp_path):
     video_job.reconstruct_video(out_dir=str(tmp_path / "o3"), frames_dir=clip["frames"],
                                 keypoints_json=str(track), **kwargs)
   assert _empty(tmp_path / "o3")
+  # A network trained on another prior (its latent means other poses): refused, naming the flag
+  # (only the prior params' sha256 are compared before the network loads).
+  network = tmp_path / "net" / "prior"
+  network.mkdir(parents=True)
+  (network / "prior_params.msgpack").write_bytes(b"another prior")
+  with pytest.raises(FitInputError, match="--regressor_workdir.*trained with the prior"):
+    video_job.reconstruct_video(out_dir=str(tmp_path / "o4"), frames_dir=clip["frames"],
+                                regressor_workdir=str(tmp_path / "net"), **kwargs)
+  assert _empty(tmp_path / "o4")
 
 
 def test_tracker_follows_overlap_and_marks_missing_frames():
@@ -141,6 +151,16 @@ def test_cli_with_a_track_json_and_a_person_leaving(clip, tmp_path):
   assert done.returncode == 0, done.stderr[-2000:]
   frames = json.loads((out / "frames.json").read_text())
   assert [f["tracked"] for f in frames] == [i != 2 for i in range(FRAMES)]
+  # Stage 1 from the network (tiny, untrained: the plumbing, not the accuracy).
+  net_out = tmp_path / "net_out"
+  regressor = video_fixtures.tiny_regressor(tmp_path / "regressor", clip["prior"])
+  done = subprocess.run(cmd[:6] + [f"--out_dir={net_out}", cmd[7],
+                                   f"--regressor_workdir={regressor}"],
+                        capture_output=True, text=True, check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  summary = json.loads((net_out / "summary.json").read_text())
+  assert summary["stage1"] == "network" and summary["num_frames"] == FRAMES
+  assert (net_out / "motion.bvh").is_file()
   bad = subprocess.run(cmd[:3] + ["--video=/nonexistent.mp4", cmd[4],
                                    f"--out_dir={tmp_path / 'o'}"],
                        capture_output=True, text=True, check=False)

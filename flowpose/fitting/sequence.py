@@ -95,6 +95,22 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   c.keyframe_stride = 4  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
   # The `open_gap_*` terms' gaps: fewer than this many frames with evidence on one side.
   c.open_gap_support = 1
+  # Stage 1 from the reconstruction network (`fitting.sequence_network`, when a network is
+  # given): the network's start of each keyframe refined by `fitting.fit` for (camera, body)
+  # steps from 2 restarts (the network's, yaw 0: half the 4 yaw restarts of per-frame stage 1);
+  # () = the network's predictions alone. Session 9 (validation seeds 0 / 1, gap inside; the
+  # `fully` network, keypoints only; dynamics PA / accel / occluded PA mm, 150 sequence steps):
+  # per-frame fits 63.9/7.7/75.9, 59.7/7.6/68.2; network alone 79.5/12.4/89.0, 85.9/11.3/93.5;
+  # refined (20, 60) 69.8/7.9/82.2, 62.4/7.2/70.0; (30, 100) 66.6/8.0/80.6, 64.1/7.0/71.4;
+  # (60, 140) 60.3/7.5/74.4, 58.7/6.7/67.6 (better than per-frame fits on all three); gap at
+  # the window's end (`--occlusion_at=end`): 64.8/6.7/88.3, 78.7/6.6/102.6 against 69.8/7.1/88.8,
+  # 70.6/6.5/98.0 (seed 1 loses 8 mm: mixed). Every 8th frame refined: 65.2 (seed 0, loses).
+  c.network_refine_steps = (60, 140)
+  # The warm stage's steps when stage 1 is the network (0: `warm_stages`' own). From the refined
+  # network start, 100 steps keep the per-frame-start errors at 150 (seeds 0 / 1: 61.5/7.8/75.8,
+  # 59.9/7.0/67.7); 80: 62.3/8.1/76.3, 60.5/7.3/68.4; 50: 63.5/9.1/76.7, 61.4/8.7/69.3; gap at
+  # the end, 100 vs 150: +1.6 / +1.4 mm PA. (`results/video/tune_val_s9_*.json`.)
+  c.network_sequence_steps = 100
   return c
 
 
@@ -106,11 +122,17 @@ def validate_sequence_config(config: ml_collections.ConfigDict) -> None:
     bad("loss_weights", f"exactly the terms {LOSS_TERMS}", sorted(dict(config.loss_weights)))
   if config.get("pose_prior_frames", "all") not in ("all", "evidence"):
     bad("pose_prior_frames", "'all' or 'evidence'", config.pose_prior_frames)
+  steps = config.get("network_sequence_steps", 0)
+  if not isinstance(steps, int) or steps < 0:
+    bad("network_sequence_steps", "an int >= 0 (0: the warm stage's steps)", steps)
   for field in ("max_hypotheses", "keyframe_stride", "open_gap_support"):
     if not isinstance(config.get(field, 1), int) or config.get(field, 1) < 1:
       bad(field, "an int >= 1", config.get(field))
   if not config.restart_yaws_deg:
     bad("restart_yaws_deg", "a non-empty tuple", config.restart_yaws_deg)
+  refine = tuple(config.get("network_refine_steps", ()))
+  if refine and (len(refine) != 2 or not all(isinstance(n, int) and n >= 1 for n in refine)):
+    bad("network_refine_steps", "() or (camera steps, body steps), ints >= 1", refine)
   stages = [(f"stages[{i}]", s) for i, s in enumerate(config.stages)]
   stages += [(f"warm_stages[{i}]", s) for i, s in enumerate(config.get("warm_stages", []))]
   for i, stage in stages:

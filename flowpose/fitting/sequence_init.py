@@ -50,8 +50,9 @@ class FrameFits(NamedTuple):
   result: Any
 
 
-def fittable_frames(evidence: sequence.SequenceEvidence) -> np.ndarray:
-  """[W, T] bool: frames whose keypoints can determine a body (`checks.evidence_errors`)."""
+def fittable_frames(evidence: sequence.SequenceEvidence, image_size=None) -> np.ndarray:
+  """[W, T] bool: frames whose keypoints can determine a body (`checks.evidence_errors`;
+  `image_size` (H, W): also inside the image)."""
   kp = np.asarray(evidence.keypoints, np.float64)
   conf = np.asarray(evidence.confidence, np.float64)
   num, frames = kp.shape[:2]
@@ -59,7 +60,7 @@ def fittable_frames(evidence: sequence.SequenceEvidence) -> np.ndarray:
   ok = labelled.sum(-1) >= sequence.MIN_KEYPOINTS
   flat = np.where(labelled[..., None], kp, 0.0).reshape(num * frames, -1, 2)
   errors = checks.evidence_errors(flat, np.where(labelled, conf, 0.0).reshape(num * frames, -1),
-                                  None)
+                                  image_size)
   return ok & np.asarray([not e for e in errors]).reshape(num, frames)
 
 
@@ -88,13 +89,18 @@ def subset_frames(frames: FrameFits, keep: np.ndarray) -> FrameFits:
 
 
 def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
-               evidence: sequence.SequenceEvidence, stride: int = 1) -> FrameFits:
+               evidence: sequence.SequenceEvidence, stride: int = 1,
+               initial: Optional[FrameFits] = None) -> FrameFits:
   """Stage 1: `fitting.fit` on every fittable frame of every window (one batch); `stride` > 1:
-  only on their `keyframes` (the others are interpolated by `hypotheses`)."""
+  only on their `keyframes` (the others are interpolated by `hypotheses`). `initial`: per-frame
+  starts (e.g. the network's, `sequence_network.network_frames`), an extra restart 0 of each
+  fitted frame (`fit(initial=)`); only its valid frames are fitted."""
   kp = np.asarray(evidence.keypoints, np.float32)
   conf = np.asarray(evidence.confidence, np.float32)
   num, frames = kp.shape[:2]
   valid = keyframes(fittable_frames(evidence), stride)
+  if initial is not None:
+    valid &= initial.valid
   flat = np.flatnonzero(valid.reshape(-1))
   rep = lambda x: np.repeat(np.asarray(x, np.float32), frames, 0)[flat]
   labelled = (conf > 0) & np.all(np.isfinite(kp), -1)
@@ -102,7 +108,11 @@ def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
       np.where(labelled[..., None], kp, np.nan).reshape(num * frames, -1, 2)[flat],
       np.where(labelled, conf, 0.0).reshape(num * frames, -1)[flat],
       rep(evidence.focal), rep(evidence.principal_point))
-  result = fitting.fit(fit_config, model, body, prior, frame_evidence)
+  start = None
+  if initial is not None:
+    start = {k: getattr(initial, k).reshape((num * frames,) + getattr(initial, k).shape[2:])[flat]
+             for k in ("pose", "betas", "orient", "transl")}
+  result = fitting.fit(fit_config, model, body, prior, frame_evidence, initial=start)
 
   def scatter(x):
     x = np.asarray(x, np.float32)

@@ -20,7 +20,10 @@
    dynamics prior) warm-started from orientation-consistent readings of those fits, missing
    frames interpolated and carried by the dynamics prior; camera at the image centre with focal
    `focal_factor * max(H, W)` (as the photo fitter's initial focal). `two_stage=False`: the
-   sequence fit alone from upright yaw restarts.
+   sequence fit alone from upright yaw restarts. With `regressor_workdir` (a trained network of
+   issue 12 on the same prior), stage 1 is the network on every tracked frame (keypoint-only
+   evidence cropped around the frame's keypoints) with its keyframe starts refined by a
+   per-frame fit from 2 restarts (`fitting.sequence_network`); the sequence fit starts from that.
 5. Outputs, one atomic folder swap (`io_utils.atomic_dir`; an error leaves `out_dir` as it was):
    `motion.bvh` (the whole sequence on the CC0 skeleton at the video's frame rate, Y-up world
    `diag(1, -1, -1) x_cam` as `fitting.photo`), `overlay.mp4` (mesh + keypoints over the frames;
@@ -52,6 +55,7 @@ from flowpose.fitting import photo
 from flowpose.fitting import reduced_body
 from flowpose.fitting import sequence
 from flowpose.fitting import sequence_init
+from flowpose.fitting import sequence_network
 from flowpose.models import dynamics_io
 from flowpose.prior import registry
 from flowpose.viz import images as viz
@@ -171,7 +175,8 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
                       keypoints_json: Optional[str] = None, fps: float = 30.0,
                       config=None, min_confidence: float = 0.2, min_iou: float = 0.1,
                       focal_factor: float = 1.2, max_side: int = 1280,
-                      frame_config=None, two_stage: bool = True) -> dict:
+                      frame_config=None, two_stage: bool = True,
+                      regressor_workdir: Optional[str] = None) -> dict:
   """Runs the video job (module docstring); returns the summary dict.
 
   Args:
@@ -183,14 +188,19 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
     config: `sequence.default_sequence_config()` fields (default: that).
     frame_config: the per-frame stage's `fitting.config` (default:
       `sequence_init.per_frame_config()`). two_stage: module docstring, step 4.
+    regressor_workdir: a trained reconstruction network as stage 1 (module docstring, step 4).
 
   Raises:
     VideoJobError, video_io.VideoInputError, io_utils.OutputPathError, registry.PriorRegistryError,
-    dynamics_io.DynamicsLoadError: before anything is written.
+    dynamics_io.DynamicsLoadError, FitInputError (a network that cannot load or was trained on
+    another prior: naming --regressor_workdir): before anything is written.
   """
   if (video is None) == (frames_dir is None):
     raise VideoJobError("give exactly one of --video and --frames")
   out_path = io_utils.require_output_path(out_dir, "--out_dir")
+  # Before decoding: a network of another prior fails at once.
+  predict = (sequence_network.load_network(regressor_workdir, prior_workdir)
+             if regressor_workdir else None)
   clip = (video_io.read_video(video, max_side) if video is not None else
           video_io.read_frames_dir(frames_dir, fps, max_side))
   frames = clip.frames
@@ -216,7 +226,11 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
   keypoints = np.where(confidence[..., None] > 0, detected[..., :2], np.nan)
   evidence = sequence.SequenceEvidence(keypoints[None], confidence[None].astype(np.float32),
                                        focal[None], centre[None])
-  if two_stage:
+  if predict is not None:
+    result = sequence_network.fit_network_two_stage(
+        predict, config, model, body, prior, evidence, dynamics[0], dynamics[1],
+        chart_residual=residual, image_size=(height, width))[0]
+  elif two_stage:
     result, _ = sequence_init.fit_two_stage(
         frame_config or sequence_init.per_frame_config(), config, model, body, prior, evidence,
         dynamics[0], dynamics[1], chart_residual=residual)
@@ -242,6 +256,8 @@ def reconstruct_video(*, out_dir: str, prior_workdir: str, dynamics_workdir: Opt
       "principal_point": centre.tolist(), "betas": betas.tolist(),
       "loss": float(result.loss[0]), "terms": {k: float(v[0]) for k, v in result.terms.items()},
       "prior_workdir": prior_workdir, "dynamics_workdir": dynamics_workdir,
+      "regressor_workdir": regressor_workdir,
+      "stage1": "network" if predict is not None else "per_frame_fits" if two_stage else "none",
       "keypoints": "track json" if keypoints_json else "BlazePose detector"}
   overlay = overlay_frames(model, frames, vertices, focal, centre, detected, model_kp, tracked)
   with io_utils.atomic_dir(out_path) as staging:
