@@ -14,7 +14,7 @@ shows it when absl logs to files).
 
 Video in, sequence out (`flowpose.fitting.video_job`):
   python -m launch.reconstruct --video=clip.mp4 | --frames=DIR [--fps=30] --prior_workdir=P \
-      [--dynamics_workdir=W2] [--keypoints_json=track.json] --out_dir=D
+      [--dynamics_workdir=W2] [--keypoints_json=track.json] [--regressor_workdir=W] --out_dir=D
 writes D/motion.bvh (the video's frame rate), D/overlay.mp4 (a PNG strip without an encoder),
 D/frames.json, D/summary.json.
 """

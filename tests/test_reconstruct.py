@@ -360,8 +360,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_video_flags_hand_over_or_say_not_installed(monkeypatch):
   with pytest.raises(fitting.FitInputError, match="give exactly one"):
     reconstruct.video("v.mp4", "frames/", "P", "/tmp/o")
-  with pytest.raises(fitting.FitInputError, match="--regressor_workdir"):
-    reconstruct.video("v.mp4", None, "P", "/tmp/o", regressor_workdir="W")
   # The video job's own errors come back as one FitInputError naming the file.
   with pytest.raises(fitting.FitInputError, match="nope.mp4"):
     reconstruct.video("/nonexistent/nope.mp4", None, "P", "/tmp/o")

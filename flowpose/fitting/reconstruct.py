@@ -307,14 +307,13 @@ def video(video_path: Optional[str], frames_dir: Optional[str], prior_workdir: s
   """`--video` / `--frames` of launch/reconstruct: `flowpose.fitting.video_job.reconstruct_video`
   (detector per frame or a keypoint track -> one person followed by box overlap -> sequence fit
   with the dynamics prior -> motion.bvh, overlay.mp4, frames.json, summary.json in out_dir).
+  `regressor_workdir`: the trained network (same prior) as the sequence fit's stage 1
+  (`flowpose.fitting.sequence_network`).
 
   Returns [out_dir]. Its errors come back as one `FitInputError` naming the flag or file.
   """
   if bool(video_path) == bool(frames_dir):
     raise FitInputError("--video / --frames: give exactly one (a video file or a folder of frames)")
-  if regressor_workdir:
-    raise FitInputError("--regressor_workdir: not used for video (the sequence fit starts from "
-                        "per-frame initialisation); leave it out")
   try:
     # pylint: disable=g-import-not-at-top
     from flowpose.evidence import video_io
@@ -326,7 +325,8 @@ def video(video_path: Optional[str], frames_dir: Optional[str], prior_workdir: s
   try:
     video_job.reconstruct_video(
         out_dir=out_dir, prior_workdir=prior_workdir, dynamics_workdir=dynamics_workdir,
-        video=video_path, frames_dir=frames_dir, keypoints_json=keypoints_json, fps=fps)
+        video=video_path, frames_dir=frames_dir, keypoints_json=keypoints_json, fps=fps,
+        regressor_workdir=regressor_workdir)
   except (video_job.VideoJobError, video_io.VideoInputError, dynamics_io.DynamicsLoadError,
           registry.PriorRegistryError) as e:
     raise FitInputError(str(e)) from e
