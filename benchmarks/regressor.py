@@ -152,6 +152,7 @@ def run_untrained(workdir: str, frames: dict, batch_size: int) -> dict:
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   config, context, _ = predictor.load_params(workdir)
   config.model.prior_workdir = os.path.join(workdir, predictor.PRIOR_DIR)
+  config.model.init_from = ""  # The floor is the random initialisation, whatever the run began at.
   first = next(_batches(frames, batch_size))
   params = task.init(config, jax.random.key(0), first)
   predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))

@@ -320,9 +320,10 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, example_batch) -> An
   ctx = context(config)
   maps = regressor_body.input_maps(ctx, jax.tree.map(lambda x: x[:2], example_batch))
   params = {"net": ctx.net.init(rng, maps, ctx.theta_init)["params"]}
-  if config.model.init_from:
+  init_from = config.model.get("init_from", "")  # Runs before session 9 have no such field.
+  if init_from:
     with jax.ensure_compile_time_eval():
-      params = _params_from(config.model.init_from, ctx, params)
+      params = _params_from(init_from, ctx, params)
   return params
 
 
