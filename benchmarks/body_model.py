@@ -66,24 +66,26 @@ from flowpose.body import model_io
 from flowpose.body.cpu_kernel import build as kernel_build
 from flowpose.body.cpu_kernel import ffi
 
-_OUT = flags.DEFINE_string("out", None, "output JSON (required)")
-_BATCHES = flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
-_BACKWARD_BATCHES = flags.DEFINE_list("backward_batches", ["64", "512"],
-                                      "forward+backward batches")
-_ROUNDS = flags.DEFINE_integer(
-    "rounds", 3, "rounds of --repeats interleaved calls per entry (each round's "
-    "ratio and load are recorded; the medians are over all rounds)", lower_bound=1)
-_REPEATS = flags.DEFINE_integer("repeats", 21, "timed repeats per round (x10 at B=1)",
-                                lower_bound=1)
-_THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "torch threads",
-                                lower_bound=1)
-_MODELS = flags.DEFINE_list("models", ["cc0", "smpl_sized"], "models to time")
-_SKINNING = flags.DEFINE_enum("skinning", "auto", ffi.IMPLS,
-                              "flowpose's skinning path (module docstring)")
-_COMPARE_XLA = flags.DEFINE_bool("compare_xla", False,
-                                 "also time the pure-XLA skinning path")
-_BASELINE = flags.DEFINE_enum("baseline", "smplx", ["smplx", "none"],
-                              "smplx's lbs (torch + smplx) or flowpose alone")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags, defined when run as a script (tests and `body_model_profile` import this
+  module beside other CLIs' flags)."""
+  flags.DEFINE_string("out", None, "output JSON (required)")
+  flags.DEFINE_list("batches", ["1", "64", "512"], "forward batches")
+  flags.DEFINE_list("backward_batches", ["64", "512"], "forward+backward batches")
+  flags.DEFINE_integer(
+      "rounds", 3, "rounds of --repeats interleaved calls per entry (each round's "
+      "ratio and load are recorded; the medians are over all rounds)", lower_bound=1)
+  flags.DEFINE_integer("repeats", 21, "timed repeats per round (x10 at B=1)", lower_bound=1)
+  flags.DEFINE_integer("threads", os.cpu_count(), "torch threads", lower_bound=1)
+  flags.DEFINE_list("models", ["cc0", "smpl_sized"], "models to time")
+  flags.DEFINE_enum("skinning", "auto", ffi.IMPLS, "flowpose's skinning path (module docstring)")
+  flags.DEFINE_bool("compare_xla", False, "also time the pure-XLA skinning path")
+  flags.DEFINE_enum("baseline", "smplx", ["smplx", "none"],
+                    "smplx's lbs (torch + smplx) or flowpose alone")
+
 
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16,
                 17, 18, 19, 20, 21)
@@ -348,17 +350,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:  # Checked before minutes of timing, not after.
-    out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
+    out = io_utils.require_output_path(FLAGS.out, "--out", is_dir=False)
   except io_utils.OutputPathError as e:
     raise app.UsageError(str(e)) from e
-  unknown = sorted(set(_MODELS.value) - {"cc0", "smpl_sized"})
+  unknown = sorted(set(FLAGS.models) - {"cc0", "smpl_sized"})
   if unknown:
     raise app.UsageError(f"--models: unknown {unknown}; "
                          "expected cc0, smpl_sized")
-  batches, backward_batches = (_positive_ints(f) for f in (_BATCHES, _BACKWARD_BATCHES))
+  batches, backward_batches = (_positive_ints(FLAGS[f])
+                               for f in ("batches", "backward_batches"))
   if not batches:
     raise app.UsageError("--batches: expected at least one batch size")
-  if _BASELINE.value == "smplx":
+  if FLAGS.baseline == "smplx":
     try:
       import torch  # pylint: disable=g-import-not-at-top,unused-import
       import smplx  # pylint: disable=g-import-not-at-top,unused-import
@@ -370,24 +373,24 @@ def main(argv):
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   models = {name: (model_io.load_model(assets.ensure_body_model())
                    if name == "cc0" else smpl_sized_model())
-            for name in _MODELS.value}
+            for name in FLAGS.models}
   load_before = os.getloadavg()
   results = {
-      "models": run(models, batches, backward_batches, _REPEATS.value,
-                    _THREADS.value, _SKINNING.value, _COMPARE_XLA.value,
-                    _BASELINE.value, _ROUNDS.value),
+      "models": run(models, batches, backward_batches, FLAGS.repeats,
+                    FLAGS.threads, FLAGS.skinning, FLAGS.compare_xla,
+                    FLAGS.baseline, FLAGS.rounds),
       "setup": {
-          **_baseline_setup(_BASELINE.value, _THREADS.value),
+          **_baseline_setup(FLAGS.baseline, FLAGS.threads),
           "cpu_count": os.cpu_count(),
           "jax": jax.__version__, "platform": platform.platform(),
-          "processor": platform.processor(), "repeats": _REPEATS.value,
-          "rounds": _ROUNDS.value, "load_average_before": load_before,
+          "processor": platform.processor(), "repeats": FLAGS.repeats,
+          "rounds": FLAGS.rounds, "load_average_before": load_before,
           "load_average_after": os.getloadavg(),
           "malloc_env": {k: v for k, v in os.environ.items()
                          if k.startswith("MALLOC_")},
           "skinning": (
-              "kernel" if _SKINNING.value == "kernel" or (
-                  _SKINNING.value == "auto" and kernel_build.available())
+              "kernel" if FLAGS.skinning == "kernel" or (
+                  FLAGS.skinning == "auto" and kernel_build.available())
               else "xla"),
           "lbs_kernel": kernel_build.info(),
       },
@@ -397,4 +400,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -31,7 +31,7 @@ from flowpose.body.cpu_kernel import build
 from flowpose.body.cpu_kernel import ffi
 
 # --out (the JSON; the chart goes to F.png), --repeats and --rounds are benchmarks.body_model's
-# flags (defined by its import); its other flags are ignored here.
+# flags (`bench.define_flags()` below); its other flags are ignored here.
 _BATCH = flags.DEFINE_integer("batch", 64, "bodies per call", lower_bound=1)
 FLAGS = flags.FLAGS
 
@@ -121,4 +121,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  bench.define_flags()
   app.run(main)
