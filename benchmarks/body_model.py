@@ -32,16 +32,12 @@ interleaved with the other two (`flowpose_xla_ms`, `ratio_xla`; its big
 allocations also slow the other two down). The JSON records the path that ran
 (`setup.skinning`) and the kernel build (`setup.lbs_kernel`, its `cpu_level`).
 
-`--baseline=none` times flowpose alone (for machines without torch/smplx,
-`benchmarks/requirements.txt`): the selected path against the pure-XLA path,
-`xla_over_flowpose` = XLA time / selected path's time, and the largest vertex
-difference between the two (`max_abs_vertex_diff_vs_xla_m`).
+`--baseline=none` times flowpose alone (no torch/smplx): the selected path vs the
+pure-XLA path (`xla_over_flowpose`, `max_abs_vertex_diff_vs_xla_m`).
 
-Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0),
-served by glibc with fresh `mmap`s that are page-faulted on every call (on a
-small VM as costly as the arithmetic). Both libraries pay it (flowpose's kernel
-asks for transparent huge pages on its output, `FLOWPOSE_LBS_HUGEPAGES=0`
-disables). `MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=<large>`
+Memory note: at batch 512 every `[B, V, 3]` float32 buffer is 82 MB (cc0), fresh
+glibc `mmap`s page-faulted on every call, on both sides (flowpose's kernel asks for
+transparent huge pages on its output; `FLOWPOSE_LBS_HUGEPAGES=0` disables). `MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=<large>`
 keeps the memory mapped between calls (recorded under `setup.malloc_env`).
 """
 

@@ -110,20 +110,20 @@ def test_part_and_keypoint_tables_are_involutions(renderer):
 
 
 def test_training_flip_of_evidence_matches_the_label_exact_flip(renderer, scene):
-  """The regressor's `flip_consistency` mirrors evidence on device (`tasks.regressor.
+  """The regressor's `flip_consistency` mirrors evidence on device (`models.regressor_body.
   flip_evidence`) and its 3D prediction back (`mirror_keypoints3d`): both are this module's
   flip of a rendered scene, exactly."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from flowpose.tasks import regressor  # pylint: disable=g-import-not-at-top
+  from flowpose.models import regressor_body  # pylint: disable=g-import-not-at-top
   example = _render(renderer, scene)
   flipped = _augment(renderer, example, 1.0, 0.0, copies=1)[0]
   batch = {k: jnp.asarray(np.asarray(example[k])[None])
            for k in ("keypoints", "part_map", "mask")}
   batch["confidence"] = jnp.asarray(np.asarray(example["visible"], np.float32)[None])
-  ours = {k: np.asarray(v)[0] for k, v in regressor.flip_evidence(batch, R).items()}
+  ours = {k: np.asarray(v)[0] for k, v in regressor_body.flip_evidence(batch, R).items()}
   np.testing.assert_allclose(ours["keypoints"], flipped["keypoints"], atol=1e-4)
   np.testing.assert_array_equal(ours["confidence"], flipped["visible"])
   np.testing.assert_array_equal(ours["part_map"], flipped["part_map"])
   np.testing.assert_array_equal(ours["mask"], flipped["mask"])
-  joints = np.asarray(regressor.mirror_keypoints3d(jnp.asarray(example["joints3d"])[None]))[0]
+  joints = np.asarray(regressor_body.mirror_keypoints3d(jnp.asarray(example["joints3d"])[None]))[0]
   np.testing.assert_allclose(joints, flipped["joints3d"], atol=1e-5)

@@ -170,7 +170,7 @@ def test_flip_consistency_is_a_second_branch_on_the_mirrored_evidence(prior_dir)
   # An untrained network is not mirror-equivariant; the term pulls on its parameters.
   assert float(value) > 1e-3 and float(optax_norm(grads)) > 0
   # Its value is the same for the mirrored batch (the mirror is an isometric involution).
-  mirrored = {**batch, **task.flip_evidence(batch, on_config.data.resolution)}
+  mirrored = {**batch, **regressor_body.flip_evidence(batch, on_config.data.resolution)}
   (again, _), _ = grad_fn(params, mirrored)
   np.testing.assert_allclose(again, value, rtol=1e-4)
 

@@ -115,6 +115,23 @@ def load_params(workdir: str):
   return config, context, params
 
 
+def load_params_like(workdir: str, context, like: Any) -> Any:
+  """The exported params of regressor run `workdir`, checked against `like` (the caller's
+  network) and `context`'s prior (a latent means nothing under another prior)."""
+  _, other, params = load_params(workdir)
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if (jax.tree.structure(params) != jax.tree.structure(like)
+      or shapes(params) != shapes(like)):
+    raise RegressorLoadError(f"the network of {workdir} has other layers or shapes than this "
+                             "config's model (widths, features, inputs, prior D)")
+  mine, theirs = jax.tree.leaves(context.prior.params), jax.tree.leaves(other.prior.params)
+  if len(mine) != len(theirs) or not all(
+      np.shape(a) == np.shape(b) and np.allclose(a, b) for a, b in zip(mine, theirs)):
+    raise RegressorLoadError(f"{workdir} was trained with another flow prior than "
+                             "model.prior_workdir; its latents would mean other poses")
+  return jax.tree.map(jnp.asarray, params)
+
+
 def _blank_batch(context, num: int) -> dict:
   r = context.resolution
   return {"keypoints": np.zeros((num, 17, 2), np.float32),

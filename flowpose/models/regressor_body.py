@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from flowpose import geometry
+from flowpose.data import evidence_augment
 from flowpose.data import retarget
 from flowpose.body import lbs
 from flowpose.evidence import shading
@@ -211,3 +212,38 @@ def hip_centred(keypoints: jax.Array) -> jax.Array:
   """`[..., 17, 3]` COCO-17 points minus their hips' midpoint."""
   centre = 0.5 * (keypoints[..., LEFT_HIP, :] + keypoints[..., RIGHT_HIP, :])
   return keypoints - centre[..., None, :]
+
+
+# The network's input fields, and what the mirrored image makes of them (`flip_evidence`).
+_EVIDENCE_FIELDS = ("keypoints", "confidence", "part_map", "mask", "focal")
+
+
+def flip_evidence(batch: dict, resolution: int) -> dict:
+  """The evidence of `batch` mirrored left-right about the crop's centre column (the principal
+  point), as the image of the mirrored scene: keypoints `[B, K, 2]` (u -> R - u, left and right
+  exchanged), `confidence [B, K]` with them, `part_map [B, R, R]` mirrored with left and right
+  part labels exchanged, `mask [B, R, R]` mirrored; `focal [B]` as is. Only the fields of
+  `_EVIDENCE_FIELDS` that `batch` has are returned.
+  """
+  perm = jnp.asarray(evidence_augment.keypoint_permutation())
+  out = {}
+  if "keypoints" in batch:
+    kp = jnp.asarray(batch["keypoints"], jnp.float32)[:, perm]
+    out["keypoints"] = kp.at[..., 0].set(resolution - kp[..., 0])
+  if "confidence" in batch:
+    out["confidence"] = jnp.asarray(batch["confidence"])[:, perm]
+  if "part_map" in batch:
+    table = jnp.asarray(evidence_augment.part_label_table())
+    out["part_map"] = table[jnp.asarray(batch["part_map"], jnp.int32)[:, :, ::-1]]
+  if "mask" in batch:
+    out["mask"] = jnp.asarray(batch["mask"])[:, :, ::-1]
+  if "focal" in batch:
+    out["focal"] = batch["focal"]
+  return out
+
+
+def mirror_keypoints3d(points: jax.Array) -> jax.Array:
+  """`[B, K, 3]` camera-frame COCO keypoints of the mirrored scene (x -> -x, left and right
+  exchanged): what the prediction for `flip_evidence(batch)` should be mapped back with."""
+  perm = jnp.asarray(evidence_augment.keypoint_permutation())
+  return points[:, perm] * jnp.asarray([-1.0, 1.0, 1.0], points.dtype)

@@ -21,9 +21,10 @@ Loss: `losses.weighted_sum` of (per example, then the batch mean):
   dofs         mean squared Frobenius distance of the joint rotations } mean over the labelled
   betas        mean squared beta error                              } examples of the batch
   flip_consistency  left-right equivariance, on every example (labels not needed): the network
-               also reads the mirrored evidence (`flip_evidence`), and its mirrored hip-centred
-               3D keypoints must equal the unmirrored prediction's (metres; both branches get
-               the gradient). Skipped (0, no second branch) at weight 0.
+               also reads the mirrored evidence (`regressor_body.flip_evidence`), and its
+               mirrored hip-centred 3D keypoints must equal the unmirrored prediction's
+               (metres; both branches get the gradient). Skipped (0, no second branch) at
+               weight 0.
 Evaluation: mpjpe_mm (hip-centred COCO-17 keypoints), pa_mpjpe_mm, pve_mm (full CC0 mesh, root
 joint aligned), keypoint_px (vs the clean keypoints, visible ones).
 Export: `regressor_params.msgpack` (+ sha256) and a copy of the prior under `prior/`, read by
@@ -57,7 +58,6 @@ import numpy as np
 
 from flowpose import losses
 from flowpose import metrics
-from flowpose.data import evidence_augment
 from flowpose.body import model as body_lib
 from flowpose.fitting import photo
 from flowpose.geometry import camera
@@ -185,41 +185,6 @@ def predict_batch(params: Any, batch: dict, config: ml_collections.ConfigDict,
   return out
 
 
-# The network's input fields, and what the mirrored image makes of them (`flip_evidence`).
-_EVIDENCE_FIELDS = ("keypoints", "confidence", "part_map", "mask", "focal")
-
-
-def flip_evidence(batch: dict, resolution: int) -> dict:
-  """The evidence of `batch` mirrored left-right about the crop's centre column (the principal
-  point), as the image of the mirrored scene: keypoints `[B, K, 2]` (u -> R - u, left and right
-  exchanged), `confidence [B, K]` with them, `part_map [B, R, R]` mirrored with left and right
-  part labels exchanged, `mask [B, R, R]` mirrored; `focal [B]` as is. Only the fields of
-  `_EVIDENCE_FIELDS` that `batch` has are returned.
-  """
-  perm = jnp.asarray(evidence_augment.keypoint_permutation())
-  out = {}
-  if "keypoints" in batch:
-    kp = jnp.asarray(batch["keypoints"], jnp.float32)[:, perm]
-    out["keypoints"] = kp.at[..., 0].set(resolution - kp[..., 0])
-  if "confidence" in batch:
-    out["confidence"] = jnp.asarray(batch["confidence"])[:, perm]
-  if "part_map" in batch:
-    table = jnp.asarray(evidence_augment.part_label_table())
-    out["part_map"] = table[jnp.asarray(batch["part_map"], jnp.int32)[:, :, ::-1]]
-  if "mask" in batch:
-    out["mask"] = jnp.asarray(batch["mask"])[:, :, ::-1]
-  if "focal" in batch:
-    out["focal"] = batch["focal"]
-  return out
-
-
-def mirror_keypoints3d(points: jax.Array) -> jax.Array:
-  """`[B, K, 3]` camera-frame COCO keypoints of the mirrored scene (x -> -x, left and right
-  exchanged): what the prediction for `flip_evidence(batch)` should be mapped back with."""
-  perm = jnp.asarray(evidence_augment.keypoint_permutation())
-  return points[:, perm] * jnp.asarray([-1.0, 1.0, 1.0], points.dtype)
-
-
 def part_term(ctx: regressor_body.RegressorContext, vertices2d: jax.Array,
               visibility: jax.Array, batch: dict, scale: jax.Array) -> jax.Array:
   """`[B]` part alignment of the subset vertices `vertices2d [B, Vs, 2]` (soft `visibility
@@ -256,7 +221,7 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   flip_weight = float(config.loss_weights.get("flip_consistency", 0.0))
   if flip_weight > 0:  # One pass over [evidence; its mirror image].
     size = jnp.shape(batch["keypoints"])[0]
-    mirrored = flip_evidence(batch, ctx.resolution)
+    mirrored = regressor_body.flip_evidence(batch, ctx.resolution)
     both = {k: jnp.concatenate([jnp.asarray(batch[k]), mirrored[k]]) for k in mirrored}
     out_both = predict_batch(params, both, config, rng)
     out = jax.tree.map(lambda x: x[:size], out_both)
@@ -302,7 +267,8 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
                                             (-1, -2)), -1), labelled),
       "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
       "flip_consistency": (mean(jnp.mean(distance(
-          pred_centred, regressor_body.hip_centred(mirror_keypoints3d(flipped["keypoints3d"]))),
+          pred_centred, regressor_body.hip_centred(
+              regressor_body.mirror_keypoints3d(flipped["keypoints3d"]))),
           -1)) if flip_weight > 0 else jnp.zeros((), jnp.float32)),
   }
 
@@ -322,30 +288,12 @@ def init(config: ml_collections.ConfigDict, rng: jax.Array, example_batch) -> An
   params = {"net": ctx.net.init(rng, maps, ctx.theta_init)["params"]}
   init_from = config.model.get("init_from", "")  # Runs before session 9 have no such field.
   if init_from:
-    with jax.ensure_compile_time_eval():
-      params = _params_from(init_from, ctx, params)
+    try:
+      with jax.ensure_compile_time_eval():
+        params = predictor.load_params_like(init_from, ctx, params)
+    except predictor.RegressorLoadError as e:
+      raise config_lib.ConfigError(f"config model.init_from: {e}") from None
   return params
-
-
-def _params_from(workdir: str, ctx: regressor_body.RegressorContext, like: Any) -> Any:
-  """The exported params of regressor run `workdir`, checked against `like` (this config's
-  network) and this config's prior (a latent means nothing under another prior)."""
-  field = "config model.init_from"
-  try:
-    _, other, params = predictor.load_params(workdir)
-  except predictor.RegressorLoadError as e:
-    raise config_lib.ConfigError(f"{field}: {e}") from None
-  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
-  if (jax.tree.structure(params) != jax.tree.structure(like)
-      or shapes(params) != shapes(like)):
-    raise config_lib.ConfigError(f"{field}: the network of {workdir} has other layers or shapes "
-                                 "than this config's model (widths, features, inputs, prior D)")
-  mine, theirs = jax.tree.leaves(ctx.prior.params), jax.tree.leaves(other.prior.params)
-  if len(mine) != len(theirs) or not all(
-      np.shape(a) == np.shape(b) and np.allclose(a, b) for a, b in zip(mine, theirs)):
-    raise config_lib.ConfigError(f"{field}: {workdir} was trained with another flow prior than "
-                                 "model.prior_workdir; its latents would mean other poses")
-  return jax.tree.map(jnp.asarray, params)
 
 
 # ---------------------------------------------------------------------------
