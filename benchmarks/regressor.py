@@ -4,8 +4,8 @@ r"""The reconstruction network's regimes against fitting alone, on synthetic evi
       --out=F.json [--split=all|train|validation|test] [--refine_steps=150] [--batch_size=64]
 
 `DIR` holds one trained run per regime (`bash launch/train_regressors.sh DIR`: DIR/fully,
-DIR/semi, DIR/weak, DIR/weak_no_parts, DIR/weak_no_flow, DIR/self); a missing regime is
-reported as null.
+DIR/semi, DIR/weak_2d, DIR/weak (weak_2d + self-training on its own refined fits),
+DIR/weak_no_parts, DIR/weak_no_flow, DIR/self); a missing regime is reported as null.
 Frames: every clip of `FOLDER` (all CMU splits merged: the folder is evaluated as given) made into
 `cmu_evidence` examples by `flowpose.data.evidence` with the data config of the runs (the same
 renderer, fixed-seed corruption of its eval pipeline); the first `N` frames are used. Every
@@ -13,14 +13,15 @@ regime sees the same frames: `self` (trained on BlazePose's evidence of shaded p
 its data config is only read when no other regime is there, as the rendered source with the
 default corruption (`render_data_config`).
 
-Methods (plus `untrained`: the network at initialisation, the mean body), all scored with `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
+Methods (plus `untrained`: the network at initialisation, the mean body), all scored with
+`flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
   <regime>       the network of DIR/<regime>
-  fit            the fitter alone (`flowpose.fitting.fit.fit`, `benchmark_fit_config`: keypoints,
-                 part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam steps)
-                 with the same flow prior
+  fit            the fitter alone (`flowpose.fitting.fit.fit`, `fitting.network_refine.fit_config`:
+                 keypoints, part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam
+                 steps) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
-                 (`fit(..., initial=..., mask=...)`, `refine_config`: the fit's objective)
+                 (`network_refine.refine` with `refine_config`: the fit's objective)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
 self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
 from the side.
@@ -28,7 +29,6 @@ Speeds: network_frames_per_s (weak network, after compilation, batches of `--bat
 fit_frames_per_s (the fitter alone on the same frames, after compilation).
 """
 
-import inspect
 import json
 import os
 import time
@@ -42,12 +42,12 @@ import ml_collections
 import numpy as np
 
 from flowpose import io_utils
-from flowpose.fitting import config as fit_config
 from flowpose.fitting import fit as fitting
+from flowpose.fitting import network_refine
 from flowpose.models import predictor
 from flowpose.models import regressor_body
 
-REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow", "self")
+REGIMES = ("fully", "semi", "weak_2d", "weak", "weak_no_parts", "weak_no_flow", "self")
 METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "keypoint_px")
 SPLITS = ("train", "validation", "test")
 
@@ -164,48 +164,6 @@ def run_untrained(workdir: str, frames: dict, batch_size: int) -> dict:
   return _mean_errors(per_batch, weights)
 
 
-def _evidence(frames: dict, resolution: int) -> fitting.Evidence:
-  num = len(frames["weight"])
-  focal = np.stack([frames["focal"]] * 2, -1)
-  return fitting.Evidence(frames["keypoints"], frames["confidence"], focal,
-                          np.full((num, 2), resolution / 2.0, np.float32),
-                          frames["part_pixels"], frames["part_labels"], frames["part_valid"])
-
-
-def mask_evidence(frames: dict, num_points: int) -> fitting.MaskEvidence:
-  """The frames' (corrupted) person masks as the fitter's silhouette evidence: `num_points`
-  pixels sampled per mask (seeded by the frame's index, so every run samples the same)."""
-  from flowpose import losses  # pylint: disable=g-import-not-at-top
-  samples = [losses.sample_mask_pixels(m > 0, num_points, i)
-             for i, m in enumerate(frames["mask"])]
-  return fitting.MaskEvidence(np.stack([p for p, _ in samples]),
-                              np.stack([v for _, v in samples]))
-
-
-def benchmark_fit_config() -> ml_collections.ConfigDict:
-  """The fitter's config for `fit` and `weak_refined` alike: its defaults (keypoints, parts and,
-  as the frames carry the person mask, the silhouette: `mask_evidence`) with 5x its pose prior
-  (0.2 -> 1.0). Chosen on validation (session 7, 492 frames, PA-MPJPE): fit 88.3 -> 79.6 mm with
-  mask + prior, weak_refined 98.7 (50 steps, defaults) -> 80.8 (150 steps, mask + prior). A
-  heavier prior kept improving there (2: 76.5, 5: 73.4 refined), but the validation subject sits
-  near the prior's mean (the untrained network's mean body scores 102.0 there, the weak network
-  104.6), so 1.0 is kept rather than tuned to that subject."""
-  config = fit_config.default_fit_config()
-  config.loss_weights = dict(config.loss_weights, pose_prior=1.0)
-  return config
-
-
-def refine_config(steps: int) -> ml_collections.ConfigDict:
-  """weak_refined's config: `benchmark_fit_config`'s objective in one Adam stage of `steps` over
-  every variable, from the network's output (restart 0) beside a yaw-0 restart, the best kept."""
-  config = benchmark_fit_config()
-  config.restart_yaws_deg = (0.0,)
-  config.stages = [dict(name="refine", steps=steps, lr=0.02,
-                        free=("pose", "betas", "orient", "transl"), keypoints="all",
-                        loss_weights={}, optimizer="adam")]
-  return config
-
-
 def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int,
                return_keypoints: bool = False):
   """`batch_errors` of a fit (its DOFs, orientation, shape and translation); with
@@ -320,10 +278,10 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   record("untrained", run_untrained(reference, frames, batch_size))
 
   # Fitting alone, with the runs' flow prior, on the same evidence (crop frame).
-  evidence = _evidence(frames, context.resolution)
+  evidence = network_refine.crop_evidence(frames, context.resolution)
   image_size = (context.resolution, context.resolution)
-  config_fit = benchmark_fit_config()
-  mask = mask_evidence(frames, config_fit.num_mask_pixels)
+  config_fit = network_refine.fit_config()
+  mask = network_refine.mask_evidence(frames, config_fit.num_mask_pixels)
   fitting.fit(config_fit, context.model, context.body, context.prior,
               jax.tree.map(lambda x: x[:batch_size], evidence), image_size,
               mask=jax.tree.map(lambda x: x[:batch_size], mask))  # Compile.
@@ -341,12 +299,9 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
   shown["fit"] = fit_points
 
   # Network + refinement.
-  if "initial" in inspect.signature(fitting.fit).parameters and weak_out is not None:
-    initial = {**{k: v for k, v in weak_out.items() if k != "keypoints3d"},
-               "log_focal": np.log(frames["focal"]).astype(np.float32)}
-    refined = fitting.fit(refine_config(refine_steps), context.model, context.body,
-                          context.prior, evidence, image_size, initial=initial,
-                          mask=mask)  # pylint: disable=unexpected-keyword-arg
+  if weak_out is not None:
+    refined = network_refine.refine(context, frames, weak_out,
+                                    network_refine.refine_config(refine_steps))
     refined_errors, shown["weak_refined"] = fit_errors(context, refined, frames, batch_size,
                                                        True)
     record("weak_refined", refined_errors)

@@ -7,12 +7,16 @@
 Regimes (`REGIMES`, one file each, `regime_config(name, arg)` here):
   fully           every example has 3D labels (labelled_fraction 1); half flipped, labels too
   semi            5% of the examples have 3D labels (a fixed subset); half flipped, labels too;
-                  starts from the trained `weak` network (`INIT_FROM`: pretrained on the same
+                  starts from the trained `weak_2d` network (`INIT_FROM`: pretrained on the same
                   examples' 2D evidence, then fine-tuned with the labels)
-  weak            no 3D labels: keypoints + semantic part alignment + priors
-  weak_no_parts   weak without the part-alignment term (loss_weights.parts = 0)
-  weak_no_flow    weak with the pose regressed as DOFs (model.pose_head = "dofs"); the flow prior
-                  is then only a penalty (-2 log p)
+  weak_2d         no 3D labels: keypoints + semantic part alignment + priors
+  weak            no 3D labels either: `weak_2d` then self-training rounds (`PSEUDO_LABEL_ROUNDS`,
+                  SPIN-style): each round's network refines its own training examples with the
+                  fitter (`python -m launch.pseudo_labels`), and the next round trains from it
+                  with those fits as 3D labels (`data.pseudo_labels`, the 3D terms at full weight)
+  weak_no_parts   weak_2d without the part-alignment term (loss_weights.parts = 0)
+  weak_no_flow    weak_2d with the pose regressed as DOFs (model.pose_head = "dofs"); the flow
+                  prior is then only a penalty (-2 log p)
   self            no labels of any kind: the evidence is what BlazePose finds in shaded photos of
                   the posed bodies (data.evidence_source = "detector", the `self_` cmu_evidence
                   configs; every 8th frame, one view), taken as found (no simulated corruption;
@@ -29,10 +33,15 @@ import pathlib
 
 import ml_collections
 
-REGIMES = ("fully", "semi", "weak", "weak_no_parts", "weak_no_flow", "self")
+REGIMES = ("fully", "semi", "weak_2d", "weak", "weak_no_parts", "weak_no_flow", "self")
 # Regimes that start from another regime's trained network (`model.init_from`; `bash
 # launch/train_regressors.sh DIR` trains the base first and passes DIR/<base>).
-INIT_FROM = {"semi": "weak"}
+INIT_FROM = {"semi": "weak_2d"}
+# Self-training: regime -> (base regime, rounds). `bash launch/train_regressors.sh DIR` trains
+# the base, then round r = 1..n from round r-1's network (round 0 = the base) on round r-1's
+# refined fits of the training examples (DIR/<run>/pseudo_labels.npz); rounds before the last
+# go to DIR/<regime>_round<r>, the last to DIR/<regime>.
+PSEUDO_LABEL_ROUNDS = {"weak": ("weak_2d", 2)}
 # `self`: the evidence is BlazePose's on shaded photos, used as found (no simulated corruption).
 _SELF_DATA = dict(evidence_source="detector", stride=8, views_per_pose=1, keypoint_noise_px=0.0,
                   keypoint_drop_prob=0.0, keypoint_swap_prob=0.0, part_morph_prob=0.0,
@@ -119,14 +128,14 @@ def regime_config(regime: str, arg=None) -> ml_collections.ConfigDict:
     # Where there are 3D labels, half the training examples are flipped left-right, labels
     # with them (flowpose.data.evidence_augment): the few labelled examples of `semi` are then
     # not memorised as easily (session 8, validation PA-MPJPE 95.4 -> 88.7 mm; fully 79.8 ->
-    # 78.3). Without labels it adds nothing (weak 104.6 -> 105.4; the scenes are already
+    # 78.3). Without labels it adds nothing (weak_2d 104.6 -> 105.4; the scenes are already
     # mirrored at random), and an in-plane roll of +-15 degrees on top added nothing to semi
     # (88.7 -> 88.7).
     config.data.augment_flip_prob = 0.5
   if regime == "semi":
     # A quarter of every batch from the 5% labelled subset: with the natural mix (~3 labelled
     # examples per batch) the heavy 3D terms were noise that swamped the 2D ones (session 6:
-    # test PA-MPJPE 142.0 mm, worse than weak's 124.8).
+    # test PA-MPJPE 142.0 mm, worse than weak_2d's 124.8).
     config.data.labelled_per_batch = 0.25
     # ... and a tenth of the 3D weights: at full weight the 475 labelled examples are
     # memorised (train joints3d_body 0.033 m vs fully's 0.082) and pull the 2D fit off;
@@ -139,15 +148,22 @@ def regime_config(regime: str, arg=None) -> ml_collections.ConfigDict:
     # 101.2).
     config.loss_weights.dofs = 0.1
     config.loss_weights.betas = 0.01
-    # Started from the `weak` network (INIT_FROM; pass --config.model.init_from=DIR/weak when
-    # launching by hand, or it starts from scratch): the 95% without labels have already taught
+    # Started from the `weak_2d` network (INIT_FROM; pass --config.model.init_from=DIR/weak_2d
+    # when launching by hand, or it starts from scratch): the 95% without labels have already taught
     # it the 2D evidence, and the labels then only have to fix the depth. Session 9, validation
-    # PA-MPJPE 88.7 mm from scratch -> 84.9 (1000 steps) / 83.5 (2000 steps, kept) from weak;
+    # PA-MPJPE 88.7 mm from scratch -> 84.9 (1000 steps) / 83.5 (2000 steps, kept) from weak_2d;
     # `fully` gains nothing from the same start (78.3 -> 78.4 at 1000 steps), so only semi
     # uses it. A left-right consistency term on the unlabelled examples (`flip_consistency`)
     # instead lost (validation 98.8 -> 108.9 mm at 1000 steps with weight 10): the flipped
     # training data already make the network equivariant to ~1 cm, and the term slowed the
     # 2D fit.
+  if regime == "weak":
+    # A self-training round (PSEUDO_LABEL_ROUNDS; the launcher passes --config.data.pseudo_labels
+    # and --config.model.init_from): the 3D terms at the full weights of `fully` on the
+    # pseudo-labels. Session 10, validation PA-MPJPE (network / refined 150 steps; the fit alone
+    # 79.6): weak_2d 104.6 / 80.8 -> round 1 (1000 steps) 83.1 / 72.7 (a tenth of the 3D
+    # weights, as semi: 86.1 at 1000 steps).
+    config.num_train_steps = 1000
   if regime == "weak_no_parts":
     config.loss_weights.parts = 0.0
   if regime == "weak_no_flow":

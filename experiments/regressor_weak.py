@@ -1,7 +1,9 @@
-"""Regime `weak` of the reconstruction network: no 3D labels: keypoints + part alignment + priors.
+"""Regime `weak` of the reconstruction network: no 3D labels; `weak_2d` + self-training rounds.
 
-  python -m launch.main --config=experiments/regressor_weak.py[:runlocal] --workdir=DIR
-(see experiments/regressor_base.py)
+  bash launch/train_regressors.sh DIR     # weak_2d, then its pseudo-labels, then the rounds
+  python -m launch.main --config=experiments/regressor_weak.py --workdir=DIR/weak \
+      --config.data.pseudo_labels=DIR/weak_2d/pseudo_labels.npz --config.model.init_from=DIR/weak_2d
+(one round by hand; see experiments/regressor_base.py and launch/pseudo_labels.py)
 """
 
 from experiments import regressor_base

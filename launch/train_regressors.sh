@@ -29,25 +29,52 @@ if [[ ! -f "$PRIOR/prior_params.msgpack" ]]; then
 fi
 
 # $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime. A regime that
-# starts from another's network (regressor_base.INIT_FROM: semi from weak) has that one trained
-# first, into DIR too, and passed as --config.model.init_from.
+# starts from another's network (regressor_base.INIT_FROM: semi from weak_2d) has that one
+# trained first, into DIR too, and passed as --config.model.init_from. A self-trained regime
+# (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 2 rounds) trains its base, then each
+# round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels ->
+# <previous run>/pseudo_labels.npz, ~20 min each), rounds before the last into DIR/<regime>_round<r>.
 REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 DONE=" "
+run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.
+  local regime="$1" workdir="$2" start
+  shift 2
+  echo "[regressors] $regime -> $workdir ($(date +%T))"
+  start=$(date +%s)
+  FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config="experiments/regressor_${regime}.py" \
+    --workdir="$workdir" --config.model.prior_workdir="$PRIOR" "$@"
+  echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
+}
 train_regime() {
-  local regime="$1" base init=()
+  local regime="$1" base rounds init=()
   shift
   [[ "$DONE" == *" $regime "* ]] && return 0
+  read -r base rounds <<< "$($PY -c "from experiments import regressor_base as b
+print(*b.PSEUDO_LABEL_ROUNDS.get('$regime', ()))")"
+  if [[ -n "$base" ]]; then
+    train_regime "$base" "$@"
+    local previous="$DIR/$base" workdir r
+    for (( r = 1; r <= rounds; r++ )); do
+      workdir="$DIR/${regime}_round$r"
+      (( r == rounds )) && workdir="$DIR/$regime"
+      if [[ ! -f "$previous/pseudo_labels.npz" ]]; then
+        echo "[regressors] pseudo-labels of $previous ($(date +%T))"
+        FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.pseudo_labels --regressor_workdir="$previous" \
+          --out="$previous/pseudo_labels.npz"
+      fi
+      run_main "$regime" "$workdir" --config.model.init_from="$previous" \
+        --config.data.pseudo_labels="$previous/pseudo_labels.npz" "$@"
+      previous="$workdir"
+    done
+    DONE="$DONE$regime "
+    return 0
+  fi
   base="$($PY -c "from experiments import regressor_base; print(regressor_base.INIT_FROM.get('$regime', ''))")"
   if [[ -n "$base" ]]; then
     train_regime "$base" "$@"
     init=(--config.model.init_from="$DIR/$base")
   fi
-  echo "[regressors] $regime -> $DIR/$regime ($(date +%T))${base:+, starting from $DIR/$base}"
-  local start
-  start=$(date +%s)
-  FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.main --config="experiments/regressor_${regime}.py" \
-    --workdir="$DIR/$regime" --config.model.prior_workdir="$PRIOR" "${init[@]}" "$@"
-  echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
+  run_main "$regime" "$DIR/$regime" "${init[@]}" "$@"
   DONE="$DONE$regime "
 }
 for regime in $REGIMES; do

@@ -112,7 +112,8 @@ def examples(frozen: ml_collections.FrozenConfigDict, split: str) -> dict:
       "mask": (part_map > 0).astype(np.uint8), "pose_dofs": dofs, "root_rotmat": root,
       "betas": betas, "transl": transl, "focal": focal, "joints3d": joints3d,
       "subject": np.array(["standin"] * num), "clip": np.array([split] * num),
-      "frame": np.arange(num, dtype=np.int32), "confidence": confidence.astype(np.float32),
+      "frame": np.arange(num, dtype=np.int32), "view": np.zeros(num, np.int32),
+      "confidence": confidence.astype(np.float32),
       "part_pixels": np.stack(out["part_pixels"]).astype(np.float32),
       "part_labels": np.maximum(np.stack(out["part_labels"]), 0).astype(np.int32),
       "part_valid": np.stack(out["part_valid"]),
@@ -120,6 +121,11 @@ def examples(frozen: ml_collections.FrozenConfigDict, split: str) -> dict:
       "mask_valid": np.stack(out["mask_valid"]), "has_3d": has_3d,
       "weight": np.ones(num, np.float32), "keypoints_clean": keypoints,
   }
+
+
+def builder_config_name(data_config) -> str:
+  """The stand-in's name for its data (pseudo-label files record it)."""
+  return f"standin_r{data_config.resolution}"
 
 
 def train_dataset(data_config, process_index, process_count, batch_size, seed, start_step=0):

@@ -330,6 +330,36 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
   assert after["pve_mm"] < 0.8 * before["pve_mm"], (before, after)
 
 
+def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained):
+  """`regressor_pseudo.make_pseudo_labels`: one row per training example, keyed as the data's
+  lookup keys them, the refined fit's own 3D keypoints, closer to the 2D evidence than the
+  network's."""
+  from flowpose.models import predictor  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor_pseudo  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = trained
+  labels = regressor_pseudo.make_pseudo_labels(workdir, refine_steps=30, batch_size=8,
+                                               num_frames=12)
+  assert labels["key"].tolist() == [f"standin/train/{i}/0" for i in range(12)]
+  assert str(labels["builder"]) == "standin_r32"
+  assert labels["pose_dofs"].shape == (12, 50) and labels["betas"].shape[0] == 12
+  assert labels["root_rotmat"].shape == (12, 3, 3) and labels["joints3d"].shape == (12, 17, 3)
+  assert all(np.all(np.isfinite(labels[k])) for k in labels if k not in ("key", "builder"))
+  np.testing.assert_allclose(labels["root_rotmat"] @ np.swapaxes(labels["root_rotmat"], 1, 2),
+                             np.broadcast_to(np.eye(3), (12, 3, 3)), atol=1e-4)
+  frames, _ = regressor_pseudo.frames_with_keys(config.data, "train", 8, 12)
+  _, context, params = predictor.load_params(workdir)
+  network = task.predict_batch(params, {k: frames[k][:8] for k in frames}, config)
+
+  def reprojection_px(points):
+    focal = np.stack([frames["focal"][:8]] * 2, -1)[:, None]
+    uv = points[..., :2] / points[..., 2:] * focal + context.resolution / 2.0
+    w = frames["confidence"][:8]
+    return np.sum(w * np.linalg.norm(uv - frames["keypoints"][:8], axis=-1)) / np.sum(w)
+  assert reprojection_px(labels["joints3d"][:8]) < reprojection_px(
+      np.asarray(network["keypoints3d"])), "refinement did not move towards the evidence"
+
+
 @pytest.mark.slow
 def test_benchmark_scores_every_method_it_has(trained, tmp_path):
   """benchmarks.regressor on the stand-in frames: the weak run, fitting alone, nulls for the

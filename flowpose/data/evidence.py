@@ -52,7 +52,7 @@ DATA_DEFAULTS = dict(
     confidence_floor=0.05, part_morph_prob=0.5, mask_morph_prob=0.5, morph_max_px=1,
     morph_boundary_fraction=0.5,
     mask_hole_prob=0.3, mask_max_holes=2, mask_hole_size=(0.05, 0.2), eval_seed=0,
-    augment_flip_prob=0.0, augment_roll_deg=0.0)
+    augment_flip_prob=0.0, augment_roll_deg=0.0, pseudo_labels="")
 _FRACTIONS = ("labelled_fraction", "labelled_per_batch", "keypoint_drop_prob",
               "keypoint_swap_prob", "confidence_floor", "part_morph_prob", "mask_morph_prob",
               "morph_boundary_fraction", "mask_hole_prob", "augment_flip_prob")
@@ -80,7 +80,10 @@ def default_config() -> ml_collections.ConfigDict:
   `mask_hole_prob`, `mask_max_holes`,
   `mask_hole_size` (min, max) fraction of R); `eval_seed` (evaluation corruption);
   `augment_flip_prob`, `augment_roll_deg` (training only, before the corruption: the
-  label-exact left-right flip and in-plane rotation of `flowpose.data.evidence_augment`).
+  label-exact left-right flip and in-plane rotation of `flowpose.data.evidence_augment`);
+  `pseudo_labels` ("" or an .npz of `PSEUDO_FIELDS` written by `python -m launch.pseudo_labels`:
+  training examples found in it get its 3D labels and `has_3d` True; training only, evaluation
+  keeps the true labels).
   """
   config = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
   config.manual_dir = os.environ.get("FLOWPOSE_CMU_DIR", "")
@@ -115,6 +118,8 @@ def validate(data_config: ml_collections.ConfigDict) -> None:
   for field in ("keypoint_noise_px", "augment_roll_deg"):
     if float(data_config.get(field, DATA_DEFAULTS[field])) < 0:
       fail(field, "a number >= 0")
+  if not isinstance(data_config.get("pseudo_labels", ""), str):
+    fail("pseudo_labels", 'a path to an .npz (python -m launch.pseudo_labels) or ""')
   lo, hi = data_config.mask_hole_size
   if not 0.0 <= lo <= hi <= 1.0:
     fail("mask_hole_size", "(min, max) with 0 <= min <= max <= 1")
@@ -167,11 +172,69 @@ def _with_labels(tf, ds, labelled_fraction: float):
   threshold = int(round(float(labelled_fraction) * _HASH_BUCKETS))
 
   def add(ex):
-    key = tf.strings.join([ex["subject"], ex["clip"], tf.strings.as_string(ex["frame"]),
-                           tf.strings.as_string(ex["view"])], "/")
+    key = example_key(tf, ex)
     out = dict(ex)
     out["has_3d"] = tf.strings.to_hash_bucket_fast(key, _HASH_BUCKETS) < threshold
     out["weight"] = tf.constant(1.0, tf.float32)
+    return out
+  return ds.map(tf.autograph.experimental.do_not_convert(add),
+                num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# The 3D labels a pseudo-label file replaces (+ `key`: "subject/clip/frame/view", `builder`).
+PSEUDO_FIELDS = ("pose_dofs", "root_rotmat", "betas", "transl", "joints3d")
+
+
+def example_key(tf, ex):
+  """"subject/clip/frame/view" of a `cmu_evidence` example (a tf string scalar)."""
+  return tf.strings.join([ex["subject"], ex["clip"], tf.strings.as_string(ex["frame"]),
+                          tf.strings.as_string(ex["view"])], "/")
+
+
+def load_pseudo_labels(data_config: ml_collections.ConfigDict) -> dict:
+  """`{key [N] str, builder str, PSEUDO_FIELDS...}` of `data.pseudo_labels`, checked against the
+  data's builder config and the stored label shapes; ValueError naming the field and file."""
+  path = str(data_config.pseudo_labels)
+  def fail(what):
+    raise ValueError(f"config data.pseudo_labels: {path}: {what}")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      labels = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    fail(f"not a readable .npz ({e})")
+  missing = [k for k in ("key", "builder") + PSEUDO_FIELDS if k not in labels]
+  if missing:
+    fail(f"missing arrays {missing} (write it with python -m launch.pseudo_labels)")
+  builder = str(labels["builder"])
+  if builder != builder_config_name(data_config):
+    fail(f"made for cmu_evidence/{builder}, the config's data are "
+         f"cmu_evidence/{builder_config_name(data_config)}")
+  num = len(labels["key"])
+  shapes = dict(pose_dofs=(None,), root_rotmat=(3, 3), betas=(None,), transl=(3,),
+                joints3d=(None, 3))
+  for k, shape in shapes.items():
+    v = labels[k]
+    if (v.ndim != len(shape) + 1 or len(v) != num or
+        any(a is not None and a != b for a, b in zip(shape, v.shape[1:]))):
+      fail(f"{k} has shape {v.shape}, expected [{num}, {', '.join(map(str, shape))}]")
+    if not np.all(np.isfinite(v)):
+      fail(f"{k} holds non-finite values")
+  return labels
+
+
+def _with_pseudo_labels(tf, ds, labels: dict):
+  """Examples whose key is in `labels` get its 3D labels and `has_3d` True; others unchanged."""
+  table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+      tf.constant(labels["key"].astype(str)), tf.range(len(labels["key"]), dtype=tf.int64)), -1)
+  values = {k: tf.constant(labels[k]) for k in PSEUDO_FIELDS}
+
+  def add(ex):
+    row = table.lookup(example_key(tf, ex))
+    found = row >= 0
+    out = dict(ex)
+    for k, v in values.items():
+      out[k] = tf.where(found, tf.cast(tf.gather(v, tf.maximum(row, 0)), ex[k].dtype), ex[k])
+    out["has_3d"] = ex["has_3d"] | found
     return out
   return ds.map(tf.autograph.experimental.do_not_convert(add),
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -285,6 +348,11 @@ def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
   """
   tf, _ = _tf()
   ds, num = examples(data_config, data_config.train_split, process_index, process_count)
+  if data_config.get("pseudo_labels", ""):
+    labels = load_pseudo_labels(data_config)
+    logging.info("data.pseudo_labels: %d labelled examples from %s", len(labels["key"]),
+                 data_config.pseudo_labels)
+    ds = _with_pseudo_labels(tf, ds, labels)
   process_seed = poses.process_seed(seed, process_index)
   if 0.0 < float(data_config.get("labelled_per_batch", 0.0)) < 1.0:
     stream = _mixed_batches(tf, ds, data_config, batch_size, process_seed, start_step)
