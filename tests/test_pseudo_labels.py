@@ -1,4 +1,4 @@
-"""Pseudo 3D labels (`data.pseudo_labels`, `flowpose.tasks.regressor_pseudo`): the lookup that
+"""Pseudo 3D labels (`data.pseudo_labels`, `flowpose.data.evidence_pseudo`): the lookup that
 gives found training examples the file's labels and `has_3d`, and the checks on a bad file."""
 
 import ml_collections
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flowpose.data import evidence
+from flowpose.data import evidence_pseudo
 
 BUILDER = "r64_s8_v2"
 
@@ -48,8 +49,7 @@ def test_found_examples_get_the_files_labels_and_has_3d(tmp_path):
   loaded = evidence.load_pseudo_labels(_config(path))
   examples = _examples()
   ds = tf.data.Dataset.from_tensor_slices(examples)
-  with_labels = evidence._with_pseudo_labels  # pylint: disable=protected-access
-  out = list(with_labels(tf, ds, loaded).as_numpy_iterator())
+  out = list(evidence_pseudo.with_labels(tf, ds, loaded).as_numpy_iterator())
   assert [bool(o["has_3d"]) for o in out] == [True, False, True]
   for i, row in ((0, 1), (2, 0)):  # Example i is the file's row `row`.
     for field in evidence.PSEUDO_FIELDS:

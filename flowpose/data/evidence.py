@@ -39,6 +39,7 @@ import numpy as np
 
 from flowpose.data import evidence_augment
 from flowpose.data import evidence_corruption
+from flowpose.data import evidence_pseudo
 from flowpose.data import poses
 from flowpose.data.tfds.cmu_mocap import splits as splits_lib
 
@@ -181,63 +182,13 @@ def _with_labels(tf, ds, labelled_fraction: float):
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# The 3D labels a pseudo-label file replaces (+ `key`: "subject/clip/frame/view", `builder`).
-PSEUDO_FIELDS = ("pose_dofs", "root_rotmat", "betas", "transl", "joints3d")
-
-
-def example_key(tf, ex):
-  """"subject/clip/frame/view" of a `cmu_evidence` example (a tf string scalar)."""
-  return tf.strings.join([ex["subject"], ex["clip"], tf.strings.as_string(ex["frame"]),
-                          tf.strings.as_string(ex["view"])], "/")
+PSEUDO_FIELDS = evidence_pseudo.PSEUDO_FIELDS
+example_key = evidence_pseudo.example_key
 
 
 def load_pseudo_labels(data_config: ml_collections.ConfigDict) -> dict:
-  """`{key [N] str, builder str, PSEUDO_FIELDS...}` of `data.pseudo_labels`, checked against the
-  data's builder config and the stored label shapes; ValueError naming the field and file."""
-  path = str(data_config.pseudo_labels)
-  def fail(what):
-    raise ValueError(f"config data.pseudo_labels: {path}: {what}")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      labels = {k: f[k] for k in f.files}
-  except (OSError, ValueError) as e:
-    fail(f"not a readable .npz ({e})")
-  missing = [k for k in ("key", "builder") + PSEUDO_FIELDS if k not in labels]
-  if missing:
-    fail(f"missing arrays {missing} (write it with python -m launch.pseudo_labels)")
-  builder = str(labels["builder"])
-  if builder != builder_config_name(data_config):
-    fail(f"made for cmu_evidence/{builder}, the config's data are "
-         f"cmu_evidence/{builder_config_name(data_config)}")
-  num = len(labels["key"])
-  shapes = dict(pose_dofs=(None,), root_rotmat=(3, 3), betas=(None,), transl=(3,),
-                joints3d=(None, 3))
-  for k, shape in shapes.items():
-    v = labels[k]
-    if (v.ndim != len(shape) + 1 or len(v) != num or
-        any(a is not None and a != b for a, b in zip(shape, v.shape[1:]))):
-      fail(f"{k} has shape {v.shape}, expected [{num}, {', '.join(map(str, shape))}]")
-    if not np.all(np.isfinite(v)):
-      fail(f"{k} holds non-finite values")
-  return labels
-
-
-def _with_pseudo_labels(tf, ds, labels: dict):
-  """Examples whose key is in `labels` get its 3D labels and `has_3d` True; others unchanged."""
-  table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-      tf.constant(labels["key"].astype(str)), tf.range(len(labels["key"]), dtype=tf.int64)), -1)
-  values = {k: tf.constant(labels[k]) for k in PSEUDO_FIELDS}
-
-  def add(ex):
-    row = table.lookup(example_key(tf, ex))
-    found = row >= 0
-    out = dict(ex)
-    for k, v in values.items():
-      out[k] = tf.where(found, tf.cast(tf.gather(v, tf.maximum(row, 0)), ex[k].dtype), ex[k])
-    out["has_3d"] = ex["has_3d"] | found
-    return out
-  return ds.map(tf.autograph.experimental.do_not_convert(add),
-                num_parallel_calls=tf.data.AUTOTUNE)
+  """`evidence_pseudo.load` of `data.pseudo_labels` for this config's builder (checked)."""
+  return evidence_pseudo.load(str(data_config.pseudo_labels), builder_config_name(data_config))
 
 
 def _count(tf, ds) -> int:
@@ -352,7 +303,7 @@ def train_dataset(data_config: ml_collections.ConfigDict, process_index: int,
     labels = load_pseudo_labels(data_config)
     logging.info("data.pseudo_labels: %d labelled examples from %s", len(labels["key"]),
                  data_config.pseudo_labels)
-    ds = _with_pseudo_labels(tf, ds, labels)
+    ds = evidence_pseudo.with_labels(tf, ds, labels)
   process_seed = poses.process_seed(seed, process_index)
   if 0.0 < float(data_config.get("labelled_per_batch", 0.0)) < 1.0:
     stream = _mixed_batches(tf, ds, data_config, batch_size, process_seed, start_step)
