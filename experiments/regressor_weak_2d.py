@@ -1,4 +1,4 @@
-"""Regime `weak_2d` of the reconstruction network: no 3D labels: keypoints + part alignment + priors.
+"""Regime `weak_2d` of the reconstruction network: no 3D labels: keypoints + parts + priors.
 
   python -m launch.main --config=experiments/regressor_weak_2d.py[:runlocal] --workdir=DIR
 (see experiments/regressor_base.py; `weak` self-trains from it)
