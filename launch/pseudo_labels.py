@@ -36,9 +36,10 @@ def main(argv):
     out = io_utils.require_output_path(_OUT.value, "--out", is_dir=False)
     if not str(out).endswith(".npz"):
       raise io_utils.OutputPathError(f"--out: {out} must end in .npz")
-    if _NUM.value < 0 or _BATCH.value < 1 or _STEPS.value < 1:
-      raise io_utils.OutputPathError("--num_frames >= 0, --batch_size >= 1 and --refine_steps "
-                                     ">= 1 expected")
+    for flag, value, low in (("--num_frames", _NUM.value, 0), ("--batch_size", _BATCH.value, 1),
+                             ("--refine_steps", _STEPS.value, 1)):
+      if value < low:
+        raise ValueError(f"{flag}: expected an int >= {low}, got {value}")
     labels = regressor_pseudo.make_pseudo_labels(
         _WORKDIR.value, split=_SPLIT.value, refine_steps=_STEPS.value,
         batch_size=_BATCH.value, use_mask=_MASK.value, num_frames=_NUM.value,

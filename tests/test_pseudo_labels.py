@@ -52,9 +52,9 @@ def test_found_examples_get_the_files_labels_and_has_3d(tmp_path):
   out = list(evidence_pseudo.with_labels(tf, ds, loaded).as_numpy_iterator())
   assert [bool(o["has_3d"]) for o in out] == [True, False, True]
   for i, row in ((0, 1), (2, 0)):  # Example i is the file's row `row`.
-    for field in evidence.PSEUDO_FIELDS:
+    for field in evidence_pseudo.PSEUDO_FIELDS:
       np.testing.assert_array_equal(out[i][field], labels[field][row])
-  for field in evidence.PSEUDO_FIELDS:  # Not in the file: untouched.
+  for field in evidence_pseudo.PSEUDO_FIELDS:  # Not in the file: untouched.
     np.testing.assert_array_equal(out[1][field], examples[field][1])
 
 

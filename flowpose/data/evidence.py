@@ -82,9 +82,9 @@ def default_config() -> ml_collections.ConfigDict:
   `mask_hole_size` (min, max) fraction of R); `eval_seed` (evaluation corruption);
   `augment_flip_prob`, `augment_roll_deg` (training only, before the corruption: the
   label-exact left-right flip and in-plane rotation of `flowpose.data.evidence_augment`);
-  `pseudo_labels` ("" or an .npz of `PSEUDO_FIELDS` written by `python -m launch.pseudo_labels`:
-  training examples found in it get its 3D labels and `has_3d` True; training only, evaluation
-  keeps the true labels).
+  `pseudo_labels` ("" or an .npz of `evidence_pseudo.PSEUDO_FIELDS` written by `python -m
+  launch.pseudo_labels`: training examples found in it get its 3D labels and `has_3d` True;
+  training only, evaluation keeps the true labels).
   """
   config = ml_collections.ConfigDict(dict(DATA_DEFAULTS))
   config.manual_dir = os.environ.get("FLOWPOSE_CMU_DIR", "")
@@ -173,17 +173,13 @@ def _with_labels(tf, ds, labelled_fraction: float):
   threshold = int(round(float(labelled_fraction) * _HASH_BUCKETS))
 
   def add(ex):
-    key = example_key(tf, ex)
+    key = evidence_pseudo.example_key(tf, ex)
     out = dict(ex)
     out["has_3d"] = tf.strings.to_hash_bucket_fast(key, _HASH_BUCKETS) < threshold
     out["weight"] = tf.constant(1.0, tf.float32)
     return out
   return ds.map(tf.autograph.experimental.do_not_convert(add),
                 num_parallel_calls=tf.data.AUTOTUNE)
-
-
-PSEUDO_FIELDS = evidence_pseudo.PSEUDO_FIELDS
-example_key = evidence_pseudo.example_key
 
 
 def load_pseudo_labels(data_config: ml_collections.ConfigDict) -> dict:
