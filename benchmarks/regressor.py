@@ -21,7 +21,8 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
                  keypoints, part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam
                  steps) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
-                 (`network_refine.refine` with `refine_config`: the fit's objective)
+                 (`network_refine.refine` with `refine_config`: the fit's objective plus
+                 `pose_anchor`, a pull to the network's own latent)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
 self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
 from the side.

@@ -154,6 +154,25 @@ def test_partial_initial_and_bad_initial(model, scene):
     fitting.fit(*args, initial={"rotation": scene["truth"]["pose"]})
 
 
+def test_pose_anchor_holds_the_pose_at_its_start(model, scene):
+  """`pose_anchor` (weight 0 / heavy): an offset start goes back to the truth / stays put."""
+  start = dict(scene["truth"], pose=scene["truth"]["pose"] + 0.15)
+  config = scene["config"].copy_and_resolve_references()
+  config.restart_yaws_deg = (0.0,)
+  config.stages[0].update(steps=60, lr=0.02)
+  for weight in (0.0, 1e6):
+    config.loss_weights = dict(config.loss_weights, pose_anchor=weight)
+    result = fitting.fit(config, model, scene["body"], scene["prior"], scene["evidence"],
+                         initial=start)
+    moved = np.abs(result.pose_dofs - start["pose"]).max()
+    if weight:  # The start given won (the yaw-0 default is held at the mean pose) and stayed.
+      np.testing.assert_array_equal(result.restart, 0)
+      assert moved < 1e-2, moved
+    else:
+      np.testing.assert_allclose(result.pose_dofs, scene["truth"]["pose"], atol=0.1)
+      assert moved > 0.1 and float(result.terms["pose_anchor"].min()) > 0.1  # Weighted 0.
+
+
 @pytest.mark.slow  # ~12 s CPU: two 150-step fits.
 def test_silhouette_changes_and_improves_the_fit(model, scene):
   """Knees and ankles unseen: the person mask recovers the leg spread the keypoints cannot; with

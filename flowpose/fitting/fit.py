@@ -15,18 +15,17 @@ Variables per person (pytree `dict`, every leaf with a leading `[B]`):
 Loss (`config.loss_weights`, one dict, all terms always present):
   keypoints    robust, confidence-weighted reprojection, residuals divided by
                the person's keypoint box size (`keypoint_sigma` in its units)
-  parts        `losses.part_alignment_loss` on a per-part vertex subset (computed on
-               points grouped by part, `losses.part_groups`: same value), the
-               visibility (z-buffer of the current estimate, or normals)
-               recomputed before every stage; 0 without part evidence
-  silhouette   `losses.silhouette_loss` (part alignment with one part) of the
-               same vertex subset against person-mask pixels, every vertex
-               counted (a silhouette holds occluded vertices too); 0 without
-               `fit(..., mask=MaskEvidence)`
+  parts        `losses.part_alignment_loss` on a per-part vertex subset (computed on points
+               grouped by part, `losses.part_groups`: same value), the visibility (z-buffer
+               of the current estimate, or normals) recomputed before every stage; 0 without
+               part evidence
+  silhouette   `losses.silhouette_loss` (part alignment with one part) of the same vertex
+               subset against person-mask pixels, every vertex counted (a silhouette holds
+               occluded vertices too); 0 without `fit(..., mask=MaskEvidence)`
   pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
+  pose_anchor  ||pose - its restart's start||^2 in the prior's space (0 by default)
   shape_prior  ||betas||^2
-  depth        (log z - log z_init)^2: keeps the depth near the
-               similar-triangles estimate (scale/depth ambiguity)
+  depth        (log z - log z_init)^2: the depth near its start (scale/depth ambiguity)
   focal        (log f - log f_init)^2 (the focal/depth ambiguity)
 
 Schedule: `config.stages`, a list of dicts `{name, steps, lr, free,
@@ -247,6 +246,7 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
       "log_focal": jnp.asarray(log_f, jnp.float32),
   }
   aux = {"depth_init": jnp.asarray(transl[:, 2], jnp.float32),
+         "pose_init": jnp.asarray(variables["pose"], jnp.float32),
          "depth_init_clamped": jnp.asarray(clamped),
          "log_focal_init": jnp.asarray(log_f, jnp.float32)}
   return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux

@@ -56,6 +56,7 @@ def initial_restart(initial: dict, default: tuple, num: int) -> tuple:
     aux["depth_init"] = jnp.asarray(depth)
   if "log_focal" in initial:
     aux["log_focal_init"] = variables["log_focal"]
+  aux["pose_init"] = variables["pose"]  # The `pose_anchor` term's centre.
   return variables, aux
 
 

@@ -61,6 +61,8 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
                           jnp.log(aux["depth_init"])),
       "focal": jnp.square(variables["log_focal"] - aux["log_focal_init"]),
   }
+  if "pose_init" in aux:  # Set by `fit` for every restart (its start).
+    terms["pose_anchor"] = jnp.sum(jnp.square(variables["pose"] - aux["pose_init"]))
   if has_parts:
     # = losses.part_alignment_loss on the same points, with both sets grouped by part.
     terms["parts"], _ = part_groups.grouped_part_alignment_loss(
