@@ -60,7 +60,8 @@ def fit_config() -> ml_collections.ConfigDict:
 # The refinement's pull of the pose latent towards the network's own z (`fit`'s `pose_anchor`).
 # Session 11, 150 steps from the round-2 weak network, PA-MPJPE mm on two validation sets
 # (subject 13, 492 frames | cmu_more/asfamc, 506 frames: subjects the networks never saw, the
-# prior's training subjects; the fit alone 79.6 | 80.4): anchor 0 72.2 | 78.7, 0.3 71.6 | -, 1 70.7 | 77.7, 3 69.6 | 77.2, 10 - | 79.8.
+# prior's training subjects; the fit alone 79.6 | 80.4): anchor 0 72.2 | 78.7, 0.3 71.6 | -,
+# 1 70.7 | 77.7, 3 69.6 | 77.2, 10 - | 79.8.
 POSE_ANCHOR = 3.0
 
 
