@@ -109,11 +109,9 @@ def _batches(frames: dict, batch_size: int):
   """Fixed-size batches (the last padded with weight 0)."""
   num = len(frames["weight"])
   for start in range(0, num, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in frames.items()}
-    pad = batch_size - len(batch["weight"])
-    if pad:
-      batch = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) for k, v in batch.items()}
-      batch["weight"][-pad:] = 0.0
+    batch = network_refine.pad_rows({k: v[start:start + batch_size] for k, v in frames.items()},
+                                    batch_size)
+    batch["weight"][num - start:] = 0.0  # The padding rows (none if num - start >= batch_size).
     yield batch
 
 
@@ -139,8 +137,8 @@ def run_network(workdir: str, frames: dict, batch_size: int):
     seconds += time.time() - start
     per_batch.append(jax.device_get(errors(out, batch)))
     weights.append(batch["weight"])
-    outputs.append(jax.device_get({k: out[k] for k in ("pose", "betas", "orient", "transl",
-                                                        "keypoints3d")}))
+    outputs.append(jax.device_get({k: out[k] for k in network_refine.NETWORK_VARIABLES +
+                                   ("keypoints3d",)}))
   outputs = {k: np.concatenate([o[k] for o in outputs])[:len(frames["weight"])]
              for k in outputs[0]}
   return _mean_errors(per_batch, weights), len(frames["weight"]) / seconds, outputs, context
@@ -186,10 +184,8 @@ def fit_errors(context, result: fitting.FitResult, frames: dict, batch_size: int
 
   per_batch, weights, keypoints3d = [], [], []
   for start, batch in zip(range(0, num, batch_size), _batches(frames, batch_size)):
-    out = {k: v[start:start + batch_size] for k, v in fitted.items()}
-    pad = batch_size - len(out["dofs"])
-    out = {k: np.concatenate([v, np.repeat(v[:1], pad, 0)]) if pad else v
-           for k, v in out.items()}
+    out = network_refine.pad_rows({k: v[start:start + batch_size] for k, v in fitted.items()},
+                                  batch_size)
     errs, points = jax.device_get(errors(out, batch))
     per_batch.append(errs)
     keypoints3d.append(points)

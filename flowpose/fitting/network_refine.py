@@ -91,16 +91,24 @@ def refine(context: regressor_body.RegressorContext, frames: dict, outputs: dict
                      crop_evidence(frames, r), (r, r), initial=initial, mask=mask)
 
 
+def pad_rows(values: dict, size: int) -> dict:
+  """`{name: [n, ...]}` (n <= size) with the first row repeated up to `size` rows: every batch
+  then has one shape, so one compiled program serves them all."""
+  num = len(next(iter(values.values())))
+  if num == size:
+    return values
+  return {k: np.concatenate([v, np.repeat(v[:1], size - num, 0)]) for k, v in values.items()}
+
+
 def posed_keypoints(context: regressor_body.RegressorContext, result: fitting.FitResult,
                     chunk: int = 256) -> np.ndarray:
   """`[n, 17, 3]` camera-frame 3D keypoints (metres) of a fit's DOFs, shape and translation
   (posed `chunk` frames at a time: the meshes of thousands of frames do not fit in memory)."""
   keypoints = jax.jit(lambda *a: regressor_body.posed(context, *a)["keypoints"])
-  fields = (result.pose_dofs, result.rotmats[:, 0], result.betas, result.transl)
+  fields = dict(dofs=result.pose_dofs, root=result.rotmats[:, 0], betas=result.betas,
+                transl=result.transl)
   num, out = len(result.pose_dofs), []
   for start in range(0, num, chunk):
-    part = [np.asarray(x[start:start + chunk]) for x in fields]
-    pad = chunk - len(part[0])
-    part = [np.concatenate([x, np.repeat(x[:1], pad, 0)]) if pad else x for x in part]
-    out.append(np.asarray(keypoints(*part))[:chunk - pad])
+    part = pad_rows({k: np.asarray(v[start:start + chunk]) for k, v in fields.items()}, chunk)
+    out.append(np.asarray(keypoints(*part.values()))[:min(chunk, num - start)])
   return np.concatenate(out).astype(np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 
 from flowpose import io_utils
 from flowpose import metrics
+from flowpose.data import evidence_pseudo
 from flowpose.fitting import network_refine
 from flowpose.models import predictor
 
@@ -50,13 +51,6 @@ def frames_with_keys(data_config: ml_collections.ConfigDict, split: str, batch_s
   return frames, np.array(keys[:stop])
 
 
-def _pad(values: dict, size: int) -> dict:
-  num = len(next(iter(values.values())))
-  if num == size:
-    return values
-  return {k: np.concatenate([v, np.repeat(v[:1], size - num, 0)]) for k, v in values.items()}
-
-
 def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int = 150,
                        batch_size: int = 256, use_mask: bool = False, num_frames: int = 0,
                        manual_dir: str = "") -> dict:
@@ -80,11 +74,12 @@ def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int 
   refine_config = network_refine.refine_config(refine_steps, pose_anchor=0.0)
   config.model.prior_workdir = f"{workdir}/{predictor.PRIOR_DIR}"
   predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
-  labels = {k: [] for k in ("pose_dofs", "root_rotmat", "betas", "transl", "joints3d")}
+  labels = {k: [] for k in evidence_pseudo.PSEUDO_FIELDS}
   network_points = []
   start_time = time.time()
   for start in range(0, num, batch_size):
-    batch = _pad({k: v[start:start + batch_size] for k, v in frames.items()}, batch_size)
+    batch = network_refine.pad_rows({k: v[start:start + batch_size] for k, v in frames.items()},
+                                    batch_size)
     count = min(batch_size, num - start)
     out = jax.device_get(predict(params, batch))
     network_points.append(out["keypoints3d"][:count])
