@@ -140,6 +140,19 @@ VARIANTS.update({  # Fewer refined keyframes (every 8th frame + gap ends; the ne
 VARIANTS.update({f"fits_steps{n}": (NOW[0], {"steps": n}, {**NOW[2], "stage1": "fits"})
                  for n in (150, 100, 80)})
 
+# Session 12: the gap pulled to the straight 3D line between its ends (`gap_chord`), with or
+# without the latent step damping (`gap_velocity`, 30 by default).
+VARIANTS.update({f"chord{w:g}" + ("_gapvel0" if v == 0 else ""): (
+    {**NOW[0], "gap_chord": w, "gap_velocity": v}, {}, NOW[2])
+                 for w in (1e3, 1e4, 1e5) for v in (30.0, 0.0)})
+VARIANTS["now"] = NOW
+CHORD = {**NOW[0], "gap_chord": 1e4, "gap_velocity": 0.0}
+VARIANTS.update({f"chord1e4_gapvel0_{name}": ({**CHORD, **weights}, {}, NOW[2]) for name, weights in {
+    "chord3e4": {"gap_chord": 3e4}, "chord1e5": {"gap_chord": 1e5},
+    "dyn0": {"dynamics": 0.0, "dynamics_backward": 0.0},
+    "dyn0.5": {"dynamics": 0.5, "dynamics_backward": 0.5},
+    "joint1e3": {"joint_smooth": 1e3}}.items()})
+
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):
   """(config, latent model, stage 1) of a variant; fields["latent"] = "cv": the latent model

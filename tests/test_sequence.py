@@ -127,7 +127,8 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
          "principal_point": jnp.asarray(setup["centre"][0]),
          "keypoint_mask": jnp.ones(setup["kp"].shape[2]), "frame_valid": has,
          "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0),
-         "open_gap": jnp.asarray(open_gap, jnp.float32)}
+         "open_gap": jnp.asarray(open_gap, jnp.float32),
+         "gap_chord": jnp.asarray(sequence_loss.chord_matrix(valid))}
   weights = {k: jnp.float32(1.0) for k in sequence.LOSS_TERMS}
   dyn, dyn_params = setup["dyn"], setup["dyn_params"]
   # One compile (cheaper than the eager, vmapped flow decode).
@@ -153,6 +154,10 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
   accel = np.square(joints[2:] - 2 * joints[1:-1] + joints[:-2]).sum(-1).mean(-1)
   np.testing.assert_allclose(terms["gap_smooth"], accel[~valid[1:-1]].mean(), rtol=1e-4)
   np.testing.assert_allclose(terms["joint_smooth"], accel.mean(), rtol=1e-4)
+  # The chord: inner gaps only (3 between 2 and 4, 6 between 5 and 7), open ones left out.
+  line = {3: (joints[2] + joints[4]) / 2, 6: (joints[5] + joints[7]) / 2}
+  chord = [np.square(joints[t] - x).sum(-1).mean() for t, x in line.items()]
+  np.testing.assert_allclose(terms["gap_chord"], np.mean(chord), rtol=1e-4)
   np.testing.assert_allclose(terms["dynamics"], -2 * np.mean(log_p[0]), rtol=1e-5)
   np.testing.assert_allclose(terms["dynamics_backward"], -2 * np.mean(log_p[1]), rtol=1e-5)
   assert abs(float(terms["dynamics_backward"] - terms["dynamics"])) > 1e-3
@@ -164,6 +169,14 @@ def test_open_gaps_are_the_gaps_touching_a_window_end():
                     [0, 0, 0, 0, 0, 0, 0, 1]], bool)
   np.testing.assert_array_equal(sequence.open_gap_frames(valid), [
       [1, 1, 0, 0, 0, 0, 1, 1], [0] * 8, [1, 1, 1, 1, 1, 1, 1, 0]])
+  # The straight line across each closed gap: frame 3 of window 0 halfway between 2 and 4;
+  # window 1's frames 1, 2 a third and two thirds of the way from 0 to 3; open gaps: zero rows.
+  chord = sequence_loss.chord_matrix(valid)
+  assert chord.shape == (3, 8, 8)
+  np.testing.assert_allclose(chord[0, 3], np.eye(8)[2] / 2 + np.eye(8)[4] / 2)
+  np.testing.assert_allclose(chord[1, 1:3, [0, 3]], [[2 / 3, 1 / 3], [1 / 3, 2 / 3]], rtol=1e-6)
+  assert not chord[0, [0, 1, 2, 4, 5, 6, 7]].any() and not chord[2].any()
+  np.testing.assert_allclose(chord[1].sum(-1), [0, 1, 1, 0, 0, 0, 0, 0])
   # Support 3: a gap with only 1-2 frames of evidence beyond it is open too.
   np.testing.assert_array_equal(sequence.open_gap_frames(valid, 3), [
       [1, 1, 0, 1, 0, 0, 1, 1], [0, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])

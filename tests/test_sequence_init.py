@@ -70,6 +70,32 @@ def test_hypotheses_interpolate_gaps_and_off_chain_frames():
   assert all(np.all(np.isfinite(v)) for h in starts for v in h.values())
 
 
+def test_a_failed_fit_is_no_start():
+  # Frame 6's fit ran away (96 m deep, its keypoint term 300x the others'): the start there is
+  # interpolated like a missing frame's; a 10x worse term is kept (`FAILED_FIT_FACTOR` 20).
+  valid = np.ones(FRAMES, bool)
+  frames = _frames(np.zeros(FRAMES), valid)
+  error = np.full((1, FRAMES), 1e-4, np.float32)
+  error[0, 6], error[0, 2] = 3e-2, 1e-3
+  transl = frames.transl.copy()
+  transl[0, 6] = [0.3, -6.8, 96.0]
+  frames = frames._replace(transl=transl, keypoint_error=error)
+  expected = valid.copy()
+  expected[6] = False
+  np.testing.assert_array_equal(sequence_init.reliable_fits(frames)[0], expected)
+  start = sequence_init.hypotheses(frames, max_count=1)[0]
+  np.testing.assert_allclose(start["transl"][0, 6], [0.6, 0.0, 4.0], atol=1e-5)
+  np.testing.assert_allclose(start["transl"][0, 2], frames.transl[0, 2], atol=1e-6)
+  # Unknown terms (the network's predictions alone): every fitted frame is a start; subsets
+  # keep the terms of their own frames.
+  assert sequence_init.reliable_fits(frames._replace(keypoint_error=None)).all()
+  keep = valid.copy()
+  keep[::2] = False
+  sub = sequence_init.subset_frames(frames, keep[None])
+  assert np.isnan(sub.keypoint_error[0, ::2]).all()
+  np.testing.assert_array_equal(sub.keypoint_error[0, 1::2], error[0, 1::2])
+
+
 def test_smoothed_hypotheses_keep_linear_motion_and_remove_jitter():
   valid = np.ones(FRAMES, bool)
   frames = _frames(np.zeros(FRAMES), valid)

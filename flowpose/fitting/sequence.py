@@ -71,7 +71,7 @@ def default_sequence_config() -> ml_collections.ConfigDict:
                         chart_dynamics=0.0, pose_prior=0.05, gap_prior=0.0, gap_velocity=30.0,
                         open_gap_velocity=0.0, open_gap_prior=0.2,
                         shape_prior=0.05, transl_smooth=1e4, orient_smooth=1e2,
-                        joint_smooth=1e2, gap_smooth=0.0, depth=1.0)
+                        joint_smooth=1e2, gap_smooth=0.0, gap_chord=0.0, depth=1.0)
   c.stages = [
       dict(name="camera", steps=40, lr=0.02, free=("orient", "transl"), keypoints="torso",
            loss_weights={}),
@@ -352,6 +352,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
          "prior_frames": reps(frame_valid if config.pose_prior_frames == "evidence" else
                               np.ones_like(frame_valid)),
          "open_gap": reps(open_gap_frames(frame_valid, int(config.get("open_gap_support", 1)))),
+         "gap_chord": reps(sequence_loss.chord_matrix(frame_valid)),
          "depth_init": jnp.concatenate([d for _, d in inits])}
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0

@@ -8,8 +8,9 @@
     result, frames = fit_two_stage(fit_config, seq_config, model, body, prior, evidence,
                                    dyn, dyn_params)
 
-Stage 1 (`fitting.fit`, its yaw restarts) fits every frame with evidence on its own. Its
-orientation is unreliable frame to frame (a front/back or left/right flip fits the 2D
+Stage 1 (`fitting.fit`, its yaw restarts) fits every frame with evidence on its own. A fit
+whose keypoint term is far above its window's median failed (`reliable_fits`) and is treated as
+no fit. Its orientation is unreliable frame to frame (a front/back or left/right flip fits the 2D
 keypoints almost as well), so the frames of a window are grouped by orientation: starting from
 an anchor frame, a frame joins the chain when its root rotation is within `max_turn_deg` of the
 chain's last frame (a person may turn over a window; a flip jumps). The anchor with the longest
@@ -41,6 +42,8 @@ class FrameFits(NamedTuple):
     pose: [W, T, D] latents. betas: [W, T, S]. orient: [W, T, 6]. transl: [W, T, 3].
     valid: [W, T] bool, frames that were fitted.
     result: the `fitting.FitResult` of the fitted frames (flattened, valid frames only).
+    keypoint_error: [W, T] each fit's final (unweighted, robust, person-box units) keypoint
+      term, NaN where not fitted; None: unknown (e.g. the network's predictions alone).
   """
   pose: np.ndarray
   betas: np.ndarray
@@ -48,6 +51,24 @@ class FrameFits(NamedTuple):
   transl: np.ndarray
   valid: np.ndarray
   result: Any
+  keypoint_error: Optional[np.ndarray] = None
+
+
+# A stage-1 fit whose keypoint term exceeds this many times its window's median did not fit its
+# frame: a start of a few keypoints can put the body tens of metres away, where it stays (seen
+# on every validation set, 1-4 of 272 frames: depth 13-96 m, 55-120 px off; its term 20-300x
+# the median). Such a fit is not a start: `hypotheses` fills its frame like a missing one.
+FAILED_FIT_FACTOR = 20.0
+
+
+def reliable_fits(frames: FrameFits, factor: float = FAILED_FIT_FACTOR) -> np.ndarray:
+  """[W, T] bool: the fitted frames whose keypoint term is at most `factor` x the median of
+  their window's (`frames.valid` when the terms are unknown)."""
+  if frames.keypoint_error is None:
+    return frames.valid.copy()
+  error = np.where(frames.valid, frames.keypoint_error, np.nan)
+  median = np.nanmedian(np.where(frames.valid.any(1, keepdims=True), error, 0.0), 1)
+  return frames.valid & (error <= factor * median[:, None])
 
 
 def fittable_frames(evidence: sequence.SequenceEvidence, image_size=None) -> np.ndarray:
@@ -84,8 +105,10 @@ def subset_frames(frames: FrameFits, keep: np.ndarray) -> FrameFits:
   what stage 1 on those frames alone gives (each frame's fit is independent of the others)."""
   keep = np.asarray(keep, bool) & frames.valid
   drop = lambda x: np.where(keep[..., None], x, np.nan).astype(np.float32)
+  error = (None if frames.keypoint_error is None else
+           np.where(keep, frames.keypoint_error, np.nan).astype(np.float32))
   return FrameFits(drop(frames.pose), drop(frames.betas), drop(frames.orient),
-                   drop(frames.transl), keep, frames.result)
+                   drop(frames.transl), keep, frames.result, error)
 
 
 def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
@@ -121,7 +144,7 @@ def fit_frames(fit_config: ml_collections.ConfigDict, model, body, prior,
     return out.reshape((num, frames) + x.shape[1:])
   v = result.variables
   return FrameFits(scatter(v["pose"]), scatter(v["betas"]), scatter(v["orient"]),
-                   scatter(v["transl"]), valid, result)
+                   scatter(v["transl"]), valid, result, scatter(result.terms["keypoints"]))
 
 
 def _angles(rot: np.ndarray) -> np.ndarray:
@@ -230,7 +253,8 @@ def hypotheses(frames: FrameFits, max_turn_deg: float = 45.0, smooth: int = 0,
     1 or 2 dicts of "pose" [W, T, D], "betas" [W, S], "orient" [W, T, 6], "transl" [W, T, 3].
   """
   num = frames.valid.shape[0]
-  chains = [orientation_chains(frames.orient[w], frames.valid[w], max_turn_deg)
+  usable = reliable_fits(frames)
+  chains = [orientation_chains(frames.orient[w], usable[w], max_turn_deg)
             for w in range(num)]
   count = 2 if max_count > 1 and any(c1 is not None for _, c1 in chains) else 1
   out = []

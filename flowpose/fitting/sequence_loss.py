@@ -36,12 +36,18 @@ Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them 
   gap_smooth     the same, only at frames without evidence (mean over them): inside a gap the
                  least-acceleration path in 3D between the two visible ends, what linear
                  interpolation of the joints approximates, with its own (larger) weight
+  gap_chord      mean over the frames of CLOSED gaps (evidence on both sides) of the mean squared
+                 distance (metres^2) of each camera-frame joint from the straight line between
+                 its positions at the gap's two ends, at the frame's place in time
+                 (`aux["gap_chord"]`, `chord_matrix`); the ends are held fixed (stop-gradient): the
+                 line pulls the gap, not the frames that see the person
   orient_smooth  mean_t ||second difference of orient (6D)||^2
   depth          mean over frames with evidence of (log z_t - log z_init_t)^2
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flowpose import geometry
 from flowpose import losses
@@ -51,12 +57,30 @@ from flowpose.models import chart_residual as chart_residual_lib
 
 LOSS_TERMS = ("keypoints", "dynamics", "dynamics_backward", "chart_dynamics", "pose_prior",
               "gap_prior", "gap_velocity", "open_gap_velocity", "open_gap_prior", "shape_prior",
-              "transl_smooth", "orient_smooth", "joint_smooth", "gap_smooth", "depth")
+              "transl_smooth", "orient_smooth", "joint_smooth", "gap_smooth", "gap_chord",
+              "depth")
 
 
 def second_difference(x):
   """[T, ...] -> [T - 2, ...]: x_{t+1} - 2 x_t + x_{t-1} (centred on frames 1..T-2)."""
   return x[2:] - 2 * x[1:-1] + x[:-2]
+
+
+def chord_matrix(frame_valid) -> np.ndarray:
+  """[..., T, T] float32: row t of a frame inside a closed gap (no evidence at t, evidence at
+  some a < t and b > t, the nearest such) holds (b - t) / (b - a) at a and (t - a) / (b - a) at
+  b, so `M @ x` is x's straight line across the gap; every other row is 0 (`frame_valid
+  [..., T]`: 1 = evidence)."""
+  valid = np.asarray(frame_valid, bool)
+  out = np.zeros(valid.shape + valid.shape[-1:], np.float32)
+  for index in np.ndindex(valid.shape[:-1]):
+    have = np.flatnonzero(valid[index])
+    for t in np.flatnonzero(~valid[index]):
+      after = np.searchsorted(have, t)
+      if 0 < after < len(have):
+        a, b = have[after - 1], have[after]
+        out[index + (t, a)], out[index + (t, b)] = (b - t) / (b - a), (t - a) / (b - a)
+  return out
 
 
 def decode_window(body: FitBody, space, prior_params, variables):
@@ -80,7 +104,8 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
     variables: the window's variables (module docstring).
     aux: keypoints [T, K, 2], confidence [T, K], focal [2], principal_point [2],
       keypoint_mask [K], frame_valid [T] (1 = evidence), prior_frames [T], depth_init [T],
-      open_gap [T] (1 = no evidence before or after the frame: `sequence.open_gap_frames`).
+      open_gap [T] (1 = no evidence before or after the frame: `sequence.open_gap_frames`),
+      gap_chord [T, T] (`chord_matrix`).
     weights: name -> weight, every name of `LOSS_TERMS`.
     chart_residual: a `models.chart_residual.ChartResidual` (its arrays may be traced) or None.
     skip: terms not computed (reported as 0): those weighted 0 in every stage. The motion
@@ -112,6 +137,8 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
   penalty = jax.vmap(space.penalty, (None, 0))(prior_params, z)
   accel = jnp.mean(jnp.sum(jnp.square(second_difference(points.joints)), -1), -1)  # [T - 2]
   step = jnp.sum(jnp.square(z[1:] - z[:-1]), -1)  # [T - 1] latent step lengths.
+  line = jax.lax.stop_gradient(jnp.einsum("ts,sjc->tjc", aux["gap_chord"], points.joints))
+  chord = jnp.mean(jnp.sum(jnp.square(points.joints - line), -1), -1)  # [T]
   log_depth = jnp.log(jnp.maximum(variables["transl"][:, 2], camera.MIN_DEPTH))
   terms = {
       "keypoints": _masked_mean(per_frame, has),
@@ -133,6 +160,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
                                         -1)),
       "joint_smooth": jnp.mean(accel),
       "gap_smooth": _masked_mean(accel, gap[1:-1]),
+      "gap_chord": _masked_mean(chord, jnp.sum(aux["gap_chord"], -1)),
       "depth": _masked_mean(jnp.square(log_depth - jnp.log(aux["depth_init"])), has),
   }
   return losses.weighted_sum(terms, weights)
