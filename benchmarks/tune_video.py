@@ -151,7 +151,11 @@ VARIANTS.update({f"chord1e4_gapvel0_{name}": ({**CHORD, **weights}, {}, NOW[2]) 
     "chord3e4": {"gap_chord": 3e4}, "chord1e5": {"gap_chord": 1e5},
     "dyn0": {"dynamics": 0.0, "dynamics_backward": 0.0},
     "dyn0.5": {"dynamics": 0.5, "dynamics_backward": 0.5},
-    "joint1e3": {"joint_smooth": 1e3}}.items()})
+    "joint1e3": {"joint_smooth": 1e3},
+    "dyn0.1": {"dynamics": 0.1, "dynamics_backward": 0.1},
+    "dyn0.1_joint1e3": {"dynamics": 0.1, "dynamics_backward": 0.1, "joint_smooth": 1e3},
+    "dyn0.05_joint1e3": {"dynamics": 0.05, "dynamics_backward": 0.05, "joint_smooth": 1e3},
+}.items()})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):
