@@ -156,6 +156,12 @@ VARIANTS.update({f"chord1e4_gapvel0_{name}": ({**CHORD, **weights}, {}, NOW[2]) 
     "dyn0.1_joint1e3": {"dynamics": 0.1, "dynamics_backward": 0.1, "joint_smooth": 1e3},
     "dyn0.05_joint1e3": {"dynamics": 0.05, "dynamics_backward": 0.05, "joint_smooth": 1e3},
 }.items()})
+# Speed over session 12's default (`S12`): fewer sequence steps, sparser keyframes.
+S12 = ({**CHORD, "dynamics": 0.1, "dynamics_backward": 0.1}, {}, NOW[2])
+VARIANTS.update({f"s12_{name}": (S12[0], stage, {**S12[2], **fields}) for name, (stage, fields) in {
+    "default": ({}, {}), "steps100": ({"steps": 100, "lr": 0.075}, {}),
+    "steps75": ({"steps": 75, "lr": 0.1}, {}), "key8": ({}, {"keyframe_stride": 8}),
+    "key8_steps100": ({"steps": 100, "lr": 0.075}, {"keyframe_stride": 8})}.items()})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):
