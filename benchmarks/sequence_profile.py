@@ -57,7 +57,7 @@ def pieces(setup) -> tuple:
          "focal": f32(gt["focal"]), "principal_point": f32(gt["centre"]),
          "keypoint_mask": jnp.ones(gt["confidence"].shape[::2]), "frame_valid": f32(valid),
          "prior_frames": f32(valid), "open_gap": f32(sequence.open_gap_frames(valid)),
-         "gap_chord": f32(sequence.sequence_loss.chord_matrix(valid)),
+         **dict(zip(("chord_index", "chord_weight"), sequence.sequence_loss.chord_ends(valid))),
          "depth_init": jnp.full((num, frames), 4.0)}
   weights = {k: jnp.float32(w) for k, w in sequence.default_sequence_config().loss_weights.items()}
   decode = jax.vmap(jax.vmap(space.decode, (None, 0)), (None, 0))

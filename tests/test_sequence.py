@@ -128,7 +128,7 @@ def test_chart_dynamics_and_gap_terms_are_what_they_say(setup):
          "keypoint_mask": jnp.ones(setup["kp"].shape[2]), "frame_valid": has,
          "prior_frames": has, "depth_init": jnp.full(FRAMES, 4.0),
          "open_gap": jnp.asarray(open_gap, jnp.float32),
-         "gap_chord": jnp.asarray(sequence_loss.chord_matrix(valid))}
+         **dict(zip(("chord_index", "chord_weight"), sequence_loss.chord_ends(valid)))}
   weights = {k: jnp.float32(1.0) for k in sequence.LOSS_TERMS}
   dyn, dyn_params = setup["dyn"], setup["dyn_params"]
   # One compile (cheaper than the eager, vmapped flow decode).
@@ -171,7 +171,11 @@ def test_open_gaps_are_the_gaps_touching_a_window_end():
       [1, 1, 0, 0, 0, 0, 1, 1], [0] * 8, [1, 1, 1, 1, 1, 1, 1, 0]])
   # The straight line across each closed gap: frame 3 of window 0 halfway between 2 and 4;
   # window 1's frames 1, 2 a third and two thirds of the way from 0 to 3; open gaps: zero rows.
-  chord = sequence_loss.chord_matrix(valid)
+  index, weight = sequence_loss.chord_ends(valid)
+  assert index.shape == weight.shape == (3, 8, 2)
+  chord = np.zeros((3, 8, 8))  # The ends as a [T, T] matrix (`chord @ x`: the line).
+  for w, t, k in np.ndindex(index.shape):
+    chord[w, t, index[w, t, k]] += weight[w, t, k]
   assert chord.shape == (3, 8, 8)
   np.testing.assert_allclose(chord[0, 3], np.eye(8)[2] / 2 + np.eye(8)[4] / 2)
   np.testing.assert_allclose(chord[1, 1:3, [0, 3]], [[2 / 3, 1 / 3], [1 / 3, 2 / 3]], rtol=1e-6)

@@ -352,6 +352,7 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
   yaws = range(len(inits))  # Restarts.
   variables = jax.tree.map(lambda *x: jnp.concatenate(x), *[v for v, _ in inits])
   reps = lambda x: jnp.concatenate([jnp.asarray(x, jnp.float32)] * len(yaws))
+  chord_index, chord_weight = sequence_loss.chord_ends(frame_valid)
   aux = {"keypoints": reps(np.where(labelled[..., None], kp, 0.0)),
          "confidence": reps(np.where(labelled, conf, 0.0)),
          "focal": reps(evidence.focal), "principal_point": reps(evidence.principal_point),
@@ -359,7 +360,8 @@ def fit_sequence(config: ml_collections.ConfigDict, body: FitBody, prior: PosePr
          "prior_frames": reps(frame_valid if config.pose_prior_frames == "evidence" else
                               np.ones_like(frame_valid)),
          "open_gap": reps(open_gap_frames(frame_valid, int(config.get("open_gap_support", 1)))),
-         "gap_chord": reps(sequence_loss.chord_matrix(frame_valid)),
+         "chord_weight": reps(chord_weight),
+         "chord_index": jnp.concatenate([jnp.asarray(chord_index)] * len(yaws)),
          "depth_init": jnp.concatenate([d for _, d in inits])}
   torso = np.zeros(num_kp, np.float32)
   torso[list(TORSO_KEYPOINTS)] = 1.0

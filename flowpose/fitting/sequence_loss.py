@@ -39,8 +39,8 @@ Terms (`config.loss_weights`, one dict, all present; `window_loss` returns them 
   gap_chord      mean over the frames of CLOSED gaps (evidence on both sides) of the mean squared
                  distance (metres^2) of each camera-frame joint from the straight line between
                  its positions at the gap's two ends, at the frame's place in time
-                 (`aux["gap_chord"]`, `chord_matrix`); the ends are held fixed (stop-gradient): the
-                 line pulls the gap, not the frames that see the person
+                 (`aux["chord_index"]`, `aux["chord_weight"]`: `chord_ends`); the ends are held
+                 fixed (stop-gradient): the line pulls the gap, not the frames that see the person
   orient_smooth  mean_t ||second difference of orient (6D)||^2
   depth          mean over frames with evidence of (log z_t - log z_init_t)^2
 """
@@ -66,21 +66,27 @@ def second_difference(x):
   return x[2:] - 2 * x[1:-1] + x[:-2]
 
 
-def chord_matrix(frame_valid) -> np.ndarray:
-  """[..., T, T] float32: row t of a frame inside a closed gap (no evidence at t, evidence at
-  some a < t and b > t, the nearest such) holds (b - t) / (b - a) at a and (t - a) / (b - a) at
-  b, so `M @ x` is x's straight line across the gap; every other row is 0 (`frame_valid
-  [..., T]`: 1 = evidence)."""
+def chord_ends(frame_valid) -> tuple:
+  """The straight line across every closed gap: `(index [..., T, 2] int32, weight [..., T, 2]
+  float32)`. A frame t inside a closed gap (no evidence at t, evidence at some a < t and b > t,
+  the nearest such) has index (a, b) and weight ((b - t) / (b - a), (t - a) / (b - a)), so
+  `weight[t, 0] x[a] + weight[t, 1] x[b]` is x's line at t; every other frame has index (t, t)
+  and weight 0 (`frame_valid [..., T]`: 1 = evidence). Two ends per frame, not a [T, T] matrix:
+  the video job fits a whole track as one window."""
   valid = np.asarray(frame_valid, bool)
-  out = np.zeros(valid.shape + valid.shape[-1:], np.float32)
-  for index in np.ndindex(valid.shape[:-1]):
-    have = np.flatnonzero(valid[index])
-    for t in np.flatnonzero(~valid[index]):
+  frames = valid.shape[-1]
+  index = np.broadcast_to(np.arange(frames, dtype=np.int32)[:, None],
+                          valid.shape + (2,)).copy()
+  weight = np.zeros(valid.shape + (2,), np.float32)
+  for window in np.ndindex(valid.shape[:-1]):
+    have = np.flatnonzero(valid[window])
+    for t in np.flatnonzero(~valid[window]):
       after = np.searchsorted(have, t)
       if 0 < after < len(have):
         a, b = have[after - 1], have[after]
-        out[index + (t, a)], out[index + (t, b)] = (b - t) / (b - a), (t - a) / (b - a)
-  return out
+        index[window + (t,)] = a, b
+        weight[window + (t,)] = (b - t) / (b - a), (t - a) / (b - a)
+  return index, weight
 
 
 def decode_window(body: FitBody, space, prior_params, variables):
@@ -105,7 +111,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
     aux: keypoints [T, K, 2], confidence [T, K], focal [2], principal_point [2],
       keypoint_mask [K], frame_valid [T] (1 = evidence), prior_frames [T], depth_init [T],
       open_gap [T] (1 = no evidence before or after the frame: `sequence.open_gap_frames`),
-      gap_chord [T, T] (`chord_matrix`).
+      chord_index [T, 2], chord_weight [T, 2] (`chord_ends`).
     weights: name -> weight, every name of `LOSS_TERMS`.
     chart_residual: a `models.chart_residual.ChartResidual` (its arrays may be traced) or None.
     skip: terms not computed (reported as 0): those weighted 0 in every stage. The motion
@@ -137,7 +143,9 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
   penalty = jax.vmap(space.penalty, (None, 0))(prior_params, z)
   accel = jnp.mean(jnp.sum(jnp.square(second_difference(points.joints)), -1), -1)  # [T - 2]
   step = jnp.sum(jnp.square(z[1:] - z[:-1]), -1)  # [T - 1] latent step lengths.
-  line = jax.lax.stop_gradient(jnp.einsum("ts,sjc->tjc", aux["gap_chord"], points.joints))
+  ends, ends_weight = aux["chord_index"], aux["chord_weight"]
+  line = jax.lax.stop_gradient(ends_weight[:, 0, None, None] * points.joints[ends[:, 0]] +
+                               ends_weight[:, 1, None, None] * points.joints[ends[:, 1]])
   chord = jnp.mean(jnp.sum(jnp.square(points.joints - line), -1), -1)  # [T]
   log_depth = jnp.log(jnp.maximum(variables["transl"][:, 2], camera.MIN_DEPTH))
   terms = {
@@ -160,7 +168,7 @@ def window_loss(variables, aux, weights, body: FitBody, space, prior_params, dyn
                                         -1)),
       "joint_smooth": jnp.mean(accel),
       "gap_smooth": _masked_mean(accel, gap[1:-1]),
-      "gap_chord": _masked_mean(chord, jnp.sum(aux["gap_chord"], -1)),
+      "gap_chord": _masked_mean(chord, jnp.sum(ends_weight, -1)),
       "depth": _masked_mean(jnp.square(log_depth - jnp.log(aux["depth_init"])), has),
   }
   return losses.weighted_sum(terms, weights)
