@@ -4,6 +4,8 @@ Fields (see `flowpose.fitting.fit` for what they do):
   prior                 a `flowpose.prior.registry` name (none | gaussian | gaussian_diag | gmm8 | flow)
   restart_yaws_deg      initial yaws (0 = facing the camera)
   select_restart_after  stage index after which the best restart is kept
+  restart_pruning       ((step, keep), ...): inside that stage, after `step` steps only each
+                        person's `keep` best restarts go on (`fitting.restarts`); () = none
   final_lr_fraction     Adam's cosine decay floor within each stage
   warmup_fraction       Adam's linear warmup, fraction of each stage (0 = none)
   keypoint_sigma, part_sigma, silhouette_sigma   Geman-McClure scales, in person-box units
@@ -35,6 +37,7 @@ def default_fit_config() -> ml_collections.ConfigDict:
   c.prior = "flow"
   c.restart_yaws_deg = (0.0, 180.0)
   c.select_restart_after = -1
+  c.restart_pruning = ()
   c.final_lr_fraction = 0.05  # Cosine decay of each stage's lr.
   c.warmup_fraction = 0.0  # Linear warmup, as a fraction of each (Adam) stage.
   c.keypoint_sigma = 0.3  # In units of the keypoint box size.
@@ -81,6 +84,16 @@ def validate_fit_config(config: ml_collections.ConfigDict) -> None:
   if not -len(stages) <= config.select_restart_after < len(stages):
     bad("select_restart_after", f"a stage index in [-{len(stages)}, "
         f"{len(stages)})", config.select_restart_after)
+  cuts = list(config.get("restart_pruning", ()))
+  if cuts and (any(not isinstance(c, (tuple, list)) or len(c) != 2 or
+                   not all(isinstance(v, int) and v >= 1 for v in c) for c in cuts)
+               or [c[0] for c in cuts] != sorted({c[0] for c in cuts})
+               or [c[1] for c in cuts] != sorted([c[1] for c in cuts], reverse=True)):
+    bad("restart_pruning", "((step, keep), ...) of ints >= 1, steps increasing, keeps not "
+        "increasing", config.restart_pruning)
+  if cuts and dict(stages[config.select_restart_after]).get("optimizer") != "adam":
+    bad("restart_pruning", "a select_restart_after stage with optimizer 'adam'",
+        config.restart_pruning)
   if not 0.0 <= config.get("warmup_fraction", 0.0) < 1.0:
     bad("warmup_fraction", "a fraction in [0, 1)", config.warmup_fraction)
   if not 0.0 <= config.final_lr_fraction <= 1.0:

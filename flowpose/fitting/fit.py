@@ -44,9 +44,9 @@ initial depth clamp, and points behind or within `camera.MIN_DEPTH` of the
 camera plane at the end (where the projection's depth clamp binds).
 
 Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
-(0 = facing the camera, 180 = back to it); after stage
-`config.select_restart_after` (-1 = the last) the restart with the lowest
-loss is kept per person and the others are dropped.
+(0 = facing the camera, 180 = back to it); after stage `config.select_restart_after`
+(-1 = the last) the lowest-loss restart is kept per person, and inside that stage
+`config.restart_pruning` may drop the worst ones early (`flowpose.fitting.restarts`).
 
 Initialisation: by default every restart starts from the prior's mean pose,
 zero betas, the restart's yaw facing the camera and the similar-triangles
@@ -81,6 +81,7 @@ from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,
                                            TORSO_KEYPOINTS, facing_camera_rotation,
                                            initial_translation, pose_points)
 from flowpose.fitting import initial as initial_lib
+from flowpose.fitting import restarts
 from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
 # The config lives in its own module; re-exported so `fit.X` works.
 from flowpose.fitting.config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
@@ -219,10 +220,6 @@ def _keypoint_mask(which: str, num_keypoints: int) -> np.ndarray:
   return mask
 
 
-def _take(tree, index):
-  return jax.tree.map(lambda x: x[index], tree)
-
-
 def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
                       yaw_deg: float) -> tuple[dict, dict]:
   """Initial variables and aux entries (depth/focal init, depth clamp flag) for one yaw."""
@@ -331,43 +328,43 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   base_weights = dict(config.loss_weights)
   sigmas = (float(config.keypoint_sigma), float(config.part_sigma),
             float(config.get("silhouette_sigma", config.part_sigma)))
-  kept = np.zeros(num, np.int64)
-  restart_losses = np.zeros((num, num_restarts), np.float32)
+  alive = restarts.start(num_restarts, num)
   history = []
   max_steps = max(int(s["steps"]) for s in stages)
   for i, stage in enumerate(stages):
-    rows = variables["pose"].shape[0]
-    aux["keypoint_mask"] = jnp.broadcast_to(
-        jnp.asarray(_keypoint_mask(stage["keypoints"], num_kp)),
-        (rows, num_kp))
+    aux["keypoint_mask"] = jnp.broadcast_to(jnp.asarray(_keypoint_mask(
+        stage["keypoints"], num_kp)), (variables["pose"].shape[0], num_kp))
     if has_parts:
       aux["visibility"] = jnp.asarray(_visibility(
           model, body, prior, variables, aux, config.visibility, image_size))
     weights = {k: jnp.float32(v) for k, v in
                {**base_weights, **dict(stage["loss_weights"])}.items()}
-    start = time.time()
-    variables, final, terms, hist = run_stage(
-        variables, aux, weights, jnp.float32(stage["lr"]), jnp.int32(stage["steps"]), body,
-        prior.params, free=tuple(k for k in VARIABLES if k in stage["free"]),
-        final_lr_fraction=float(config.final_lr_fraction),
-        warmup_fraction=float(config.get("warmup_fraction", 0.0)), space=prior.space,
-        has_parts=has_parts, max_steps=max_steps, sigmas=sigmas,
-        optimizer=stage["optimizer"])
+    start, hist, opt_state = time.time(), 0.0, None
+    cuts = tuple(config.get("restart_pruning", ())) if i == select_after else ()
+    for begin, stop, keep in restarts.segments(stage["steps"], cuts):
+      variables, final, terms, part, opt_state = run_stage(
+          variables, aux, weights, jnp.float32(stage["lr"]), jnp.int32(stage["steps"]), body,
+          prior.params, jnp.int32(begin), jnp.int32(stop), opt_state,
+          free=tuple(k for k in VARIABLES if k in stage["free"]),
+          final_lr_fraction=float(config.final_lr_fraction),
+          warmup_fraction=float(config.get("warmup_fraction", 0.0)), space=prior.space,
+          has_parts=has_parts, max_steps=max_steps, sigmas=sigmas,
+          optimizer=stage["optimizer"])
+      hist = hist + part  # Segments write disjoint steps (zeros elsewhere).
+      if keep is not None and keep < alive.restart.shape[0]:
+        index, alive = restarts.keep_best(alive, final, keep)
+        variables, aux, opt_state, hist = restarts.take_rows(
+            (variables, aux, opt_state, hist.T), index, variables["pose"].shape[0])
+        hist = hist.T
     final.block_until_ready()
     logging.info("fit stage %s: %d steps, %.2fs, mean loss %.4g", stage["name"],
                  stage["steps"], time.time() - start, float(jnp.mean(final)))
     history.append(np.asarray(hist)[:stage["steps"]])
-    if i == select_after and variables["pose"].shape[0] != num:
-      per_restart = np.asarray(final).reshape(num_restarts, num)
-      # NaN losses never win.
-      per_restart = np.where(np.isfinite(per_restart), per_restart, np.inf)
-      restart_losses = per_restart.T.copy()
-      kept = np.argmin(per_restart, axis=0)
-      index = kept * num + np.arange(num)
-      variables, aux = _take(variables, index), _take(aux, index)
-      final, terms = _take(final, index), _take(terms, index)
-    elif i == select_after:
-      restart_losses = np.asarray(final)[:, None].copy()
+    if i == select_after:  # The best restart per person (NaN never wins).
+      index, alive = restarts.keep_best(alive, final, 1)
+      variables, aux, final, terms = restarts.take_rows((variables, aux, final, terms), index,
+                                                        variables["pose"].shape[0])
+  kept, restart_losses = alive.restart[0], alive.losses
   dofs, rotmats = decode_rotmats(body, prior, variables)
   focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
       aux["focal_aspect"])

@@ -124,7 +124,9 @@ def adam_optimizer(variables, free: tuple, schedule) -> optax.GradientTransforma
   return optax.multi_transform({"free": adam, "frozen": optax.set_to_zero()}, labels)
 
 
-def _adam_loop(variables, args, optimizer, steps, max_steps):
+def _adam_loop(variables, args, optimizer, start, stop, max_steps, opt_state):
+  """Steps `start .. stop - 1` of a stage from `opt_state` (None: a fresh Adam state at step
+  0); returns (variables, history [max_steps, B], the state to go on from `stop`)."""
   loss_fn = jax.value_and_grad(batch_loss, has_aux=True)
   num = variables["pose"].shape[0]
 
@@ -137,9 +139,8 @@ def _adam_loop(variables, args, optimizer, steps, max_steps):
     return params, opt_state, history
 
   history = jnp.zeros((max_steps, num), jnp.float32)
-  variables, _, history = jax.lax.fori_loop(
-      0, steps, step, (variables, optimizer.init(variables), history))
-  return variables, history
+  state = optimizer.init(variables) if opt_state is None else opt_state
+  return jax.lax.fori_loop(start, stop, step, (variables, state, history))
 
 
 def _lbfgs_loop(variables, args, steps, max_steps):
@@ -175,13 +176,15 @@ def _lbfgs_loop(variables, args, steps, max_steps):
   return variables, history
 
 
-def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: tuple, space,
-              has_parts: bool, max_steps: int, sigmas: tuple, final_lr_fraction: float = 0.05,
-              warmup_fraction: float = 0.0, optimizer: str = "adam") -> tuple:
+def run_stage(variables, aux, weights, lr, steps, body, prior_params, start=0, stop=None,
+              opt_state=None, *, free: tuple, space, has_parts: bool, max_steps: int,
+              sigmas: tuple, final_lr_fraction: float = 0.05, warmup_fraction: float = 0.0,
+              optimizer: str = "adam") -> tuple:
   """`steps` optimiser steps on a batch; only the variables named in `free` move.
 
   Weights, lr, steps and the keypoint mask are traced, so stages that free the same variables
-  share one compilation.
+  share one compilation. An Adam stage can run in segments (`fit`'s restart pruning): steps
+  `start .. stop - 1` of its schedule from the `opt_state` the previous segment returned.
 
   Args:
     variables: dict of [B, ...] arrays (see `flowpose.fitting.fit`).
@@ -190,7 +193,9 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
       part_pixels/labels/valid, visibility).
     weights: loss weights dict of scalars.
     lr: scalar peak learning rate (unused by L-BFGS).
-    steps: scalar int32 <= max_steps.
+    steps: scalar int32 <= max_steps (the schedule's length).
+    start, stop: the segment, scalars (default: 0, `steps`); Adam only.
+    opt_state: the Adam state at `start` (None: a fresh one; `start` must then be 0).
     body: `FitBody`. prior_params: the pose prior's params.
     free: static tuple of the optimised variable names.
     space: static `PoseSpace`. has_parts: static.
@@ -201,7 +206,8 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
 
   Returns:
     (variables, final per-person loss [B], final terms {name: [B]}, loss history
-    [max_steps, B] with rows past `steps` zero).
+    [max_steps, B] with rows outside the segment zero, the optimiser state at `stop` (L-BFGS:
+    None)).
   """
   if "pose" not in free:  # Loop-invariant: the flow's forward pass runs once per stage.
     aux = {**aux, "pose_dofs": jax.vmap(space.decode, (None, 0))(prior_params,
@@ -213,12 +219,13 @@ def run_stage(variables, aux, weights, lr, steps, body, prior_params, *, free: t
   args = (aux, weights, free, body, space, prior_params, has_parts, sigmas)
   if optimizer == "adam":
     schedule = stage_schedule(lr, steps, final_lr_fraction, warmup_fraction)
-    variables, history = _adam_loop(variables, args, adam_optimizer(variables, free, schedule),
-                                    steps, max_steps)
+    variables, opt_state, history = _adam_loop(
+        variables, args, adam_optimizer(variables, free, schedule), start,
+        steps if stop is None else stop, max_steps, opt_state)
   else:
     variables, history = _lbfgs_loop(variables, args, steps, max_steps)
   _, (final, terms) = batch_loss(variables, *args)
-  return variables, final, terms, history
+  return variables, final, terms, history, opt_state
 
 
 # Small batched ops: compiled without XLA:CPU's YNNPACK fusions (`xla_options`).

@@ -1,0 +1,64 @@
+"""Restart bookkeeping of the per-person fitter (`flowpose.fitting.fit`).
+
+Every person is fitted from R restarts, stacked restart-major: row `r * B + b` is restart `r` of
+person `b`. `config.restart_pruning`, `((step, keep), ...)`, drops restarts early inside the
+stage `config.select_restart_after`: after that stage's `step`-th step only each person's `keep`
+lowest-loss restarts go on (their Adam state and schedule continue), so the stage's later steps
+run on `keep * B` rows instead of `R * B`. The stage's end keeps the best one, as without
+pruning. Validation (`sequence_init.per_frame_config`, WORKSPACE.md) measured how often the
+early ranking keeps the restart that would have won.
+"""
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+
+class Alive(NamedTuple):
+  """The restarts still running.
+
+  Attributes:
+    restart: [R', B] int, the original restart index of each row (row `r' * B + b`).
+    losses: [B, R] each original restart's loss when it was dropped or chosen (inf until then).
+  """
+  restart: np.ndarray
+  losses: np.ndarray
+
+
+def start(num_restarts: int, num: int) -> Alive:
+  return Alive(np.repeat(np.arange(num_restarts)[:, None], num, 1),
+               np.full((num, num_restarts), np.inf, np.float32))
+
+
+def keep_best(alive: Alive, final, keep: int) -> tuple:
+  """Each person's `keep` lowest-loss rows (`final [R' * B]`; NaN never wins).
+
+  Returns `(index [keep * B] rows to take, restart-major, best first; the new Alive)`; the
+  dropped restarts' losses are recorded.
+  """
+  count, num = alive.restart.shape
+  per = np.asarray(final, np.float32).reshape(count, num)
+  per = np.where(np.isfinite(per), per, np.inf)
+  order = np.argsort(per, axis=0, kind="stable")[:keep]  # [keep, B]
+  losses = alive.losses.copy()
+  cols = np.arange(num)
+  losses[cols[None], alive.restart] = per
+  return (order * num + cols).reshape(-1), Alive(alive.restart[order, cols], losses)
+
+
+def take_rows(tree, index: np.ndarray, rows: int):
+  """Every leaf with a leading `rows` axis indexed by `index` (an optimiser state's step
+  counts and other scalars are kept)."""
+  return jax.tree.map(lambda x: x[index] if np.ndim(x) and x.shape[0] == rows else x, tree)
+
+
+def segments(steps: int, cuts) -> list:
+  """`[(start, stop, keep or None)]` covering `0 .. steps`: a segment ends at each cut
+  `(step, keep)` below `steps`, then keeps `keep` restarts; the last one keeps all."""
+  out, begin = [], 0
+  for step, keep in cuts:
+    if step < steps:
+      out.append((begin, int(step), int(keep)))
+      begin = int(step)
+  return out + [(begin, steps, None)]
