@@ -16,7 +16,8 @@ at least one frame with evidence on either side), or touching its first (`start`
 
 Fitted three ways:
   per_frame  `flowpose.fitting.fit` frame by frame (flow prior, the per-frame benchmark's stages
-             and 4 yaw restarts); occluded frames have no evidence, so their joints are linearly
+             and 4 yaw restarts, pruned as the video job's stage 1:
+             `sequence_init.RESTART_PRUNING`); occluded frames have no evidence, so their joints are linearly
              interpolated from the nearest fitted frames (what a per-frame system can do)
   smoothed   per_frame's joints filtered along time (Savitzky-Golay, 9 frames, order 2)
   dynamics   the two-stage fit: per_frame's fits (on keyframes only: the sequence config's
@@ -33,7 +34,8 @@ Fitted three ways:
 Reported (camera-frame joints, 31 joints, mm): `mpjpe_mm` (root-aligned), `pa_mpjpe_mm`,
 `accel_error_mm` (`metrics.accel_error`, mm/frame^2), each a dict `{per_frame, smoothed,
 dynamics}`, the same restricted to occluded frames (`occluded_mpjpe_mm`,
-`occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, second run, after compilation:
+`occluded_pa_mpjpe_mm`), `frames_per_s` (frames / fit seconds, the median of `TIMED_RUNS` runs
+after the compiling one:
 `per_frame`, `per_frame_keyframes` (the dynamics fit's stage 1 when it runs on keyframes),
 with a network `network` (every frame) and `network_refine` (the keyframe refinement),
 `sequence_stage`, and `dynamics_two_stage` = its stage 1 + the sequence stage, what the dynamics
@@ -96,6 +98,8 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
     raise fit_mocap2d.BenchmarkInputError(
         f"--occlusion_at: expected one of {OCCLUSION_AT}, got {occlusion_at!r}")
   base = fit_mocap2d_config.get_config("runlocal" if runlocal else "")
+  # Stage 1 prunes its restarts as the video job's does (`sequence_init.per_frame_config`).
+  base.fit.restart_pruning = sequence_init.RESTART_PRUNING
   try:
     prior = registry.load("flow", prior_workdir)
     flow = prior_io.load_trained_prior(prior_workdir)[:2]  # For `warm_gaps="chart"`.
@@ -130,6 +134,25 @@ def prepare(*, prior_workdir, dynamics_workdir, mocap_dir, num_windows, window=3
               chart_residual_path=chart_residual or (residual and dynamics_workdir))
 
 
+# Timed runs after the compiling one; their median is reported: one run of a stage swings by up
+# to +-30% on 2 shared cores (session 13: 3.8 / 5.1 / 3.8 s for the same sequence stage).
+TIMED_RUNS = 3
+
+
+def _timed(fn, timed: bool = True):
+  """`(fn(), median seconds of TIMED_RUNS calls after a first, compiling one)`; untimed: one
+  call and None."""
+  result = fn()
+  if not timed:
+    return result, None
+  times = []
+  for _ in range(TIMED_RUNS):
+    start = time.time()
+    result = fn()
+    times.append(time.time() - start)
+  return result, float(np.median(times))
+
+
 def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
   """Fits the windows three ways and scores them (module docstring).
 
@@ -137,7 +160,7 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
     setup: `prepare(...)`.
     seq_config: `sequence.default_sequence_config()` fields.
     frames: stage-1 fits to reuse (`sequence_init.FrameFits`; None: fitted here).
-    timed: run each fit twice and time the second (compiled) run.
+    timed: time each fit: the median of `TIMED_RUNS` runs after a compiling one (`_timed`).
     time_per_frame: with `timed`, stage 1 too (else it runs once: its time, compile included,
       is reported as `per_frame_with_compile`).
 
@@ -150,29 +173,27 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
                                        gt["centre"])
   seconds = {}
   if frames is None:
-    runs = 2 if timed and time_per_frame else 1
-    for _ in range(runs):  # The second run is timed (compiled).
+    fit_all = lambda: sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence)
+    if timed and time_per_frame:
+      frames, seconds["per_frame"] = _timed(fit_all)
+    else:
       start = time.time()
-      frames = sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence)
-      seconds["per_frame" if runs == 2 else "per_frame_with_compile"] = time.time() - start
+      frames = fit_all()
+      seconds["per_frame_with_compile"] = time.time() - start
   pred = {"per_frame": frame_joints(body, frames)}
   pred["smoothed"] = signal.savgol_filter(pred["per_frame"], *SAVGOL, axis=1)
   stride = int(seq_config.get("keyframe_stride", 1))
   predict = setup.get("predict")
   methods = METHODS + (("network",) if predict else ())
   if predict:  # Stage 1 = the network (+ the refinement of its keyframe starts), timed apart.
-    for _ in range(2 if timed else 1):
-      start = time.time()
-      network = sequence_network.network_frames(predict, evidence, IMAGE_SIZE)
-      seconds["network"] = time.time() - start
+    network, seconds["network"] = _timed(
+        lambda: sequence_network.network_frames(predict, evidence, IMAGE_SIZE), timed)
     refine = tuple(seq_config.get("network_refine_steps", ()))
     key_frames = network
-    for _ in range(2 if timed and refine else 1 if refine else 0):
-      start = time.time()
-      key_frames = sequence_init.fit_frames(
+    if refine:
+      key_frames, seconds["network_refine"] = _timed(lambda: sequence_init.fit_frames(
           sequence_network.refine_config(refine), setup["model"], body, prior, evidence, stride,
-          initial=network)
-      seconds["network_refine"] = time.time() - start
+          initial=network), timed)
     pred["network"] = interpolate_missing(
         sequence_network.frame_joints(body, prior, network), network.valid)
     seq_config = sequence_network.network_sequence_config(seq_config)
@@ -182,16 +203,15 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
     key_frames = sequence_init.subset_frames(
         frames, sequence_init.keyframes(frames.valid, stride)) if stride > 1 else frames
     if stride > 1 and timed and time_per_frame:
-      for _ in range(2):
-        start = time.time()
-        sequence_init.fit_frames(base.fit, setup["model"], body, prior, evidence, stride)
-        seconds["per_frame_keyframes"] = time.time() - start
-  for _ in range(2 if timed else 1):  # The second run is timed (compiled).
-    start = time.time()
+      _, seconds["per_frame_keyframes"] = _timed(lambda: sequence_init.fit_frames(
+          base.fit, setup["model"], body, prior, evidence, stride))
+
+  def sequence_stage():
     starts = sequence_init.warm_starts(seq_config, key_frames, setup.get("flow"))
-    result = sequence.fit_sequence(seq_config, body, prior, evidence, dyn_model, dyn_params,
-                                   initial=starts, chart_residual=setup.get("chart_residual"))
-    seconds["sequence_stage"] = time.time() - start
+    return starts, sequence.fit_sequence(
+        seq_config, body, prior, evidence, dyn_model, dyn_params, initial=starts,
+        chart_residual=setup.get("chart_residual"))
+  (starts, result), seconds["sequence_stage"] = _timed(sequence_stage, timed)
   pred["dynamics"] = result.joints
   num, length = gt["occluded"].shape
   report = {"num_windows": num, "window": length, "mocap_dir": setup["mocap_dir"],
@@ -217,8 +237,10 @@ def evaluate(setup, seq_config, frames=None, timed=True, time_per_frame=True):
   for name in methods:
     for key, value in scores(pred[name], gt["joints"], gt["occluded"]).items():
       report.setdefault(key, {})[name] = value
+  seconds = {k: v for k, v in seconds.items() if v is not None}
   if timed:
     frames_count = num * length
+    report["timed_runs"] = TIMED_RUNS
     report["frames_per_s"] = {k: frames_count / v for k, v in seconds.items()}
     report["seconds"] = dict(seconds)
     if predict:

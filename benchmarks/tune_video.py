@@ -157,11 +157,28 @@ VARIANTS.update({f"chord1e4_gapvel0_{name}": ({**CHORD, **weights}, {}, NOW[2]) 
     "dyn0.05_joint1e3": {"dynamics": 0.05, "dynamics_backward": 0.05, "joint_smooth": 1e3},
 }.items()})
 # Speed over session 12's default (`S12`): fewer sequence steps, sparser keyframes.
-S12 = ({**CHORD, "dynamics": 0.1, "dynamics_backward": 0.1}, {}, NOW[2])
-VARIANTS.update({f"s12_{name}": (S12[0], stage, {**S12[2], **fields}) for name, (stage, fields) in {
+# Session 12's default pinned (150 steps, keyframes every 4th frame: session 13 changed both).
+S12 = ({**CHORD, "dynamics": 0.1, "dynamics_backward": 0.1}, {"steps": 150},
+       {**NOW[2], "keyframe_stride": 4})
+VARIANTS.update({f"s12_{name}": (S12[0], {**S12[1], **stage}, {**S12[2], **fields})
+                 for name, (stage, fields) in {
     "default": ({}, {}), "steps100": ({"steps": 100, "lr": 0.075}, {}),
     "steps75": ({"steps": 75, "lr": 0.1}, {}), "key8": ({}, {"keyframe_stride": 8}),
     "key8_steps100": ({"steps": 100, "lr": 0.075}, {"keyframe_stride": 8})}.items()})
+
+# Session 13, speed: shorter sequence stages at the default lr and without the backward motion
+# term (its MLP is ~10% of a step).
+VARIANTS.update({f"s13_{name}": ({**S12[0], **weights}, {**S12[1], **stage}, {**S12[2], **fields})
+                 for name, (weights, stage, fields) in {
+    "steps120": ({}, {"steps": 120}, {}), "steps100": ({}, {"steps": 100}, {}),
+    "steps120_lr0.06": ({}, {"steps": 120, "lr": 0.06}, {}),
+    "fwd0.2": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {}, {}),
+    "fwd0.2_steps120": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {"steps": 120}, {}),
+    "key8_steps120": ({}, {"steps": 120}, {"keyframe_stride": 8}),
+    "key8_steps135": ({}, {"steps": 135}, {"keyframe_stride": 8}),
+    "key8_fwd0.2": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {}, {"keyframe_stride": 8}),
+    "key8_fwd0.2_steps135": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {"steps": 135},
+                             {"keyframe_stride": 8})}.items()})
 
 
 def variant_config(weights: dict, stage: dict, fields: dict = None):

@@ -217,3 +217,16 @@ def test_fit_video_refine_flag():
   assert fit_video.refine_override(["5", "7"]) == {"network_refine_steps": (5, 7)}
   with pytest.raises(fit_mocap2d.BenchmarkInputError, match="--network_refine_steps"):
     fit_video.refine_override(["five"])
+
+
+def test_fit_video_times_the_median_of_runs_after_compiling(monkeypatch):
+  from benchmarks import fit_video  # pylint: disable=g-import-not-at-top
+  clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 22.0])  # Runs of 5, 1, 2 s after the first call.
+  monkeypatch.setattr(fit_video.time, "time", lambda: next(clock))
+  calls = []
+  result, seconds = fit_video._timed(lambda: calls.append(1) or len(calls))  # pylint: disable=protected-access
+  assert len(calls) == 1 + fit_video.TIMED_RUNS == 4 and result == 4
+  assert seconds == 2.0  # The median, not the first nor the best.
+  calls.clear()
+  assert fit_video._timed(lambda: calls.append(1), timed=False) == (None, None)  # pylint: disable=protected-access
+  assert len(calls) == 1

@@ -79,7 +79,7 @@ from flowpose.geometry import camera
 from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
-                                           initial_translation, pose_points)
+                                           initial_translation, pose_points, rest_points)
 from flowpose.fitting import initial as initial_lib
 from flowpose.fitting import restarts
 from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
@@ -166,6 +166,10 @@ def _decode_batch(body: FitBody, space, params, pose, orient):
   return dofs, jax.vmap(body.pose_to_rotmats)(dofs, geometry.rot6d_to_matrix(orient))
 
 
+_camera_keypoints = jax.jit(lambda body, dofs, roots, betas, transl: jax.vmap(
+    pose_points, (None, 0, 0, 0, 0, None))(body, dofs, roots, betas, transl, False).keypoints)
+
+
 def decode_rotmats(body: FitBody, prior: PosePrior, variables: dict):
   """(pose_dofs [B, D], local rotmats [B, J, 3, 3]) of batched variables."""
   # Jitted: eagerly, the flow's decode dispatched ~0.3 s of small ops per call (profile).
@@ -228,12 +232,8 @@ def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
   focal = np.asarray(evidence.focal, np.float64).reshape(num, 2)
   pp = np.asarray(evidence.principal_point, np.float64).reshape(num, 2)
   root = np.broadcast_to(facing_camera_rotation(yaw_deg), (num, 3, 3))
-  zeros_s = jnp.zeros((body.j_shapedirs.shape[-1],))
-  rest = pose_points(body, prior.space.decode(prior.params, prior.init),
-                     jnp.eye(3), zeros_s, jnp.zeros(3), with_vertices=False)
   transl, clamped = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
-                               np.asarray(rest.keypoints),
-                               np.asarray(rest.joints[0]), root)
+                                        *rest_points(body, prior), root)
   log_f = np.log(focal.mean(-1))
   variables = {
       "pose": jnp.broadcast_to(prior.init, (num, prior.space.dim)),
@@ -369,8 +369,8 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(
       aux["focal_aspect"])
   variables = jax.tree.map(np.asarray, variables)
-  keypoints_cam = jax.vmap(pose_points, (None, 0, 0, 0, 0, None))(
-      body, dofs, rotmats[:, 0], variables["betas"], variables["transl"], False).keypoints
+  keypoints_cam = _camera_keypoints(body, dofs, rotmats[:, 0], variables["betas"],
+                                    variables["transl"])
   warnings = checks.result_warnings(np.asarray(aux["depth_init_clamped"]),
                                     np.asarray(aux["depth_init"]), np.asarray(keypoints_cam),
                                     variables["transl"], INIT_DEPTH_RANGE)

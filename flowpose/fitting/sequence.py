@@ -13,7 +13,7 @@ by `config.loss_weights`, one dict with every term).
 Schedule: `config.stages` as in `flowpose.fitting.fit` (`stage.adam_optimizer` +
 `stage.stage_schedule`, frozen variables through `set_to_zero`), restarts over
 `config.restart_yaws_deg`, the best restart per window kept after the last stage. The body and
-the initial translation come from `fitting.reduced_body` (`pose_points`, `initial_translation`).
+the initial translation come from `fitting.reduced_body` (`rest_points`, `initial_translation`).
 
 Warm start (`initial=`, what `fitting.sequence_init.fit_two_stage` passes): a list of start
 hypotheses built from per-frame fits, each a dict of every variable with a leading [W]; they
@@ -36,7 +36,7 @@ from flowpose.fitting import xla_options
 from flowpose.fitting.config import FitInputError  # pylint: disable=g-importing-member
 from flowpose.fitting.reduced_body import (TORSO_KEYPOINTS, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            facing_camera_rotation, initial_translation,
-                                           pose_points)
+                                           rest_points)
 from flowpose.geometry import camera
 from flowpose.models import chart_residual as chart_residual_lib
 from flowpose.models import dynamics as dynamics_lib
@@ -85,9 +85,11 @@ def default_sequence_config() -> ml_collections.ConfigDict:
       dict(name="body", steps=200, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
   ]
   # From per-frame fits (`initial=`): one joint stage (validation: lr 0.05 beat 0.02; 300 steps
-  # were worse than 150).
+  # were worse than 150). Session 13 (speed, the 3 sets above, PA mm; tune_val_s13.json): with
+  # keyframes every 8th frame, 150 -> 135 steps 49.3 / 54.5 / 79.5 -> 49.3 / 55.0 / 80.2
+  # (120: 49.4 / 55.5 / 80.9); the backward motion term dropped instead: 49.5 / 54.6 / 79.8.
   c.warm_stages = [
-      dict(name="joint", steps=150, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
+      dict(name="joint", steps=135, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
   ]
   c.max_turn_deg = 45.0  # sequence_init: largest orientation change between chained frames.
   # "evidence" (module docstring): validation 61.4 -> 61.1 mm PA, occluded 73.8 -> 73.2; x1.4
@@ -97,9 +99,10 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   c.warm_smooth = 0  # sequence_init: Savitzky-Golay window over the warm starts (0 = off).
   # Stage 1 on every 4th frame (+ the ends of gaps) and one warm start per window: better AND
   # ~2x cheaper per stage (validation seed 1: accel 23.2 -> 7.6, a warm start's 105-degree flip
-  # gone; x1.4: PA 101.7 -> 96.3, occluded 112.0 -> 105.9; seed 0 within +-1 mm PA).
+  # gone; x1.4: PA 101.7 -> 96.3, occluded 112.0 -> 105.9; seed 0 within +-1 mm PA). Every 8th
+  # (session 13, 3 sets, PA mm): 49.7 / 53.9 / 80.0 -> 49.3 / 54.5 / 79.5, stage 1 ~1.6x faster.
   c.max_hypotheses = 1  # sequence_init: warm starts per window (1: the longest chain only).
-  c.keyframe_stride = 4  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
+  c.keyframe_stride = 8  # sequence_init: stage 1 fits every k-th frame (+ gap ends) only.
   # The `open_gap_*` terms' gaps: fewer than this many frames with evidence on one side.
   c.open_gap_support = 1
   # Stage 1 from the reconstruction network (`fitting.sequence_network`, when a network is
@@ -267,14 +270,11 @@ def _initial(body, prior, evidence, yaw_deg, frame_valid):
   conf = np.asarray(evidence.confidence, np.float64)
   num, frames = kp.shape[:2]
   root = facing_camera_rotation(yaw_deg)
-  rest = pose_points(body, prior.space.decode(prior.params, prior.init), jnp.eye(3),
-                     jnp.zeros((body.j_shapedirs.shape[-1],)), jnp.zeros(3),
-                     with_vertices=False)
   focal = np.repeat(np.asarray(evidence.focal, np.float64), frames, 0)
   pp = np.repeat(np.asarray(evidence.principal_point, np.float64), frames, 0)
   transl, _ = initial_translation(kp.reshape(num * frames, -1, 2),
                                   conf.reshape(num * frames, -1), focal, pp,
-                                  np.asarray(rest.keypoints), np.asarray(rest.joints[0]),
+                                  *rest_points(body, prior),
                                   np.broadcast_to(root, (num * frames, 3, 3)))
   transl = transl.reshape(num, frames, 3)
   transl = np.stack([_fill_missing(transl[w], frame_valid[w]) for w in range(num)])
