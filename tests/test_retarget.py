@@ -235,3 +235,13 @@ def test_3dsmax_file_reads_through_the_map(shared_data):
     j = retarget.BONES.index(bone)
     rot = frames[j].T @ local[:, j] @ frames[j]  # A pure rx rotation in the ASF axis frame.
     assert np.abs(rot[:, 0, 1:]).max() < 1e-3 and np.abs(rot[:, 1:, 0]).max() < 1e-3, bone
+
+
+def test_default_alignment_first_built_inside_a_jit():
+  # A jitted fit may be the first to need it (the video job's jitted rest pose did): its numpy
+  # constants must still be computed eagerly, not from tracers.
+  expected = np.asarray(retarget.default_alignment().rest_joints)
+  retarget.default_alignment.cache_clear()
+  total = jax.jit(lambda x: x + jnp.sum(jnp.asarray(retarget.default_alignment().rest_joints)))
+  np.testing.assert_allclose(float(total(0.0)), expected.sum(), rtol=1e-5)
+  np.testing.assert_array_equal(retarget.default_alignment().rest_joints, expected)

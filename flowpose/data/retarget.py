@@ -153,11 +153,13 @@ def default_alignment(method: str = "swing") -> RestAlignment:
   from flowpose.body.build import assets  # pylint: disable=g-import-not-at-top
   from flowpose.body import model as body_model, model_io  # pylint: disable=g-import-not-at-top,g-multiple-import
   path = assets.ensure_body_model()
-  model = model_io.load_model(path)
+  # Eager even when first called while tracing (a jitted fit's body): cached numpy constants.
+  with jax.ensure_compile_time_eval():
+    model = model_io.load_model(path)
+    rest = np.asarray(body_model.regress_joints(model, jnp.zeros(model.num_betas)), np.float64)
   names = tuple(cmu_skeleton.ASF_TO_MB[b] for b in BONES)
   if tuple(model.joint_names) != names or tuple(model.parents) != PARENTS:
     raise ValueError(f"{path}: body model joints {model.joint_names} are not the CMU bones")
-  rest = np.asarray(body_model.regress_joints(model, jnp.zeros(model.num_betas)), np.float64)
   tails = np.asarray(model_io.load_extras(path)["joint_tails"], np.float64)
   return rest_alignment(rest, tails, method)
 
