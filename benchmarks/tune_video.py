@@ -176,6 +176,8 @@ VARIANTS.update({f"s13_{name}": ({**S12[0], **weights}, {**S12[1], **stage}, {**
     "fwd0.2_steps120": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {"steps": 120}, {}),
     "key8_steps120": ({}, {"steps": 120}, {"keyframe_stride": 8}),
     "key8_steps135": ({}, {"steps": 135}, {"keyframe_stride": 8}),
+    "key8_steps120_lr0.06": ({}, {"steps": 120, "lr": 0.06}, {"keyframe_stride": 8}),
+    "key8_steps120_lr0.07": ({}, {"steps": 120, "lr": 0.07}, {"keyframe_stride": 8}),
     "key8_fwd0.2": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {}, {"keyframe_stride": 8}),
     "key8_fwd0.2_steps135": ({"dynamics": 0.2, "dynamics_backward": 0.0}, {"steps": 135},
                              {"keyframe_stride": 8})}.items()})

@@ -124,7 +124,7 @@ def test_refine_steps_are_validated():
   sequence.validate_sequence_config(config)
   config.network_sequence_steps = 7
   run = sequence_network.network_sequence_config(config)
-  assert run.warm_stages[0]["steps"] == 7 and config.warm_stages[0]["steps"] == 135  # A copy.
+  assert run.warm_stages[0]["steps"] == 7 and config.warm_stages[0]["steps"] == 120  # A copy.
   config.network_sequence_steps = -1
   with pytest.raises(FitInputError, match="network_sequence_steps"):
     sequence.validate_sequence_config(config)

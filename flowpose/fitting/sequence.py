@@ -86,10 +86,10 @@ def default_sequence_config() -> ml_collections.ConfigDict:
   ]
   # From per-frame fits (`initial=`): one joint stage (validation: lr 0.05 beat 0.02; 300 steps
   # were worse than 150). Session 13 (speed, the 3 sets above, PA mm; tune_val_s13.json): with
-  # keyframes every 8th frame, 150 -> 135 steps 49.3 / 54.5 / 79.5 -> 49.3 / 55.0 / 80.2
-  # (120: 49.4 / 55.5 / 80.9); the backward motion term dropped instead: 49.5 / 54.6 / 79.8.
+  # keyframes every 8th frame, 150 -> 120 steps at lr 0.06: 49.3 / 54.5 / 79.5 -> 49.3 / 55.7 /
+  # 80.4 (135 at 0.05: 49.3 / 55.0 / 80.2, 106 and 100 frames/s on two test runs: too near 100).
   c.warm_stages = [
-      dict(name="joint", steps=135, lr=0.05, free=VARIABLES, keypoints="all", loss_weights={}),
+      dict(name="joint", steps=120, lr=0.06, free=VARIABLES, keypoints="all", loss_weights={}),
   ]
   c.max_turn_deg = 45.0  # sequence_init: largest orientation change between chained frames.
   # "evidence" (module docstring): validation 61.4 -> 61.1 mm PA, occluded 73.8 -> 73.2; x1.4
