@@ -353,9 +353,9 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
       hist = hist + part  # Segments write disjoint steps (zeros elsewhere).
       if keep is not None and keep < alive.restart.shape[0]:
         index, alive = restarts.keep_best(alive, final, keep)
-        variables, aux, opt_state, hist = restarts.take_rows(
-            (variables, aux, opt_state, hist.T), index, variables["pose"].shape[0])
-        hist = hist.T
+        variables, aux, opt_state = restarts.take_rows(
+            (variables, aux, opt_state), index, variables["pose"].shape[0])
+        hist = hist[:, index]  # [max_steps, rows]: the kept restarts' losses so far.
     final.block_until_ready()
     logging.info("fit stage %s: %d steps, %.2fs, mean loss %.4g", stage["name"],
                  stage["steps"], time.time() - start, float(jnp.mean(final)))
