@@ -19,8 +19,8 @@ Fields (see `flowpose.fitting.fit` for what they do):
 import ml_collections
 
 VARIABLES = ("pose", "betas", "orient", "transl", "log_focal")
-LOSS_TERMS = ("keypoints", "parts", "silhouette", "pose_prior", "pose_anchor", "shape_prior",
-              "depth", "focal")
+LOSS_TERMS = ("keypoints", "parts", "silhouette", "pose_prior", "pose_anchor", "keypoints_anchor",
+              "shape_prior", "depth", "focal")
 STAGE_FIELDS = ("name", "steps", "lr", "free", "keypoints", "loss_weights",
                 "optimizer")
 OPTIMIZERS = ("adam", "lbfgs")
@@ -52,7 +52,8 @@ def default_fit_config() -> ml_collections.ConfigDict:
   # validation subject (CMU 13): PA-MPJPE 58.5 vs 60.8 mm (64 frames), 65.7 vs 66.2 (128); test
   # 83.5 vs 88.9 (WORKSPACE.md, issue 14). The baselines (gmm8, vae) were not re-tuned.
   c.loss_weights = dict(keypoints=1e4, parts=1e3, silhouette=1e3, pose_prior=0.2,
-                        pose_anchor=0.0, shape_prior=0.05, depth=1.0, focal=10.0)
+                        pose_anchor=0.0, keypoints_anchor=0.0,
+                        shape_prior=0.05, depth=1.0, focal=10.0)
   c.stages = [
       # Known focal length; add "log_focal" to `free` when it is unknown.
       dict(name="camera", steps=60, lr=0.02, free=("orient", "transl"),

@@ -63,16 +63,18 @@ def fit_config() -> ml_collections.ConfigDict:
 # prior's training subjects; the fit alone 79.6 | 80.4): anchor 0 72.2 | 78.7, 0.3 71.6 | -,
 # 1 70.7 | 77.7, 3 69.6 | 77.2, 10 - | 79.8.
 POSE_ANCHOR = 3.0
+KEYPOINTS_ANCHOR = 0.0
 
 
-def refine_config(steps: int, restart_yaws_deg=(0.0,),
-                  pose_anchor: float = POSE_ANCHOR) -> ml_collections.ConfigDict:
+def refine_config(steps: int, restart_yaws_deg=(0.0,), pose_anchor: float = POSE_ANCHOR,
+                  keypoints_anchor: float = KEYPOINTS_ANCHOR) -> ml_collections.ConfigDict:
   """`fit_config`'s objective in one Adam stage of `steps` over every variable, from the
   network's output (restart 0) beside the `restart_yaws_deg` restarts, the best kept; plus
   `pose_anchor` x ||z - z_start||^2 (each restart's own start: the network's z for restart 0)."""
   config = fit_config()
   config.restart_yaws_deg = tuple(restart_yaws_deg)
-  config.loss_weights = dict(config.loss_weights, pose_anchor=float(pose_anchor))
+  config.loss_weights = dict(config.loss_weights, pose_anchor=float(pose_anchor),
+                             keypoints_anchor=float(keypoints_anchor))
   config.stages = [dict(name="refine", steps=int(steps), lr=0.02,
                         free=("pose", "betas", "orient", "transl"), keypoints="all",
                         loss_weights={}, optimizer="adam")]

@@ -176,6 +176,13 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
   return PosedPoints(keypoints, global_pos + transl, vertices)
 
 
+def body_frame_keypoints(keypoints: jax.Array, root_rotmat: jax.Array) -> jax.Array:
+  """`[..., K, 3]` COCO-17 keypoints (camera frame) -> hip-centred, in the body's frame
+  (`root_rotmat [..., 3, 3]` body -> camera undone): the articulation alone, for anchors."""
+  hips = 0.5 * (keypoints[..., 11:12, :] + keypoints[..., 12:13, :])
+  return jnp.einsum("...ki,...ij->...kj", keypoints - hips, root_rotmat)
+
+
 class RootedSubset(NamedTuple):
   """The vertex subset of a fixed pose and shape, up to the root's rotation (`rooted_subset`).
 

@@ -63,6 +63,11 @@ def person_loss(variables, aux, weights, body: FitBody, space, prior_params, has
   }
   if "pose_init" in aux:  # Set by `fit` for every restart (its start).
     terms["pose_anchor"] = jnp.sum(jnp.square(variables["pose"] - aux["pose_init"]))
+  if "keypoints_init" in aux:  # Set by `fit` when `keypoints_anchor` is weighted.
+    terms["keypoints_anchor"] = jnp.mean(jnp.sum(jnp.square(
+        reduced_body.body_frame_keypoints(points.keypoints, root) - aux["keypoints_init"]), -1))
+  else:
+    terms["keypoints_anchor"] = jnp.zeros(())
   if has_parts:
     # = losses.part_alignment_loss on the same points, with both sets grouped by part.
     terms["parts"], _ = part_groups.grouped_part_alignment_loss(

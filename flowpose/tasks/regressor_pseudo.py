@@ -71,7 +71,8 @@ def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int 
   num = len(keys)
   # Without the benchmark's pull to the network's z: the labels correct the network (session 10's
   # rounds were measured so; the anchor was chosen later, for the benchmark's refinement).
-  refine_config = network_refine.refine_config(refine_steps, pose_anchor=0.0)
+  refine_config = network_refine.refine_config(refine_steps, pose_anchor=0.0,
+                                               keypoints_anchor=0.0)
   config.model.prior_workdir = f"{workdir}/{predictor.PRIOR_DIR}"
   predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
   labels = {k: [] for k in evidence_pseudo.PSEUDO_FIELDS}
