@@ -22,7 +22,8 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
                  steps) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`network_refine.refine` with `refine_config`: the fit's objective plus
-                 `pose_anchor`, a pull to the network's own latent)
+                 `pose_anchor`, a pull to the network's own latent; yaw-0 and yaw-180
+                 restarts beside the network's start, the lowest loss kept)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
 self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
 from the side.

@@ -350,8 +350,8 @@ def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained):
   frames, _ = regressor_pseudo.frames_with_keys(config.data, "train", 16, 12)
   _, context, params = predictor.load_params(workdir)
   network = jax.device_get(task.predict_batch(params, frames, config))
-  expected = network_refine.refine(context, frames, network, network_refine.refine_config(
-      30, pose_anchor=0.0), use_mask=False)
+  expected = network_refine.refine(context, frames, network,
+                                   regressor_pseudo.label_refine_config(30), use_mask=False)
   np.testing.assert_allclose(labels["joints3d"], network_refine.posed_keypoints(context, expected),
                              atol=2e-3)
   np.testing.assert_allclose(labels["pose_dofs"], expected.pose_dofs, atol=2e-3)

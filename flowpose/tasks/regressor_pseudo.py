@@ -51,6 +51,14 @@ def frames_with_keys(data_config: ml_collections.ConfigDict, split: str, batch_s
   return frames, np.array(keys[:stop])
 
 
+def label_refine_config(steps: int) -> ml_collections.ConfigDict:
+  """The pseudo-labels' refinement: `network_refine.refine_config` from the network beside one
+  yaw-0 restart, without the benchmark's anchors (pull to the network's z or 3D keypoints): the
+  labels correct the network. Session 10's rounds were measured so; the anchor and the yaw-180
+  restart of the benchmark's refinement were chosen later, on validation."""
+  return network_refine.refine_config(steps, (0.0,), pose_anchor=0.0, keypoints_anchor=0.0)
+
+
 def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int = 150,
                        batch_size: int = 256, use_mask: bool = False, num_frames: int = 0,
                        manual_dir: str = "") -> dict:
@@ -69,10 +77,7 @@ def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int 
     data_config.manual_dir = manual_dir
   frames, keys = frames_with_keys(data_config, split, batch_size, num_frames)
   num = len(keys)
-  # Without the benchmark's pull to the network's z: the labels correct the network (session 10's
-  # rounds were measured so; the anchor was chosen later, for the benchmark's refinement).
-  refine_config = network_refine.refine_config(refine_steps, pose_anchor=0.0,
-                                               keypoints_anchor=0.0)
+  refine_config = label_refine_config(refine_steps)
   config.model.prior_workdir = f"{workdir}/{predictor.PRIOR_DIR}"
   predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
   labels = {k: [] for k in evidence_pseudo.PSEUDO_FIELDS}
