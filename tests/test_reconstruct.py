@@ -156,8 +156,7 @@ def test_partial_initial_and_bad_initial(model, scene):
 
 @pytest.mark.parametrize("term", ["pose_anchor", "keypoints_anchor"])
 def test_anchor_holds_the_pose_at_its_start(model, scene, term):
-  """`pose_anchor` / `keypoints_anchor` (weight 0 / heavy): an offset start goes back to the truth
-  / stays put."""
+  """The anchors (weight 0 / heavy): an offset start goes back to the truth / stays put."""
   start = dict(scene["truth"], pose=scene["truth"]["pose"] + 0.15)
   config = scene["config"].copy_and_resolve_references()
   config.restart_yaws_deg = (0.0,)
@@ -168,13 +167,10 @@ def test_anchor_holds_the_pose_at_its_start(model, scene, term):
                          initial=start)
     moved = np.abs(result.pose_dofs - start["pose"]).max()
     if weight:  # The start given won (the yaw-0 default is held at the mean pose) and stayed.
-      np.testing.assert_array_equal(result.restart, 0)
-      assert moved < 2e-2, moved
-    else:
+      assert np.all(result.restart == 0) and moved < 2e-2, moved
+    else:  # Weighted 0: pose_anchor is still reported; keypoints_anchor has no centres.
       np.testing.assert_allclose(result.pose_dofs, scene["truth"]["pose"], atol=0.1)
-      assert moved > 0.1
-      # Weighted 0: pose_anchor is still reported; keypoints_anchor's centres are not computed.
-      assert (float(result.terms[term].min()) > 0.1) == (term == "pose_anchor")
+      assert moved > 0.1 and (float(result.terms[term].min()) > 0.1) == (term == "pose_anchor")
 
 
 @pytest.mark.slow  # ~12 s CPU: two 150-step fits.

@@ -23,9 +23,8 @@ Loss (`config.loss_weights`, one dict, all terms always present):
                subset against person-mask pixels, every vertex counted (a silhouette holds
                occluded vertices too); 0 without `fit(..., mask=MaskEvidence)`
   pose_prior   the registry's penalty: ||z||^2 (flow, gaussian), -2 log p (gmm8), 0 (none)
-  pose_anchor  ||pose - its restart's start||^2 in the prior's space (0 by default)
-  keypoints_anchor  mean squared distance (m^2) of the hip-centred body-frame 3D keypoints
-               (`reduced_body.body_frame_keypoints`) from its restart's start's (0 by default)
+  pose_anchor, keypoints_anchor  ||pose - its restart's start's||^2 in the prior's space, and
+               the same for the hip-centred body-frame 3D keypoints (mean, m^2); 0 by default
   shape_prior  ||betas||^2
   depth        (log z - log z_init)^2: the depth near its start (scale/depth ambiguity)
   focal        (log f - log f_init)^2 (the focal/depth ambiguity)
@@ -81,9 +80,9 @@ from flowpose.geometry import camera
 from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
-                                           initial_translation, pose_points, rest_points)
+                                           initial_translation, pose_points, rest_points,
+                                           start_keypoints)
 from flowpose.fitting import initial as initial_lib
-from flowpose.fitting import reduced_body
 from flowpose.fitting import restarts
 from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
 # The config lives in its own module; re-exported so `fit.X` works.
@@ -100,8 +99,7 @@ class Evidence(NamedTuple):
     focal: [B, 2] known or initial focal lengths (pixels).
     principal_point: [B, 2].
     part_pixels: optional [B, N, 2] labelled pixels (`sample_part_pixels`).
-    part_labels: optional [B, N] int.
-    part_valid: optional [B, N] bool.
+    part_labels, part_valid: optional [B, N] int, bool.
   """
   keypoints: Any
   confidence: Any
@@ -171,14 +169,6 @@ def _decode_batch(body: FitBody, space, params, pose, orient):
 
 _camera_keypoints = jax.jit(lambda body, dofs, roots, betas, transl: jax.vmap(
     pose_points, (None, 0, 0, 0, 0, None))(body, dofs, roots, betas, transl, False).keypoints)
-
-
-@functools.partial(jax.jit, static_argnames=("space",))
-def _start_keypoints(body: FitBody, space, params, variables):
-  """[B, K, 3] the `keypoints_anchor` term's centres: the start's body-frame keypoints."""
-  dofs, rotmats = _decode_batch(body, space, params, variables["pose"], variables["orient"])
-  points = _camera_keypoints(body, dofs, rotmats[:, 0], variables["betas"], variables["transl"])
-  return reduced_body.body_frame_keypoints(points, rotmats[:, 0])
 
 
 def decode_rotmats(body: FitBody, prior: PosePrior, variables: dict):
@@ -335,11 +325,10 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
                         base_aux),
          **jax.tree.map(lambda *x: jnp.concatenate(x), *[a for _, a in inits])}
   stages = [dict(s) for s in config.stages]
-  if any(dict(config.loss_weights, **dict(s["loss_weights"]))["keypoints_anchor"] > 0
-         for s in stages):
-    aux["keypoints_init"] = _start_keypoints(body, prior.space, prior.params, variables)
-  select_after = config.select_restart_after % len(stages)
   base_weights = dict(config.loss_weights)
+  if any({**base_weights, **dict(s["loss_weights"])}["keypoints_anchor"] > 0 for s in stages):
+    aux["keypoints_init"] = start_keypoints(body, prior.space, prior.params, variables)
+  select_after = config.select_restart_after % len(stages)
   sigmas = (float(config.keypoint_sigma), float(config.part_sigma),
             float(config.get("silhouette_sigma", config.part_sigma)))
   alive = restarts.start(num_restarts, num)

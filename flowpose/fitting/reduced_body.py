@@ -183,6 +183,16 @@ def body_frame_keypoints(keypoints: jax.Array, root_rotmat: jax.Array) -> jax.Ar
   return jnp.einsum("...ki,...ij->...kj", keypoints - hips, root_rotmat)
 
 
+@functools.partial(jax.jit, static_argnames=("space",))
+def start_keypoints(body: FitBody, space, params, variables: dict) -> jax.Array:
+  """[B, K, 3] the `keypoints_anchor` term's centres: batched variables' body-frame keypoints."""
+  dofs = jax.vmap(space.decode, (None, 0))(params, variables["pose"])
+  root = geometry.rot6d_to_matrix(variables["orient"])
+  points = jax.vmap(pose_points, (None, 0, 0, 0, 0, None))(
+      body, dofs, root, variables["betas"], variables["transl"], False).keypoints
+  return body_frame_keypoints(points, root)
+
+
 class RootedSubset(NamedTuple):
   """The vertex subset of a fixed pose and shape, up to the root's rotation (`rooted_subset`).
 
