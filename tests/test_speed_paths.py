@@ -173,7 +173,7 @@ def test_rigid_subset_of_a_camera_stage_equals_the_skinned_subset(fit_body):
          "visibility": jnp.ones(len(projected)), "part_pixels": jnp.asarray(pixels),
          "part_groups": jnp.asarray(groups.index), "part_group_valid": jnp.asarray(groups.valid)}
   loss_weights = {"keypoints": 0.0, "parts": 1.0, "silhouette": 0.0, "pose_prior": 0.0,
-                  "shape_prior": 0.0, "depth": 0.0, "focal": 0.0}
+                  "keypoints_anchor": 0.0, "shape_prior": 0.0, "depth": 0.0, "focal": 0.0}
   prior = reduced_body.make_pose_prior("none", dim=4)
   loss = jax.jit(lambda v, a: stage.person_loss(v, a, loss_weights, body, prior.space,
                                                 prior.params, True, (0.3, 0.3))[0])
