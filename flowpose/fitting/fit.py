@@ -37,11 +37,10 @@ Each stage runs its optax optimizer for `steps` in one jitted
 frozen variables through `multi_transform` + `set_to_zero`); persons are
 independent, so batched and one-at-a-time results agree.
 
-Checks (`flowpose.fitting.checks`): evidence that cannot determine a body
-(fewer than 2 labelled keypoints, all on one pixel, a person entirely outside
-or far larger than the image) raises `FitInputError` naming the person;
-`FitResult.warnings` lists per person what bound silently before: the
-initial depth clamp, and points behind or within `camera.MIN_DEPTH` of the
+Checks (`flowpose.fitting.checks`): evidence that cannot determine a body (fewer than 2
+labelled keypoints, all on one pixel, a person entirely outside or far larger than the image)
+raises `FitInputError` naming the person; `FitResult.warnings` lists per person what bound
+silently before: the initial depth clamp, and points behind or within `camera.MIN_DEPTH` of the
 camera plane at the end (where the projection's depth clamp binds).
 
 Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
@@ -49,13 +48,12 @@ Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
 (-1 = the last) the lowest-loss restart is kept per person, and inside that stage
 `config.restart_pruning` may drop the worst ones early (`flowpose.fitting.restarts`).
 
-Initialisation: by default every restart starts from the prior's mean pose,
-zero betas, the restart's yaw facing the camera and the similar-triangles
-translation. `fit(..., initial=...)` (e.g. a regressor network's prediction)
-adds ONE extra restart, restart 0, whose variables named in `initial` replace
-those defaults (the rest keep the yaw-0 defaults); the yaw restarts still run
-and compete with it (a network can be wrong about front/back), and its depth
-and focal priors pull towards its own `transl` z and `log_focal`.
+Initialisation: by default every restart starts from the prior's mean pose, zero betas, the
+restart's yaw facing the camera and the similar-triangles translation. `fit(..., initial=...)`
+(e.g. a regressor network's prediction) adds ONE extra restart, restart 0, whose variables named
+in `initial` replace those defaults (the rest keep the yaw-0 defaults); the yaw restarts still
+run and compete with it (a network can be wrong about front/back), and its depth and focal
+priors pull towards its own `transl` z and `log_focal`.
 `FitResult.restart_labels` names the restarts ("initial", then the yaws).
 """
 
@@ -80,8 +78,8 @@ from flowpose.geometry import camera
 from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
                                            TORSO_KEYPOINTS, facing_camera_rotation,
-                                           initial_translation, pose_points, rest_points,
-                                           start_keypoints)
+                                           body_frame_keypoints, initial_translation,
+                                           pose_points, rest_points)
 from flowpose.fitting import initial as initial_lib
 from flowpose.fitting import restarts
 from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
@@ -327,7 +325,9 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   stages = [dict(s) for s in config.stages]
   base_weights = dict(config.loss_weights)
   if any({**base_weights, **dict(s["loss_weights"])}["keypoints_anchor"] > 0 for s in stages):
-    aux["keypoints_init"] = start_keypoints(body, prior.space, prior.params, variables)
+    dofs, rotmats = decode_rotmats(body, prior, variables)  # The term's centres: each start's.
+    aux["keypoints_init"] = body_frame_keypoints(_camera_keypoints(
+        body, dofs, rotmats[:, 0], variables["betas"], variables["transl"]), rotmats[:, 0])
   select_after = config.select_restart_after % len(stages)
   sigmas = (float(config.keypoint_sigma), float(config.part_sigma),
             float(config.get("silhouette_sigma", config.part_sigma)))

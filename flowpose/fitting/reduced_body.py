@@ -33,6 +33,7 @@ from flowpose.prior import registry
 INIT_DEPTH_RANGE = (0.5, 100.0)
 # COCO-17 indices of the torso keypoints (shoulders, hips).
 TORSO_KEYPOINTS = (5, 6, 11, 12)
+LEFT_HIP, RIGHT_HIP = 11, 12
 
 
 @flax.struct.dataclass
@@ -176,21 +177,16 @@ def pose_points(body: FitBody, pose_dofs: jax.Array, root_rotmat: jax.Array,
   return PosedPoints(keypoints, global_pos + transl, vertices)
 
 
+def hip_centred(keypoints: jax.Array) -> jax.Array:
+  """`[..., 17, 3]` COCO-17 points minus their hips' midpoint."""
+  centre = 0.5 * (keypoints[..., LEFT_HIP, :] + keypoints[..., RIGHT_HIP, :])
+  return keypoints - centre[..., None, :]
+
+
 def body_frame_keypoints(keypoints: jax.Array, root_rotmat: jax.Array) -> jax.Array:
   """`[..., K, 3]` COCO-17 keypoints (camera frame) -> hip-centred, in the body's frame
   (`root_rotmat [..., 3, 3]` body -> camera undone): the articulation alone, for anchors."""
-  hips = 0.5 * (keypoints[..., 11:12, :] + keypoints[..., 12:13, :])
-  return jnp.einsum("...ki,...ij->...kj", keypoints - hips, root_rotmat)
-
-
-@functools.partial(jax.jit, static_argnames=("space",))
-def start_keypoints(body: FitBody, space, params, variables: dict) -> jax.Array:
-  """[B, K, 3] the `keypoints_anchor` term's centres: batched variables' body-frame keypoints."""
-  dofs = jax.vmap(space.decode, (None, 0))(params, variables["pose"])
-  root = geometry.rot6d_to_matrix(variables["orient"])
-  points = jax.vmap(pose_points, (None, 0, 0, 0, 0, None))(
-      body, dofs, root, variables["betas"], variables["transl"], False).keypoints
-  return body_frame_keypoints(points, root)
+  return jnp.einsum("...ki,...ij->...kj", hip_centred(keypoints), root_rotmat)
 
 
 class RootedSubset(NamedTuple):

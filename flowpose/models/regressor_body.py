@@ -33,7 +33,6 @@ from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
 # COCO-17 hips: their midpoint is the root of the keypoint-based 3D errors.
-LEFT_HIP, RIGHT_HIP = 11, 12
 
 
 class RegressorContext(NamedTuple):
@@ -208,10 +207,7 @@ def group_pixels(labels: jax.Array, valid: jax.Array, num_parts: int,
   return index[:, :size], ok[:, :size]
 
 
-def hip_centred(keypoints: jax.Array) -> jax.Array:
-  """`[..., 17, 3]` COCO-17 points minus their hips' midpoint."""
-  centre = 0.5 * (keypoints[..., LEFT_HIP, :] + keypoints[..., RIGHT_HIP, :])
-  return keypoints - centre[..., None, :]
+hip_centred = reduced_body.hip_centred  # `[..., 17, 3]` minus the hips' midpoint.
 
 
 # The network's input fields, and what the mirrored image makes of them (`flip_evidence`).
