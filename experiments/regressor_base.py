@@ -42,6 +42,11 @@ INIT_FROM = {"semi": "weak_2d"}
 # refined fits of the training examples (DIR/<run>/pseudo_labels.npz); rounds before the last
 # go to DIR/<regime>_round<r>, the last to DIR/<regime>.
 PSEUDO_LABEL_ROUNDS = {"weak": ("weak_2d", 2)}
+# The labels round r >= this trains on (made by round r-1's network) come from the benchmark's
+# refinement (`launch.pseudo_labels --refinement=benchmark`: the network's z anchored, a yaw-180
+# restart, the mask); earlier ones from the unanchored "labels" refinement, which must correct a
+# network far from the truth (`weak_2d`). Session 15: see `regressor_pseudo.label_refine_config`.
+BENCHMARK_LABELS_FROM_ROUND = 2
 # `self`: the evidence is BlazePose's on shaded photos, used as found (no simulated corruption).
 _SELF_DATA = dict(evidence_source="detector", stride=8, views_per_pose=1, keypoint_noise_px=0.0,
                   keypoint_drop_prob=0.0, keypoint_swap_prob=0.0, part_morph_prob=0.0,

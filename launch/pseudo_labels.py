@@ -25,6 +25,10 @@ _STEPS = flags.DEFINE_integer("refine_steps", 150, "Fitter steps from the networ
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Frames refined at once.")
 _MASK = flags.DEFINE_bool("use_mask", False, "Also fit the person mask (3-5x slower; session "
                           "10, 512 training frames: labels 78.0 -> 77.3 mm PA-MPJPE).")
+_REFINEMENT = flags.DEFINE_enum(
+    "refinement", "labels", ["labels", "benchmark"], "The fitter's settings "
+    "(`regressor_pseudo.label_refine_config`): 'labels' = yaw-0 restart, no anchor; 'benchmark' "
+    "= the benchmark's weak_refined (z anchor, yaw-180 restart, mask; ~2x slower).")
 _NUM = flags.DEFINE_integer("num_frames", 0, "Label only the first N frames (0 = all).")
 _MOCAP_DIR = flags.DEFINE_string("mocap_dir", "", "Clip folder, if not the run's data.manual_dir.")
 
@@ -43,7 +47,7 @@ def main(argv):
     labels = regressor_pseudo.make_pseudo_labels(
         _WORKDIR.value, split=_SPLIT.value, refine_steps=_STEPS.value,
         batch_size=_BATCH.value, use_mask=_MASK.value, num_frames=_NUM.value,
-        manual_dir=_MOCAP_DIR.value)
+        manual_dir=_MOCAP_DIR.value, refinement=_REFINEMENT.value)
   except (io_utils.OutputPathError, predictor.RegressorLoadError, ValueError) as e:
     print(f"launch.pseudo_labels: {e}", file=sys.stderr)
     return 1

@@ -33,7 +33,8 @@ fi
 # trained first, into DIR too, and passed as --config.model.init_from. A self-trained regime
 # (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 2 rounds) trains its base, then each
 # round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels ->
-# <previous run>/pseudo_labels.npz, ~20 min each), rounds before the last into DIR/<regime>_round<r>.
+# <previous run>/pseudo_labels.npz, ~12-25 min each; from round BENCHMARK_LABELS_FROM_ROUND on
+# with the benchmark's refinement), rounds before the last into DIR/<regime>_round<r>.
 REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 DONE=" "
 run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.
@@ -46,11 +47,12 @@ run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.
   echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
 }
 train_regime() {
-  local regime="$1" base rounds init=()
+  local regime="$1" base rounds bench_from refinement init=()
   shift
   [[ "$DONE" == *" $regime "* ]] && return 0
-  read -r base rounds <<< "$($PY -c "from experiments import regressor_base as b
-print(*b.PSEUDO_LABEL_ROUNDS.get('$regime', ()))")"
+  read -r base rounds bench_from <<< "$($PY -c "from experiments import regressor_base as b
+rounds = b.PSEUDO_LABEL_ROUNDS.get('$regime', ())
+print(*rounds, *((b.BENCHMARK_LABELS_FROM_ROUND,) if rounds else ()))")"
   if [[ -n "$base" ]]; then
     train_regime "$base" "$@"
     local previous="$DIR/$base" workdir r
@@ -59,8 +61,10 @@ print(*b.PSEUDO_LABEL_ROUNDS.get('$regime', ()))")"
       (( r == rounds )) && workdir="$DIR/$regime"
       if [[ ! -f "$previous/pseudo_labels.npz" ]]; then
         echo "[regressors] pseudo-labels of $previous ($(date +%T))"
+        refinement=labels
+        (( r >= bench_from )) && refinement=benchmark
         FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.pseudo_labels --regressor_workdir="$previous" \
-          --out="$previous/pseudo_labels.npz"
+          --out="$previous/pseudo_labels.npz" --refinement="$refinement"
       fi
       run_main "$regime" "$workdir" --config.model.init_from="$previous" \
         --config.data.pseudo_labels="$previous/pseudo_labels.npz" "$@"
