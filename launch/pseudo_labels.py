@@ -4,9 +4,10 @@
   python -m launch.main --config=experiments/regressor_weak.py --workdir=DIR/weak \
       --config.data.pseudo_labels=DIR/pseudo_labels.npz --config.model.init_from=DIR/weak_2d
 
-(`bash launch/train_regressors.sh DIR` does both.) About 20 min for the 9,512 training examples
-on 2 cores (~8 frames/s, 150 refinement steps); progress is logged with frames/s and the time
-left. Bad input (no finished run, a bad output path) -> one line naming it, exit 1, nothing
+(`bash launch/train_regressors.sh DIR` does both, with `--refinement=benchmark` from round
+`experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on.) About 12 min ("labels") or 25 min
+("benchmark") for the 9,512 training examples on 2 cores (150 refinement steps); progress is
+logged with frames/s and the time left. Bad input (no finished run, a bad output path) -> one line naming it, exit 1, nothing
 written.
 """
 

@@ -97,3 +97,24 @@ def test_every_regime_has_a_config_and_its_bases_are_regimes():
     config = regressor_base.regime_config(regime)
     assert config.data.labelled_fraction == 0.0  # Only the pseudo-labels carry 3D.
     assert config.loss_weights.joints3d > 0 and config.loss_weights.joints3d_body > 0
+
+
+def test_the_labels_refinements_are_the_named_fitter_settings():
+  """`regressor_pseudo.label_refine_config`: "labels" = one yaw-0 restart, no anchors; "benchmark"
+  = the benchmark's weak_refined settings; anything else is an error naming the choice. The
+  rounds that switch to "benchmark" exist (`BENCHMARK_LABELS_FROM_ROUND`)."""
+  from experiments import regressor_base  # pylint: disable=g-import-not-at-top
+  from flowpose.fitting import network_refine  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor_pseudo  # pylint: disable=g-import-not-at-top
+  labels = regressor_pseudo.label_refine_config(40, "labels")
+  assert tuple(labels.restart_yaws_deg) == (0.0,)
+  assert labels.loss_weights["pose_anchor"] == 0.0 == labels.loss_weights["keypoints_anchor"]
+  bench = regressor_pseudo.label_refine_config(40, "benchmark")
+  assert bench.to_dict() == network_refine.refine_config(40).to_dict()
+  assert bench.loss_weights["pose_anchor"] > 0 and 180.0 in tuple(bench.restart_yaws_deg)
+  assert labels.stages[0]["steps"] == bench.stages[0]["steps"] == 40
+  with pytest.raises(ValueError, match="refinement"):
+    regressor_pseudo.label_refine_config(40, "anchored")
+  assert set(regressor_pseudo.REFINEMENTS) == {"labels", "benchmark"}
+  for _, rounds in regressor_base.PSEUDO_LABEL_ROUNDS.values():
+    assert 1 <= regressor_base.BENCHMARK_LABELS_FROM_ROUND <= rounds

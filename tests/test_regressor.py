@@ -331,17 +331,21 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained):
+@pytest.mark.parametrize("refinement", ["labels", "benchmark"])
+def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained, refinement):
   """`regressor_pseudo.make_pseudo_labels`: one row per training example, keyed as the data's
   lookup keys them, each the refined fit of that example from the network's start (batches of
-  8 with the last padded = the 12 frames refined at once), not the network's own output."""
+  8 with the last padded = the 12 frames refined at once; "benchmark" fits the mask, whose pixel
+  samples are seeded by the row in the batch, so one padded batch of 16), not the network's
+  own output."""
   from flowpose.fitting import network_refine  # pylint: disable=g-import-not-at-top
   from flowpose.models import predictor  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor_pseudo  # pylint: disable=g-import-not-at-top
   workdir, config, _ = trained
-  labels = regressor_pseudo.make_pseudo_labels(workdir, refine_steps=30, batch_size=8,
-                                               num_frames=12)
+  labels = regressor_pseudo.make_pseudo_labels(
+      workdir, refine_steps=30, batch_size=8 if refinement == "labels" else 16, num_frames=12,
+      refinement=refinement)
   assert labels["key"].tolist() == [f"standin/train/{i}/0" for i in range(12)]
   assert str(labels["builder"]) == "standin_r32"
   assert labels["pose_dofs"].shape == (12, 50) and labels["betas"].shape[0] == 12
@@ -351,7 +355,8 @@ def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained):
   _, context, params = predictor.load_params(workdir)
   network = jax.device_get(task.predict_batch(params, frames, config))
   expected = network_refine.refine(context, frames, network,
-                                   regressor_pseudo.label_refine_config(30), use_mask=False)
+                                   regressor_pseudo.label_refine_config(30, refinement),
+                                   use_mask=refinement == "benchmark")
   np.testing.assert_allclose(labels["joints3d"], network_refine.posed_keypoints(context, expected),
                              atol=2e-3)
   np.testing.assert_allclose(labels["pose_dofs"], expected.pose_dofs, atol=2e-3)
