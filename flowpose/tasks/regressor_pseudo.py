@@ -60,8 +60,9 @@ def label_refine_config(steps: int, refinement: str = "labels") -> ml_collection
   keypoints): the labels correct the network (session 10's rounds were measured so; it suits a
   network far from the truth, as `weak_2d`). "benchmark": the benchmark's `weak_refined`
   refinement (`refine_config`'s defaults: the network's z anchored, a yaw-180 restart; with the
-  mask) -- session 15, 512 training frames of the round-1 network (75.5 mm PA-MPJPE against the
-  unused true 3D): labels 76.9 mm with "labels", 66.9 with "benchmark"."""
+  mask) -- session 15, the 9,512 training examples of the round-1 network (76.0 mm PA-MPJPE
+  against the unused true 3D): labels 76.3 mm with "labels", 66.4 with "benchmark" (65 min
+  instead of 12 on 2 cores)."""
   if refinement == "labels":
     return network_refine.refine_config(steps, (0.0,), pose_anchor=0.0, keypoints_anchor=0.0)
   if refinement == "benchmark":
