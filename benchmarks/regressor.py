@@ -46,6 +46,7 @@ import numpy as np
 from flowpose import io_utils
 from flowpose.fitting import fit as fitting
 from flowpose.fitting import network_refine
+from flowpose.fitting import reduced_body
 from flowpose.models import predictor
 from flowpose.models import regressor_body
 
@@ -214,7 +215,7 @@ def picture(path: str, frames: dict, methods: dict, num: int = 6) -> None:
     tiles.append(np.asarray(images.to_uint8_rgb(crop)).repeat(2, 0).repeat(2, 1))
     captions.append(f"frame {i} evidence")
     for name, points in (("truth", truth), *methods.items()):
-      centred = np.asarray(regressor_body.hip_centred(jnp.asarray(points[i])))
+      centred = np.asarray(reduced_body.hip_centred(jnp.asarray(points[i])))
       canvas = np.full((2 * r, 4 * r, 3), 255, np.uint8)
       scale = 0.8 * r / max(np.abs(centred[:, :2]).max(), np.abs(centred[:, 1:]).max(), 1e-3)
       front = centred[:, :2] * scale + [r, r]

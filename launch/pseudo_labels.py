@@ -5,10 +5,10 @@
       --config.data.pseudo_labels=DIR/pseudo_labels.npz --config.model.init_from=DIR/weak_2d
 
 (`bash launch/train_regressors.sh DIR` does both, with `--refinement=benchmark` from round
-`experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on.) About 12 min ("labels") or 25 min
-("benchmark") for the 9,512 training examples on 2 cores (150 refinement steps); progress is
-logged with frames/s and the time left. Bad input (no finished run, a bad output path) -> one line naming it, exit 1, nothing
-written.
+`experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on.) About 12 min ("labels") or 65 min
+("benchmark", session 15) for the 9,512 training examples on 2 cores (150 refinement steps);
+progress is logged with frames/s and the time left. Bad input (no finished run, a bad output
+path) -> one line naming it, exit 1, nothing written.
 """
 
 import sys
@@ -29,7 +29,7 @@ _MASK = flags.DEFINE_bool("use_mask", False, "Also fit the person mask (3-5x slo
 _REFINEMENT = flags.DEFINE_enum(
     "refinement", "labels", ["labels", "benchmark"], "The fitter's settings "
     "(`regressor_pseudo.label_refine_config`): 'labels' = yaw-0 restart, no anchor; 'benchmark' "
-    "= the benchmark's weak_refined (z anchor, yaw-180 restart, mask; ~2x slower).")
+    "= the benchmark's weak_refined (z anchor, yaw-180 restart, mask; ~5x slower).")
 _NUM = flags.DEFINE_integer("num_frames", 0, "Label only the first N frames (0 = all).")
 _MOCAP_DIR = flags.DEFINE_string("mocap_dir", "", "Clip folder, if not the run's data.manual_dir.")
 

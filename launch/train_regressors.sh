@@ -33,8 +33,8 @@ fi
 # trained first, into DIR too, and passed as --config.model.init_from. A self-trained regime
 # (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 2 rounds) trains its base, then each
 # round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels ->
-# <previous run>/pseudo_labels.npz, ~12-25 min each; from round BENCHMARK_LABELS_FROM_ROUND on
-# with the benchmark's refinement), rounds before the last into DIR/<regime>_round<r>.
+# <previous run>/pseudo_labels.npz, ~12 min each; ~65 min from round BENCHMARK_LABELS_FROM_ROUND
+# on, with the benchmark's refinement), rounds before the last into DIR/<regime>_round<r>.
 REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 DONE=" "
 run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.

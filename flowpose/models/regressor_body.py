@@ -32,8 +32,6 @@ from flowpose.prior import charts
 from flowpose.prior import io as prior_io
 from flowpose.prior import registry
 
-# COCO-17 hips: their midpoint is the root of the keypoint-based 3D errors.
-
 
 class RegressorContext(NamedTuple):
   """Frozen pieces of the network's forward model (see the module docstring).
@@ -205,9 +203,6 @@ def group_pixels(labels: jax.Array, valid: jax.Array, num_parts: int,
       jnp.where(kept, jnp.arange(num, dtype=jnp.int32)[None, :], 0))
   ok = jnp.zeros((num_parts, size + 1), bool).at[rows, slot].max(kept)
   return index[:, :size], ok[:, :size]
-
-
-hip_centred = reduced_body.hip_centred  # `[..., 17, 3]` minus the hips' midpoint.
 
 
 # The network's input fields, and what the mirrored image makes of them (`flip_evidence`).

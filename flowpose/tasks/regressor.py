@@ -60,6 +60,7 @@ from flowpose import losses
 from flowpose import metrics
 from flowpose.body import model as body_lib
 from flowpose.fitting import photo
+from flowpose.fitting import reduced_body
 from flowpose.geometry import camera
 from flowpose.models import predictor
 from flowpose.models import regressor as net_lib
@@ -247,8 +248,8 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
   label = lambda key: jnp.where(labelled.reshape((-1,) + (1,) * (batch[key].ndim - 1)),
                                 jnp.asarray(batch[key], jnp.float32), 0.0)
   true_rotmats = jax.vmap(ctx.body.pose_to_rotmats)(label("pose_dofs"), label("root_rotmat"))
-  pred_centred = regressor_body.hip_centred(out["keypoints3d"])
-  true_centred = regressor_body.hip_centred(label("joints3d"))
+  pred_centred = reduced_body.hip_centred(out["keypoints3d"])
+  true_centred = reduced_body.hip_centred(label("joints3d"))
   distance = lambda a, b: jnp.sqrt(jnp.sum(jnp.square(a - b), -1) + 1e-10)
   joint_error = distance(pred_centred, true_centred)
   # The same in each body's own root frame (R_root^T x): the articulated pose's error apart
@@ -267,7 +268,7 @@ def loss_terms(params: Any, batch: dict, config: ml_collections.ConfigDict,
                                             (-1, -2)), -1), labelled),
       "betas": _masked_mean(jnp.mean(jnp.square(out["betas"] - label("betas")), -1), labelled),
       "flip_consistency": (mean(jnp.mean(distance(
-          pred_centred, regressor_body.hip_centred(
+          pred_centred, reduced_body.hip_centred(
               regressor_body.mirror_keypoints3d(flipped["keypoints3d"]))),
           -1)) if flip_weight > 0 else jnp.zeros((), jnp.float32)),
   }
@@ -313,8 +314,8 @@ def batch_errors(out: dict, batch: dict, model: body_lib.BodyModel) -> dict:
   visible = jnp.asarray(batch["visible"], jnp.float32)
   px = jnp.linalg.norm(out["keypoints2d"] - batch["keypoints_clean"], axis=-1)
   return {
-      "mpjpe_mm": metrics.mpjpe(regressor_body.hip_centred(out["keypoints3d"]),
-                                regressor_body.hip_centred(truth), root_index=None),
+      "mpjpe_mm": metrics.mpjpe(reduced_body.hip_centred(out["keypoints3d"]),
+                                reduced_body.hip_centred(truth), root_index=None),
       "pa_mpjpe_mm": metrics.pa_mpjpe(out["keypoints3d"], truth),
       "pve_mm": metrics.pve(pred_mesh.vertices, true_mesh.vertices, pred_mesh.joints[:, 0],
                             true_mesh.joints[:, 0]),
