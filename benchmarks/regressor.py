@@ -19,11 +19,11 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
   <regime>       the network of DIR/<regime>
   fit            the fitter alone (`flowpose.fitting.fit.fit`, `fitting.network_refine.fit_config`:
                  keypoints, part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam
-                 steps) with the same flow prior
+                 steps, the restarts' mean by evidence loss) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`network_refine.refine` with `refine_config`: the fit's objective plus
                  `pose_anchor`, a pull to the network's own latent; yaw-0 and yaw-180
-                 restarts beside the network's start, the lowest loss kept)
+                 restarts beside the network's start, combined as the fit's)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
 self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
 from the side.

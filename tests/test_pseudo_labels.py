@@ -109,6 +109,7 @@ def test_the_labels_refinements_are_the_named_fitter_settings():
   labels = regressor_pseudo.label_refine_config(40, "labels")
   assert tuple(labels.restart_yaws_deg) == (0.0,)
   assert labels.loss_weights["pose_anchor"] == 0.0 == labels.loss_weights["keypoints_anchor"]
+  assert labels.restart_mean_temperature == 0.0  # The lowest-loss restart, as measured.
   bench = regressor_pseudo.label_refine_config(40, "benchmark")
   assert bench.to_dict() == network_refine.refine_config(40).to_dict()
   assert bench.loss_weights["pose_anchor"] > 0 and 180.0 in tuple(bench.restart_yaws_deg)

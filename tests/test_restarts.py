@@ -99,3 +99,72 @@ def test_pruning_needs_an_adam_stage():
   config.stages[-1]["optimizer"] = "lbfgs"
   with pytest.raises(config_lib.FitInputError, match="adam"):
     config_lib.validate_fit_config(config)
+
+
+def test_mean_weights_use_the_evidence_terms_only():
+  weights = dict(keypoints=10.0, parts=1.0, silhouette=2.0, pose_anchor=1e6)
+  terms = {  # Rows restart-major: 2 restarts of 3 persons.
+      "keypoints": np.array([0.1, 0.1, np.nan, 0.3, 0.1, np.nan]),
+      "parts": np.zeros(6), "silhouette": np.zeros(6),
+      "pose_anchor": np.array([9.0, 0.0, 0.0, 0.0, 0.0, 0.0])}  # Differs by start: ignored.
+  w = restarts.mean_weights(terms, weights, 3, temperature=1.0)
+  np.testing.assert_allclose(w.sum(0), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(w[:, 0], [np.exp(2) / (1 + np.exp(2)), 1 / (1 + np.exp(2))],
+                             rtol=1e-5)  # Energies 1 and 3.
+  np.testing.assert_allclose(w[:, 1], [0.5, 0.5])
+  np.testing.assert_allclose(w[:, 2], [0.5, 0.5])  # Every energy non-finite: uniform.
+  w = restarts.mean_weights({**terms, "keypoints": np.array([0.1, 0.1, np.nan, 0.3, 0.1, 0.2])},
+                            weights, 3, temperature=1e-3)
+  np.testing.assert_allclose(w, [[1, 0.5, 0], [0, 0.5, 1]], atol=1e-6)  # NaN weighs nothing.
+
+
+def test_mean_articulation_averages_pose_and_shape_places_as_the_best():
+  rng = np.random.default_rng(0)
+  variables = {k: rng.normal(size=(2 * 3,) + s).astype(np.float32)
+               for k, s in dict(pose=(4,), betas=(2,), orient=(6,), transl=(3,)).items()}
+  w = np.array([[0.25, 1.0, 0.5], [0.75, 0.0, 0.5]], np.float32)
+  best = np.array([3, 1, 2])  # Rows: restart 1 of person 0, restart 0 of persons 1 and 2.
+  out = restarts.mean_articulation(variables, best, w)
+  for name in ("pose", "betas"):
+    stacked = variables[name].reshape(2, 3, -1)
+    np.testing.assert_allclose(out[name], np.einsum("rb,rbd->bd", w, stacked), rtol=1e-6)
+  for name in ("orient", "transl"):
+    np.testing.assert_array_equal(out[name], variables[name][best])
+
+
+def test_bad_mean_temperature_is_named():
+  config = config_lib.default_fit_config()
+  for value in (-1.0, float("inf")):
+    config.restart_mean_temperature = value
+    with pytest.raises(config_lib.FitInputError, match="restart_mean_temperature"):
+      config_lib.validate_fit_config(config)
+
+
+def test_restart_mean_in_fit(fits):
+  # A cold temperature is the best restart; a hot one the plain mean of the restarts' latents,
+  # each as the restart alone reaches it (rows are independent), placed as the best.
+  setup, full = fits["setup"], fits["full"]
+  config = setup["config"].copy_and_resolve_references()
+  config.stages[1].update(steps=120)
+  run = lambda c: fitting.fit(c, setup["model"], setup["body"], setup["prior"],
+                              setup["evidence"])
+  alone = []
+  for yaw in (0.0, 90.0, 180.0, 270.0):
+    config.restart_yaws_deg = (yaw,)
+    alone.append(run(config))
+  config.restart_yaws_deg = (0.0, 90.0, 180.0, 270.0)
+  config.restart_mean_temperature = 1e-6
+  cold = run(config)
+  np.testing.assert_allclose(cold.pose_dofs, full.pose_dofs, atol=1e-5)
+  np.testing.assert_allclose(cold.loss, full.loss, rtol=1e-4)
+  config.restart_mean_temperature = 1e9
+  hot = run(config)
+  persons = np.arange(3)
+  for name in ("pose", "betas"):
+    mean = np.mean([a.variables[name] for a in alone], 0)
+    np.testing.assert_allclose(hot.variables[name], mean, atol=1e-4)
+  best = np.array([alone[r].variables["transl"][b] for b, r in zip(persons, full.restart)])
+  np.testing.assert_allclose(hot.variables["transl"], best, atol=1e-5)
+  # The loss reported is the mean's own: where the restarts disagree it fits worse than the best.
+  assert np.all(hot.loss >= full.loss * (1 - 1e-4)), (hot.loss, full.loss)
+  assert np.any(hot.loss > full.loss * 1.01), (hot.loss, full.loss)

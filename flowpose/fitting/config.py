@@ -6,6 +6,8 @@ Fields (see `flowpose.fitting.fit` for what they do):
   select_restart_after  stage index after which the best restart is kept
   restart_pruning       ((step, keep), ...): inside that stage, after `step` steps only each
                         person's `keep` best restarts go on (`fitting.restarts`); () = none
+  restart_mean_temperature   0: keep the best restart; T > 0: the restarts' pose latent and
+                        betas averaged with weights exp(-evidence loss / T) (`fitting.restarts`)
   final_lr_fraction     Adam's cosine decay floor within each stage
   warmup_fraction       Adam's linear warmup, fraction of each stage (0 = none)
   keypoint_sigma, part_sigma, silhouette_sigma   Geman-McClure scales, in person-box units
@@ -38,6 +40,7 @@ def default_fit_config() -> ml_collections.ConfigDict:
   c.restart_yaws_deg = (0.0, 180.0)
   c.select_restart_after = -1
   c.restart_pruning = ()
+  c.restart_mean_temperature = 0.0
   c.final_lr_fraction = 0.05  # Cosine decay of each stage's lr.
   c.warmup_fraction = 0.0  # Linear warmup, as a fraction of each (Adam) stage.
   c.keypoint_sigma = 0.3  # In units of the keypoint box size.
@@ -95,6 +98,10 @@ def validate_fit_config(config: ml_collections.ConfigDict) -> None:
   if cuts and dict(stages[config.select_restart_after]).get("optimizer") != "adam":
     bad("restart_pruning", "a select_restart_after stage with optimizer 'adam'",
         config.restart_pruning)
+  temperature = config.get("restart_mean_temperature", 0.0)
+  if not isinstance(temperature, (int, float)) or not 0.0 <= temperature < float("inf"):
+    bad("restart_mean_temperature", "a finite float >= 0 (0: keep the best restart)",
+        temperature)
   if not 0.0 <= config.get("warmup_fraction", 0.0) < 1.0:
     bad("warmup_fraction", "a fraction in [0, 1)", config.warmup_fraction)
   if not 0.0 <= config.final_lr_fraction <= 1.0:

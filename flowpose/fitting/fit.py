@@ -46,7 +46,9 @@ camera plane at the end (where the projection's depth clamp binds).
 Restarts: every person is fitted from each yaw in `config.restart_yaws_deg`
 (0 = facing the camera, 180 = back to it); after stage `config.select_restart_after`
 (-1 = the last) the lowest-loss restart is kept per person, and inside that stage
-`config.restart_pruning` may drop the worst ones early (`flowpose.fitting.restarts`).
+`config.restart_pruning` may drop the worst ones early (`flowpose.fitting.restarts`); with
+`config.restart_mean_temperature` T > 0 the pose latent and betas are instead the restarts'
+mean weighted by exp(-evidence loss / T), placed as the best (`restarts.mean_articulation`).
 
 Initialisation: by default every restart starts from the prior's mean pose, zero betas, the
 restart's yaw facing the camera and the similar-triangles translation. `fit(..., initial=...)`
@@ -77,12 +79,10 @@ from flowpose.fitting import checks
 from flowpose.geometry import camera
 from flowpose.losses import part_groups
 from flowpose.fitting.reduced_body import (INIT_DEPTH_RANGE, FitBody, PosePrior,  # pylint: disable=g-importing-member
-                                           TORSO_KEYPOINTS, facing_camera_rotation,
-                                           body_frame_keypoints, initial_translation,
-                                           pose_points, rest_points)
+                                           TORSO_KEYPOINTS, body_frame_keypoints, pose_points)
 from flowpose.fitting import initial as initial_lib
 from flowpose.fitting import restarts
-from flowpose.fitting.stage import run_stage  # pylint: disable=g-importing-member
+from flowpose.fitting import stage as stage_lib
 # The config lives in its own module; re-exported so `fit.X` works.
 from flowpose.fitting.config import (LOSS_TERMS, OPTIMIZERS, STAGE_FIELDS,  # pylint: disable=g-importing-member,unused-import
                                      VARIABLES, VISIBILITY, FitInputError,
@@ -223,31 +223,6 @@ def _keypoint_mask(which: str, num_keypoints: int) -> np.ndarray:
   return mask
 
 
-def initial_variables(body: FitBody, prior: PosePrior, evidence: Evidence,
-                      yaw_deg: float) -> tuple[dict, dict]:
-  """Initial variables and aux entries (depth/focal init, depth clamp flag) for one yaw."""
-  kp = np.asarray(evidence.keypoints, np.float64)
-  num = kp.shape[0]
-  focal = np.asarray(evidence.focal, np.float64).reshape(num, 2)
-  pp = np.asarray(evidence.principal_point, np.float64).reshape(num, 2)
-  root = np.broadcast_to(facing_camera_rotation(yaw_deg), (num, 3, 3))
-  transl, clamped = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
-                                        *rest_points(body, prior), root)
-  log_f = np.log(focal.mean(-1))
-  variables = {
-      "pose": jnp.broadcast_to(prior.init, (num, prior.space.dim)),
-      "betas": jnp.zeros((num, body.j_shapedirs.shape[-1])),
-      "orient": geometry.matrix_to_rot6d(jnp.asarray(root, jnp.float32)),
-      "transl": jnp.asarray(transl, jnp.float32),
-      "log_focal": jnp.asarray(log_f, jnp.float32),
-  }
-  aux = {"depth_init": jnp.asarray(transl[:, 2], jnp.float32),
-         "pose_init": jnp.asarray(variables["pose"], jnp.float32),
-         "depth_init_clamped": jnp.asarray(clamped),
-         "log_focal_init": jnp.asarray(log_f, jnp.float32)}
-  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
-
-
 def _evidence_aux(evidence: Evidence, num_parts: int,
                   mask: Optional[MaskEvidence] = None) -> dict:
   focal = np.asarray(evidence.focal, np.float32)
@@ -312,10 +287,10 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     raise FitInputError(f"mask.pixels: expected [B={num}, M, 2], got {np.shape(mask.pixels)}")
   base_aux = _evidence_aux(evidence, body.num_parts, mask)
   # Restarts are stacked restart-major: row r * B + b.
-  inits = [initial_variables(body, prior, evidence, yaw) for yaw in yaws]
+  inits = [initial_lib.initial_variables(body, prior, evidence, yaw) for yaw in yaws]
   if initial is not None:
     inits.insert(0, initial_lib.initial_restart(
-        initial, initial_variables(body, prior, evidence, 0.0), num))
+        initial, initial_lib.initial_variables(body, prior, evidence, 0.0), num))
   num_restarts = len(inits)
   variables = jax.tree.map(lambda *x: jnp.concatenate(x),
                            *[v for v, _ in inits])
@@ -345,7 +320,7 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     start, hist, opt_state = time.time(), 0.0, None
     cuts = tuple(config.get("restart_pruning", ())) if i == select_after else ()
     for begin, stop, keep in restarts.segments(stage["steps"], cuts):
-      variables, final, terms, part, opt_state = run_stage(
+      variables, final, terms, part, opt_state = stage_lib.run_stage(
           variables, aux, weights, jnp.float32(stage["lr"]), jnp.int32(stage["steps"]), body,
           prior.params, jnp.int32(begin), jnp.int32(stop), opt_state,
           free=tuple(k for k in VARIABLES if k in stage["free"]),
@@ -363,10 +338,16 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     logging.info("fit stage %s: %d steps, %.2fs, mean loss %.4g", stage["name"],
                  stage["steps"], time.time() - start, float(jnp.mean(final)))
     history.append(np.asarray(hist)[:stage["steps"]])
-    if i == select_after:  # The best restart per person (NaN never wins).
-      index, alive = restarts.keep_best(alive, final, 1)
+    if i == select_after:  # The best restart per person (NaN never wins), or the restarts'
+      index, alive = restarts.keep_best(alive, final, 1)  # mean (`restart_mean_temperature`).
+      mean = restarts.restart_mean(variables, terms, weights, index, num,
+                                   config.get("restart_mean_temperature", 0.0))
       variables, aux, final, terms = restarts.take_rows((variables, aux, final, terms), index,
-                                                        variables["pose"].shape[0])
+                                                        len(final))
+      if mean is not None:  # The loss where the mean landed (the parts' visibility: the best's).
+        variables = mean
+        _, (final, terms) = stage_lib.evaluate(variables, aux, weights, (), body, prior.space,
+                                                 prior.params, has_parts, sigmas)
   kept, restart_losses = alive.restart[0], alive.losses
   dofs, rotmats = decode_rotmats(body, prior, variables)
   focal = np.exp(np.asarray(variables["log_focal"]))[:, None] * np.asarray(

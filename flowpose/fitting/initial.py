@@ -1,4 +1,5 @@
-"""Starting points of a fit other than the defaults: `fit(..., initial=...)` and the regressor.
+"""Starting points of a fit: each yaw restart's default (`initial_variables`), and
+`fit(..., initial=...)` and the regressor.
 
 `initial` is a dict holding any subset of `config.VARIABLES` ("pose" in the prior's space, e.g.
 latent z for a flow prior; "betas", "orient" 6D body -> camera, "transl" metres, "log_focal"), each
@@ -13,14 +14,45 @@ workdir into one `FitInputError` naming `--regressor_workdir`.
 import importlib
 from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from flowpose.fitting.config import VARIABLES, FitInputError  # pylint: disable=g-importing-member
+from flowpose import geometry
+from flowpose.fitting.reduced_body import (FitBody, PosePrior, facing_camera_rotation,  # pylint: disable=g-importing-member
+                                           initial_translation, rest_points)
 from flowpose.geometry import camera
 
 REGRESSOR_MODULE = "flowpose.tasks.regressor"
+
+
+def initial_variables(body: FitBody, prior: PosePrior, evidence,
+                      yaw_deg: float) -> tuple[dict, dict]:
+  """The default start of one yaw restart (`fit.Evidence` of B persons): the prior's mean pose,
+  zero betas, the yaw facing the camera, the similar-triangles translation; and its aux entries
+  (depth/focal init, depth clamp flag, the `pose_anchor` centre)."""
+  kp = np.asarray(evidence.keypoints, np.float64)
+  num = kp.shape[0]
+  focal = np.asarray(evidence.focal, np.float64).reshape(num, 2)
+  pp = np.asarray(evidence.principal_point, np.float64).reshape(num, 2)
+  root = np.broadcast_to(facing_camera_rotation(yaw_deg), (num, 3, 3))
+  transl, clamped = initial_translation(kp, np.asarray(evidence.confidence), focal, pp,
+                                        *rest_points(body, prior), root)
+  log_f = np.log(focal.mean(-1))
+  variables = {
+      "pose": jnp.broadcast_to(prior.init, (num, prior.space.dim)),
+      "betas": jnp.zeros((num, body.j_shapedirs.shape[-1])),
+      "orient": geometry.matrix_to_rot6d(jnp.asarray(root, jnp.float32)),
+      "transl": jnp.asarray(transl, jnp.float32),
+      "log_focal": jnp.asarray(log_f, jnp.float32),
+  }
+  aux = {"depth_init": jnp.asarray(transl[:, 2], jnp.float32),
+         "pose_init": jnp.asarray(variables["pose"], jnp.float32),
+         "depth_init_clamped": jnp.asarray(clamped),
+         "log_focal_init": jnp.asarray(log_f, jnp.float32)}
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), variables), aux
 
 
 def initial_restart(initial: dict, default: tuple, num: int) -> tuple:
@@ -28,7 +60,7 @@ def initial_restart(initial: dict, default: tuple, num: int) -> tuple:
 
   Args:
     initial: dict, a subset of VARIABLES, each [B, ...] as in `default`'s variables.
-    default: (variables, aux) of `fit.initial_variables(..., yaw_deg=0)`.
+    default: (variables, aux) of `initial_variables(..., yaw_deg=0)`.
     num: B (for the messages).
 
   Raises:

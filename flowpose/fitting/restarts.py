@@ -12,6 +12,7 @@ early ranking keeps the restart that would have won.
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -62,3 +63,48 @@ def segments(steps: int, cuts) -> list:
       out.append((begin, int(step), int(keep)))
       begin = int(step)
   return out + [(begin, steps, None)]
+
+
+# The evidence terms: what every restart of a person shares (the regularisers differ by restart:
+# `pose_anchor` pulls each towards its own start).
+EVIDENCE_TERMS = ("keypoints", "parts", "silhouette")
+
+
+def mean_weights(terms: dict, weights: dict, num: int, temperature: float) -> np.ndarray:
+  """`[R, B]` weights of each person's restarts, `exp(-(E_r - min E) / temperature)` normalised,
+  where `E_r` is restart r's weighted evidence loss (`EVIDENCE_TERMS`; rows restart-major,
+  `terms[name]: [R * B]`); a non-finite E gets weight 0 (every E non-finite: uniform)."""
+  energy = sum(float(weights[t]) * np.asarray(terms[t], np.float64) for t in EVIDENCE_TERMS)
+  energy = energy.reshape(-1, num)
+  energy = np.where(np.isfinite(energy), energy, np.inf)
+  best = np.min(energy, axis=0, keepdims=True)
+  out = np.exp(-(energy - np.where(np.isfinite(best), best, 0.0)) / temperature)
+  out = np.where(np.isfinite(best), out, 1.0)
+  return (out / np.sum(out, axis=0, keepdims=True)).astype(np.float32)
+
+
+def mean_articulation(variables: dict, best_rows: np.ndarray, restart_weights: np.ndarray,
+                      names=("pose", "betas")) -> dict:
+  """Each person's `names` (pose latent, shape) averaged over its restarts with
+  `restart_weights [R, B]` (`mean_weights`), the rest (orientation, translation, focal) of its
+  `best_rows [B]` row: the articulated body's posterior mean over the modes the restarts found
+  (the estimate of least expected squared error; the best mode alone is the MAP), placed as the
+  best mode. `variables`: `{name: [R * B, ...]}` restart-major. Returns `{name: [B, ...]}`."""
+  count, num = restart_weights.shape
+  out = {}
+  for name, value in variables.items():
+    if name in names:
+      w = jnp.reshape(jnp.asarray(restart_weights), (count, num) + (1,) * (value.ndim - 1))
+      out[name] = jnp.sum(w * jnp.reshape(value, (count, num) + value.shape[1:]), axis=0)
+    else:
+      out[name] = value[best_rows]
+  return out
+
+
+def restart_mean(variables: dict, terms: dict, weights: dict, best_rows: np.ndarray, num: int,
+                 temperature: float):
+  """`mean_articulation` of `num` persons' restarts at `temperature` (`mean_weights`); None at
+  temperature 0 (the best restart is kept)."""
+  if temperature <= 0:
+    return None
+  return mean_articulation(variables, best_rows, mean_weights(terms, weights, num, temperature))

@@ -56,15 +56,17 @@ REFINEMENTS = ("labels", "benchmark")
 
 def label_refine_config(steps: int, refinement: str = "labels") -> ml_collections.ConfigDict:
   """The pseudo-labels' refinement. "labels": `network_refine.refine_config` from the network
-  beside one yaw-0 restart, without the benchmark's anchors (pull to the network's z or 3D
-  keypoints): the labels correct the network (session 10's rounds were measured so; it suits a
-  network far from the truth, as `weak_2d`). "benchmark": the benchmark's `weak_refined`
-  refinement (`refine_config`'s defaults: the network's z anchored, a yaw-180 restart; with the
-  mask) -- session 15, the 9,512 training examples of the round-1 network (76.0 mm PA-MPJPE
-  against the unused true 3D): labels 76.3 mm with "labels", 66.4 with "benchmark" (65 min
-  instead of 12 on 2 cores)."""
+  beside one yaw-0 restart, the lowest loss kept, without the benchmark's anchors (pull to the
+  network's z or 3D keypoints) or restart mean: the labels correct the network (session 10's
+  rounds were measured so; it suits a network far from the truth, as `weak_2d`). "benchmark":
+  the benchmark's `weak_refined` refinement (`refine_config`'s defaults: the network's z
+  anchored, a yaw-180 restart, since session 16 the restarts' mean; with the mask). Session 15
+  (then the best restart kept), the 9,512 training examples of the round-1 network (76.0 mm
+  PA-MPJPE against the unused true 3D): labels 76.3 mm with "labels", 66.4 with "benchmark"
+  (65 min instead of 12 on 2 cores)."""
   if refinement == "labels":
-    return network_refine.refine_config(steps, (0.0,), pose_anchor=0.0, keypoints_anchor=0.0)
+    return network_refine.refine_config(steps, (0.0,), pose_anchor=0.0, keypoints_anchor=0.0,
+                                        restart_mean_temperature=0.0)
   if refinement == "benchmark":
     return network_refine.refine_config(steps)
   raise ValueError(f"refinement: expected one of {REFINEMENTS}, got {refinement!r}")
