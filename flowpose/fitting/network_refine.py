@@ -48,9 +48,10 @@ def mask_evidence(frames: dict, num_points: int) -> fitting.MaskEvidence:
 # are the restarts' mean weighted by exp(-evidence loss / T), not the lowest-loss restart's
 # (`fitting.restarts`). Session 16, PA-MPJPE mm, subject 13 | cmu_more: refining the round-2 weak
 # network (150 steps), the lowest loss 64.8 | 75.9, T 4: 63.1 | 73.4, 8: 63.0 | 73.1, 16: 63.4 |
-# 73.1; the fit alone 79.9 -> 77.1 (subject 13, T 8). The restart closest to the truth would
-# give 58.7 there (refining): the evidence often cannot tell the restarts' modes apart (the
-# evidence terms alone pick 64.4), and their mean is the estimate of least expected error.
+# 73.1 (4 yaw restarts at T 8: 62.5 | 73.3, not kept); the fit alone 79.9 | 80.6 -> 77.1 | 79.0
+# (T 8). The restart closest to the truth would give 58.7 on subject 13 (refining): the evidence
+# often cannot tell the restarts' modes apart (the evidence terms alone pick 64.4), and their
+# mean is the estimate of least expected error.
 RESTART_MEAN_TEMPERATURE = 8.0
 
 
