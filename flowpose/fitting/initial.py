@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flowpose.fitting.config import VARIABLES, FitInputError  # pylint: disable=g-importing-member
 from flowpose import geometry
+from flowpose.fitting.config import VARIABLES, FitInputError  # pylint: disable=g-importing-member
 from flowpose.fitting.reduced_body import (FitBody, PosePrior, facing_camera_rotation,  # pylint: disable=g-importing-member
                                            initial_translation, rest_points)
 from flowpose.geometry import camera

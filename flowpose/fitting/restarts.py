@@ -6,7 +6,9 @@ stage `config.select_restart_after`: after that stage's `step`-th step only each
 lowest-loss restarts go on (their Adam state and schedule continue), so the stage's later steps
 run on `keep * B` rows instead of `R * B`. The stage's end keeps the best one, as without
 pruning. Validation (`sequence_init.per_frame_config`, WORKSPACE.md) measured how often the
-early ranking keeps the restart that would have won.
+early ranking keeps the restart that would have won. `config.restart_mean_temperature` T > 0
+replaces the best's pose latent and betas by the restarts' mean, weighted by exp(-evidence loss
+/ T) (`restart_mean`).
 """
 
 from typing import NamedTuple
