@@ -1,7 +1,8 @@
 r"""The reconstruction network's regimes against fitting alone, on synthetic evidence of any clips.
 
   python -m benchmarks.regressor --workdir_root=DIR --mocap_dir=FOLDER --num_frames=N \
-      --out=F.json [--split=all|train|validation|test] [--refine_steps=150] [--batch_size=64]
+      --out=F.json [--split=all|train|validation|test] [--refine_steps=150] [--batch_size=64] \
+      [--noflip_average]
 
 `DIR` holds one trained run per regime (`bash launch/train_regressors.sh DIR`: DIR/fully,
 DIR/semi, DIR/weak_2d, DIR/weak (weak_2d + self-training on its own refined fits),
@@ -16,7 +17,9 @@ default corruption (`render_data_config`).
 Methods (plus `untrained`: the network at initialisation, the mean body), all scored with
 `flowpose.tasks.regressor.batch_errors` (mpjpe_mm and pa_mpjpe_mm on the
 hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, keypoint_px):
-  <regime>       the network of DIR/<regime>
+  <regime>       the network of DIR/<regime>, reading the evidence and its mirror image
+                 (`--flip_average`, default on: the two predictions averaged,
+                 `regressor_body.mean_with_mirror_image`; `untrained` reads it once)
   fit            the fitter alone (`flowpose.fitting.fit.fit`, `fitting.network_refine.fit_config`:
                  keypoints, part pixels and the mask's silhouette, 2 yaw restarts, 60 + 140 Adam
                  steps, the restarts' mean by evidence loss) with the same flow prior
@@ -123,12 +126,13 @@ def _mean_errors(per_batch: list, weights: list) -> dict:
           for k in METRICS}
 
 
-def run_network(workdir: str, frames: dict, batch_size: int):
-  """(errors, frames/s after compilation, raw outputs) of one regime's network."""
+def run_network(workdir: str, frames: dict, batch_size: int, flip_average: bool = True):
+  """(errors, frames/s after compilation, raw outputs) of one regime's network
+  (`flip_average`: `predict_batch`'s test-time flip averaging)."""
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   config, context, params = predictor.load_params(workdir)
   config.model.prior_workdir = os.path.join(workdir, predictor.PRIOR_DIR)
-  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
+  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config, flip_average=flip_average))
   errors = jax.jit(lambda out, b: task.batch_errors(out, b, context.model))
   per_batch, weights, outputs, seconds = [], [], [], 0.0
   for i, batch in enumerate(_batches(frames, batch_size)):
@@ -230,7 +234,7 @@ def picture(path: str, frames: dict, methods: dict, num: int = 6) -> None:
 
 
 def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size: int = 64,
-        refine_steps: int = 150, split: str = "all") -> dict:
+        refine_steps: int = 150, split: str = "all", flip_average: bool = True) -> dict:
   """Runs the benchmark (module docstring) and writes `out` atomically; returns the report."""
   out_path = io_utils.require_output_path(out, "--out", is_dir=False)
   if not isinstance(num_frames, int) or num_frames < 1:
@@ -251,6 +255,7 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
                        split)
   report = {"workdir_root": workdir_root, "mocap_dir": mocap_dir, "split": split,
             "num_frames": len(frames["weight"]), "device": jax.devices()[0].device_kind,
+            "flip_average": bool(flip_average),
             "notes": [], **{k: {} for k in METRICS}}
 
   def record(name, errors):
@@ -266,7 +271,7 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
       record(regime, None)
       continue
     errors, speed, outputs, _ = run_network(os.path.join(workdir_root, regime), frames,
-                                            batch_size)
+                                            batch_size, flip_average)
     record(regime, errors)
     if regime == "self":
       self_out = outputs
@@ -330,6 +335,8 @@ def define_flags() -> None:
   flags.DEFINE_string("out", None, "Output JSON.")
   flags.DEFINE_integer("batch_size", 64, "Network batch size.")
   flags.DEFINE_integer("refine_steps", 150, "Fitter steps of weak_refined.")
+  flags.DEFINE_bool("flip_average", True, "Networks read the evidence and its mirror image "
+                    "and average the two predictions (regressor_body.network_decode).")
   flags.DEFINE_string("split", "all", "CMU split of --mocap_dir's clips to use, or all "
                       "(the folder as given).")
 
@@ -338,7 +345,7 @@ def main(argv):
   del argv
   try:
     run(FLAGS.workdir_root, FLAGS.mocap_dir, FLAGS.num_frames, FLAGS.out, FLAGS.batch_size,
-        FLAGS.refine_steps, FLAGS.split)
+        FLAGS.refine_steps, FLAGS.split, FLAGS.flip_average)
   except (BenchmarkInputError, io_utils.OutputPathError, predictor.RegressorLoadError) as e:
     print(f"benchmarks.regressor: {e}")
     return 1

@@ -13,7 +13,8 @@ From a photo to the network's crop (`crop_evidence`): the person box is the keyp
 made square and grown by `BOX_SCALE` (`geometry.camera.box_from_keypoints`); keypoints (and
 optional dense part/mask images, nearest pixel) are mapped into the R px crop, whose focal is
 `f * R / box side`. The network sees the crop as if its principal point were the crop centre
-(as in training). Back to the image (`to_image_frame`): the root joint's crop pixel is mapped
+(as in training); by default it also reads the crop's mirror image and the two predictions are
+averaged (`load_predictor(flip_average=True)`, `regressor_body.mean_with_mirror_image`). Back to the image (`to_image_frame`): the root joint's crop pixel is mapped
 back through the crop and lifted along the real camera's ray at the predicted depth (depth is
 unchanged by the crop: f and the person's size scale alike); the orientation is turned by the
 rotation between the real optical axis and the ray through the box centre (the crop's virtual
@@ -224,8 +225,10 @@ def to_image_frame(decoded: dict, crop: dict, evidence, resolution: int,
   }
 
 
-def load_predictor(workdir: str) -> Callable[..., dict]:
-  """`predict(evidence, image_size, part_map=None, mask=None) -> dict` of a regressor run.
+def load_predictor(workdir: str, flip_average: bool = True) -> Callable[..., dict]:
+  """`predict(evidence, image_size, part_map=None, mask=None) -> dict` of a regressor run
+  (`flip_average`: with the network's prediction for the mirrored evidence averaged in,
+  `regressor_body.network_decode`).
 
   The returned dict has the fitter's `flowpose.fitting.config.VARIABLES` with a leading `[B]`:
   pose `[B, D]` (the flow prior's latent, as `registry.load("flow", ...)` decodes it), betas
@@ -244,9 +247,7 @@ def load_predictor(workdir: str) -> Callable[..., dict]:
 
   @jax.jit
   def network(params, batch):
-    maps = regressor_body.input_maps(context, batch)
-    theta = context.net.apply({"params": params["net"]}, maps, context.theta_init)[-1]
-    decoded = regressor_body.decode(context, theta, batch["focal"])
+    decoded = regressor_body.network_decode(context, params, batch, flip_average)
     if context.model_config.pose_head == "dofs":  # The fitter's variable is the latent.
       decoded["pose"] = context.flow.pose_to_latent(context.prior.params, decoded["pose"])
     decoded["rest_root"] = regressor_body.rest_root(context, decoded["betas"])

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from flowpose import geometry
+from flowpose.data import cmu_skeleton
 from flowpose.data import evidence_augment
 from flowpose.data import retarget
 from flowpose.body import lbs
@@ -145,6 +146,25 @@ def decode(context: RegressorContext, theta: jax.Array, focal: jax.Array) -> dic
   }
 
 
+def network_decode(context: RegressorContext, params: Any, batch: dict,
+                   flip_average: bool = False) -> dict:
+  """`decode` fields `[B, ...]` of the network's prediction for the evidence of `batch`
+  (`EVIDENCE_FIELDS`; `params["net"]` the network's parameters). `flip_average`: the network
+  also reads the mirrored evidence (`flip_evidence`, one pass over twice the batch) and the
+  two predictions are averaged (`mean_with_mirror_image`)."""
+  focal = jnp.asarray(batch["focal"], jnp.float32)
+  apply = lambda b: context.net.apply({"params": params["net"]}, input_maps(context, b),
+                                      context.theta_init)[-1]
+  if not flip_average:
+    return decode(context, apply(batch), focal)
+  size = focal.shape[0]
+  mirrored = flip_evidence(batch, context.resolution)
+  both = {k: jnp.concatenate([jnp.asarray(batch[k]), jnp.asarray(v)]) for k, v in mirrored.items()}
+  decoded = decode(context, apply(both), both["focal"])
+  return mean_with_mirror_image(context, jax.tree.map(lambda x: x[:size], decoded),
+                                jax.tree.map(lambda x: x[size:], decoded))
+
+
 def _posed_one(body, rest_normals, sharpness, dofs, root_rotmat, betas, transl):
   points = reduced_body.pose_points(body, dofs, root_rotmat, betas, transl)
   rotmats = body.pose_to_rotmats(dofs, root_rotmat)
@@ -206,7 +226,7 @@ def group_pixels(labels: jax.Array, valid: jax.Array, num_parts: int,
 
 
 # The network's input fields, and what the mirrored image makes of them (`flip_evidence`).
-_EVIDENCE_FIELDS = ("keypoints", "confidence", "part_map", "mask", "focal")
+EVIDENCE_FIELDS = ("keypoints", "confidence", "part_map", "mask", "focal")
 
 
 def flip_evidence(batch: dict, resolution: int) -> dict:
@@ -214,7 +234,7 @@ def flip_evidence(batch: dict, resolution: int) -> dict:
   point), as the image of the mirrored scene: keypoints `[B, K, 2]` (u -> R - u, left and right
   exchanged), `confidence [B, K]` with them, `part_map [B, R, R]` mirrored with left and right
   part labels exchanged, `mask [B, R, R]` mirrored; `focal [B]` as is. Only the fields of
-  `_EVIDENCE_FIELDS` that `batch` has are returned.
+  `EVIDENCE_FIELDS` that `batch` has are returned.
   """
   perm = jnp.asarray(evidence_augment.keypoint_permutation())
   out = {}
@@ -238,3 +258,46 @@ def mirror_keypoints3d(points: jax.Array) -> jax.Array:
   exchanged): what the prediction for `flip_evidence(batch)` should be mapped back with."""
   perm = jnp.asarray(evidence_augment.keypoint_permutation())
   return points[:, perm] * jnp.asarray([-1.0, 1.0, 1.0], points.dtype)
+
+
+def mean_with_mirror_image(context: RegressorContext, out: dict, flipped: dict) -> dict:
+  """Test-time flip averaging: the mean of a prediction and the mirror image of the prediction
+  for the mirrored evidence (`flip_evidence`), as `decode` fields.
+
+  `flipped` is mapped back to the original scene as `evidence_augment` maps a flipped example's
+  labels (pose DOFs by `cmu_skeleton.mirror_permutation_and_signs`, `root_rotmat -> F R F`,
+  root joint -> F root, F = diag(-1, 1, 1); betas kept). Then per example: DOFs by their
+  circular mean, the root orientation by the geodesic midpoint (quaternions), root joint and
+  betas by the mean; the pose variable is the mean DOFs' chart coordinates (through the flow's
+  inverse for the "flow" head). Every example is averaged, also where the two orientations
+  disagree (a front / back doubt from 2D): keeping `out` beyond 60 degrees lost on both
+  validation sets (session 17, WORKSPACE.md), the refinement's yaw restarts settle the view.
+
+  Args:
+    context: the `RegressorContext`.
+    out, flipped: `decode` fields `[B, ...]` of the evidence and of its mirror image.
+
+  Returns:
+    `decode` fields `[B, ...]`.
+  """
+  perm, signs = cmu_skeleton.mirror_permutation_and_signs()
+  mirror = jnp.asarray([-1.0, 1.0, 1.0], jnp.float32)
+  dofs_back = flipped["dofs"][:, perm] * signs
+  rot_back = flipped["root_rotmat"] * mirror[:, None] * mirror[None, :]  # F R F.
+  q0 = geometry.matrix_to_quaternion(out["root_rotmat"])
+  q1 = geometry.matrix_to_quaternion(rot_back)
+  q1 = jnp.where(jnp.sum(q0 * q1, -1, keepdims=True) < 0, -q1, q1)
+  root_rotmat = geometry.quaternion_to_matrix(q0 + q1)
+  dofs = jnp.arctan2(jnp.sin(out["dofs"]) + jnp.sin(dofs_back),
+                     jnp.cos(out["dofs"]) + jnp.cos(dofs_back))
+  chart = context.flow.chart
+  x = charts.from_dofs(chart, dofs)
+  dofs = charts.to_dofs(chart, x)
+  pose = (context.flow.pose_to_latent(context.prior.params, x)
+          if context.model_config.pose_head == "flow" else x)
+  betas = 0.5 * (out["betas"] + flipped["betas"])
+  root = 0.5 * (out["root"] + flipped["root"] * mirror)
+  return {"pose": pose, "dofs": dofs, "betas": betas, "root_rotmat": root_rotmat,
+          "orient": geometry.matrix_to_rot6d(root_rotmat),
+          "rotmats": jax.vmap(context.body.pose_to_rotmats)(dofs, root_rotmat),
+          "transl": root - rest_root(context, betas), "root": root}

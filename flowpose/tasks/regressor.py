@@ -160,22 +160,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def predict_batch(params: Any, batch: dict, config: ml_collections.ConfigDict,
-                  rng: Any = None) -> dict:
+                  rng: Any = None, flip_average: bool = False) -> dict:
   """Network + body for a batch: `regressor_body.decode` fields + `regressor_body.posed` fields
   (`keypoints` renamed `keypoints3d`) + `keypoints2d [B, K, 2]`, `vertices2d [B, Vs, 2]`.
 
-  `rng` (training only) drives `model.map_dropout`.
+  `rng` (training only) drives `model.map_dropout`. `flip_average` (inference): the network
+  also reads the mirrored evidence and the two predictions are averaged
+  (`regressor_body.mean_with_mirror_image`; twice the network's work).
   """
   ctx = context(config)
-  maps = regressor_body.input_maps(ctx, batch)
-  if rng is not None and config.model.map_dropout > 0:
-    keep_maps = jax.random.bernoulli(rng, 1.0 - config.model.map_dropout, (maps.shape[0],))
-    channel = np.concatenate([np.full(net_lib.num_channels((name,), 17, ctx.body.num_parts),
-                                      name == "keypoints") for name in config.model.inputs])
-    maps = maps * jnp.where(channel | keep_maps[:, None, None, None], 1.0, 0.0)
-  theta = ctx.net.apply({"params": params["net"]}, maps, ctx.theta_init)[-1]
   focal = jnp.asarray(batch["focal"], jnp.float32)
-  out = regressor_body.decode(ctx, theta, focal)
+  if rng is not None and flip_average:
+    raise ValueError("predict_batch: flip_average is for inference (rng must be None)")
+  if rng is None or config.model.map_dropout <= 0:
+    out = regressor_body.network_decode(ctx, params, batch, flip_average)
+    return _posed_prediction(ctx, out, focal)
+  maps = regressor_body.input_maps(ctx, batch)
+  keep_maps = jax.random.bernoulli(rng, 1.0 - config.model.map_dropout, (maps.shape[0],))
+  channel = np.concatenate([np.full(net_lib.num_channels((name,), 17, ctx.body.num_parts),
+                                    name == "keypoints") for name in config.model.inputs])
+  maps = maps * jnp.where(channel | keep_maps[:, None, None, None], 1.0, 0.0)
+  theta = ctx.net.apply({"params": params["net"]}, maps, ctx.theta_init)[-1]
+  return _posed_prediction(ctx, regressor_body.decode(ctx, theta, focal), focal)
+
+
+def _posed_prediction(ctx: regressor_body.RegressorContext, out: dict, focal: jax.Array) -> dict:
+  """`decode` fields `out` + the posed body's points and their projections (`predict_batch`)."""
   points = regressor_body.posed(ctx, out["dofs"], out["root_rotmat"], out["betas"], out["transl"])
   centre = jnp.full((focal.shape[0], 2), ctx.resolution / 2.0)
   focal2 = jnp.stack([focal, focal], -1)
