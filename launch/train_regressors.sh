@@ -31,7 +31,7 @@ fi
 # $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime. A regime that
 # starts from another's network (regressor_base.INIT_FROM: semi from weak_2d) has that one
 # trained first, into DIR too, and passed as --config.model.init_from. A self-trained regime
-# (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 2 rounds) trains its base, then each
+# (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 3 rounds) trains its base, then each
 # round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels ->
 # <previous run>/pseudo_labels.npz, ~12 min each; ~65 min from round BENCHMARK_LABELS_FROM_ROUND
 # on, with the benchmark's refinement), rounds before the last into DIR/<regime>_round<r>.
