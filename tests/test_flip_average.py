@@ -1,4 +1,5 @@
-"""Test-time flip averaging (`regressor_body.mean_with_mirror_image`, `predict_batch(flip_average=True)`)."""
+"""Test-time flip averaging (`regressor_body.mean_with_mirror_image`,
+`predict_batch(flip_average=True)`)."""
 
 import pathlib
 import sys
@@ -9,14 +10,15 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_regressor import _batch  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_regressor import make_tiny_prior  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_regressor import runlocal_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from test_regressor import _batch
+from test_regressor import make_tiny_prior
+from test_regressor import runlocal_config
 
-from flowpose import geometry  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flowpose.data import cmu_skeleton  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flowpose.models import regressor_body  # pylint: disable=g-import-not-at-top,wrong-import-position
-from flowpose.prior import charts  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flowpose import geometry
+from flowpose.data import cmu_skeleton
+from flowpose.models import regressor_body
+from flowpose.prior import charts
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 F = np.diag([-1.0, 1.0, 1.0]).astype(np.float32)

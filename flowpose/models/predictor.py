@@ -14,9 +14,10 @@ made square and grown by `BOX_SCALE` (`geometry.camera.box_from_keypoints`); key
 optional dense part/mask images, nearest pixel) are mapped into the R px crop, whose focal is
 `f * R / box side`. The network sees the crop as if its principal point were the crop centre
 (as in training); by default it also reads the crop's mirror image and the two predictions are
-averaged (`load_predictor(flip_average=True)`, `regressor_body.mean_with_mirror_image`). Back to the image (`to_image_frame`): the root joint's crop pixel is mapped
-back through the crop and lifted along the real camera's ray at the predicted depth (depth is
-unchanged by the crop: f and the person's size scale alike); the orientation is turned by the
+averaged (`load_predictor(flip_average=True)`, `regressor_body.mean_with_mirror_image`). Back to
+the image (`to_image_frame`): the root joint's crop pixel is mapped back through the crop and
+lifted along the real camera's ray at the predicted depth (depth is unchanged by the crop: f and
+the person's size scale alike); the orientation is turned by the
 rotation between the real optical axis and the ray through the box centre (the crop's virtual
 camera is the real one turned to look at the box). `log_focal` is the photo's focal.
 """
