@@ -17,9 +17,9 @@ optional dense part/mask images, nearest pixel) are mapped into the R px crop, w
 averaged (`load_predictor(flip_average=True)`, `regressor_body.mean_with_mirror_image`). Back to
 the image (`to_image_frame`): the root joint's crop pixel is mapped back through the crop and
 lifted along the real camera's ray at the predicted depth (depth is unchanged by the crop: f and
-the person's size scale alike); the orientation is turned by the
-rotation between the real optical axis and the ray through the box centre (the crop's virtual
-camera is the real one turned to look at the box). `log_focal` is the photo's focal.
+the person's size scale alike); the orientation is turned by the rotation between the real
+optical axis and the ray through the box centre (the crop's virtual camera is the real one
+turned to look at the box). `log_focal` is the photo's focal.
 """
 
 import hashlib

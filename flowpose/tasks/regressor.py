@@ -168,10 +168,10 @@ def predict_batch(params: Any, batch: dict, config: ml_collections.ConfigDict,
   also reads the mirrored evidence and the two predictions are averaged
   (`regressor_body.mean_with_mirror_image`; twice the network's work).
   """
-  ctx = context(config)
-  focal = jnp.asarray(batch["focal"], jnp.float32)
   if rng is not None and flip_average:
     raise ValueError("predict_batch: flip_average is for inference (rng must be None)")
+  ctx = context(config)
+  focal = jnp.asarray(batch["focal"], jnp.float32)
   if rng is None or config.model.map_dropout <= 0:
     out = regressor_body.network_decode(ctx, params, batch, flip_average)
     return _posed_prediction(ctx, out, focal)
