@@ -52,6 +52,10 @@ PSEUDO_LABEL_ROUNDS = {"weak": ("weak_2d", 3)}
 # round-2 labels 76.3 -> 66.4 mm; the round-2 network on validation (subject 13 | cmu_more,
 # PA-MPJPE mm) 80.3 | 92.7 -> 76.8 | 87.5, refined 65.8 | 77.8 -> 64.8 | 75.9.
 BENCHMARK_LABELS_FROM_ROUND = 2
+# Each round labels every PSEUDO_LABEL_EVERY-th training example (file order; the others keep
+# their 2D terms alone; the 3D terms are means over the labelled examples of a batch, so their
+# weight does not depend on the fraction): the labels' refinement is the pipeline's cost.
+PSEUDO_LABEL_EVERY = 4
 # `self`: the evidence is BlazePose's on shaded photos, used as found (no simulated corruption).
 _SELF_DATA = dict(evidence_source="detector", stride=8, views_per_pose=1, keypoint_noise_px=0.0,
                   keypoint_drop_prob=0.0, keypoint_swap_prob=0.0, part_morph_prob=0.0,

@@ -5,9 +5,10 @@
       --config.data.pseudo_labels=DIR/pseudo_labels.npz --config.model.init_from=DIR/weak_2d
 
 (`bash launch/train_regressors.sh DIR` does both, with `--refinement=benchmark` from round
-`experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on.) About 12 min ("labels") or 65 min
-("benchmark", session 15) for the 9,512 training examples on 2 cores (150 refinement steps);
-progress is logged with frames/s and the time left. Bad input (no finished run, a bad output
+`experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on and `--every=regressor_base.
+PSEUDO_LABEL_EVERY`.) About 12 min ("labels") or 65 min ("benchmark", session 15) for all 9,512
+training examples on 2 cores (150 refinement steps); session 18, every 4th (2,378): 2.2 / 13.5 min.
+Progress is logged with frames/s and the time left. Bad input (no finished run, a bad output
 path) -> one line naming it, exit 1, nothing written.
 """
 
@@ -31,6 +32,9 @@ _REFINEMENT = flags.DEFINE_enum(
     "(`regressor_pseudo.label_refine_config`): 'labels' = yaw-0 restart, no anchor; 'benchmark' "
     "= the benchmark's weak_refined (z anchor, yaw-180 restart, mask; ~5x slower).")
 _NUM = flags.DEFINE_integer("num_frames", 0, "Label only the first N frames (0 = all).")
+_EVERY = flags.DEFINE_integer("every", 1, "Label every K-th frame only (file order; the rest stay "
+                              "2D-only; train_regressors.sh passes regressor_base."
+                              "PSEUDO_LABEL_EVERY).")
 _MOCAP_DIR = flags.DEFINE_string("mocap_dir", "", "Clip folder, if not the run's data.manual_dir.")
 
 
@@ -42,13 +46,13 @@ def main(argv):
     if not str(out).endswith(".npz"):
       raise io_utils.OutputPathError(f"--out: {out} must end in .npz")
     for flag, value, low in (("--num_frames", _NUM.value, 0), ("--batch_size", _BATCH.value, 1),
-                             ("--refine_steps", _STEPS.value, 1)):
+                             ("--refine_steps", _STEPS.value, 1), ("--every", _EVERY.value, 1)):
       if value < low:
         raise ValueError(f"{flag}: expected an int >= {low}, got {value}")
     labels = regressor_pseudo.make_pseudo_labels(
         _WORKDIR.value, split=_SPLIT.value, refine_steps=_STEPS.value,
         batch_size=_BATCH.value, use_mask=_MASK.value, num_frames=_NUM.value,
-        manual_dir=_MOCAP_DIR.value, refinement=_REFINEMENT.value)
+        manual_dir=_MOCAP_DIR.value, refinement=_REFINEMENT.value, every=_EVERY.value)
   except (io_utils.OutputPathError, predictor.RegressorLoadError, ValueError) as e:
     print(f"launch.pseudo_labels: {e}", file=sys.stderr)
     return 1

@@ -47,12 +47,12 @@ run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.
   echo "[regressors] $regime done in $(( $(date +%s) - start )) s"
 }
 train_regime() {
-  local regime="$1" base rounds bench_from refinement init=()
+  local regime="$1" base rounds bench_from every refinement init=()
   shift
   [[ "$DONE" == *" $regime "* ]] && return 0
-  read -r base rounds bench_from <<< "$($PY -c "from experiments import regressor_base as b
+  read -r base rounds bench_from every <<< "$($PY -c "from experiments import regressor_base as b
 rounds = b.PSEUDO_LABEL_ROUNDS.get('$regime', ())
-print(*rounds, *((b.BENCHMARK_LABELS_FROM_ROUND,) if rounds else ()))")"
+print(*rounds, *((b.BENCHMARK_LABELS_FROM_ROUND, b.PSEUDO_LABEL_EVERY) if rounds else ()))")"
   if [[ -n "$base" ]]; then
     train_regime "$base" "$@"
     local previous="$DIR/$base" workdir r
@@ -64,7 +64,7 @@ print(*rounds, *((b.BENCHMARK_LABELS_FROM_ROUND,) if rounds else ()))")"
         refinement=labels
         (( r >= bench_from )) && refinement=benchmark
         FLOWPOSE_CMU_DIR="$CMU_DIR" $PY -m launch.pseudo_labels --regressor_workdir="$previous" \
-          --out="$previous/pseudo_labels.npz" --refinement="$refinement"
+          --out="$previous/pseudo_labels.npz" --refinement="$refinement" --every="$every"
       fi
       run_main "$regime" "$workdir" --config.model.init_from="$previous" \
         --config.data.pseudo_labels="$previous/pseudo_labels.npz" "$@"

@@ -331,13 +331,14 @@ def test_trained_network_beats_the_untrained_one(prior_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("refinement", ["labels", "benchmark"])
-def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained, refinement):
-  """`regressor_pseudo.make_pseudo_labels`: one row per training example, keyed as the data's
-  lookup keys them, each the refined fit of that example from the network's start (batches of
-  8 with the last padded = the 12 frames refined at once; "benchmark" fits the mask, whose pixel
-  samples are seeded by the row in the batch, so one padded batch of 16), not the network's
-  own output."""
+@pytest.mark.parametrize("refinement,every", [("labels", 1), ("benchmark", 3)])
+def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained, refinement, every):
+  """`regressor_pseudo.make_pseudo_labels`: one row per labelled training example (every
+  `every`-th), keyed as the data's lookup keys them, each the refined fit of that example from
+  the network's start (batches of 8 with the last padded = the 12 frames refined at once;
+  "benchmark" fits the mask, whose pixel samples are seeded by the row in the batch, so one
+  padded batch of 16, and starts from the network's flip-averaged read), not the network's own
+  output."""
   from flowpose.fitting import network_refine  # pylint: disable=g-import-not-at-top
   from flowpose.models import predictor  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
@@ -345,15 +346,17 @@ def test_pseudo_labels_are_refined_fits_of_the_training_examples(trained, refine
   workdir, config, _ = trained
   labels = regressor_pseudo.make_pseudo_labels(
       workdir, refine_steps=30, batch_size=8 if refinement == "labels" else 16, num_frames=12,
-      refinement=refinement)
-  assert labels["key"].tolist() == [f"standin/train/{i}/0" for i in range(12)]
+      refinement=refinement, every=every)
+  assert labels["key"].tolist() == [f"standin/train/{i}/0" for i in range(0, 12 * every, every)]
   assert str(labels["builder"]) == "standin_r32"
   assert labels["pose_dofs"].shape == (12, 50) and labels["betas"].shape[0] == 12
   assert labels["root_rotmat"].shape == (12, 3, 3) and labels["joints3d"].shape == (12, 17, 3)
   assert all(np.all(np.isfinite(labels[k])) for k in labels if k not in ("key", "builder"))
-  frames, _ = regressor_pseudo.frames_with_keys(config.data, "train", 16, 12)
+  frames, _ = regressor_pseudo.frames_with_keys(config.data, "train", 16, 12 * every)
+  frames = {k: v[::every] for k, v in frames.items()}
   _, context, params = predictor.load_params(workdir)
-  network = jax.device_get(task.predict_batch(params, frames, config))
+  network = jax.device_get(task.predict_batch(params, frames, config,
+                                              flip_average=refinement == "benchmark"))
   expected = network_refine.refine(context, frames, network,
                                    regressor_pseudo.label_refine_config(30, refinement),
                                    use_mask=refinement == "benchmark")

@@ -32,9 +32,10 @@ _STRINGS = ("subject", "clip")
 
 
 def frames_with_keys(data_config: ml_collections.ConfigDict, split: str, batch_size: int,
-                     num_frames: int = 0):
+                     num_frames: int = 0, every: int = 1):
   """(`{field: [n, ...]}` of `tasks.regressor.BATCH_FIELDS`, keys [n] "subject/clip/frame/view")
-  of `split` in file order with the evaluation corruption; `num_frames` 0 = all."""
+  of `split` in file order with the evaluation corruption: every `every`-th example (from the
+  first), the first `num_frames` of those (0 = all)."""
   from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
   chunks, keys = [], []
@@ -44,10 +45,11 @@ def frames_with_keys(data_config: ml_collections.ConfigDict, split: str, batch_s
     keys += [f"{s}/{c}/{f}/{v}" for s, c, f, v in zip(*text, batch["frame"][keep],
                                                        batch["view"][keep])]
     chunks.append({k: batch[k][keep] for k in task.BATCH_FIELDS if k in batch})
-    if num_frames and len(keys) >= num_frames:
+    if num_frames and len(keys) >= num_frames * every:
       break
+  keys = keys[::every]
   stop = num_frames or len(keys)
-  frames = {k: np.concatenate([c[k] for c in chunks])[:stop] for k in chunks[0]}
+  frames = {k: np.concatenate([c[k] for c in chunks])[::every][:stop] for k in chunks[0]}
   return frames, np.array(keys[:stop])
 
 
@@ -60,7 +62,8 @@ def label_refine_config(steps: int, refinement: str = "labels") -> ml_collection
   network's z or 3D keypoints) or restart mean: the labels correct the network (session 10's
   rounds were measured so; it suits a network far from the truth, as `weak_2d`). "benchmark":
   the benchmark's `weak_refined` refinement (`refine_config`'s defaults: the network's z
-  anchored, a yaw-180 restart, since session 16 the restarts' mean; with the mask). Session 15
+  anchored, a yaw-180 restart, since session 16 the restarts' mean; with the mask; since session
+  18 from the network's flip-averaged read, as the benchmark's `weak_refined`). Session 15
   (then the best restart kept), the 9,512 training examples of the round-1 network (76.0 mm
   PA-MPJPE against the unused true 3D): labels 76.3 mm with "labels", 66.4 with "benchmark"
   (65 min instead of 12 on 2 cores)."""
@@ -74,11 +77,12 @@ def label_refine_config(steps: int, refinement: str = "labels") -> ml_collection
 
 def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int = 150,
                        batch_size: int = 256, use_mask: bool = False, num_frames: int = 0,
-                       manual_dir: str = "", refinement: str = "labels") -> dict:
+                       manual_dir: str = "", refinement: str = "labels", every: int = 1) -> dict:
   """The pseudo-labels of `workdir`'s (a finished regressor run) `split` (module docstring).
 
   `refinement`: `label_refine_config`'s choice ("benchmark" always fits the mask, as the
-  benchmark does). `manual_dir`: the clip folder, if not the run's own `data.manual_dir`. Batches of
+  benchmark does). `every`: label every `every`-th example only (file order; the others stay
+  2D-only in the next round: `regressor_base.PSEUDO_LABEL_EVERY`). `manual_dir`: the clip folder, if not the run's own `data.manual_dir`. Batches of
   `batch_size` frames (the last padded), progress logged with frames/s and the time left.
   Returns `{key [n], builder, pose_dofs [n, 50], root_rotmat [n, 3, 3], betas [n, S],
   transl [n, 3], joints3d [n, 17, 3], network_pa_mpjpe_mm, label_pa_mpjpe_mm}`.
@@ -91,10 +95,14 @@ def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int 
   data_config = ml_collections.ConfigDict(config.data)
   if manual_dir:
     data_config.manual_dir = manual_dir
-  frames, keys = frames_with_keys(data_config, split, batch_size, num_frames)
+  if every < 1:
+    raise ValueError(f"every: expected an int >= 1, got {every}")
+  frames, keys = frames_with_keys(data_config, split, batch_size, num_frames, every)
   num = len(keys)
   config.model.prior_workdir = f"{workdir}/{predictor.PRIOR_DIR}"
-  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config))
+  # "benchmark": the benchmark's start too (the network's flip-averaged read).
+  flip = refinement == "benchmark"
+  predict = jax.jit(lambda p, b: task.predict_batch(p, b, config, flip_average=flip))
   labels = {k: [] for k in evidence_pseudo.PSEUDO_FIELDS}
   network_points = []
   start_time = time.time()
