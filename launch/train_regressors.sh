@@ -31,10 +31,12 @@ fi
 # $FLOWPOSE_REGIMES (e.g. "weak semi") trains a subset; default: every regime. A regime that
 # starts from another's network (regressor_base.INIT_FROM: semi from weak_2d) has that one
 # trained first, into DIR too, and passed as --config.model.init_from. A self-trained regime
-# (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 3 rounds) trains its base, then each
-# round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels ->
-# <previous run>/pseudo_labels.npz, ~12 min each; ~65 min from round BENCHMARK_LABELS_FROM_ROUND
-# on, with the benchmark's refinement), rounds before the last into DIR/<regime>_round<r>.
+# (regressor_base.PSEUDO_LABEL_ROUNDS: weak = weak_2d + 2 rounds) trains its base, then each
+# round from the previous run on that run's pseudo-labels (python -m launch.pseudo_labels
+# --every=PSEUDO_LABEL_EVERY -> <previous run>/pseudo_labels.npz, ~2 min; ~14 min from round
+# BENCHMARK_LABELS_FROM_ROUND on, with the benchmark's refinement), rounds before the last into
+# DIR/<regime>_round<r>. Session 18, 2 cores: weak (weak_2d + 2 rounds) 26 min, every other regime
+# 5-8 min (the first run builds the data: cmu_evidence ~2 min, self's BlazePose evidence ~5 min).
 REGIMES="${FLOWPOSE_REGIMES:-$($PY -c "from experiments import regressor_base; print(' '.join(regressor_base.REGIMES))")}"
 DONE=" "
 run_main() {  # run_main REGIME WORKDIR [flags]: one launch.main run, timed.
