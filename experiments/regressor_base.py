@@ -59,7 +59,7 @@ BENCHMARK_LABELS_FROM_ROUND = 2
 # weight does not depend on the fraction): the labels' refinement is the pipeline's cost.
 # Session 18, test PA-MPJPE mm (whole split; flip-averaged networks): all examples and three
 # rounds (session 17, 2.7 h): weak 93.5, refined 84.8; every 4th and two rounds (26 min):
-# weak 96.9, refined 83.9 (fit alone 104.3 -> 0.804x).
+# weak 96.9, refined 83.9 (fit alone 104.3 -> 0.805x).
 PSEUDO_LABEL_EVERY = 4
 # `self`: the evidence is BlazePose's on shaded photos, used as found (no simulated corruption).
 _SELF_DATA = dict(evidence_source="detector", stride=8, views_per_pose=1, keypoint_noise_px=0.0,

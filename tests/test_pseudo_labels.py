@@ -92,6 +92,8 @@ def test_every_regime_has_a_config_and_its_bases_are_regimes():
   bases = list(regressor_base.INIT_FROM.values()) + [
       base for base, _ in regressor_base.PSEUDO_LABEL_ROUNDS.values()]
   assert set(bases) <= set(regressor_base.REGIMES)
+  every = regressor_base.PSEUDO_LABEL_EVERY  # launch.pseudo_labels --every: an int >= 1.
+  assert isinstance(every, int) and every >= 1, every
   for regime, (_, rounds) in regressor_base.PSEUDO_LABEL_ROUNDS.items():
     assert regime in regressor_base.REGIMES and rounds >= 1
     config = regressor_base.regime_config(regime)
@@ -119,3 +121,11 @@ def test_the_labels_refinements_are_the_named_fitter_settings():
   assert set(regressor_pseudo.REFINEMENTS) == {"labels", "benchmark"}
   for _, rounds in regressor_base.PSEUDO_LABEL_ROUNDS.values():
     assert 1 <= regressor_base.BENCHMARK_LABELS_FROM_ROUND <= rounds
+
+
+def test_a_bad_labelling_stride_is_named_before_any_work(tmp_path):
+  """`make_pseudo_labels(every=)` (`launch.pseudo_labels --every`) must be >= 1; the error comes
+  before the run is read (here there is none)."""
+  from flowpose.tasks import regressor_pseudo  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="every: expected an int >= 1, got 0"):
+    regressor_pseudo.make_pseudo_labels(str(tmp_path / "no_run"), every=0)

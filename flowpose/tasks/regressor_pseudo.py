@@ -82,21 +82,22 @@ def make_pseudo_labels(workdir: str, *, split: str = "train", refine_steps: int 
 
   `refinement`: `label_refine_config`'s choice ("benchmark" always fits the mask, as the
   benchmark does). `every`: label every `every`-th example only (file order; the others stay
-  2D-only in the next round: `regressor_base.PSEUDO_LABEL_EVERY`). `manual_dir`: the clip folder, if not the run's own `data.manual_dir`. Batches of
-  `batch_size` frames (the last padded), progress logged with frames/s and the time left.
+  2D-only in the next round: `regressor_base.PSEUDO_LABEL_EVERY`). `manual_dir`: the clip
+  folder, if not the run's own `data.manual_dir`. Batches of `batch_size` frames (the last
+  padded), progress logged with frames/s and the time left.
   Returns `{key [n], builder, pose_dofs [n, 50], root_rotmat [n, 3, 3], betas [n, S],
   transl [n, 3], joints3d [n, 17, 3], network_pa_mpjpe_mm, label_pa_mpjpe_mm}`.
   """
   from flowpose.data import evidence  # pylint: disable=g-import-not-at-top
   from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  if every < 1:
+    raise ValueError(f"every: expected an int >= 1, got {every}")
   refine_config = label_refine_config(refine_steps, refinement)
   use_mask = use_mask or refinement == "benchmark"
   config, context, params = predictor.load_params(workdir)
   data_config = ml_collections.ConfigDict(config.data)
   if manual_dir:
     data_config.manual_dir = manual_dir
-  if every < 1:
-    raise ValueError(f"every: expected an int >= 1, got {every}")
   frames, keys = frames_with_keys(data_config, split, batch_size, num_frames, every)
   num = len(keys)
   config.model.prior_workdir = f"{workdir}/{predictor.PRIOR_DIR}"
