@@ -7,7 +7,7 @@
 (`bash launch/train_regressors.sh DIR` does both, with `--refinement=benchmark` from round
 `experiments/regressor_base.BENCHMARK_LABELS_FROM_ROUND` on and `--every=regressor_base.
 PSEUDO_LABEL_EVERY`.) About 12 min ("labels") or 65 min ("benchmark", session 15) for all 9,512
-training examples on 2 cores (150 refinement steps); session 18, every 4th (2,378): 2.2 / 13.5 min.
+training examples on 2 cores (150 refinement steps); session 18, every 4th (2,378): 2.3 / 14.4 min.
 Progress is logged with frames/s and the time left. Bad input (no finished run, a bad output
 path) -> one line naming it, exit 1, nothing written.
 """
