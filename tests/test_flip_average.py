@@ -83,3 +83,30 @@ def test_flip_averaged_prediction_is_exactly_left_right_equivariant(config):
   assert gap(avg["keypoints3d"], avg_mirrored["keypoints3d"]) < 2e-3
   for key in ("keypoints2d", "vertices", "visibility", "rotmats"):
     assert avg[key].shape == plain[key].shape, key
+
+
+def test_network_reads_are_the_plain_read_and_the_mirrored_read_mapped_back(config):
+  """`network_reads` (the refinement's two network starts): the first is the plain prediction,
+  the second the prediction for the mirrored evidence mapped back; so the reads of the mirrored
+  evidence are the mirror images of the reads of the evidence, exchanged."""
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  batch = _batch(config)
+  params = task.init(config, jax.random.key(0), jax.tree.map(np.asarray, batch))
+  ctx = task.context(config)
+  reads = jax.jit(lambda p, b: regressor_body.network_reads(ctx, p, b))
+  mirrored = {**batch, **regressor_body.flip_evidence(batch, config.data.resolution)}
+  (plain, back), (plain_m, back_m) = reads(params, batch), reads(params, mirrored)
+  single = regressor_body.network_decode(ctx, params, batch)
+  for key in ("dofs", "root_rotmat", "root", "betas", "pose", "transl"):
+    np.testing.assert_allclose(plain[key], single[key], atol=1e-5, err_msg=key)
+  for first, second in ((back_m, plain), (back, plain_m)):
+    image = _mirror_image(second)
+    for key in ("root_rotmat", "root", "betas"):
+      np.testing.assert_allclose(first[key], image[key], atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(np.asarray(first["dofs"])[:, charts.FREE_COLUMNS],
+                               np.asarray(image["dofs"])[:, charts.FREE_COLUMNS], atol=1e-4)
+  # The reads differ (the untrained network is not equivariant); their mean is the flip average.
+  assert float(jnp.max(jnp.abs(plain["root"] - back["root"]))) > 1e-4
+  avg = regressor_body.network_decode(ctx, params, batch, flip_average=True)
+  np.testing.assert_allclose(avg["betas"], 0.5 * (plain["betas"] + back["betas"]), atol=1e-5)
+  np.testing.assert_allclose(avg["root"], 0.5 * (plain["root"] + back["root"]), atol=1e-5)

@@ -53,10 +53,12 @@ mean weighted by exp(-evidence loss / T), placed as the best (`restarts.mean_art
 Initialisation: by default every restart starts from the prior's mean pose, zero betas, the
 restart's yaw facing the camera and the similar-triangles translation. `fit(..., initial=...)`
 (e.g. a regressor network's prediction) adds ONE extra restart, restart 0, whose variables named
-in `initial` replace those defaults (the rest keep the yaw-0 defaults); the yaw restarts still
+in `initial` replace those defaults (the rest keep the yaw-0 defaults); a sequence of such dicts
+adds one restart each, in order, before the yaws (e.g. a network's two reads); the yaw restarts still
 run and compete with it (a network can be wrong about front/back), and its depth and focal
 priors pull towards its own `transl` z and `log_focal`.
-`FitResult.restart_labels` names the restarts ("initial", then the yaws).
+`FitResult.restart_labels` names the restarts ("initial" or "initial0", "initial1", ..., then
+the yaws).
 """
 
 import functools
@@ -248,7 +250,7 @@ def _evidence_aux(evidence: Evidence, num_parts: int,
 def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
         body: FitBody, prior: PosePrior, evidence: Evidence,
         image_size: Optional[tuple] = None, *,
-        initial: Optional[dict] = None, mask: Optional[MaskEvidence] = None) -> FitResult:
+        initial=None, mask: Optional[MaskEvidence] = None) -> FitResult:
   """Fits B persons jointly (restarts, stages; see the module docstring).
 
   Args:
@@ -260,7 +262,8 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
     image_size: (H, W), needed for z-buffer visibility with part evidence; enables the
       in-image checks of `checks.evidence_errors`.
     initial: optional dict, any subset of `VARIABLES` with a leading [B] (pose in the prior's
-      space, e.g. latent z for flow): an extra restart 0 starting there (module docstring).
+      space, e.g. latent z for flow): an extra restart 0 starting there (module docstring); or
+      a sequence of such dicts: restarts 0, 1, ... starting there.
     mask: optional `MaskEvidence` with a leading [B]: enables the silhouette term.
 
   Returns:
@@ -288,9 +291,10 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
   base_aux = _evidence_aux(evidence, body.num_parts, mask)
   # Restarts are stacked restart-major: row r * B + b.
   inits = [initial_lib.initial_variables(body, prior, evidence, yaw) for yaw in yaws]
-  if initial is not None:
-    inits.insert(0, initial_lib.initial_restart(
-        initial, initial_lib.initial_variables(body, prior, evidence, 0.0), num))
+  starts = initial_lib.initial_list(initial)
+  if starts:
+    default = initial_lib.initial_variables(body, prior, evidence, 0.0)
+    inits[:0] = [initial_lib.initial_restart(start, default, num) for start in starts]
   num_restarts = len(inits)
   variables = jax.tree.map(lambda *x: jnp.concatenate(x),
                            *[v for v, _ in inits])
@@ -367,7 +371,7 @@ def fit(config: ml_collections.ConfigDict, model: body_lib.BodyModel,
       transl=variables["transl"], focal=focal, loss=np.asarray(final),
       terms={k: np.asarray(v) for k, v in terms.items()}, restart=kept,
       restart_losses=restart_losses, history=history, warnings=warnings,
-      restart_labels=initial_lib.restart_labels(config, initial is not None))
+      restart_labels=initial_lib.restart_labels(config, len(starts)))
 
 
 def body_outputs(model: body_lib.BodyModel, result: FitResult,

@@ -92,10 +92,31 @@ def initial_restart(initial: dict, default: tuple, num: int) -> tuple:
   return variables, aux
 
 
-def restart_labels(config: ml_collections.ConfigDict, with_initial: bool) -> tuple:
-  """What each restart of `fit` starts from: ("initial",) if given, then the yaws (degrees)."""
+def initial_list(initial) -> list:
+  """`fit`'s `initial` as a list of start dicts: [] for None, [initial] for one dict.
+
+  Raises:
+    FitInputError: `initial` is neither None, a dict, nor a non-empty sequence of dicts.
+  """
+  if initial is None:
+    return []
+  if isinstance(initial, dict):
+    return [initial]
+  starts = list(initial) if isinstance(initial, (list, tuple)) else None
+  if not starts or not all(isinstance(s, dict) for s in starts):
+    raise FitInputError(f"fit initial: expected a dict of {VARIABLES} or a non-empty sequence "
+                        f"of such dicts, got {type(initial).__name__}")
+  return starts
+
+
+def restart_labels(config: ml_collections.ConfigDict, num_initial: int) -> tuple:
+  """What each restart of `fit` starts from: ("initial",) for one given start, ("initial0",
+  "initial1", ...) for several, then the yaws (degrees)."""
   yaws = tuple(float(y) for y in config.restart_yaws_deg)
-  return (("initial",) if with_initial else ()) + yaws
+  num_initial = int(num_initial)
+  starts = (("initial",) if num_initial == 1 else
+            tuple(f"initial{i}" for i in range(num_initial)))
+  return starts + yaws
 
 
 def load_regressor(workdir: Optional[str]) -> Callable:

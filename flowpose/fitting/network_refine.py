@@ -108,14 +108,18 @@ def refine_config(steps: int, restart_yaws_deg=RESTART_YAWS_DEG, pose_anchor: fl
 
 def refine(context: regressor_body.RegressorContext, frames: dict, outputs: dict,
            config: ml_collections.ConfigDict, use_mask: bool = True) -> fitting.FitResult:
-  """`fit.fit` of `frames` from the network's `outputs` (module docstring); `use_mask`: the
+  """`fit.fit` of `frames` from the network's `outputs` (module docstring), or from each of a
+  sequence of such outputs (one restart each, e.g. `network_starts`); `use_mask`: the
   silhouette term on the frames' masks (`mask_evidence`), else keypoints + parts only."""
   r = context.resolution
-  initial = {k: np.asarray(outputs[k]) for k in NETWORK_VARIABLES}
-  initial["log_focal"] = np.log(frames["focal"]).astype(np.float32)
+  log_focal = np.log(frames["focal"]).astype(np.float32)
+  many = not isinstance(outputs, dict)
+  initial = [{**{k: np.asarray(o[k]) for k in NETWORK_VARIABLES}, "log_focal": log_focal}
+             for o in (outputs if many else [outputs])]
   mask = mask_evidence(frames, config.num_mask_pixels) if use_mask else None
   return fitting.fit(config, context.model, context.body, context.prior,
-                     crop_evidence(frames, r), (r, r), initial=initial, mask=mask)
+                     crop_evidence(frames, r), (r, r), initial=initial if many else initial[0],
+                     mask=mask)
 
 
 def pad_rows(values: dict, size: int) -> dict:

@@ -157,12 +157,27 @@ def network_decode(context: RegressorContext, params: Any, batch: dict,
                                       context.theta_init)[-1]
   if not flip_average:
     return decode(context, apply(batch), focal)
-  size = focal.shape[0]
+  return mean_with_mirror_image(context, *_both_reads(context, apply, batch))
+
+
+def network_reads(context: RegressorContext, params: Any, batch: dict) -> tuple[dict, dict]:
+  """The network's two reads of the evidence of `batch`, `decode` fields `[B, ...]` each: of the
+  evidence itself, and of its mirror image mapped back (`mirror_back`); `network_decode(...,
+  flip_average=True)` is their `mean_with_mirror_image`."""
+  apply = lambda b: context.net.apply({"params": params["net"]}, input_maps(context, b),
+                                      context.theta_init)[-1]
+  out, flipped = _both_reads(context, apply, batch)
+  return out, mirror_back(context, flipped)
+
+
+def _both_reads(context: RegressorContext, apply, batch: dict) -> tuple[dict, dict]:
+  """`decode` fields of `apply` on the evidence and on its mirror image (one pass over twice
+  the batch; the mirrored prediction as read, in the mirrored scene)."""
+  size = np.shape(batch["focal"])[0]
   mirrored = flip_evidence(batch, context.resolution)
   both = {k: jnp.concatenate([jnp.asarray(batch[k]), jnp.asarray(v)]) for k, v in mirrored.items()}
   decoded = decode(context, apply(both), both["focal"])
-  return mean_with_mirror_image(context, jax.tree.map(lambda x: x[:size], decoded),
-                                jax.tree.map(lambda x: x[size:], decoded))
+  return (jax.tree.map(lambda x: x[:size], decoded), jax.tree.map(lambda x: x[size:], decoded))
 
 
 def _posed_one(body, rest_normals, sharpness, dofs, root_rotmat, betas, transl):
@@ -280,23 +295,45 @@ def mean_with_mirror_image(context: RegressorContext, out: dict, flipped: dict) 
   Returns:
     `decode` fields `[B, ...]`.
   """
-  perm, signs = cmu_skeleton.mirror_permutation_and_signs()
-  mirror = jnp.asarray([-1.0, 1.0, 1.0], jnp.float32)
-  dofs_back = flipped["dofs"][:, perm] * signs
-  rot_back = flipped["root_rotmat"] * mirror[:, None] * mirror[None, :]  # F R F.
+  dofs_back, rot_back, root_back = _mirrored_back(flipped)
   q0 = geometry.matrix_to_quaternion(out["root_rotmat"])
   q1 = geometry.matrix_to_quaternion(rot_back)
   q1 = jnp.where(jnp.sum(q0 * q1, -1, keepdims=True) < 0, -q1, q1)
   root_rotmat = geometry.quaternion_to_matrix(q0 + q1)
   dofs = jnp.arctan2(jnp.sin(out["dofs"]) + jnp.sin(dofs_back),
                      jnp.cos(out["dofs"]) + jnp.cos(dofs_back))
+  return _decode_fields(context, dofs, root_rotmat, 0.5 * (out["betas"] + flipped["betas"]),
+                        0.5 * (out["root"] + root_back))
+
+
+def _mirrored_back(flipped: dict) -> tuple:
+  """(DOFs `[B, D]`, root rotation `[B, 3, 3]`, root joint `[B, 3]`) of a prediction for the
+  mirrored evidence, in the original scene (`mirror_back`)."""
+  perm, signs = cmu_skeleton.mirror_permutation_and_signs()
+  mirror = jnp.asarray([-1.0, 1.0, 1.0], jnp.float32)
+  return (flipped["dofs"][:, perm] * signs,
+          flipped["root_rotmat"] * mirror[:, None] * mirror[None, :],  # F R F.
+          flipped["root"] * mirror)
+
+
+def mirror_back(context: RegressorContext, flipped: dict) -> dict:
+  """`decode` fields `[B, ...]` of a prediction for the mirrored evidence (`flip_evidence`)
+  mapped back to the original scene, as `evidence_augment` maps a flipped example's labels (pose
+  DOFs by `cmu_skeleton.mirror_permutation_and_signs`, `root_rotmat -> F R F`, root joint ->
+  F root, F = diag(-1, 1, 1); betas kept): the network's second read of the evidence."""
+  dofs, root_rotmat, root = _mirrored_back(flipped)
+  return _decode_fields(context, dofs, root_rotmat, flipped["betas"], root)
+
+
+def _decode_fields(context: RegressorContext, dofs, root_rotmat, betas, root) -> dict:
+  """`decode` fields from DOFs `[B, D]` (wrapped through the flow's chart), the root rotation
+  `[B, 3, 3]`, betas and the root joint `[B, 3]` (the pose variable: the chart coordinates,
+  through the flow's inverse for the "flow" head)."""
   chart = context.flow.chart
   x = charts.from_dofs(chart, dofs)
   dofs = charts.to_dofs(chart, x)
   pose = (context.flow.pose_to_latent(context.prior.params, x)
           if context.model_config.pose_head == "flow" else x)
-  betas = 0.5 * (out["betas"] + flipped["betas"])
-  root = 0.5 * (out["root"] + flipped["root"] * mirror)
   return {"pose": pose, "dofs": dofs, "betas": betas, "root_rotmat": root_rotmat,
           "orient": geometry.matrix_to_rot6d(root_rotmat),
           "rotmats": jax.vmap(context.body.pose_to_rotmats)(dofs, root_rotmat),
