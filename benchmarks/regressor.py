@@ -25,8 +25,10 @@ hip-centred COCO-17 keypoints, pve_mm on the full CC0 mesh, root-joint aligned, 
                  steps, the restarts' mean by evidence loss) with the same flow prior
   weak_refined   the weak network's output refined by `--refine_steps` fitter steps
                  (`network_refine.refine` with `refine_config`: the fit's objective plus
-                 `pose_anchor`, a pull to the network's own latent; yaw-0 and yaw-180
-                 restarts beside the network's start, combined as the fit's)
+                 `pose_anchor`, a pull to each start's own latent; the network's starts
+                 `network_refine.NETWORK_STARTS` -- its flip-averaged read and the two reads
+                 averaged, or its one read with --noflip_average -- and yaw-0 and yaw-180
+                 restarts, combined as the fit's)
 Picture: F.png beside F.json (`picture`): a few frames' evidence, truth, the weak network, the
 self network, the fit and weak_refined as hip-centred 3D keypoints seen from the camera and
 from the side.
@@ -304,7 +306,13 @@ def run(workdir_root: str, mocap_dir: str, num_frames: int, out: str, batch_size
 
   # Network + refinement.
   if weak_out is not None:
-    refined = network_refine.refine(context, frames, weak_out,
+    starts = weak_out  # Without flip averaging: the network's one read.
+    if flip_average:
+      _, weak_context, weak_params = predictor.load_params(
+          os.path.join(workdir_root, report["network_regime"]))
+      starts = network_refine.network_starts(weak_context, weak_params, frames, batch_size)
+    report["refine_starts"] = list(network_refine.NETWORK_STARTS if flip_average else ("read",))
+    refined = network_refine.refine(context, frames, starts,
                                     network_refine.refine_config(refine_steps))
     refined_errors, shown["weak_refined"] = fit_errors(context, refined, frames, batch_size,
                                                        True)

@@ -110,3 +110,24 @@ def test_network_reads_are_the_plain_read_and_the_mirrored_read_mapped_back(conf
   avg = regressor_body.network_decode(ctx, params, batch, flip_average=True)
   np.testing.assert_allclose(avg["betas"], 0.5 * (plain["betas"] + back["betas"]), atol=1e-5)
   np.testing.assert_allclose(avg["root"], 0.5 * (plain["root"] + back["root"]), atol=1e-5)
+
+
+def test_network_starts_are_the_named_reads_of_every_frame(config):
+  """`network_refine.network_starts` (the benchmark's refinement starts): the flip average and
+  the two reads, for every frame (batches padded), in the order named; bad names refused."""
+  from flowpose.fitting import network_refine  # pylint: disable=g-import-not-at-top
+  from flowpose.tasks import regressor as task  # pylint: disable=g-import-not-at-top
+  batch = jax.tree.map(np.asarray, _batch(config))
+  params = task.init(config, jax.random.key(0), batch)
+  ctx = task.context(config)
+  num = len(batch["focal"])
+  starts = network_refine.network_starts(ctx, params, batch, batch_size=num - 1,
+                                         starts=("read", "mean", "mirrored"))
+  read, mirrored = regressor_body.network_reads(ctx, params, batch)
+  mean = regressor_body.network_decode(ctx, params, batch, flip_average=True)
+  for got, want in zip(starts, (read, mean, mirrored)):
+    assert sorted(got) == sorted(network_refine.NETWORK_VARIABLES)
+    for key in network_refine.NETWORK_VARIABLES:
+      np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
+  with pytest.raises(ValueError, match="network starts"):
+    network_refine.network_starts(ctx, params, batch, num, starts=("mean", "best"))

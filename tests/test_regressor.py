@@ -387,4 +387,4 @@ def test_benchmark_scores_every_method_it_has(trained, tmp_path):
     assert report[key]["fully"] is None
     assert report[key]["weak"] > 0 and report[key]["fit"] > 0
   assert report["network_frames_per_s"] > 0 and report["fit_frames_per_s"] > 0
-  assert report["num_frames"] == 8
+  assert report["num_frames"] == 8 and report["refine_starts"] == ["mean", "read", "mirrored"]

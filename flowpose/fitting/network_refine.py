@@ -87,6 +87,38 @@ KEYPOINTS_ANCHOR = 0.0
 RESTART_YAWS_DEG = (0.0, 180.0)
 
 
+# The network's reads the refinement starts from, one restart each beside the yaw restarts:
+# "mean" its flip-averaged read (`regressor_body.network_decode(..., flip_average=True)`), "read"
+# and "mirrored" the two reads it averages (`regressor_body.network_reads`). See `network_starts`.
+NETWORK_STARTS = ("mean", "read", "mirrored")
+
+
+def network_starts(context: regressor_body.RegressorContext, params, frames: dict,
+                   batch_size: int, starts=NETWORK_STARTS) -> list:
+  """The network's `starts` (`NETWORK_STARTS` names) for `frames`: a list of `{pose, betas,
+  orient, transl}` NumPy dicts `[n, ...]`, `refine`'s `outputs` (a list: one restart each)."""
+  unknown = sorted(set(starts) - {"mean", "read", "mirrored"})
+  if unknown or not starts:
+    raise ValueError(f"network starts: expected names from ('mean', 'read', 'mirrored'), got "
+                     f"{tuple(starts)}")
+  fields = regressor_body.EVIDENCE_FIELDS
+
+  @jax.jit
+  def reads(p, batch):
+    read, mirrored = regressor_body.network_reads(context, p, batch)
+    mean = regressor_body.network_decode(context, p, batch, flip_average=True)
+    named = {"mean": mean, "read": read, "mirrored": mirrored}
+    return [{k: named[s][k] for k in NETWORK_VARIABLES} for s in starts]
+
+  num, out = len(frames["focal"]), []
+  for start in range(0, num, batch_size):
+    batch = pad_rows({k: np.asarray(frames[k][start:start + batch_size]) for k in fields},
+                     batch_size)
+    out.append(jax.device_get(reads(params, batch)))
+  return [{k: np.concatenate([o[i][k] for o in out])[:num] for k in NETWORK_VARIABLES}
+          for i in range(len(starts))]
+
+
 def refine_config(steps: int, restart_yaws_deg=RESTART_YAWS_DEG, pose_anchor: float = POSE_ANCHOR,
                   keypoints_anchor: float = KEYPOINTS_ANCHOR,
                   restart_mean_temperature: float = RESTART_MEAN_TEMPERATURE
