@@ -63,7 +63,9 @@ def label_refine_config(steps: int, refinement: str = "labels") -> ml_collection
   rounds were measured so; it suits a network far from the truth, as `weak_2d`). "benchmark":
   the benchmark's `weak_refined` refinement (`refine_config`'s defaults: the network's z
   anchored, a yaw-180 restart, since session 16 the restarts' mean; with the mask; since session
-  18 from the network's flip-averaged read, as the benchmark's `weak_refined`). Session 15
+  18 from the network's flip-averaged read; the benchmark's `weak_refined` also starts from
+  the two reads it averages since session 19, `network_refine.NETWORK_STARTS`, the labels keep
+  the one start their rounds were measured with). Session 15
   (then the best restart kept), the 9,512 training examples of the round-1 network (76.0 mm
   PA-MPJPE against the unused true 3D): labels 76.3 mm with "labels", 66.4 with "benchmark"
   (65 min instead of 12 on 2 cores)."""
