@@ -300,7 +300,9 @@ def test_keypoints_equal_the_full_model_and_the_transform_form_with_gradients(se
   (kp_fast, grads_fast), (kp_slow, grads_slow) = map(keypoints_and_grads, (fast, slow))
   full = jax.vmap(body_lib.forward, (None, 0, 0, 0))(
       model, jax.jit(jax.vmap(setup["decoder"]))(dofs, roots), betas, transl).keypoints
-  np.testing.assert_allclose(kp_fast, full, rtol=1e-5, atol=1e-5)
+  # rtol 3e-5: the full model's fused CPU kernel rounds differently from XLA (session 19's
+  # AMD EPYC machine: 1.4e-5 relative at 6 m depth).
+  np.testing.assert_allclose(kp_fast, full, rtol=3e-5, atol=1e-5)
   np.testing.assert_allclose(kp_fast, kp_slow, rtol=1e-5, atol=1e-5)
   for got, want in zip(grads_fast, grads_slow):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from test_regressor import _batch
+from test_regressor import _real_evidence_module_back_afterwards  # Autouse: the stand-in goes.
 from test_regressor import make_tiny_prior
 from test_regressor import runlocal_config
 

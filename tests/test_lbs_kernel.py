@@ -106,7 +106,9 @@ def batched_forward(skinning):
 
 def assert_outputs_close(got, want, model):
   np.testing.assert_allclose(got.vertices, want.vertices, atol=1e-5)
-  np.testing.assert_allclose(got.joints, want.joints, atol=1e-6)
+  # Joints ~1 m: the kernel's FK and XLA's round differently by up to ~12 float32 ulps on
+  # some CPUs (session 19's AMD EPYC machine: 1.4e-6).
+  np.testing.assert_allclose(got.joints, want.joints, atol=3e-6)
   # Keypoints: the kernel sums sparse regressor rows; XLA's dense GEMM rounds
   # differently (on cc0 by ~2e-5), so compare both with float64 arithmetic.
   reg = np.asarray(model.keypoint_regressor, np.float64)
