@@ -96,7 +96,10 @@ def test_network_reads_are_the_plain_read_and_the_mirrored_read_mapped_back(conf
   ctx = task.context(config)
   reads = jax.jit(lambda p, b: regressor_body.network_reads(ctx, p, b))
   mirrored = {**batch, **regressor_body.flip_evidence(batch, config.data.resolution)}
-  (plain, back), (plain_m, back_m) = reads(params, batch), reads(params, mirrored)
+  named, named_m = reads(params, batch), reads(params, mirrored)
+  assert sorted(named) == sorted(regressor_body.NETWORK_READS)
+  plain, back = named["read"], named["mirrored"]
+  plain_m, back_m = named_m["read"], named_m["mirrored"]
   single = regressor_body.network_decode(ctx, params, batch)
   for key in ("dofs", "root_rotmat", "root", "betas", "pose", "transl"):
     np.testing.assert_allclose(plain[key], single[key], atol=1e-5, err_msg=key)
@@ -109,6 +112,8 @@ def test_network_reads_are_the_plain_read_and_the_mirrored_read_mapped_back(conf
   # The reads differ (the untrained network is not equivariant); their mean is the flip average.
   assert float(jnp.max(jnp.abs(plain["root"] - back["root"]))) > 1e-4
   avg = regressor_body.network_decode(ctx, params, batch, flip_average=True)
+  for key in ("dofs", "root_rotmat", "root", "betas", "pose"):
+    np.testing.assert_allclose(named["mean"][key], avg[key], atol=1e-5, err_msg=key)
   np.testing.assert_allclose(avg["betas"], 0.5 * (plain["betas"] + back["betas"]), atol=1e-5)
   np.testing.assert_allclose(avg["root"], 0.5 * (plain["root"] + back["root"]), atol=1e-5)
 
@@ -124,9 +129,8 @@ def test_network_starts_are_the_named_reads_of_every_frame(config):
   num = len(batch["focal"])
   starts = network_refine.network_starts(ctx, params, batch, batch_size=num - 1,
                                          starts=("read", "mean", "mirrored"))
-  read, mirrored = regressor_body.network_reads(ctx, params, batch)
-  mean = regressor_body.network_decode(ctx, params, batch, flip_average=True)
-  for got, want in zip(starts, (read, mean, mirrored)):
+  named = regressor_body.network_reads(ctx, params, batch)
+  for got, want in zip(starts, (named["read"], named["mean"], named["mirrored"])):
     assert sorted(got) == sorted(network_refine.NETWORK_VARIABLES)
     for key in network_refine.NETWORK_VARIABLES:
       np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)

@@ -53,10 +53,10 @@ mean weighted by exp(-evidence loss / T), placed as the best (`restarts.mean_art
 Initialisation: by default every restart starts from the prior's mean pose, zero betas, the
 restart's yaw facing the camera and the similar-triangles translation. `fit(..., initial=...)`
 (e.g. a regressor network's prediction) adds ONE extra restart, restart 0, whose variables named
-in `initial` replace those defaults (the rest keep the yaw-0 defaults); a sequence of such dicts
-adds one restart each, in order, before the yaws (e.g. a network's two reads); the yaw restarts still
-run and compete with it (a network can be wrong about front/back), and its depth and focal
-priors pull towards its own `transl` z and `log_focal`.
+in `initial` replace those defaults (the rest keep the yaw-0 defaults); a sequence of such
+dicts adds one restart each, in order, before the yaws (e.g. a network's reads); the yaw
+restarts still run and compete with it (a network can be wrong about front/back), and its depth
+and focal priors pull towards its own `transl` z and `log_focal`.
 `FitResult.restart_labels` names the restarts ("initial" or "initial0", "initial1", ..., then
 the yaws).
 """

@@ -113,7 +113,6 @@ def restart_labels(config: ml_collections.ConfigDict, num_initial: int) -> tuple
   """What each restart of `fit` starts from: ("initial",) for one given start, ("initial0",
   "initial1", ...) for several, then the yaws (degrees)."""
   yaws = tuple(float(y) for y in config.restart_yaws_deg)
-  num_initial = int(num_initial)
   starts = (("initial",) if num_initial == 1 else
             tuple(f"initial{i}" for i in range(num_initial)))
   return starts + yaws

@@ -89,7 +89,8 @@ RESTART_YAWS_DEG = (0.0, 180.0)
 
 # The network's reads the refinement starts from, one restart each beside the yaw restarts:
 # "mean" its flip-averaged read (`regressor_body.network_decode(..., flip_average=True)`), "read"
-# and "mirrored" the two reads it averages (`regressor_body.network_reads`). See `network_starts`.
+# and "mirrored" the two reads it averages (`regressor_body.network_reads`, one pass for all
+# three). See `network_starts`.
 # Session 19, 150 steps, PA-MPJPE mm (subject 13 validation, 492 frames | cmu_more, 506), from
 # ("mean",) -> ("mean", "read", "mirrored") -> ("read", "mirrored"): round-1 weak network 62.9 |
 # 72.8 -> 62.0 | 73.1 -> 62.1 | -; round-2 (the benchmark's) 62.1 | 72.2 -> 61.5 | 72.6 (mean of
@@ -102,17 +103,14 @@ def network_starts(context: regressor_body.RegressorContext, params, frames: dic
                    batch_size: int, starts=NETWORK_STARTS) -> list:
   """The network's `starts` (`NETWORK_STARTS` names) for `frames`: a list of `{pose, betas,
   orient, transl}` NumPy dicts `[n, ...]`, `refine`'s `outputs` (a list: one restart each)."""
-  unknown = sorted(set(starts) - {"mean", "read", "mirrored"})
-  if unknown or not starts:
-    raise ValueError(f"network starts: expected names from ('mean', 'read', 'mirrored'), got "
+  if not starts or set(starts) - set(regressor_body.NETWORK_READS):
+    raise ValueError(f"network starts: expected names from {regressor_body.NETWORK_READS}, got "
                      f"{tuple(starts)}")
   fields = regressor_body.EVIDENCE_FIELDS
 
   @jax.jit
   def reads(p, batch):
-    read, mirrored = regressor_body.network_reads(context, p, batch)
-    mean = regressor_body.network_decode(context, p, batch, flip_average=True)
-    named = {"mean": mean, "read": read, "mirrored": mirrored}
+    named = regressor_body.network_reads(context, p, batch)
     return [{k: named[s][k] for k in NETWORK_VARIABLES} for s in starts]
 
   num, out = len(frames["focal"]), []
@@ -150,13 +148,11 @@ def refine(context: regressor_body.RegressorContext, frames: dict, outputs: dict
   silhouette term on the frames' masks (`mask_evidence`), else keypoints + parts only."""
   r = context.resolution
   log_focal = np.log(frames["focal"]).astype(np.float32)
-  many = not isinstance(outputs, dict)
   initial = [{**{k: np.asarray(o[k]) for k in NETWORK_VARIABLES}, "log_focal": log_focal}
-             for o in (outputs if many else [outputs])]
+             for o in ([outputs] if isinstance(outputs, dict) else outputs)]
   mask = mask_evidence(frames, config.num_mask_pixels) if use_mask else None
   return fitting.fit(config, context.model, context.body, context.prior,
-                     crop_evidence(frames, r), (r, r), initial=initial if many else initial[0],
-                     mask=mask)
+                     crop_evidence(frames, r), (r, r), initial=initial, mask=mask)
 
 
 def pad_rows(values: dict, size: int) -> dict:

@@ -152,31 +152,36 @@ def network_decode(context: RegressorContext, params: Any, batch: dict,
   (`EVIDENCE_FIELDS`; `params["net"]` the network's parameters). `flip_average`: the network
   also reads the mirrored evidence (`flip_evidence`, one pass over twice the batch) and the
   two predictions are averaged (`mean_with_mirror_image`)."""
-  focal = jnp.asarray(batch["focal"], jnp.float32)
-  apply = lambda b: context.net.apply({"params": params["net"]}, input_maps(context, b),
-                                      context.theta_init)[-1]
   if not flip_average:
-    return decode(context, apply(batch), focal)
-  return mean_with_mirror_image(context, *_both_reads(context, apply, batch))
+    theta = context.net.apply({"params": params["net"]}, input_maps(context, batch),
+                              context.theta_init)[-1]
+    return decode(context, theta, jnp.asarray(batch["focal"], jnp.float32))
+  return mean_with_mirror_image(context, *_both_reads(context, params, batch))
 
 
-def network_reads(context: RegressorContext, params: Any, batch: dict) -> tuple[dict, dict]:
-  """The network's two reads of the evidence of `batch`, `decode` fields `[B, ...]` each: of the
-  evidence itself, and of its mirror image mapped back (`mirror_back`); `network_decode(...,
-  flip_average=True)` is their `mean_with_mirror_image`."""
-  apply = lambda b: context.net.apply({"params": params["net"]}, input_maps(context, b),
-                                      context.theta_init)[-1]
-  out, flipped = _both_reads(context, apply, batch)
-  return out, mirror_back(context, flipped)
+# The reads `network_reads` returns, by name.
+NETWORK_READS = ("mean", "read", "mirrored")
 
 
-def _both_reads(context: RegressorContext, apply, batch: dict) -> tuple[dict, dict]:
-  """`decode` fields of `apply` on the evidence and on its mirror image (one pass over twice
-  the batch; the mirrored prediction as read, in the mirrored scene)."""
+def network_reads(context: RegressorContext, params: Any, batch: dict) -> dict:
+  """The network's reads of the evidence of `batch` from one pass over it and its mirror image,
+  `{name: decode fields [B, ...]}` by `NETWORK_READS`: "read" of the evidence itself, "mirrored"
+  of its mirror image mapped back (`mirror_back`), "mean" their `mean_with_mirror_image` (=
+  `network_decode(..., flip_average=True)`)."""
+  out, flipped = _both_reads(context, params, batch)
+  return {"mean": mean_with_mirror_image(context, out, flipped), "read": out,
+          "mirrored": mirror_back(context, flipped)}
+
+
+def _both_reads(context: RegressorContext, params: Any, batch: dict) -> tuple[dict, dict]:
+  """`decode` fields of the network on the evidence and on its mirror image (one pass over
+  twice the batch; the mirrored prediction as read, in the mirrored scene)."""
   size = np.shape(batch["focal"])[0]
   mirrored = flip_evidence(batch, context.resolution)
   both = {k: jnp.concatenate([jnp.asarray(batch[k]), jnp.asarray(v)]) for k, v in mirrored.items()}
-  decoded = decode(context, apply(both), both["focal"])
+  theta = context.net.apply({"params": params["net"]}, input_maps(context, both),
+                            context.theta_init)[-1]
+  decoded = decode(context, theta, jnp.asarray(both["focal"], jnp.float32))
   return (jax.tree.map(lambda x: x[:size], decoded), jax.tree.map(lambda x: x[size:], decoded))
 
 
